@@ -1,0 +1,20 @@
+"""Explanation methods of manipex, each exactly differentiable to second order.
+
+Importing this package registers every method; :func:`methods` lists them.
+"""
+from .base import Explainer, explain, get_explainer, methods, relevance
+from .chain import UnsupportedModelError
+from .gradient import Gradient, GradXInput, IntegratedGradients
+from .propagation import GuidedBackprop
+from .lrp import LRP
+from .patterns import PatternAttribution, Patterns, fit_patterns
+from .smoothgrad import SmoothGrad
+from .gradcam import GradCAM
+from .occlusion import Occlusion
+from .aggregate import AggMean, AggVar
+
+__all__ = [
+    "Explainer", "explain", "get_explainer", "methods", "relevance", "fit_patterns", "Patterns",
+    "UnsupportedModelError", "Gradient", "GradXInput", "IntegratedGradients", "GuidedBackprop",
+    "LRP", "PatternAttribution", "SmoothGrad", "GradCAM", "Occlusion", "AggMean", "AggVar",
+]

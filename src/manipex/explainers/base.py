@@ -1,0 +1,155 @@
+"""One base for every explanation method, a registry by name, and :func:`explain`.
+
+A method is a subclass of :class:`Explainer` that declares its options (name -> default) as a
+class attribute and implements :meth:`Explainer.attribute`. :func:`explain` validates the call
+once for all methods (model, input, target, options), so that a method only computes.
+
+Conventions (DESIGN.md): a map has the shape of ``x``; with ``create_graph=True`` it carries the
+exact autograd graph w.r.t. ``x`` and every parameter; the model is never left changed.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type
+
+from torch import Tensor, nn
+
+from .._validation import TargetLike, check_input, check_model, check_target
+
+_REGISTRY: Dict[str, Type["Explainer"]] = {}
+
+
+class Explainer:
+    """Base of all explanation methods.
+
+    Subclasses set ``name``, ``options`` (every accepted keyword with its default) and
+    ``differentiable_input`` (False where the map is not a smooth function of the input), and
+    implement :meth:`attribute`.
+    """
+
+    name: ClassVar[str] = ""
+    options: ClassVar[Mapping[str, Any]] = {}
+    differentiable_input: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            if cls.name in _REGISTRY:
+                raise ValueError(f"explanation method {cls.name!r} is registered twice")
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            valid = ", ".join(sorted(self.options)) or "none"
+            raise TypeError(
+                f"explain(method={self.name!r}) got unknown option {unknown[0]!r}; valid options: {valid}"
+            )
+        self.config: Dict[str, Any] = {**self.options, **options}
+        self.validate_options()
+
+    def validate_options(self) -> None:
+        """Check ``self.config``; raise ValueError/TypeError naming the option."""
+
+    def attribute(
+        self, model: nn.Module, x: Tensor, target: Optional[Tensor], create_graph: bool
+    ) -> Tensor:
+        """Return the map of ``x``'s shape. ``target`` is None (predicted) or N class indices."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, target: TargetLike = None, *, create_graph: bool = False
+    ) -> Tensor:
+        where = f"explain(method={self.name!r})"
+        check_model(model, where=where)
+        check_input(x, where=where)
+        resolved = check_target(target, x.shape[0], where=where)
+        if resolved is not None:
+            resolved = resolved.to(x.device)
+        h = self.attribute(model, x, resolved, create_graph)
+        return h if create_graph else h.detach()
+
+
+def get_explainer(method: str, **options: Any) -> Explainer:
+    """Instantiate the method registered as ``method`` with ``options``."""
+    if not isinstance(method, str):
+        raise TypeError(f"explain: method must be a method name (str), got {type(method).__name__}")
+    if method not in _REGISTRY:
+        raise ValueError(f"explain: unknown method {method!r}; available: {', '.join(methods())}")
+    return _REGISTRY[method](**options)
+
+
+def methods() -> List[str]:
+    """Names of all registered explanation methods."""
+    return sorted(_REGISTRY)
+
+
+def explain(
+    model: nn.Module,
+    x: Tensor,
+    method: str = "gradient",
+    target: TargetLike = None,
+    *,
+    create_graph: bool = False,
+    **options: Any,
+) -> Tensor:
+    """Explanation map of ``model`` at the batch ``x`` for ``target``, by ``method``.
+
+    Args:
+        model: an ``nn.Module`` in eval mode mapping ``x`` to logits ``(N, K)``. It is left
+            exactly as it was (parameters, modules, hooks, flags), also when an error is raised.
+        x: a float batch ``(N, ...)``.
+        method: a name from :func:`manipex.explainers.methods`, e.g. ``"gradient"``, ``"lrp"``.
+        target: ``None`` (the predicted class), an int, or a tensor of ``N`` class indices.
+        create_graph: keep the autograd graph, so that the map can be differentiated exactly
+            (to second order) w.r.t. ``x`` and every parameter, as attacks and defenses need.
+        **options: options of the method, e.g. ``steps=30`` for integrated gradients.
+
+    Returns:
+        A tensor of ``x``'s shape. Use :func:`manipex.relevance` for the normalised heatmap
+        that the papers compare.
+
+    Example:
+        >>> h = manipex.explain(model, x, "lrp", composite="epsilon", epsilon=0.1)
+        >>> r = manipex.relevance(h)          # (N, H, W), each summing to 1
+    """
+    return get_explainer(method, **options)(model, x, target, create_graph=create_graph)
+
+
+def relevance(h: Tensor, *, eps: float = 1e-12) -> Tensor:
+    """The relevance map that the papers compare (Dombrowski et al. 2019, Sec. 3):
+
+    ``r = sum_c |h_c|`` over the channel axis, normalised to sum 1 per sample. For a batch of
+    images ``(N, C, H, W)`` this gives ``(N, H, W)``; a batch of vectors ``(N, D)`` has no
+    channel axis and gives ``(N, D)``. Differentiable; an all-zero map stays zero.
+    """
+    if not isinstance(h, Tensor) or not h.is_floating_point():
+        raise TypeError("relevance: h must be a floating torch.Tensor")
+    if h.dim() < 2:
+        raise ValueError(f"relevance: h must have shape (N, ...), got {tuple(h.shape)}")
+    r = h.abs()
+    if h.dim() >= 3:
+        r = r.sum(dim=1)
+    total = r.flatten(1).sum(dim=1).reshape(-1, *([1] * (r.dim() - 1)))
+    return r / (total + eps)
+
+
+def explain_many(
+    model: nn.Module, x: Tensor, target: Optional[Tensor], create_graph: bool, specs: Any
+) -> List[Tensor]:
+    """Maps of several ``(method, options)`` specs, for aggregates and reports."""
+    maps = []
+    for spec in specs:
+        name, opts = (spec, {}) if isinstance(spec, str) else spec
+        maps.append(get_explainer(name, **opts).attribute(model, x, target, create_graph))
+    return maps
+
+
+def requires_grad_input(x: Tensor) -> Tensor:
+    """``x`` itself when it is already in a graph, else a leaf copy that requires grad.
+
+    Gradient-based maps need an input that requires grad; the user's tensor is never modified.
+    """
+    return x if x.requires_grad else x.detach().requires_grad_(True)
+
+
+__all__ = ["Explainer", "explain", "relevance", "methods", "get_explainer", "explain_many", "requires_grad_input"]

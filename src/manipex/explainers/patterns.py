@@ -1,0 +1,151 @@
+"""PatternAttribution (Kindermans et al. 2018) and the fitting of its patterns.
+
+PatternAttribution is the gradient with every weight matrix ``W`` replaced by ``W * A``, the
+element-wise product with a pattern learned from data (Dombrowski et al. 2019, Sec. 2.1).
+:func:`fit_patterns` estimates, for every neuron ``j`` of every affine layer with weight
+``w_j``, input ``x`` (patches for convolutions) and output ``y_j``, the two-component pattern
+of Kindermans et al. (2018, Sec. 4)
+
+    ``a_j = (E+[x y_j] - E+[x] E+[y_j]) / (w_j^T E+[x y_j] - w_j^T E+[x] E+[y_j])``
+
+where ``E+`` is the mean over the samples with ``y_j > 0`` when the layer feeds a ReLU or
+Softplus, and over all samples otherwise (the linear estimator ``cov(x, y) / var(y)``).
+Patterns are constants of the fitted model: the map is exactly differentiable w.r.t. the
+input and the weights with the patterns held fixed.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import check_input, check_model
+from .chain import Record, Step, layer_chain
+from .propagation import PropagationExplainer, vjp
+
+
+class Patterns(Dict[str, Tensor]):
+    """Patterns by fx node name of each affine layer, each shaped like the layer's weight."""
+
+
+def _feeds_rectifier(records: List[Record], index: int) -> bool:
+    for record in records[index + 1 :]:
+        if record.step.kind == "identity":
+            continue
+        return record.step.kind == "activation" and record.step.activation in ("relu", "softplus")
+    return False
+
+
+def _as_rows(step: Step, x: Tensor, y: Tensor):
+    """Inputs as rows ``(M, D)`` and outputs ``(M, O)`` of one affine layer."""
+    m = step.module
+    if isinstance(m, nn.Linear):
+        return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+    if isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+        cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, D, L)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1]), y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
+    raise ValueError(f"fit_patterns supports Linear and Conv2d (groups=1, numeric padding) layers, not {step.name}")
+
+
+def fit_patterns(
+    model: nn.Module,
+    data: Union[Tensor, Iterable],
+    *,
+    batch_size: int = 256,
+) -> Patterns:
+    """Fit the PatternAttribution patterns of ``model`` on ``data``.
+
+    Args:
+        model: a chain model in eval mode (see :func:`manipex.explainers.chain.layer_chain`).
+        data: a tensor of inputs ``(N, ...)`` or an iterable of batches (tensors or
+            ``(x, y)`` tuples, e.g. a DataLoader).
+        batch_size: batch size used when ``data`` is a tensor.
+
+    Returns:
+        :class:`Patterns`, to pass as ``explain(model, x, "pattern_attribution", patterns=...)``.
+    """
+    check_model(model, where="fit_patterns")
+    chain = layer_chain(model, "pattern_attribution")
+    if isinstance(data, Tensor):
+        check_input(data, where="fit_patterns", name="data")
+        batches: Iterable = data.split(batch_size)
+    else:
+        batches = data
+    sums: Dict[str, Dict[str, Tensor]] = {}
+    weights: Dict[str, Tensor] = {}
+    with torch.no_grad():  # fitting is estimation, not part of any differentiated map
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            _, records = chain.forward(x)
+            for i, record in enumerate(records):
+                if record.step.kind != "affine" or not isinstance(record.step.module, (nn.Linear, nn.Conv2d)):
+                    continue
+                name = record.step.node.name
+                weight, _ = record.step.parameters()
+                weights[name] = weight
+                xs, ys = _as_rows(record.step, record.input, record.output)
+                xs, ys = xs.double(), ys.double()
+                mask = (ys > 0).double() if _feeds_rectifier(records, i) else torch.ones_like(ys)
+                s = sums.setdefault(name, {"n": 0, "x": 0, "y": 0, "xy": 0})
+                s["n"] = s["n"] + mask.sum(0)
+                s["x"] = s["x"] + mask.T @ xs
+                s["y"] = s["y"] + (mask * ys).sum(0)
+                s["xy"] = s["xy"] + (mask * ys).T @ xs
+    if not sums:
+        raise ValueError("fit_patterns: data was empty")
+    patterns = Patterns()
+    for name, s in sums.items():
+        n = s["n"].clamp(min=1)[:, None]
+        ex, ey, exy = s["x"] / n, s["y"][:, None] / n, s["xy"] / n
+        cov = exy - ex * ey
+        w = weights[name].reshape(cov.shape[0], -1).double()
+        denom = (w * cov).sum(1, keepdim=True)
+        a = torch.where(denom.abs() > 1e-12, cov / denom.where(denom.abs() > 1e-12, torch.ones_like(denom)), 0.0)
+        patterns[name] = a.reshape(weights[name].shape).to(weights[name].dtype)
+    return patterns
+
+
+class PatternAttribution(PropagationExplainer):
+    """PatternAttribution (Kindermans et al. 2018): backpropagation with ``W * A``.
+
+    Options:
+        patterns: the :class:`Patterns` from :func:`fit_patterns` (required).
+    """
+
+    name = "pattern_attribution"
+    options = {"patterns": None}
+
+    def validate_options(self):
+        if self.config["patterns"] is None:
+            raise ValueError(
+                "explain(method='pattern_attribution') needs patterns=: fit them once with "
+                "manipex.explainers.fit_patterns(model, x_train)"
+            )
+        if not isinstance(self.config["patterns"], dict):
+            raise TypeError("explain(method='pattern_attribution'): patterns must come from fit_patterns")
+
+    def prepare(self, model, records):
+        patterns = self.config["patterns"]
+        for record in records:
+            step = record.step
+            if step.kind == "affine" and isinstance(step.module, (nn.Linear, nn.Conv2d)):
+                pattern = patterns.get(step.node.name)
+                if pattern is None or pattern.shape != step.module.weight.shape:
+                    raise ValueError(
+                        f"explain(method='pattern_attribution'): the patterns do not fit {step.name}; "
+                        "they were fitted for another model"
+                    )
+
+    def propagate(self, record, signal, create_graph, first):
+        step = record.step
+        if step.kind == "affine" and isinstance(step.module, (nn.Linear, nn.Conv2d)):
+            weight, _ = step.parameters()
+            pattern = self.config["patterns"][step.node.name].to(weight)
+            x = record.input
+            return vjp(step.affine(x, weight * pattern, None), x, signal, create_graph)
+        return super().propagate(record, signal, create_graph, first)
+
+
+__all__ = ["Patterns", "fit_patterns", "PatternAttribution"]

@@ -1,0 +1,194 @@
+"""Safe checkpoint I/O: safetensors files with architecture metadata, and weights-only ``.pt``.
+
+No function here ever executes pickled code: ``.safetensors`` files hold raw tensors and a JSON
+header, and ``.pt`` / ``.pth`` files are read with ``torch.load(weights_only=True)``, which refuses
+any object that is not a tensor or a plain container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .architectures import ARCH_ATTR, build
+
+__all__ = ["load", "read_metadata", "save"]
+
+_META_KEY = "manipex"
+_FORMAT_VERSION = 1
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# Keys under which common training scripts nest the state_dict in a checkpoint dictionary.
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def save(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s state_dict to a ``.safetensors`` file, atomically.
+
+    The safetensors header gets, as JSON, the architecture name and keyword arguments (``arch``,
+    ``arch_kwargs``; when not given, those recorded by :func:`manipex.models.build` are used) and
+    the user ``metadata`` (any JSON-serialisable mapping), so :func:`load` can rebuild the model.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    if arch is None and arch_kwargs is None:
+        recorded = getattr(model, ARCH_ATTR, None)
+        if recorded is not None:
+            arch, arch_kwargs = recorded["name"], recorded["kwargs"]
+    if arch is None and arch_kwargs is not None:
+        raise ValueError("arch_kwargs given without arch")
+    header = {
+        "version": _FORMAT_VERSION,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs or {}),
+        "metadata": dict(metadata or {}),
+    }
+    try:
+        header_json = json.dumps(header)
+    except TypeError as e:
+        raise TypeError(f"arch_kwargs and metadata must be JSON-serialisable: {e}") from None
+    # Clone: safetensors refuses tensors that share memory (tied weights) or are non-contiguous.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", _META_KEY: header_json})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the manipex header of a ``.safetensors`` file without loading its tensors.
+
+    The result has the keys ``arch`` (str or None), ``arch_kwargs`` (dict) and ``metadata``
+    (the user metadata given to :func:`save`); all are empty/None for foreign files.
+    """
+    path = _existing(path)
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(_META_KEY)
+    header = json.loads(raw) if raw else {}
+    return {
+        "arch": header.get("arch"),
+        "arch_kwargs": header.get("arch_kwargs", {}),
+        "metadata": header.get("metadata", {}),
+    }
+
+
+def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
+    """Load weights from ``path`` into ``model``, or rebuild the model when none is given.
+
+    ``.safetensors`` files are read with safetensors. ``.pt`` / ``.pth`` / ``.bin`` / ``.ckpt``
+    files (e.g. torchvision weight files) are read with
+    ``torch.load(path, weights_only=True, map_location="cpu")``; they must hold a state_dict,
+    possibly nested under ``"state_dict"``, ``"model_state_dict"`` or ``"model"``, and need
+    ``model``. A ``"module."`` prefix (``DataParallel``) is stripped when the model lacks it.
+
+    Args:
+        path: the checkpoint file.
+        model: the module to load into (in place; its mode and device are kept). When ``None``,
+            the architecture recorded by :func:`save` is built, cast to the checkpoint's floating
+            dtype, loaded, and returned in eval mode.
+
+    Returns:
+        The model holding the loaded weights.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: no architecture metadata and no ``model``; a ``.pt`` file holding anything
+            but tensors (refused unpickled); keys that do not match the model (first ones listed).
+    """
+    path = _existing(path)
+    if path.suffix == ".safetensors":
+        state = load_file(str(path), device="cpu")
+        if model is None:
+            meta = read_metadata(path)
+            if not meta["arch"]:
+                raise ValueError(
+                    f"{path} records no architecture (it was not saved by manipex.models.save "
+                    "with an arch); pass the model to load into: load(path, model)"
+                )
+            model = build(meta["arch"], **meta["arch_kwargs"])
+            dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+            if len(dtypes) == 1:
+                model = model.to(dtypes.pop())
+            _load_state(model, state, path)
+            return model.eval()
+    elif path.suffix in _TORCH_SUFFIXES:
+        if model is None:
+            raise ValueError(f"{path}: a {path.suffix} file holds no architecture; pass a model")
+        state = _read_torch_state(path)
+    else:
+        raise ValueError(
+            f"{path}: unknown checkpoint type {path.suffix!r}; "
+            f"expected .safetensors or one of {', '.join(_TORCH_SUFFIXES)}"
+        )
+    _load_state(model, state, path)
+    return model
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path
+
+
+def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state_dict from a torch pickle file without executing any pickled code."""
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path}: refused to unpickle; only files holding plain tensors (a state_dict) are "
+            f"loaded, never pickled objects or code. torch said: {str(e).splitlines()[0]}"
+        ) from e
+    if isinstance(obj, Mapping):
+        for key in _NESTED_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise ValueError(f"{path}: does not hold a state_dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
+def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path) -> None:
+    """``load_state_dict(strict=True)`` with a readable report of mismatching keys."""
+    expected = set(model.state_dict())
+    if not any(k.startswith("module.") for k in expected) and all(
+        k.startswith("module.") for k in state
+    ):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    missing = [k for k in model.state_dict() if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: state_dict keys do not match {type(model).__name__}: "
+            f"{len(missing)} missing (first: {missing[:5]}), "
+            f"{len(unexpected)} unexpected (first: {unexpected[:5]})"
+        )
+    model.load_state_dict(state, strict=True)
