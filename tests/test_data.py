@@ -33,7 +33,14 @@ def test_unknown_name_lists_valid_names() -> None:
 
 @pytest.mark.parametrize(
     ("name", "split"),
-    [("mnist5k", "val"), ("mnist", "all"), ("fashion_mnist", "x"), ("cifar10", "val"), ("adult", "all"), ("image_folder", "dev")],
+    [
+        ("mnist5k", "val"),
+        ("mnist", "all"),
+        ("fashion_mnist", "x"),
+        ("cifar10", "val"),
+        ("adult", "all"),
+        ("image_folder", "dev"),
+    ],
 )
 def test_bad_split_is_value_error(name: str, split: str, tmp_path: Path) -> None:
     kwargs = {} if name == "mnist5k" else {"root": tmp_path}
@@ -48,7 +55,10 @@ def test_missing_directory_is_named(name: str, tmp_path: Path) -> None:
         data.load(name, root=missing)
 
 
-@pytest.mark.parametrize(("name", "expected"), [("mnist", "train-images-idx3-ubyte"), ("cifar10", "data_batch_1"), ("adult", "adult.data")])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("mnist", "train-images-idx3-ubyte"), ("cifar10", "data_batch_1"), ("adult", "adult.data")],
+)
 def test_missing_file_is_named(name: str, expected: str, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=expected):
         data.load(name, root=tmp_path)
@@ -72,7 +82,9 @@ def test_mnist5k_splits() -> None:
     test_rows = {row.numpy().tobytes() for row in (x_test * 255).to(torch.uint8).flatten(1)}
     assert not train_rows & test_rows
     x_all, y_all = data.load("mnist5k", split="all")
-    assert torch.equal(x_all, torch.cat([x_train, x_test])) and torch.equal(y_all, torch.cat([y_train, y_test]))
+    assert torch.equal(x_all, torch.cat([x_train, x_test])) and torch.equal(
+        y_all, torch.cat([y_train, y_test])
+    )
     assert torch.equal(torch.bincount(y_all), torch.full((10,), 500))
 
 
@@ -179,14 +191,16 @@ def _dumps(obj: object, protocol: int) -> bytes:
     return buffer.getvalue()
 
 
-def _write_cifar_batch(path: Path, n: int, seed: int, *, str_keys: bool = False, protocol: int = 2) -> tuple[np.ndarray, list[int]]:
+def _write_cifar_batch(
+    path: Path, n: int, seed: int, *, str_keys: bool = False, protocol: int = 2
+) -> tuple[np.ndarray, list[int]]:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
     labels = [int(v) for v in rng.integers(0, 10, size=n)]
     keys = ("data", "labels", "batch_label", "filenames")
     if not str_keys:
         keys = tuple(k.encode() for k in keys)  # type: ignore[assignment]
-    batch = dict(zip(keys, (images, labels, b"training batch 1 of 5", [b"img.png"] * n)))
+    batch = dict(zip(keys, (images, labels, b"training batch 1 of 5", [b"img.png"] * n), strict=True))
     path.write_bytes(_dumps(batch, protocol))
     return images, labels
 
@@ -195,7 +209,12 @@ def _write_cifar_batch(path: Path, n: int, seed: int, *, str_keys: bool = False,
 def test_cifar10_batches(subdir: bool, tmp_path: Path) -> None:
     directory = tmp_path / "cifar-10-batches-py" if subdir else tmp_path
     directory.mkdir(exist_ok=True)
-    parts = [_write_cifar_batch(directory / f"data_batch_{i}", 2, i, str_keys=i % 2 == 0, protocol=(2, 3, 4)[i % 3]) for i in range(1, 6)]
+    parts = [
+        _write_cifar_batch(
+            directory / f"data_batch_{i}", 2, i, str_keys=i % 2 == 0, protocol=(2, 3, 4)[i % 3]
+        )
+        for i in range(1, 6)
+    ]
     test_images, test_labels = _write_cifar_batch(directory / "test_batch", 3, 9)
     x, y = data.load("cifar10", root=tmp_path)
     assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -248,7 +267,9 @@ def test_restricted_unpickler_allows_only_numpy_arrays() -> None:
 
 
 def test_cifar10_rejects_wrong_content(tmp_path: Path) -> None:
-    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]}))
+    (tmp_path / "test_batch").write_bytes(
+        pickle.dumps({b"data": np.zeros((2, 10), np.uint8), b"labels": [0, 1]})
+    )
     with pytest.raises(ValueError, match="3072"):
         data.load("cifar10", split="test", root=tmp_path)
 
@@ -349,10 +370,20 @@ def test_adult(gz: bool, tmp_path: Path) -> None:
     assert torch.allclose(x[:, :5].mean(0), torch.zeros(5), atol=1e-5)
     assert torch.allclose(x[:, :5].std(0, unbiased=False), torch.ones(5), atol=1e-5)
     names = data.adult_feature_names()
-    assert len(names) == 12 and names[:5] == ["age", "education-num", "capital-gain", "capital-loss", "hours-per-week"]
+    assert len(names) == 12 and names[:5] == [
+        "age",
+        "education-num",
+        "capital-gain",
+        "capital-loss",
+        "hours-per-week",
+    ]
     protected = data.adult_protected_indices()
     assert [names[i] for i in protected["race"]] == [
-        "race=White", "race=Asian-Pac-Islander", "race=Amer-Indian-Eskimo", "race=Other", "race=Black",
+        "race=White",
+        "race=Asian-Pac-Islander",
+        "race=Amer-Indian-Eskimo",
+        "race=Other",
+        "race=Black",
     ]
     assert [names[i] for i in protected["sex"]] == ["sex=Female", "sex=Male"]
     assert x[:, protected["race"]].sum(1).eq(1).all() and x[:, protected["sex"]].sum(1).eq(1).all()
@@ -362,8 +393,17 @@ def test_adult(gz: bool, tmp_path: Path) -> None:
 
     x_test, y_test = data.load("adult", split="test", root=tmp_path)
     assert x_test.shape == (3, 12) and y_test.tolist() == [0, 0, 1]
-    train_numeric = np.array([[39, 13, 2174, 0, 40], [50, 13, 0, 0, 13], [31, 14, 14084, 0, 50],
-                              [37, 14, 0, 1887, 40], [40, 11, 0, 0, 40], [42, 13, 5178, 0, 40]], dtype=np.float64)
+    train_numeric = np.array(
+        [
+            [39, 13, 2174, 0, 40],
+            [50, 13, 0, 0, 13],
+            [31, 14, 14084, 0, 50],
+            [37, 14, 0, 1887, 40],
+            [40, 11, 0, 0, 40],
+            [42, 13, 5178, 0, 40],
+        ],
+        dtype=np.float64,
+    )
     expected_first = (np.array([25, 7, 0, 0, 40]) - train_numeric.mean(0)) / train_numeric.std(0)
     assert np.allclose(x_test[0, :5].numpy(), expected_first, atol=1e-5)
     assert x_test[2, names.index("race=Other")] == 1 and x_test[2, names.index("sex=Female")] == 1

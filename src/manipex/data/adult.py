@@ -28,9 +28,21 @@ FILES = {"train": "adult.data", "test": "adult.test"}
 """File name of each split."""
 
 COLUMNS = (
-    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
-    "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week",
-    "native-country", "income",
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+    "income",
 )
 """The 15 fields of a line of the UCI files, in order."""
 
@@ -160,7 +172,5 @@ def load_adult(root: PathLike | None = None, split: str = "train") -> tuple[Tens
     mean = train_numeric.mean(axis=0)
     std = train_numeric.std(axis=0)
     std[std == 0] = 1.0
-    x = np.concatenate(
-        [(numeric - mean) / std, np.eye(len(RACES))[race], np.eye(len(SEXES))[sex]], axis=1
-    )
+    x = np.concatenate([(numeric - mean) / std, np.eye(len(RACES))[race], np.eye(len(SEXES))[sex]], axis=1)
     return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(label.copy())

@@ -14,7 +14,15 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from ._common import PathLike, check_split, existing_dir, find_file, images_to_tensor, labels_to_tensor, read_bytes
+from ._common import (
+    PathLike,
+    check_split,
+    existing_dir,
+    find_file,
+    images_to_tensor,
+    labels_to_tensor,
+    read_bytes,
+)
 from .safe_pickle import restricted_loads
 
 SPLITS = ("train", "test")

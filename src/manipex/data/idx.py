@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from ._common import PathLike, check_split, existing_dir, find_file, images_to_tensor, labels_to_tensor, read_bytes
+from ._common import (
+    PathLike,
+    check_split,
+    existing_dir,
+    find_file,
+    images_to_tensor,
+    labels_to_tensor,
+    read_bytes,
+)
 
 SPLITS = ("train", "test")
 """Splits offered by :func:`load_idx_dataset`."""

@@ -47,7 +47,9 @@ def split_dir(root: PathLike, split: str = "train") -> Path:
 
 def find_classes(directory: PathLike) -> list[str]:
     """Sorted class names (the subdirectory names) of a class-per-folder tree; label = index."""
-    return sorted(entry.name for entry in Path(directory).iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    return sorted(
+        entry.name for entry in Path(directory).iterdir() if entry.is_dir() and not entry.name.startswith(".")
+    )
 
 
 def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
@@ -117,9 +119,13 @@ def load_image_folder(
     classes = find_classes(directory)
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (directory / name).rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        found = sorted(
+            p for p in (directory / name).rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS
+        )
         if not found:
-            raise FileNotFoundError(f"image_folder: no image files in class directory {str(directory / name)!r}")
+            raise FileNotFoundError(
+                f"image_folder: no image files in class directory {str(directory / name)!r}"
+            )
         files.extend((path, label) for path in found)
     if not files:
         raise FileNotFoundError(f"image_folder: no class subdirectories with images in {str(directory)!r}")
@@ -129,5 +135,7 @@ def load_image_folder(
         raise ValueError(f"images in {str(directory)!r} have different sizes {sorted(shapes)}; set size/crop")
     x = images_to_tensor(np.stack(arrays))
     if mean is not None and std is not None:
-        x = (x - torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)) / torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+        x = (x - torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)) / torch.tensor(std, dtype=x.dtype).view(
+            -1, 1, 1
+        )
     return x, torch.tensor([label for _, label in files], dtype=torch.int64)

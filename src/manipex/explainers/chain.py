@@ -280,7 +280,7 @@ def _trace(model: nn.Module, method: str) -> Chain:
                 f"explain(method={method!r}) needs layers as modules, but the forward reads "
                 f"{node.target!r} directly (a functional layer); use nn.Conv2d / nn.Linear modules"
             )
-        if current in inputs and _is_shape_query(node) or (inputs and inputs <= aux) or not inputs:
+        if _is_shape_query(node) or (inputs and inputs <= aux) or not inputs:
             aux.add(node)
             ordered.append(node)
             continue
