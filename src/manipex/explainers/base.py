@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type
 
+import torch
 from torch import Tensor, nn
 
 from .._validation import TargetLike, check_input, check_model, check_target
@@ -65,7 +66,8 @@ class Explainer:
         resolved = check_target(target, x.shape[0], where=where)
         if resolved is not None:
             resolved = resolved.to(x.device)
-        h = self.attribute(model, x, resolved, create_graph)
+        with torch.enable_grad():  # maps are gradients: also under a caller's no_grad()
+            h = self.attribute(model, x, resolved, create_graph)
         return h if create_graph else h.detach()
 
 

@@ -96,14 +96,15 @@ def fit_patterns(
     if not sums:
         raise ValueError("fit_patterns: data was empty")
     patterns = Patterns()
-    for name, s in sums.items():
-        n = s["n"].clamp(min=1)[:, None]
-        ex, ey, exy = s["x"] / n, s["y"][:, None] / n, s["xy"] / n
-        cov = exy - ex * ey
-        w = weights[name].reshape(cov.shape[0], -1).double()
-        denom = (w * cov).sum(1, keepdim=True)
-        a = torch.where(denom.abs() > 1e-12, cov / denom.where(denom.abs() > 1e-12, torch.ones_like(denom)), 0.0)
-        patterns[name] = a.reshape(weights[name].shape).to(weights[name].dtype)
+    with torch.no_grad():  # patterns are constants of the fitted model
+        for name, s in sums.items():
+            n = s["n"].clamp(min=1)[:, None]
+            ex, ey, exy = s["x"] / n, s["y"][:, None] / n, s["xy"] / n
+            cov = exy - ex * ey
+            w = weights[name].reshape(cov.shape[0], -1).double()
+            denom = (w * cov).sum(1, keepdim=True)
+            a = torch.where(denom.abs() > 1e-12, cov / denom.where(denom.abs() > 1e-12, torch.ones_like(denom)), 0.0)
+            patterns[name] = a.reshape(weights[name].shape).to(weights[name].dtype)
     return patterns
 
 
