@@ -68,10 +68,15 @@ def patterns_for():
 
 
 def method_options(method: str, name: str, model: nn.Module, patterns_for) -> dict:
-    """Small but non-trivial options for every method, for fast tests."""
+    """Small but non-trivial options for every method, for fast tests.
+
+    The SmoothGrad seed is one whose noisy copies stay away from max-pool ties: a map
+    through max-pooling jumps where the winner changes (seed 0 puts a sample within 1e-6 of
+    one, which a finite difference of that size cannot resolve).
+    """
     return {
         "integrated_gradients": {"steps": 4},
-        "smoothgrad": {"samples": 3, "seed": 0, "sigma": 0.1},
+        "smoothgrad": {"samples": 3, "seed": 1, "sigma": 0.1},
         "occlusion": {"window": 3, "stride": 2},
         "pattern_attribution": {"patterns": patterns_for(name, model)} if method == "pattern_attribution" else {},
         "lrp": {},
