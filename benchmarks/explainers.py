@@ -1,0 +1,387 @@
+#!/usr/bin/env python
+"""Speed of manipex's explainers next to Captum (and Zennit) on the same model and batch.
+
+Run from the repository root::
+
+    python benchmarks/explainers.py                  # MNIST CNN and a small CIFAR VGG, batch 32
+    python benchmarks/explainers.py --models mnist --batch 64 --repeats 9 --threads 4
+
+For every method the script prints milliseconds per image for the reference implementation and
+for manipex, their ratio (manipex / reference; below 1 means manipex is faster), the targets of
+the performance issue, the time of the manipex map with ``create_graph=True`` (what an attack
+step builds) and of that map plus one backward pass to the input (a whole attack step), and the
+mean per-image cosine similarity of the two maps as a check that both compute the same thing.
+
+Timing: one warm-up call, then the median of ``--repeats`` calls; ``torch.set_num_threads``
+is ``--threads``. Both models have random weights and are in eval mode; the inputs are uniform
+in [0, 1] and the explained class is the predicted one, passed explicitly to both libraries.
+
+Targets (performance issue): the gradient family (gradient, grad_x_input, guided backprop)
+within 1.2x of Captum; integrated gradients and SmoothGrad faster than Captum with Captum's
+default batching; LRP no slower than Zennit's EpsilonPlusFlat.
+
+Memory is not measured (tracemalloc does not see torch's allocator); manipex's ``batch_size``
+options bound it the same way Captum's ``internal_batch_size`` does, and the IG rows with
+``--ig-batch`` show what the chunking costs in time.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import types
+import warnings
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+import manipex
+
+try:
+    import captum.attr as ca
+    from captum.attr._utils.lrp_rules import EpsilonRule
+except Exception as err:  # pragma: no cover - captum is a test dependency
+    ca = None
+    CAPTUM_ERROR = f"{type(err).__name__}: {err}"
+else:
+    CAPTUM_ERROR = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def mnist_cnn() -> nn.Module:
+    """The zoo's MNIST CNN, or the same ``nn.Sequential`` where the zoo is not importable."""
+    try:
+        from manipex.models import mnist_cnn as zoo_mnist_cnn
+
+        return zoo_mnist_cnn()
+    except Exception:
+        return nn.Sequential(
+            nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10),
+        )
+
+
+def small_vgg(widths=(32, 32, "M", 64, 64, "M", 128, "M"), num_classes: int = 10) -> nn.Module:
+    """A small VGG with BatchNorm for 3x32x32 inputs, as a flat ``nn.Sequential``.
+
+    Every ReLU is its own module and every module is used once (Captum's LRP needs both).
+    """
+    layers: List[nn.Module] = []
+    channels = 3
+    for w in widths:
+        if w == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
+            channels = w
+    side = 32 // 2 ** sum(1 for w in widths if w == "M")
+    layers += [nn.Flatten(), nn.Linear(channels * side * side, 256), nn.ReLU(), nn.Dropout(0.5),
+               nn.Linear(256, num_classes)]
+    model = nn.Sequential(*layers)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so that merging them matters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    return model
+
+
+MODELS = {
+    "mnist": ("MNIST CNN (1x28x28)", mnist_cnn, (1, 28, 28)),
+    "vgg": ("small VGG-BN (3x32x32)", small_vgg, (3, 32, 32)),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Zennit (optional)
+
+
+def import_zennit():
+    """``(composites, canonizers, attribution)`` of Zennit, or None with the reason printed.
+
+    Zennit imports torchvision (for its ResNet canonizers) at import time. Where torchvision is
+    missing or broken, a minimal stub with the two classes Zennit touches is put in
+    ``sys.modules`` for the import and taken out again afterwards.
+    """
+    inserted: List[str] = []
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]  # a half-imported, broken torchvision
+        tv = types.ModuleType("torchvision")
+        tv_models = types.ModuleType("torchvision.models")
+        tv_resnet = types.ModuleType("torchvision.models.resnet")
+        tv_resnet.BasicBlock = type("BasicBlock", (nn.Module,), {})
+        tv_resnet.Bottleneck = type("Bottleneck", (nn.Module,), {})
+        tv.models, tv_models.resnet = tv_models, tv_resnet
+        for module in (tv, tv_models, tv_resnet):
+            sys.modules[module.__name__] = module
+            inserted.append(module.__name__)
+    try:
+        import zennit.attribution
+        import zennit.canonizers
+        import zennit.composites
+
+        return zennit.composites, zennit.canonizers, zennit.attribution
+    except Exception as err:
+        print(f"zennit: not available ({type(err).__name__}: {err})")
+        return None
+    finally:
+        for name in inserted:
+            sys.modules.pop(name, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+
+
+def timed(fn: Callable[[], Tensor], repeats: int) -> tuple[float, Tensor]:
+    """Median seconds of ``repeats`` calls after one warm-up call, and the warm-up's result."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    """Mean over the batch of the cosine similarity of the flattened maps."""
+    a, b = a.detach().flatten(1).double(), b.detach().flatten(1).double()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-30).mean())
+
+
+def attack_step(explain_fn: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[], Tensor]:
+    """One attack step: the map with ``create_graph=True`` and a backward pass to the input."""
+
+    def run() -> Tensor:
+        xg = x.detach().requires_grad_(True)
+        h = explain_fn(xg)
+        (g,) = torch.autograd.grad(h.pow(2).sum(), xg, allow_unused=True, materialize_grads=True)
+        return g
+
+    return run
+
+
+@dataclass
+class Row:
+    method: str
+    reference: str
+    ref_s: Optional[float]
+    mpx_s: float
+    target: str = ""  # "<=1.2", "<1", "<=1" or ""
+    cg_s: Optional[float] = None
+    step_s: Optional[float] = None
+    cos: Optional[float] = None
+
+
+def status(row: Row) -> str:
+    if not row.target or row.ref_s is None:
+        return ""
+    ratio = row.mpx_s / row.ref_s
+    bound = float(row.target.lstrip("<="))
+    ok = ratio <= bound if row.target.startswith("<=") else ratio < bound
+    return f"{row.target}x {'ok' if ok else 'MISS'}"
+
+
+def print_table(title: str, rows: List[Row], batch: int) -> None:
+    ms = lambda s: "-" if s is None else f"{1000 * s / batch:.3f}"  # noqa: E731
+    header = ("manipex method", "reference", "ref ms", "mpx ms", "ratio", "target", "cg ms", "step ms", "cos")
+    table = [header]
+    for r in rows:
+        ratio = "-" if r.ref_s is None else f"{r.mpx_s / r.ref_s:.2f}"
+        cos = "-" if r.cos is None else f"{r.cos:.4f}"
+        table.append((r.method, r.reference, ms(r.ref_s), ms(r.mpx_s), ratio, status(r), ms(r.cg_s),
+                      ms(r.step_s), cos))
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    left = {0, 1, 5}
+    fmt = lambda line: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
+                                 for i, (c, w) in enumerate(zip(line, widths)))
+    print(f"\n== {title} ==")
+    print(fmt(header))
+    print("  ".join("-" * w for w in widths))
+    for line in table[1:]:
+        print(fmt(line))
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark of one model
+
+
+def bench_model(key: str, args, zennit) -> List[Row]:
+    title, build, shape = MODELS[key]
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.rand(args.batch, *shape)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    R = args.repeats
+    rows: List[Row] = []
+    mpx = lambda method, **kw: (lambda: manipex.explain(model, x, method, target, **kw))  # noqa: E731
+
+    def add(method, reference, ref_fn, mpx_fn, target_="", cg_fn=None, cos_map=None):
+        ref_s, ref_map = timed(ref_fn, R) if ref_fn is not None else (None, None)
+        mpx_s, mpx_map = timed(mpx_fn, R)
+        row = Row(method, reference, ref_s, mpx_s, target_)
+        if ref_map is not None:
+            row.cos = cosine(mpx_map, cos_map(ref_map) if cos_map else ref_map)
+        if cg_fn is not None:
+            row.cg_s = timed(lambda: cg_fn(x), R)[0]
+            row.step_s = timed(attack_step(cg_fn, x), R)[0]
+        rows.append(row)
+        print(f"  {key}: {method:<36} done", file=sys.stderr, flush=True)
+
+    def cg(method, **kw):
+        return lambda xx: manipex.explain(model, xx, method, target, create_graph=True, **kw)
+
+    have_captum = ca is not None
+    cap = (lambda f: f) if have_captum else (lambda f: None)
+
+    # -- gradient family
+    sal = ca.Saliency(model) if have_captum else None
+    add("gradient", "Saliency(abs=False)", cap(lambda: sal.attribute(x, target=target, abs=False)),
+        mpx("gradient"), "<=1.2", cg("gradient"))
+    ixg = ca.InputXGradient(model) if have_captum else None
+    add("grad_x_input", "InputXGradient", cap(lambda: ixg.attribute(x, target=target)),
+        mpx("grad_x_input"), "<=1.2", cg("grad_x_input"))
+    gbp = ca.GuidedBackprop(model) if have_captum else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Captum warns about backward hooks on ReLU modules
+        add("guided_backprop", "GuidedBackprop", cap(lambda: gbp.attribute(x, target=target)),
+            mpx("guided_backprop"), "<=1.2", cg("guided_backprop"))
+
+    # -- integrated gradients: Captum's defaults (50 steps, Gauss-Legendre, all rows at once)
+    ig = ca.IntegratedGradients(model) if have_captum else None
+    steps, rows_per_fwd = args.ig_steps, args.ig_batch
+    add(f"integrated_gradients steps={steps} gl", f"IntegratedGradients n_steps={steps}",
+        cap(lambda: ig.attribute(x, target=target, n_steps=steps, method="gausslegendre")),
+        mpx("integrated_gradients", steps=steps, rule="gausslegendre"), "<1")
+    add(f"  ... batch_size={rows_per_fwd}", f"  ... internal_batch_size={rows_per_fwd}",
+        cap(lambda: ig.attribute(x, target=target, n_steps=steps, method="gausslegendre",
+                                 internal_batch_size=rows_per_fwd)),
+        mpx("integrated_gradients", steps=steps, rule="gausslegendre", batch_size=rows_per_fwd))
+
+    # -- SmoothGrad of the gradient, absolute noise sigma on [0, 1] inputs
+    nt = ca.NoiseTunnel(ca.Saliency(model)) if have_captum else None
+    n, sigma = args.sg_samples, args.sg_sigma
+    add(f"smoothgrad samples={n} sigma={sigma}", f"NoiseTunnel(Saliency) nt_samples={n}",
+        cap(lambda: nt.attribute(x, nt_type="smoothgrad", nt_samples=n, stdevs=sigma, target=target,
+                                 abs=False)),
+        mpx("smoothgrad", samples=n, sigma=sigma, relative=False, seed=0), "<1")
+
+    # -- LRP
+    eps = args.epsilon
+    lrp = ca.LRP(model) if have_captum else None
+
+    def captum_lrp():
+        for m in model.modules():  # Captum deletes the rules after every call
+            if not list(m.children()) and not isinstance(m, (nn.ReLU, nn.Dropout)):
+                m.rule = EpsilonRule(epsilon=eps)
+        return lrp.attribute(x, target=target)
+
+    add("lrp composite=epsilon", "LRP(EpsilonRule everywhere)", cap(captum_lrp),
+        mpx("lrp", composite="epsilon", epsilon=eps), "", cg("lrp", composite="epsilon", epsilon=eps))
+    zb = mpx("lrp", composite="zb_zplus")
+    if zennit is not None:
+        composites, canonizers, attribution = zennit
+        has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        composite = composites.EpsilonPlusFlat(
+            epsilon=eps, canonizers=[canonizers.SequentialMergeBatchNorm()] if has_bn else None)
+        onehot = torch.nn.functional.one_hot(target, 10).to(x.dtype)
+        # hooks and canonizers are applied once, outside the timing: the strictest comparison
+        with attribution.Gradient(model=model, composite=composite) as attributor:
+            zen_s, zen_map = timed(lambda: attributor(x, onehot)[1], R)
+        for comp, fn in (("epsilon", mpx("lrp", composite="epsilon", epsilon=eps)), ("zb_zplus", zb)):
+            mpx_s, mpx_map = timed(fn, R)
+            row = Row(f"lrp composite={comp}", "Zennit EpsilonPlusFlat", zen_s, mpx_s,
+                      "<=1" if comp == "zb_zplus" else "", cos=cosine(mpx_map, zen_map))
+            if comp == "zb_zplus":
+                row.cg_s = timed(lambda: cg("lrp", composite="zb_zplus")(x), R)[0]
+                row.step_s = timed(attack_step(cg("lrp", composite="zb_zplus"), x), R)[0]
+            rows.append(row)
+        print(f"  {key}: {'lrp vs zennit':<36} done", file=sys.stderr, flush=True)
+    else:
+        add("lrp composite=zb_zplus", "(zennit not available)", None, zb, "",
+            cg("lrp", composite="zb_zplus"))
+
+    # -- Grad-CAM at the last Conv2d, upsampled bilinearly (Captum: ReLU on, as Grad-CAM)
+    last_conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
+    gc = ca.LayerGradCam(model, last_conv) if have_captum else None
+
+    def captum_gradcam():
+        cam = gc.attribute(x, target=target, relu_attributions=True)
+        return ca.LayerAttribution.interpolate(cam, tuple(shape[1:]), interpolate_mode="bilinear")
+
+    add("gradcam", "LayerGradCam+interpolate", cap(captum_gradcam), mpx("gradcam"),
+        cos_map=lambda m: m.expand(-1, shape[0], -1, -1))
+
+    # -- Occlusion, window over all channels; Captum evaluates as many windows per forward
+    window, stride = (args.occ_window, args.occ_stride) if key == "mnist" else (8, 4)
+    per_eval = max(1, args.occ_batch // args.batch)
+    occ = ca.Occlusion(model) if have_captum else None
+    add(f"occlusion window={window} stride={stride}", f"Occlusion perturbations_per_eval={per_eval}",
+        cap(lambda: occ.attribute(x, sliding_window_shapes=(shape[0], window, window),
+                                  strides=(shape[0], stride, stride), baselines=0.0, target=target,
+                                  perturbations_per_eval=per_eval)),
+        mpx("occlusion", window=window, stride=stride, batch_size=args.occ_batch))
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32, help="images per call (default 32)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls after a warm-up (median)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--models", default="mnist,vgg", help=f"comma-separated of {','.join(MODELS)}")
+    parser.add_argument("--ig-steps", type=int, default=50, help="IG steps (Captum's default 50)")
+    parser.add_argument("--ig-batch", type=int, default=256, help="rows per forward of chunked IG")
+    parser.add_argument("--sg-samples", type=int, default=20, help="SmoothGrad samples, both libraries")
+    parser.add_argument("--sg-sigma", type=float, default=0.15, help="SmoothGrad absolute noise std")
+    parser.add_argument("--epsilon", type=float, default=1e-6, help="LRP epsilon, all libraries")
+    parser.add_argument("--occ-window", type=int, default=4, help="occlusion window on MNIST (VGG: 8)")
+    parser.add_argument("--occ-stride", type=int, default=2, help="occlusion stride on MNIST (VGG: 4)")
+    parser.add_argument("--occ-batch", type=int, default=256, help="occluded rows per forward")
+    args = parser.parse_args(argv)
+    keys = [k.strip() for k in args.models.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in MODELS]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+
+    torch.set_num_threads(args.threads)
+    zennit = import_zennit()
+    if ca is not None:
+        import captum
+
+    print(f"manipex {manipex.__version__}, torch {torch.__version__}, "
+          f"captum {captum.__version__ if ca is not None else 'not available: ' + CAPTUM_ERROR}, "
+          f"zennit {'available' if zennit is not None else 'not available'}")
+    print(f"batch {args.batch}, threads {torch.get_num_threads()}, median of {args.repeats} after 1 warm-up; "
+          "times in ms per image")
+    start = time.perf_counter()
+    for key in keys:
+        rows = bench_model(key, args, zennit)
+        print_table(f"{MODELS[key][0]}, batch {args.batch}", rows, args.batch)
+    print(f"""
+ratio = manipex / reference (< 1: manipex faster). cg ms: manipex map with create_graph=True;
+step ms: that map plus a backward pass of sum(map**2) to the input (one attack step).
+cos: mean per-image cosine of the two maps (SmoothGrad: different noise; LRP: Captum starts from
+the logit and treats BatchNorm as its own epsilon layer, Zennit's EpsilonPlusFlat uses other rules).
+IG: both with {args.ig_steps} Gauss-Legendre steps; SmoothGrad: {args.sg_samples} samples of absolute
+sigma {args.sg_sigma}, all at once in both. Zennit is timed with its hooks already registered.
+Occlusion on the VGG uses window 8, stride 4. Memory is not measured; batch_size/internal_batch_size
+bound it. Total {time.perf_counter() - start:.0f} s.""")
+
+
+if __name__ == "__main__":
+    main()
