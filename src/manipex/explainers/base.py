@@ -67,7 +67,13 @@ class Explainer:
         if resolved is not None:
             resolved = resolved.to(x.device)
         with torch.enable_grad():  # maps are gradients: also under a caller's no_grad()
-            h = self.attribute(model, x, resolved, create_graph)
+            try:
+                h = self.attribute(model, x, resolved, create_graph)
+            except RuntimeError as err:  # e.g. a conv net given (N, H, W) instead of (N, C, H, W)
+                raise ValueError(
+                    f"{where}: the model raised an error on x of shape {tuple(x.shape)} and dtype "
+                    f"{x.dtype}; check that x has the shape and dtype the model expects. {err}"
+                ) from err
         return h if create_graph else h.detach()
 
 

@@ -246,6 +246,8 @@ def layer_chain(model: nn.Module, method: str) -> Chain:
 
 
 def _trace(model: nn.Module, method: str) -> Chain:
+    if not list(model.children()):  # a single layer as the whole model, e.g. nn.Linear
+        model = nn.Sequential(model)
     try:
         graph = torch.fx.Tracer().trace(model)
     except Exception as err:  # fx raises many kinds of errors on dynamic code
