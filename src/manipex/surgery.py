@@ -96,7 +96,7 @@ def softplus(model: nn.Module, beta: float = 10.0) -> Iterator[SoftplusHandle]:
     beta = _check_beta(beta, "surgery.softplus")
     _check_no_functional_relu(model, "surgery.softplus")
     slots = _relu_slots(model)
-    units = [nn.Softplus(beta=beta) for _ in slots]
+    units = [nn.Softplus(beta=beta).train(relu.training) for _, _, relu in slots]
     try:
         for (parent, name, _), unit in zip(slots, units):
             setattr(parent, name, unit)
@@ -111,8 +111,8 @@ def softplus_copy(model: nn.Module, beta: float = 10.0) -> nn.Module:
     beta = _check_beta(beta, "surgery.softplus_copy")
     _check_no_functional_relu(model, "surgery.softplus_copy")
     clone = copy.deepcopy(model)
-    for parent, name, _ in _relu_slots(clone):
-        setattr(parent, name, nn.Softplus(beta=beta))
+    for parent, name, relu in _relu_slots(clone):
+        setattr(parent, name, nn.Softplus(beta=beta).train(relu.training))
     return clone
 
 
