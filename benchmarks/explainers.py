@@ -33,7 +33,7 @@ import time
 import types
 import warnings
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -68,7 +68,7 @@ def mnist_cnn() -> nn.Module:
         )
 
 
-def small_vgg(widths=(32, 32, "M", 64, 64, "M", 128, "M"), num_classes: int = 10) -> nn.Module:
+def small_vgg(widths=(16, 16, "M", 32, 32, "M", 64, "M"), num_classes: int = 10) -> nn.Module:
     """A small VGG with BatchNorm for 3x32x32 inputs, as a flat ``nn.Sequential``.
 
     Every ReLU is its own module and every module is used once (Captum's LRP needs both).
@@ -82,8 +82,8 @@ def small_vgg(widths=(32, 32, "M", 64, 64, "M", 128, "M"), num_classes: int = 10
             layers += [nn.Conv2d(channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
             channels = w
     side = 32 // 2 ** sum(1 for w in widths if w == "M")
-    layers += [nn.Flatten(), nn.Linear(channels * side * side, 256), nn.ReLU(), nn.Dropout(0.5),
-               nn.Linear(256, num_classes)]
+    layers += [nn.Flatten(), nn.Linear(channels * side * side, 128), nn.ReLU(), nn.Dropout(0.5),
+               nn.Linear(128, num_classes)]
     model = nn.Sequential(*layers)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so that merging them matters
         for m in model.modules():
@@ -145,15 +145,37 @@ def import_zennit():
 # Timing
 
 
-def timed(fn: Callable[[], Tensor], repeats: int) -> tuple[float, Tensor]:
-    """Median seconds of ``repeats`` calls after one warm-up call, and the warm-up's result."""
-    result = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+def timed(fns: List[Callable[[], Tensor]], repeats: int, budget: float) -> Tuple[List[float], List[Tensor], int]:
+    """Median seconds per call of each function, their warm-up results, and the rounds timed.
+
+    Each function is called once to warm up; then the functions are called in turn, round after
+    round, so that a load change on the machine hits all of them alike. After the first round,
+    no new round starts once ``budget`` seconds have been spent timing.
+    """
+    results = [_value(fn()) for fn in fns]
+    times: List[List[float]] = [[] for _ in fns]
+    spent = 0.0
+    for round_ in range(repeats):
+        if round_ and spent > budget:
+            break
+        for fn, ts in zip(fns, times):
+            start = time.perf_counter()
+            out = fn()
+            ts.append(out.seconds if isinstance(out, Timed) else time.perf_counter() - start)
+            spent += ts[-1]
+    return [statistics.median(ts) for ts in times], results, len(times[0])
+
+
+@dataclass
+class Timed:
+    """Returned by a benchmarked function that times itself (to leave set-up out)."""
+
+    seconds: float
+    value: Tensor
+
+
+def _value(out):
+    return out.value if isinstance(out, Timed) else out
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -184,6 +206,7 @@ class Row:
     cg_s: Optional[float] = None
     step_s: Optional[float] = None
     cos: Optional[float] = None
+    rounds: int = 0
 
 
 def status(row: Row) -> str:
@@ -197,13 +220,14 @@ def status(row: Row) -> str:
 
 def print_table(title: str, rows: List[Row], batch: int) -> None:
     ms = lambda s: "-" if s is None else f"{1000 * s / batch:.3f}"  # noqa: E731
-    header = ("manipex method", "reference", "ref ms", "mpx ms", "ratio", "target", "cg ms", "step ms", "cos")
+    header = ("manipex method", "reference", "ref ms", "mpx ms", "ratio", "target", "cg ms", "step ms", "cos",
+              "n")
     table = [header]
     for r in rows:
         ratio = "-" if r.ref_s is None else f"{r.mpx_s / r.ref_s:.2f}"
         cos = "-" if r.cos is None else f"{r.cos:.4f}"
         table.append((r.method, r.reference, ms(r.ref_s), ms(r.mpx_s), ratio, status(r), ms(r.cg_s),
-                      ms(r.step_s), cos))
+                      ms(r.step_s), cos, str(r.rounds)))
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     left = {0, 1, 5}
     fmt = lambda line: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
@@ -220,30 +244,37 @@ def print_table(title: str, rows: List[Row], batch: int) -> None:
 
 
 def bench_model(key: str, args, zennit) -> List[Row]:
-    title, build, shape = MODELS[key]
+    _, build, shape = MODELS[key]
     torch.manual_seed(0)
     model = build().eval()
     x = torch.rand(args.batch, *shape)
     with torch.no_grad():
         target = model(x).argmax(1)
-    R = args.repeats
+    for _ in range(3):  # warm up the allocator and the convolution kernels for this model
+        manipex.explain(model, x, "gradient", target)
     rows: List[Row] = []
-    mpx = lambda method, **kw: (lambda: manipex.explain(model, x, method, target, **kw))  # noqa: E731
 
-    def add(method, reference, ref_fn, mpx_fn, target_="", cg_fn=None, cos_map=None):
-        ref_s, ref_map = timed(ref_fn, R) if ref_fn is not None else (None, None)
-        mpx_s, mpx_map = timed(mpx_fn, R)
-        row = Row(method, reference, ref_s, mpx_s, target_)
-        if ref_map is not None:
-            row.cos = cosine(mpx_map, cos_map(ref_map) if cos_map else ref_map)
-        if cg_fn is not None:
-            row.cg_s = timed(lambda: cg_fn(x), R)[0]
-            row.step_s = timed(attack_step(cg_fn, x), R)[0]
-        rows.append(row)
-        print(f"  {key}: {method:<36} done", file=sys.stderr, flush=True)
+    def mpx(method, **kw):
+        return lambda: manipex.explain(model, x, method, target, **kw)
 
     def cg(method, **kw):
         return lambda xx: manipex.explain(model, xx, method, target, create_graph=True, **kw)
+
+    def add(method, reference, ref_fn, mpx_fn, target_="", cg_fn=None, cos_map=None):
+        """Time reference and manipex (and the create_graph map and attack step) in turn."""
+        fns = ([ref_fn] if ref_fn is not None else []) + [mpx_fn]
+        if cg_fn is not None:
+            fns += [lambda: cg_fn(x), attack_step(cg_fn, x)]
+        secs, maps, rounds = timed(fns, args.repeats, args.budget)
+        if ref_fn is None:
+            secs, maps = [None] + secs, [None] + maps
+        row = Row(method, reference, secs[0], secs[1], target_, rounds=rounds)
+        if cg_fn is not None:
+            row.cg_s, row.step_s = secs[2], secs[3]
+        if maps[0] is not None:
+            row.cos = cosine(maps[1], cos_map(maps[0]) if cos_map else maps[0])
+        rows.append(row)
+        print(f"  {key}: {method:<36} done", file=sys.stderr, flush=True)
 
     have_captum = ca is not None
     cap = (lambda f: f) if have_captum else (lambda f: None)
@@ -256,12 +287,10 @@ def bench_model(key: str, args, zennit) -> List[Row]:
     add("grad_x_input", "InputXGradient", cap(lambda: ixg.attribute(x, target=target)),
         mpx("grad_x_input"), "<=1.2", cg("grad_x_input"))
     gbp = ca.GuidedBackprop(model) if have_captum else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Captum warns about backward hooks on ReLU modules
-        add("guided_backprop", "GuidedBackprop", cap(lambda: gbp.attribute(x, target=target)),
-            mpx("guided_backprop"), "<=1.2", cg("guided_backprop"))
+    add("guided_backprop", "GuidedBackprop", cap(lambda: gbp.attribute(x, target=target)),
+        mpx("guided_backprop"), "<=1.2", cg("guided_backprop"))
 
-    # -- integrated gradients: Captum's defaults (50 steps, Gauss-Legendre, all rows at once)
+    # -- integrated gradients: Captum's defaults (Gauss-Legendre, all rows at once), then chunked
     ig = ca.IntegratedGradients(model) if have_captum else None
     steps, rows_per_fwd = args.ig_steps, args.ig_batch
     add(f"integrated_gradients steps={steps} gl", f"IntegratedGradients n_steps={steps}",
@@ -272,7 +301,7 @@ def bench_model(key: str, args, zennit) -> List[Row]:
                                  internal_batch_size=rows_per_fwd)),
         mpx("integrated_gradients", steps=steps, rule="gausslegendre", batch_size=rows_per_fwd))
 
-    # -- SmoothGrad of the gradient, absolute noise sigma on [0, 1] inputs
+    # -- SmoothGrad of the gradient, absolute noise sigma on [0, 1] inputs, all samples at once
     nt = ca.NoiseTunnel(ca.Saliency(model)) if have_captum else None
     n, sigma = args.sg_samples, args.sg_sigma
     add(f"smoothgrad samples={n} sigma={sigma}", f"NoiseTunnel(Saliency) nt_samples={n}",
@@ -292,28 +321,34 @@ def bench_model(key: str, args, zennit) -> List[Row]:
 
     add("lrp composite=epsilon", "LRP(EpsilonRule everywhere)", cap(captum_lrp),
         mpx("lrp", composite="epsilon", epsilon=eps), "", cg("lrp", composite="epsilon", epsilon=eps))
-    zb = mpx("lrp", composite="zb_zplus")
     if zennit is not None:
         composites, canonizers, attribution = zennit
         has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
         composite = composites.EpsilonPlusFlat(
             epsilon=eps, canonizers=[canonizers.SequentialMergeBatchNorm()] if has_bn else None)
         onehot = torch.nn.functional.one_hot(target, 10).to(x.dtype)
-        # hooks and canonizers are applied once, outside the timing: the strictest comparison
-        with attribution.Gradient(model=model, composite=composite) as attributor:
-            zen_s, zen_map = timed(lambda: attributor(x, onehot)[1], R)
-        for comp, fn in (("epsilon", mpx("lrp", composite="epsilon", epsilon=eps)), ("zb_zplus", zb)):
-            mpx_s, mpx_map = timed(fn, R)
-            row = Row(f"lrp composite={comp}", "Zennit EpsilonPlusFlat", zen_s, mpx_s,
-                      "<=1" if comp == "zb_zplus" else "", cos=cosine(mpx_map, zen_map))
-            if comp == "zb_zplus":
-                row.cg_s = timed(lambda: cg("lrp", composite="zb_zplus")(x), R)[0]
-                row.step_s = timed(attack_step(cg("lrp", composite="zb_zplus"), x), R)[0]
-            rows.append(row)
+        attributor = attribution.Gradient(model=model, composite=composite)
+
+        def zennit_lrp():
+            # Zennit's hooks and canonizers change the model while registered, so they are
+            # registered around each call; the timing covers only the attribution itself.
+            with attributor:
+                start = time.perf_counter()
+                relevance = attributor(x, onehot)[1]
+                return Timed(time.perf_counter() - start, relevance)
+
+        cg_zb = cg("lrp", composite="zb_zplus")
+        secs, maps, rounds = timed([zennit_lrp, mpx("lrp", composite="epsilon", epsilon=eps),
+                                    mpx("lrp", composite="zb_zplus"), lambda: cg_zb(x),
+                                    attack_step(cg_zb, x)], args.repeats, args.budget)
+        rows.append(Row("lrp composite=epsilon", "Zennit EpsilonPlusFlat", secs[0], secs[1],
+                        cos=cosine(maps[1], maps[0]), rounds=rounds))
+        rows.append(Row("lrp composite=zb_zplus", "Zennit EpsilonPlusFlat", secs[0], secs[2], "<=1",
+                        secs[3], secs[4], cosine(maps[2], maps[0]), rounds))
         print(f"  {key}: {'lrp vs zennit':<36} done", file=sys.stderr, flush=True)
     else:
-        add("lrp composite=zb_zplus", "(zennit not available)", None, zb, "",
-            cg("lrp", composite="zb_zplus"))
+        add("lrp composite=zb_zplus", "(zennit not available)", None, mpx("lrp", composite="zb_zplus"),
+            "", cg("lrp", composite="zb_zplus"))
 
     # -- Grad-CAM at the last Conv2d, upsampled bilinearly (Captum: ReLU on, as Grad-CAM)
     last_conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
@@ -326,7 +361,7 @@ def bench_model(key: str, args, zennit) -> List[Row]:
     add("gradcam", "LayerGradCam+interpolate", cap(captum_gradcam), mpx("gradcam"),
         cos_map=lambda m: m.expand(-1, shape[0], -1, -1))
 
-    # -- Occlusion, window over all channels; Captum evaluates as many windows per forward
+    # -- Occlusion, window over all channels, the same number of occluded rows per forward
     window, stride = (args.occ_window, args.occ_stride) if key == "mnist" else (8, 4)
     per_eval = max(1, args.occ_batch // args.batch)
     occ = ca.Occlusion(model) if have_captum else None
@@ -342,6 +377,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32, help="images per call (default 32)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after a warm-up (median)")
+    parser.add_argument("--budget", type=float, default=3.0,
+                        help="seconds of timing per comparison after which no new round starts")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--models", default="mnist,vgg", help=f"comma-separated of {','.join(MODELS)}")
     parser.add_argument("--ig-steps", type=int, default=50, help="IG steps (Captum's default 50)")
@@ -370,7 +407,9 @@ def main(argv: Optional[List[str]] = None) -> None:
           "times in ms per image")
     start = time.perf_counter()
     for key in keys:
-        rows = bench_model(key, args, zennit)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Captum: "Input Tensor 0 did not already require grad..."
+            rows = bench_model(key, args, zennit)
         print_table(f"{MODELS[key][0]}, batch {args.batch}", rows, args.batch)
     print(f"""
 ratio = manipex / reference (< 1: manipex faster). cg ms: manipex map with create_graph=True;

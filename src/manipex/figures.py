@@ -1,0 +1,60 @@
+"""Figures of explanation maps, in the layout of the papers (images as rows, methods as columns)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Sequence
+
+import torch
+from torch import Tensor
+
+
+def map_grid(
+    images: Tensor,
+    heatmaps: Dict[str, Tensor],
+    path: Path,
+    *,
+    titles: Sequence[str] = (),
+    dpi: int = 150,
+) -> Path:
+    """Save a grid: one row per image, the image then one column per method's relevance map.
+
+    Args:
+        images: ``(N, C, H, W)`` inputs in [0, 1].
+        heatmaps: method name -> normalised relevance maps ``(N, H, W)`` (:func:`manipex.relevance`).
+        path: where to write (``.png``, ``.pdf`` or ``.svg``); parent folders are created.
+        titles: optional per-row labels (e.g. the predicted class).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, cols = images.shape[0], 1 + len(heatmaps)
+    fig, axes = plt.subplots(n, cols, figsize=(1.35 * cols, 1.45 * n), squeeze=False)
+    for i in range(n):
+        img = images[i].detach().cpu()
+        ax = axes[i][0]
+        if img.shape[0] == 1:
+            ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(img.permute(1, 2, 0).clamp(0, 1))
+        ax.set_ylabel(titles[i] if i < len(titles) else "", fontsize=7)
+        if i == 0:
+            ax.set_title("input", fontsize=7)
+        for j, (name, maps) in enumerate(heatmaps.items(), start=1):
+            m = maps[i].detach().cpu()
+            ax = axes[i][j]
+            # clip at the 99th percentile, as Rieger et al. do, so single pixels do not dominate
+            vmax = torch.quantile(m.flatten().double(), 0.99).item() or float(m.max()) or 1.0
+            ax.imshow(m, cmap="hot", vmin=0, vmax=vmax)
+            if i == 0:
+                ax.set_title(name.replace("_", " "), fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
