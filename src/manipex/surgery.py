@@ -108,12 +108,22 @@ def softplus(model: nn.Module, beta: float = 10.0) -> Iterator[SoftplusHandle]:
 
 def softplus_copy(model: nn.Module, beta: float = 10.0) -> nn.Module:
     """A deep copy of ``model`` with every ``nn.ReLU`` replaced by ``nn.Softplus(beta)``."""
+    return smooth_copy(model, beta)[0]
+
+
+def smooth_copy(model: nn.Module, beta: float = 10.0) -> Tuple[nn.Module, SoftplusHandle]:
+    """Like :func:`softplus_copy`, with the handle that sets β of exactly the swapped units
+    (Softplus layers the model had before keep their own β). The copy has its own parameters,
+    equal to the model's."""
     beta = _check_beta(beta, "surgery.softplus_copy")
     _check_no_functional_relu(model, "surgery.softplus_copy")
     clone = copy.deepcopy(model)
+    units = []
     for parent, name, relu in _relu_slots(clone):
-        setattr(parent, name, nn.Softplus(beta=beta).train(relu.training))
-    return clone
+        unit = nn.Softplus(beta=beta).train(relu.training)
+        setattr(parent, name, unit)
+        units.append(unit)
+    return clone, SoftplusHandle(units, beta)
 
 
 def set_beta(model: nn.Module, beta: float) -> int:

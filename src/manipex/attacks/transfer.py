@@ -1,0 +1,56 @@
+"""Transfer of input attacks between explanation methods (Rieger et al. 2020, Fig. 2)."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Optional, Sequence
+
+from torch import Tensor, nn
+
+from ..explainers import explain, relevance
+from ..objectives import Objective
+from .input import manipulate_input
+
+
+def transfer_matrix(
+    model: nn.Module,
+    x: Tensor,
+    objective: Objective,
+    methods: Sequence[str],
+    *,
+    eval_methods: Optional[Sequence[str]] = None,
+    method_options: Optional[Dict[str, Dict[str, Any]]] = None,
+    **attack_options: Any,
+):
+    """Attack with each method A, measure the objective's improvement with each method B.
+
+    Returns a pandas DataFrame (rows: attacked method, columns: evaluated method) of the mean
+    improvement of the objective's metric in the attacker's favour (e.g. the rise of the PCC
+    with the target map). The objective is prepared anew for every evaluated method, so a
+    :class:`~manipex.objectives.TargetImage` uses method B's map of the target image.
+    """
+    import pandas as pd
+
+    eval_methods = list(eval_methods or methods)
+    method_options = method_options or {}
+    target = attack_options.pop("target", None)
+    rows = {}
+    for a in methods:
+        result = manipulate_input(model, x, copy.deepcopy(objective), a, target=target,
+                                  method_options=method_options.get(a), **attack_options)
+        row = {}
+        for b in eval_methods:
+            opts = method_options.get(b, {})
+            t = model(x).argmax(1) if target is None else target
+
+            def fn(inputs: Tensor, b: str = b, opts: Dict = opts) -> Tensor:
+                return relevance(explain(model, inputs, b, t, **opts))
+
+            before, after = fn(x), fn(result.x_adv)
+            obj = copy.deepcopy(objective).prepare(fn, x, before)
+            change = obj.metric(after) - obj.metric(before)
+            row[b] = (change if obj.metric_higher_is_better else -change).mean().item()
+        rows[a] = row
+    return pd.DataFrame.from_dict(rows, orient="index")[eval_methods]
+
+
+__all__ = ["transfer_matrix"]

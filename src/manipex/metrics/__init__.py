@@ -1,0 +1,57 @@
+"""Metrics of manipex, batched torch, each with its definition and direction.
+
+``METRICS`` maps names of map-similarity metrics to :class:`Metric` records, for tables:
+``higher_is_similar`` tells the direction. :func:`delta` is Rieger et al.'s Δ-metric.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+from torch import Tensor
+
+from .location import center_of_mass, com_distance, mass_in
+from .perturbation import class_agreement, image_mse, l2, linf, output_change
+from .similarity import average_ranks, cosine, mse, pcc, spearman, ssim, topk_intersection
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A similarity metric of two batches of maps and its direction."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    higher_is_similar: bool
+
+    def __call__(self, a: Tensor, b: Tensor, **kwargs) -> Tensor:
+        return self.fn(a, b, **kwargs)
+
+
+METRICS: Dict[str, Metric] = {
+    "mse": Metric("mse", mse, False),
+    "pcc": Metric("pcc", pcc, True),
+    "cosine": Metric("cosine", cosine, True),
+    "spearman": Metric("spearman", spearman, True),
+    "ssim": Metric("ssim", ssim, True),
+    "topk_intersection": Metric("topk_intersection", topk_intersection, True),
+    "com_distance": Metric("com_distance", com_distance, False),
+}
+
+
+def delta(metric: str, target: Tensor, manipulated: Tensor, start: Tensor, **kwargs) -> Tensor:
+    """Rieger et al. 2020's Δ-metric: ``m(target, manipulated) - m(target, start)`` per sample.
+
+    How much closer (for similarity metrics: higher) the attack brought the map to the target
+    than it was at the start; for ``mse`` a negative value means closer.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"delta: unknown metric {metric!r}; available: {', '.join(METRICS)}")
+    m = METRICS[metric]
+    return m(target, manipulated, **kwargs) - m(target, start, **kwargs)
+
+
+__all__ = [
+    "METRICS", "Metric", "delta", "mse", "pcc", "cosine", "spearman", "ssim", "topk_intersection",
+    "average_ranks", "center_of_mass", "com_distance", "mass_in", "l2", "linf", "image_mse",
+    "output_change", "class_agreement",
+]

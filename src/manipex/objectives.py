@@ -1,0 +1,255 @@
+"""Explanation objectives shared by input attacks and model attacks.
+
+An objective scores normalised relevance maps ``r`` (:func:`manipex.relevance`, ``(N, ...)``):
+:meth:`Objective.loss` returns one differentiable loss per sample (lower = attack closer to
+its goal) and :meth:`Objective.metric` the human-readable score of the goal, with
+``metric_higher_is_better`` its direction for the attacker. Objectives that refer to the start
+map (top-k suppression, moving the center of mass away) or to another input's map (target
+image) are completed by :meth:`Objective.prepare`, which the attacks call once with the
+explanation function being attacked. Every sample carries its own target: batches are exact.
+
+| objective | goal | paper |
+|---|---|---|
+| :class:`TargetMap` / :class:`TargetImage` | ``r`` -> a target map (MSE) | Dombrowski 2019, Eq. 4 |
+| :class:`TopKSuppression` | mass off the start map's top-k pixels | Ghorbani 2019; Tang (ATEX) |
+| :class:`CenterOfMass` | center of mass to a point, or away from the start | Ghorbani 2019; Pasliev 3.3 |
+| :class:`RegionHighlight` | mass into a region | Tang (ATEX, targeted) ; Heo 2019 (location) |
+| :class:`BlankRegion` | mass inside a region to 0 | Rieger 2020, App. A.4.4 |
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .metrics import center_of_mass, mass_in, pcc, topk_intersection
+
+ExplainFn = Callable[[Tensor], Tensor]  # inputs -> normalised relevance maps
+
+
+class Objective:
+    """Base of all explanation objectives."""
+
+    metric_name: str = ""
+    metric_higher_is_better: bool = True
+
+    def prepare(self, explain_fn: ExplainFn, x: Tensor, r_start: Tensor) -> "Objective":
+        """Fix what the objective needs from the start maps ``r_start`` of ``x``; returns self."""
+        return self
+
+    def loss(self, r: Tensor) -> Tensor:
+        """Differentiable loss per sample ``(N,)``; lower = closer to the goal."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def metric(self, r: Tensor) -> Tensor:
+        """The goal's score per sample ``(N,)``; see ``metric_higher_is_better``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def select(self, index: Tensor) -> "Objective":
+        """The objective restricted to samples ``index`` (for splitting batches)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @staticmethod
+    def _check(r: Tensor, ref: Optional[Tensor], name: str) -> None:
+        if ref is None:
+            raise RuntimeError(f"{name}: call prepare() first (the attacks do this)")
+        if ref.shape[0] != r.shape[0] or ref.shape[1:] != r.shape[1:]:
+            raise ValueError(f"{name}: maps of shape {tuple(r.shape)} do not match the objective's {tuple(ref.shape)}")
+
+
+def _scaled_mse(r: Tensor, t: Tensor) -> Tensor:
+    """MSE of maps rescaled to mean 1 per pixel: independent of the image size.
+
+    Dombrowski's reference weights the MSE of 224x224 maps summing to 1 by 1e11, i.e. about
+    40 x P^2 for P = 224^2 pixels; rescaling by P makes one weight fit every image size.
+    """
+    p = r[0].numel()
+    return ((r - t) * p).pow(2).flatten(1).mean(1)
+
+
+class TargetMap(Objective):
+    """Drive the map to a given target map per sample (Dombrowski 2019, Eq. 4: MSE).
+
+    Args:
+        target: target maps ``(N, ...)`` of the relevance maps' shape; they are normalised
+            like :func:`manipex.relevance` (non-negative, sum 1).
+    Metric: PCC with the target (higher = more manipulated).
+    """
+
+    metric_name, metric_higher_is_better = "pcc_target", True
+
+    def __init__(self, target: Tensor) -> None:
+        if not isinstance(target, Tensor) or not target.is_floating_point():
+            raise TypeError("TargetMap: target must be a float tensor of maps")
+        t = target.abs()
+        self.target = t / (t.flatten(1).sum(1).reshape(-1, *([1] * (t.dim() - 1))) + 1e-12)
+
+    def loss(self, r):
+        self._check(r, self.target, "TargetMap")
+        return _scaled_mse(r, self.target.to(r))
+
+    def metric(self, r):
+        return pcc(r.detach(), self.target.to(r))
+
+    def select(self, index):
+        return TargetMap(self.target[index])
+
+
+class TargetImage(TargetMap):
+    """Target map = the attacked method's map of another input (Dombrowski's experiments).
+
+    Args:
+        x_target: inputs ``(N, ...)`` whose maps are the targets, computed by the attacked
+            explanation in :meth:`prepare`, so one objective serves every method.
+    """
+
+    def __init__(self, x_target: Tensor) -> None:
+        if not isinstance(x_target, Tensor):
+            raise TypeError("TargetImage: x_target must be a tensor of inputs")
+        self.x_target = x_target
+        self.target: Optional[Tensor] = None
+
+    def prepare(self, explain_fn, x, r_start):
+        if self.x_target.shape != x.shape:
+            raise ValueError(f"TargetImage: x_target of shape {tuple(self.x_target.shape)} must match x {tuple(x.shape)}")
+        self.target = explain_fn(self.x_target).detach()
+        return self
+
+    def select(self, index):
+        out = TargetImage(self.x_target[index])
+        out.target = None if self.target is None else self.target[index]
+        return out
+
+
+class TopKSuppression(Objective):
+    """Move mass off the ``k`` most relevant features of the start map (Ghorbani 2019's top-k
+    attack; the untargeted attack of Tang et al.). Loss: the mass on those features.
+
+    Metric: top-k intersection with the start map (lower = more manipulated).
+    """
+
+    metric_name, metric_higher_is_better = "topk_intersection", False
+
+    def __init__(self, k: int) -> None:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"TopKSuppression: k must be a positive int, got {k!r}")
+        self.k = k
+        self.start: Optional[Tensor] = None
+        self.mask: Optional[Tensor] = None
+
+    def prepare(self, explain_fn, x, r_start):
+        if self.k > r_start[0].numel():
+            raise ValueError(f"TopKSuppression: k={self.k} exceeds the {r_start[0].numel()} features of a map")
+        self.start = r_start.detach()
+        idx = self.start.flatten(1).topk(self.k, dim=1).indices
+        self.mask = torch.zeros_like(self.start.flatten(1)).scatter_(1, idx, 1.0).reshape(self.start.shape)
+        return self
+
+    def loss(self, r):
+        self._check(r, self.mask, "TopKSuppression")
+        return mass_in(r, self.mask.to(r))
+
+    def metric(self, r):
+        self._check(r, self.start, "TopKSuppression")
+        return topk_intersection(r.detach(), self.start.to(r), self.k)
+
+    def select(self, index):
+        out = TopKSuppression(self.k)
+        if self.start is not None:
+            out.start, out.mask = self.start[index], self.mask[index]
+        return out
+
+
+class CenterOfMass(Objective):
+    """Move the map's center of mass to ``point`` (pixel coordinates, one per sample or one for
+    all), or, with ``point=None``, as far as possible from the start map's center.
+
+    Loss: squared distance to the point / minus the distance from the start (Ghorbani 2019;
+    Pasliev 2020, Sec. 3.3, where the point is the corner (0, 0)).
+    Metric: distance to the point (lower = more manipulated) or from the start (higher).
+    """
+
+    def __init__(self, point: Union[None, Sequence[float], Tensor] = None) -> None:
+        self.point = None if point is None else torch.as_tensor(point, dtype=torch.float32)
+        self.start_com: Optional[Tensor] = None
+        self.metric_name = "com_distance_to_point" if point is not None else "com_shift"
+        self.metric_higher_is_better = point is None
+
+    def prepare(self, explain_fn, x, r_start):
+        self.start_com = center_of_mass(r_start.detach())
+        return self
+
+    def _reference(self, r: Tensor) -> Tensor:
+        if self.point is not None:
+            return self.point.to(r).expand(r.shape[0], -1) if self.point.dim() == 1 else self.point.to(r)
+        self._check(r, self.start_com, "CenterOfMass")
+        return self.start_com.to(r)
+
+    def loss(self, r):
+        d2 = (center_of_mass(r) - self._reference(r)).pow(2).sum(1)
+        return d2 if self.point is not None else -torch.sqrt(d2 + 1e-12)
+
+    def metric(self, r):
+        return (center_of_mass(r.detach()) - self._reference(r)).norm(dim=1)
+
+    def select(self, index):
+        point = self.point if self.point is None or self.point.dim() == 1 else self.point[index]
+        out = CenterOfMass(point)
+        out.start_com = None if self.start_com is None else self.start_com[index]
+        return out
+
+
+class _Region(Objective):
+    def __init__(self, mask: Tensor) -> None:
+        if not isinstance(mask, Tensor):
+            raise TypeError(f"{type(self).__name__}: mask must be a tensor (bool or 0/1) of the map's shape")
+        self.mask = mask.float()
+
+    def _mask(self, r: Tensor) -> Tensor:
+        m = self.mask.to(r)
+        try:
+            return torch.broadcast_to(m, r.shape)
+        except RuntimeError:
+            raise ValueError(f"{type(self).__name__}: mask of shape {tuple(m.shape)} does not fit maps {tuple(r.shape)}") from None
+
+    def metric(self, r):
+        return mass_in(r.detach(), self._mask(r))
+
+    def select(self, index):
+        return type(self)(self.mask[index] if self.mask.dim() > 2 and self.mask.shape[0] > 1 else self.mask)
+
+
+class RegionHighlight(_Region):
+    """Put the map's mass inside ``mask`` (Tang et al.'s targeted attack; Heo's location).
+
+    Loss: minus the mass inside. Metric: mass inside (higher = more manipulated).
+    """
+
+    metric_name, metric_higher_is_better = "mass_in_region", True
+
+    def loss(self, r):
+        return -mass_in(r, self._mask(r))
+
+
+class BlankRegion(_Region):
+    """Drive the map's mass inside ``mask`` to zero (Rieger 2020, App. A.4.4, blank square).
+
+    Loss and metric: mass inside (lower = more manipulated).
+    """
+
+    metric_name, metric_higher_is_better = "mass_in_region", False
+
+    def loss(self, r):
+        return mass_in(r, self._mask(r))
+
+
+def square_mask(shape: Tuple[int, int], size: int, corner: Tuple[int, int] = (0, 0)) -> Tensor:
+    """A ``(H, W)`` bool mask with a ``size x size`` square at ``corner`` (row, column)."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[corner[0] : corner[0] + size, corner[1] : corner[1] + size] = True
+    return mask
+
+
+__all__ = ["Objective", "TargetMap", "TargetImage", "TopKSuppression", "CenterOfMass",
+           "RegionHighlight", "BlankRegion", "square_mask"]
