@@ -12,8 +12,11 @@ the performance issue, the time of the manipex map with ``create_graph=True`` (w
 step builds) and of that map plus one backward pass to the input (a whole attack step), and the
 mean per-image cosine similarity of the two maps as a check that both compute the same thing.
 
-Timing: one warm-up call, then the median of ``--repeats`` calls; ``torch.set_num_threads``
-is ``--threads``. Both models have random weights and are in eval mode; the inputs are uniform
+Timing: each function is called once to warm up, then the reference and manipex (and the
+create_graph variants) are called in turn for ``--repeats`` rounds, so that a change of load on
+the machine hits both alike, and the median (``--stat min`` on a busy machine) is reported; a
+comparison that has taken ``--budget`` seconds starts no further round (column ``n``).
+``torch.set_num_threads`` is ``--threads``. Both models have random weights and are in eval mode; the inputs are uniform
 in [0, 1] and the explained class is the predicted one, passed explicitly to both libraries.
 
 Targets (performance issue): the gradient family (gradient, grad_x_input, guided backprop)
@@ -145,13 +148,13 @@ def import_zennit():
 # Timing
 
 
-#: The clock of all timings: wall time, or with ``--clock cpu`` this process's CPU time (summed
-#: over its threads), which a machine shared with other jobs disturbs much less.
-clock = time.perf_counter
+#: How the timed calls are summarised (``--stat``).
+STAT: Callable[[List[float]], float] = statistics.median
 
 
 def timed(fns: List[Callable[[], Tensor]], repeats: int, budget: float) -> Tuple[List[float], List[Tensor], int]:
-    """Median seconds per call of each function, their warm-up results, and the rounds timed.
+    """Seconds per call of each function (``STAT`` of the timed calls), their warm-up results,
+    and the number of rounds timed.
 
     Each function is called once to warm up; then the functions are called in turn, round after
     round, so that a load change on the machine hits all of them alike. After the first round,
@@ -164,11 +167,11 @@ def timed(fns: List[Callable[[], Tensor]], repeats: int, budget: float) -> Tuple
         if round_ and spent > budget:
             break
         for fn, ts in zip(fns, times):
-            start = clock()
+            start = time.perf_counter()
             out = fn()
-            ts.append(out.seconds if isinstance(out, Timed) else clock() - start)
+            ts.append(out.seconds if isinstance(out, Timed) else time.perf_counter() - start)
             spent += ts[-1]
-    return [statistics.median(ts) for ts in times], results, len(times[0])
+    return [STAT(ts) for ts in times], results, len(times[0])
 
 
 @dataclass
@@ -340,9 +343,9 @@ def bench_model(key: str, args, zennit) -> List[Row]:
             # Zennit's hooks and canonizers change the model while registered, so they are
             # registered around each call; the timing covers only the attribution itself.
             with attributor:
-                start = clock()
+                start = time.perf_counter()
                 relevance = attributor(x, onehot)[1]
-                return Timed(clock() - start, relevance)
+                return Timed(time.perf_counter() - start, relevance)
 
         cg_zb = cg("lrp", composite="zb_zplus")
         secs, maps, rounds = timed([zennit_lrp, mpx("lrp", composite="epsilon", epsilon=eps),
@@ -383,11 +386,11 @@ def bench_model(key: str, args, zennit) -> List[Row]:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32, help="images per call (default 32)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls after a warm-up (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds after a warm-up (default 5)")
     parser.add_argument("--budget", type=float, default=3.0,
                         help="seconds of timing per comparison after which no new round starts")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall time (default) or process CPU time, steadier on a busy machine")
+    parser.add_argument("--stat", choices=("median", "min"), default="median",
+                        help="statistic of the timed calls (min is steadier on a busy machine)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--models", default="mnist,vgg", help=f"comma-separated of {','.join(MODELS)}")
     parser.add_argument("--ig-steps", type=int, default=50, help="IG steps (Captum's default 50)")
@@ -405,8 +408,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
 
     torch.set_num_threads(args.threads)
-    global clock
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    global STAT
+    STAT = statistics.median if args.stat == "median" else min
     zennit = import_zennit()
     if ca is not None:
         import captum
@@ -414,8 +417,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f"manipex {manipex.__version__}, torch {torch.__version__}, "
           f"captum {captum.__version__ if ca is not None else 'not available: ' + CAPTUM_ERROR}, "
           f"zennit {'available' if zennit is not None else 'not available'}")
-    print(f"batch {args.batch}, threads {torch.get_num_threads()}, median of {args.repeats} after 1 warm-up; "
-          f"{args.clock} time in ms per image")
+    print(f"batch {args.batch}, threads {torch.get_num_threads()}, {args.stat} of up to {args.repeats} "
+          "calls after 1 warm-up; ms per image")
     start = time.perf_counter()
     for key in keys:
         with warnings.catch_warnings():
@@ -423,14 +426,19 @@ def main(argv: Optional[List[str]] = None) -> None:
             rows = bench_model(key, args, zennit)
         print_table(f"{MODELS[key][0]}, batch {args.batch}", rows, args.batch)
     print(f"""
-ratio = manipex / reference (< 1: manipex faster). cg ms: manipex map with create_graph=True;
-step ms: that map plus a backward pass of sum(map**2) to the input (one attack step).
-cos: mean per-image cosine of the two maps (SmoothGrad: different noise; LRP: Captum starts from
-the logit and treats BatchNorm as its own epsilon layer, Zennit's EpsilonPlusFlat uses other rules).
-IG: both with {args.ig_steps} Gauss-Legendre steps; SmoothGrad: {args.sg_samples} samples of absolute
-sigma {args.sg_sigma}, all at once in both. Zennit is timed with its hooks already registered.
-Occlusion on the VGG uses window 8, stride 4. Memory is not measured; batch_size/internal_batch_size
-bound it. Total {time.perf_counter() - start:.0f} s.""")
+ratio = manipex / reference (below 1: manipex is faster); target: the goal of the performance issue.
+cg ms: the manipex map with create_graph=True; step ms: that map plus one backward pass of
+sum(map**2) to the input (an attack step). n: rounds timed (fewer than --repeats where a comparison
+took over --budget={args.budget:g} s). cos: mean per-image cosine of the two maps, a check that both
+compute the same thing; it is below 1 by design for SmoothGrad (other noise), LRP vs Zennit
+(EpsilonPlusFlat: flat first layer, epsilon on dense layers) and LRP vs Captum on BatchNorm (Captum
+gives BatchNorm its own epsilon step; manipex merges it into the conv).
+IG: {args.ig_steps} Gauss-Legendre steps in both. SmoothGrad: {args.sg_samples} samples of absolute
+sigma {args.sg_sigma} in both, all samples in one batch (Captum's default). Zennit: its hooks and
+canonizers are registered around each call, outside the timed part. Occlusion: window
+{args.occ_window}, stride {args.occ_stride} on MNIST; 8, 4 on the VGG; {max(1, args.occ_batch // args.batch)} windows per forward in both.
+Memory is not measured; manipex's batch_size (like Captum's internal_batch_size) bounds it.
+Total {time.perf_counter() - start:.0f} s.""")
 
 
 if __name__ == "__main__":

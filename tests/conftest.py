@@ -102,3 +102,10 @@ def assert_same_state(before, after):
     assert all(g is None for g in after["grads"]) == all(g is None for g in before["grads"])
     for k, v in before["params"].items():
         assert torch.equal(v, after["params"][k]), k
+
+
+@pytest.fixture(scope="session")
+def mnist_model(tmp_path_factory):
+    """The default MNIST-5k model, trained once per test session into a private cache."""
+    cache = tmp_path_factory.mktemp("manipex-cache")
+    return manipex.models.load_default("mnist", cache_dir=cache, progress=False)

@@ -183,7 +183,10 @@ class CenterOfMass(Objective):
     def _reference(self, r: Tensor) -> Tensor:
         if self.point is not None:
             return self.point.to(r).expand(r.shape[0], -1) if self.point.dim() == 1 else self.point.to(r)
-        self._check(r, self.start_com, "CenterOfMass")
+        if self.start_com is None:
+            raise RuntimeError("CenterOfMass: call prepare() first (the attacks do this)")
+        if self.start_com.shape[0] != r.shape[0]:
+            raise ValueError(f"CenterOfMass: {r.shape[0]} maps do not match the objective's {self.start_com.shape[0]}")
         return self.start_com.to(r)
 
     def loss(self, r):

@@ -1,0 +1,138 @@
+"""Input attacks on the default MNIST-5k model (seeded): the acceptance of the attack issue."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import manipex
+from manipex.attacks import manipulate_input, transfer_matrix
+from manipex.metrics import center_of_mass, pcc, topk_intersection
+from manipex.objectives import CenterOfMass, TargetImage, TargetMap, TopKSuppression
+
+from conftest import assert_same_state, state_of
+
+
+@pytest.fixture(scope="module")
+def setup(mnist_model):
+    x, _ = manipex.data.load("mnist5k", split="test")
+    return mnist_model, x[:32]
+
+
+def random_sign(x, eps, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (x + eps * (torch.randint(0, 2, x.shape, generator=g) * 2 - 1).to(x.dtype)).clamp(0, 1)
+
+
+TARGETED = [
+    ("gradient", {}, 300, 0.2),
+    ("grad_x_input", {}, 300, 0.1),
+    ("integrated_gradients", {"steps": 5}, 200, 0.1),
+    ("guided_backprop", {}, 300, 0.1),
+    ("lrp", {}, 300, 0.1),
+]
+
+
+@pytest.mark.parametrize("method,opts,steps,required", TARGETED)
+def test_targeted_attack_moves_map_to_target_and_keeps_class(setup, method, opts, steps, required):
+    model, x = setup
+    before = state_of(model)
+    x_target = x.roll(1, 0)  # each image's target is the map of another test image
+    res = manipulate_input(model, x, TargetImage(x_target), method, method_options=opts,
+                           steps=steps, eps=0.2, progress=False)
+    assert_same_state(before, state_of(model))
+    t = model(x).argmax(1)
+    r_target = manipex.relevance(manipex.explain(model, x_target, method, t, **opts))
+    r_random = manipex.relevance(manipex.explain(model, random_sign(x, 0.2), method, t, **opts))
+    rise = (pcc(res.maps_after, r_target) - pcc(res.maps_before, r_target)).mean().item()
+    random_rise = (pcc(r_random, r_target) - pcc(res.maps_before, r_target)).mean().item()
+    assert rise >= required
+    assert rise >= 3 * max(random_rise, 0.0)
+    assert res.class_kept.float().mean().item() >= 0.95
+    assert (res.x_adv - x).abs().max().item() <= 0.2 + 1e-6
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+
+
+def test_topk_attack_beats_random_perturbation_of_same_norm(setup):
+    model, x = setup
+    x = x[:16]
+    res = manipulate_input(model, x, TopKSuppression(50), "gradient", steps=100, lr=0.01,
+                           optimizer="sign", eps=0.1, progress=False)
+    t = model(x).argmax(1)
+    r_rand = manipex.relevance(manipex.explain(model, random_sign(x, 0.1), "gradient", t))
+    random_overlap = topk_intersection(r_rand, res.maps_before, 50).mean().item()
+    attack_overlap = res.metric_after.mean().item()
+    assert attack_overlap < random_overlap - 0.1
+
+
+def test_center_of_mass_attack_beats_random_perturbation(setup):
+    model, x = setup
+    x = x[:16]
+    res = manipulate_input(model, x, CenterOfMass(), "lrp", steps=100, lr=0.01,
+                           optimizer="sign", eps=0.1, progress=False)
+    t = model(x).argmax(1)
+    r_rand = manipex.relevance(manipex.explain(model, random_sign(x, 0.1), "lrp", t))
+    random_shift = (center_of_mass(r_rand) - center_of_mass(res.maps_before)).norm(dim=1).mean().item()
+    assert res.metric_after.mean().item() > 2 * random_shift
+    assert res.class_kept.all()
+
+
+def test_center_of_mass_to_a_corner(setup):
+    model, x = setup
+    res = manipulate_input(model, x[:8], CenterOfMass((0.0, 0.0)), "gradient", steps=60, eps=0.2, progress=False)
+    assert (res.metric_after < res.metric_before).float().mean() >= 0.9
+
+
+def test_batching_is_exact(setup):
+    model, x = setup
+    model = copy.deepcopy(model).double()
+    x = x[:8].double()
+    target = TargetMap(manipex.relevance(manipex.explain(model, x.roll(1, 0), "gradient")))
+    settings = dict(steps=15, eps=0.2, progress=False, check_every=5)
+    batch = manipulate_input(model, x, target, "gradient", **settings)
+    for i in range(8):
+        single = manipulate_input(model, x[i : i + 1], target.select(torch.tensor([i])), "gradient", **settings)
+        assert torch.allclose(single.x_adv, batch.x_adv[i : i + 1], atol=1e-9)
+        assert torch.allclose(single.metric_after, batch.metric_after[i : i + 1], atol=1e-9)
+
+
+def test_adaptive_attack_on_smoothgrad_and_aggregates_runs(setup):
+    model, x = setup
+    for method, opts in [("smoothgrad", {"samples": 4, "seed": 0, "batch_size": 8}), ("agg_mean", {})]:
+        res = manipulate_input(model, x[:4], TargetImage(x[4:8]), method, method_options=opts,
+                               steps=10, eps=0.2, progress=False)
+        assert res.x_adv.shape == (4, 1, 28, 28) and res.improvement.mean() > 0
+
+
+def test_l2_budget_and_revert(setup):
+    model, x = setup
+    res = manipulate_input(model, x[:4], TargetImage(x[4:8]), "gradient", steps=20, eps=1.0, norm="l2",
+                           gamma=0.0, progress=False)
+    assert ((res.x_adv - x[:4]).flatten(1).norm(dim=1) <= 1.0 + 1e-5).all()
+    assert res.class_kept.all()  # revert guarantees it even without the output term
+
+
+def test_transfer_matrix_shape_and_diagonal(setup):
+    model, x = setup
+    methods = ["gradient", "lrp"]
+    table = transfer_matrix(model, x[:8], TargetImage(x[8:16]), methods, steps=60, eps=0.2, progress=False)
+    assert list(table.index) == methods and list(table.columns) == methods
+    assert (table.values.diagonal() > 0).all()
+
+
+def test_bad_attack_arguments(setup):
+    model, x = setup
+    obj = TargetImage(x[1:3])
+    with pytest.raises(ValueError, match="steps"):
+        manipulate_input(model, x[:2], obj, steps=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        manipulate_input(model, x[:2], obj, optimizer="sgd")
+    with pytest.raises(ValueError, match="unknown method"):
+        manipulate_input(model, x[:2], obj, "saliency")
+    with pytest.raises(TypeError, match="objective"):
+        manipulate_input(model, x[:2], "target")
+    with pytest.raises(ValueError, match="clamp range"):
+        manipulate_input(model, x[:2] + 2, obj)
+    with pytest.raises(ValueError, match="NaN"):
+        manipulate_input(model, x[:2] * float("nan"), obj)
