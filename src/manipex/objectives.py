@@ -14,7 +14,7 @@ explanation function being attacked. Every sample carries its own target: batche
 | :class:`TopKSuppression` | mass off the start map's top-k pixels | Ghorbani 2019; Tang (ATEX) |
 | :class:`CenterOfMass` | center of mass to a point, or away from the start | Ghorbani 2019; Pasliev 3.3 |
 | :class:`RegionHighlight` | mass into a region | Tang (ATEX, targeted) ; Heo 2019 (location) |
-| :class:`BlankRegion` | mass inside a region to 0 | Rieger 2020, App. A.4.4 |
+| :class:`BlankRegion` | mass inside a region (or on features) to 0 | Rieger 2020, App. A.4.4; Pasliev 3.8 |
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ class Objective:
     def _check(r: Tensor, ref: Optional[Tensor], name: str) -> None:
         if ref is None:
             raise RuntimeError(f"{name}: call prepare() first (the attacks do this)")
-        if ref.shape[0] != r.shape[0] or ref.shape[1:] != r.shape[1:]:
+        if ref.shape[0] not in (1, r.shape[0]) or ref.shape[1:] != r.shape[1:]:
             raise ValueError(f"{name}: maps of shape {tuple(r.shape)} do not match the objective's {tuple(ref.shape)}")
 
 
@@ -72,8 +72,8 @@ class TargetMap(Objective):
     """Drive the map to a given target map per sample (Dombrowski 2019, Eq. 4: MSE).
 
     Args:
-        target: target maps ``(N, ...)`` of the relevance maps' shape; they are normalised
-            like :func:`manipex.relevance` (non-negative, sum 1).
+        target: target maps ``(N, ...)`` of the relevance maps' shape, or one map ``(1, ...)``
+            for all samples (Pasliev Sec. 3.4); normalised like :func:`manipex.relevance`.
     Metric: PCC with the target (higher = more manipulated).
     """
 
@@ -90,10 +90,10 @@ class TargetMap(Objective):
         return _scaled_mse(r, self.target.to(r))
 
     def metric(self, r):
-        return pcc(r.detach(), self.target.to(r))
+        return pcc(r.detach(), self.target.to(r).expand_as(r))
 
     def select(self, index):
-        return TargetMap(self.target[index])
+        return TargetMap(self.target if self.target.shape[0] == 1 else self.target[index])
 
 
 class TargetImage(TargetMap):
@@ -236,7 +236,8 @@ class RegionHighlight(_Region):
 
 
 class BlankRegion(_Region):
-    """Drive the map's mass inside ``mask`` to zero (Rieger 2020, App. A.4.4, blank square).
+    """Drive the map's mass inside ``mask`` to zero (Rieger 2020, App. A.4.4, blank square;
+    for tabular inputs a mask over features hides them: Pasliev 2020, Sec. 3.8).
 
     Loss and metric: mass inside (lower = more manipulated).
     """
