@@ -23,13 +23,17 @@ Targets (performance issue): the gradient family (gradient, grad_x_input, guided
 within 1.2x of Captum; integrated gradients and SmoothGrad faster than Captum with Captum's
 default batching; LRP no slower than Zennit's EpsilonPlusFlat.
 
-Memory is not measured (tracemalloc does not see torch's allocator); manipex's ``batch_size``
-options bound it the same way Captum's ``internal_batch_size`` does, and the IG rows with
-``--ig-batch`` show what the chunking costs in time.
+Memory (Linux): the peak growth of the process's resident memory during one more call of
+each method, read from ``/proc/self/status`` after resetting the peak (tracemalloc does not see
+torch's allocator); ``--no-memory`` skips it. The IG rows with ``--ig-batch`` show what chunking
+costs in time and saves in memory.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import statistics
 import sys
 import time
@@ -152,9 +156,12 @@ def import_zennit():
 STAT: Callable[[List[float]], float] = statistics.median
 
 
-def timed(fns: List[Callable[[], Tensor]], repeats: int, budget: float) -> Tuple[List[float], List[Tensor], int]:
+def timed(
+    fns: List[Callable[[], Tensor]], repeats: int, budget: float, memory: int = 0
+) -> Tuple[List[float], List[Tensor], int, List[Optional[float]]]:
     """Seconds per call of each function (``STAT`` of the timed calls), their warm-up results,
-    and the number of rounds timed.
+    the number of rounds timed, and the peak memory of one more call of each of the first
+    ``memory`` functions (see :func:`peak_mib`).
 
     Each function is called once to warm up; then the functions are called in turn, round after
     round, so that a load change on the machine hits all of them alike. After the first round,
@@ -171,7 +178,50 @@ def timed(fns: List[Callable[[], Tensor]], repeats: int, budget: float) -> Tuple
             out = fn()
             ts.append(out.seconds if isinstance(out, Timed) else time.perf_counter() - start)
             spent += ts[-1]
-    return [STAT(ts) for ts in times], results, len(times[0])
+    peaks = [peak_mib(fn) for fn in fns[:memory]] if MEMORY else []
+    peaks += [None] * (len(fns) - len(peaks))
+    return [STAT(ts) for ts in times], results, len(times[0]), peaks
+
+
+#: Whether to measure memory (``--no-memory`` turns it off; needs Linux's /proc).
+MEMORY = True
+
+
+def _proc_status_mib(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+def memory_supported() -> bool:
+    """Whether the peak resident memory of the process can be reset and read (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _proc_status_mib("VmHWM")
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def peak_mib(fn: Callable[[], object]) -> float:
+    """Peak growth of the resident memory during one call of ``fn``, in MiB.
+
+    tracemalloc does not see torch's allocations, so this uses the kernel's resident-set peak:
+    free heap memory is handed back to the system (``malloc_trim``), the peak is reset to the
+    current resident size (``/proc/self/clear_refs``), and after the call the peak (``VmHWM``)
+    is read. Costs one call; cheap next to the timing.
+    """
+    gc.collect()
+    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _proc_status_mib("VmRSS")
+    fn()
+    return _proc_status_mib("VmHWM") - base
 
 
 @dataclass
@@ -217,6 +267,8 @@ class Row:
     step_s: Optional[float] = None
     cos: Optional[float] = None
     rounds: int = 0
+    ref_mib: Optional[float] = None
+    mpx_mib: Optional[float] = None
 
 
 def status(row: Row) -> str:
@@ -230,14 +282,15 @@ def status(row: Row) -> str:
 
 def print_table(title: str, rows: List[Row], batch: int) -> None:
     ms = lambda s: "-" if s is None else f"{1000 * s / batch:.3f}"  # noqa: E731
-    header = ("manipex method", "reference", "ref ms", "mpx ms", "ratio", "target", "cg ms", "step ms", "cos",
-              "n")
+    mib = lambda m: "-" if m is None else f"{m:.0f}"  # noqa: E731
+    header = ("manipex method", "reference", "ref ms", "mpx ms", "ratio", "target", "cg ms", "step ms",
+              "ref MiB", "mpx MiB", "cos", "n")
     table = [header]
     for r in rows:
         ratio = "-" if r.ref_s is None else f"{r.mpx_s / r.ref_s:.2f}"
         cos = "-" if r.cos is None else f"{r.cos:.4f}"
         table.append((r.method, r.reference, ms(r.ref_s), ms(r.mpx_s), ratio, status(r), ms(r.cg_s),
-                      ms(r.step_s), cos, str(r.rounds)))
+                      ms(r.step_s), mib(r.ref_mib), mib(r.mpx_mib), cos, str(r.rounds)))
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     left = {0, 1, 5}
     fmt = lambda line: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
@@ -275,10 +328,11 @@ def bench_model(key: str, args, zennit) -> List[Row]:
         fns = ([ref_fn] if ref_fn is not None else []) + [mpx_fn]
         if cg_fn is not None:
             fns += [lambda: cg_fn(x), attack_step(cg_fn, x)]
-        secs, maps, rounds = timed(fns, args.repeats, args.budget)
+        secs, maps, rounds, peaks = timed(fns, args.repeats, args.budget, memory=2 if ref_fn else 1)
         if ref_fn is None:
-            secs, maps = [None] + secs, [None] + maps
-        row = Row(method, reference, secs[0], secs[1], target_, rounds=rounds)
+            secs, maps, peaks = [None] + secs, [None] + maps, [None] + peaks
+        row = Row(method, reference, secs[0], secs[1], target_, rounds=rounds, ref_mib=peaks[0],
+                  mpx_mib=peaks[1])
         if cg_fn is not None:
             row.cg_s, row.step_s = secs[2], secs[3]
         if maps[0] is not None:
@@ -348,13 +402,13 @@ def bench_model(key: str, args, zennit) -> List[Row]:
                 return Timed(time.perf_counter() - start, relevance)
 
         cg_zb = cg("lrp", composite="zb_zplus")
-        secs, maps, rounds = timed([zennit_lrp, mpx("lrp", composite="epsilon", epsilon=eps),
-                                    mpx("lrp", composite="zb_zplus"), lambda: cg_zb(x),
-                                    attack_step(cg_zb, x)], args.repeats, args.budget)
+        secs, maps, rounds, peaks = timed(
+            [zennit_lrp, mpx("lrp", composite="epsilon", epsilon=eps), mpx("lrp", composite="zb_zplus"),
+             lambda: cg_zb(x), attack_step(cg_zb, x)], args.repeats, args.budget, memory=3)
         rows.append(Row("lrp composite=epsilon", "Zennit EpsilonPlusFlat", secs[0], secs[1],
-                        cos=cosine(maps[1], maps[0]), rounds=rounds))
+                        cos=cosine(maps[1], maps[0]), rounds=rounds, ref_mib=peaks[0], mpx_mib=peaks[1]))
         rows.append(Row("lrp composite=zb_zplus", "Zennit EpsilonPlusFlat", secs[0], secs[2], "<=1",
-                        secs[3], secs[4], cosine(maps[2], maps[0]), rounds))
+                        secs[3], secs[4], cosine(maps[2], maps[0]), rounds, peaks[0], peaks[2]))
         print(f"  {key}: {'lrp vs zennit':<36} done", file=sys.stderr, flush=True)
     else:
         add("lrp composite=zb_zplus", "(zennit not available)", None, mpx("lrp", composite="zb_zplus"),
@@ -391,6 +445,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="seconds of timing per comparison after which no new round starts")
     parser.add_argument("--stat", choices=("median", "min"), default="median",
                         help="statistic of the timed calls (min is steadier on a busy machine)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--models", default="mnist,vgg", help=f"comma-separated of {','.join(MODELS)}")
     parser.add_argument("--ig-steps", type=int, default=50, help="IG steps (Captum's default 50)")
@@ -408,8 +463,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
 
     torch.set_num_threads(args.threads)
-    global STAT
+    global STAT, MEMORY
     STAT = statistics.median if args.stat == "median" else min
+    MEMORY = not args.no_memory and memory_supported()
+    if not args.no_memory and not MEMORY:
+        print("memory: not measured (needs Linux's /proc/self/clear_refs and glibc)")
     zennit = import_zennit()
     if ca is not None:
         import captum
@@ -429,15 +487,15 @@ def main(argv: Optional[List[str]] = None) -> None:
 ratio = manipex / reference (below 1: manipex is faster); target: the goal of the performance issue.
 cg ms: the manipex map with create_graph=True; step ms: that map plus one backward pass of
 sum(map**2) to the input (an attack step). n: rounds timed (fewer than --repeats where a comparison
-took over --budget={args.budget:g} s). cos: mean per-image cosine of the two maps, a check that both
-compute the same thing; it is below 1 by design for SmoothGrad (other noise), LRP vs Zennit
-(EpsilonPlusFlat: flat first layer, epsilon on dense layers) and LRP vs Captum on BatchNorm (Captum
-gives BatchNorm its own epsilon step; manipex merges it into the conv).
+took over --budget={args.budget:g} s). MiB: peak growth of the resident memory in one call (after
+malloc_trim; the model's parameters require grad, as by default). cos: mean per-image cosine of
+the two maps, a check that both compute the same thing; below 1 by design for SmoothGrad (other
+noise) and LRP vs Zennit (EpsilonPlusFlat: flat first layer, z+ on convs, epsilon on dense layers;
+manipex zb_zplus: zB first layer, z+ elsewhere; manipex epsilon: epsilon everywhere).
 IG: {args.ig_steps} Gauss-Legendre steps in both. SmoothGrad: {args.sg_samples} samples of absolute
 sigma {args.sg_sigma} in both, all samples in one batch (Captum's default). Zennit: its hooks and
 canonizers are registered around each call, outside the timed part. Occlusion: window
 {args.occ_window}, stride {args.occ_stride} on MNIST; 8, 4 on the VGG; {max(1, args.occ_batch // args.batch)} windows per forward in both.
-Memory is not measured; manipex's batch_size (like Captum's internal_batch_size) bounds it.
 Total {time.perf_counter() - start:.0f} s.""")
 
 

@@ -13,7 +13,7 @@ from .explainers import explain, fit_patterns, methods, relevance
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"models", "data", "surgery", "explainers", "cli", "metrics", "objectives", "attacks", "figures"}
+_SUBMODULES = {"models", "data", "surgery", "explainers", "cli", "metrics", "objectives", "attacks", "figures", "defenses", "geometry"}
 
 
 def __getattr__(name: str) -> Any:

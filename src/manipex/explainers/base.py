@@ -18,6 +18,10 @@ from .._validation import TargetLike, check_input, check_model, check_target
 
 _REGISTRY: Dict[str, Type["Explainer"]] = {}
 
+#: Options every method accepts. ``softplus_beta``: compute the map on the model with every
+#: ReLU replaced by Softplus(β) (β-smoothing, Dombrowski et al. 2019, Sec. 4); None: as is.
+COMMON_OPTIONS: Dict[str, Any] = {"softplus_beta": None}
+
 
 class Explainer:
     """Base of all explanation methods.
@@ -39,13 +43,17 @@ class Explainer:
             _REGISTRY[cls.name] = cls
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.options))
+        accepted = {**COMMON_OPTIONS, **self.options}
+        unknown = sorted(set(options) - set(accepted))
         if unknown:
-            valid = ", ".join(sorted(self.options)) or "none"
+            valid = ", ".join(sorted(accepted))
             raise TypeError(
                 f"explain(method={self.name!r}) got unknown option {unknown[0]!r}; valid options: {valid}"
             )
-        self.config: Dict[str, Any] = {**self.options, **options}
+        self.config: Dict[str, Any] = {**accepted, **options}
+        beta = self.config["softplus_beta"]
+        if beta is not None and (not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 < beta < float("inf")):
+            raise ValueError(f"explain(method={self.name!r}): softplus_beta must be None or a positive number, got {beta!r}")
         self.validate_options()
 
     def validate_options(self) -> None:
@@ -56,6 +64,22 @@ class Explainer:
     ) -> Tensor:
         """Return the map of ``x``'s shape. ``target`` is None (predicted) or N class indices."""
         raise NotImplementedError  # pragma: no cover - abstract
+
+    def compute(
+        self, model: nn.Module, x: Tensor, target: Optional[Tensor], create_graph: bool
+    ) -> Tensor:
+        """:meth:`attribute`, on the β-smoothed model when ``softplus_beta`` is set.
+
+        The ReLUs are swapped in place for the call and always put back (the graph of the map
+        refers to functions, not modules, so it stays valid afterwards).
+        """
+        beta = self.config["softplus_beta"]
+        if beta is None:
+            return self.attribute(model, x, target, create_graph)
+        from ..surgery import softplus
+
+        with softplus(model, beta):
+            return self.attribute(model, x, target, create_graph)
 
     def __call__(
         self, model: nn.Module, x: Tensor, target: TargetLike = None, *, create_graph: bool = False
@@ -68,7 +92,7 @@ class Explainer:
             resolved = resolved.to(x.device)
         with torch.enable_grad():  # maps are gradients: also under a caller's no_grad()
             try:
-                h = self.attribute(model, x, resolved, create_graph)
+                h = self.compute(model, x, resolved, create_graph)
             except RuntimeError as err:  # e.g. a conv net given (N, H, W) instead of (N, C, H, W)
                 raise ValueError(
                     f"{where}: the model raised an error on x of shape {tuple(x.shape)} and dtype "
@@ -148,7 +172,7 @@ def explain_many(
     maps = []
     for spec in specs:
         name, opts = (spec, {}) if isinstance(spec, str) else spec
-        maps.append(get_explainer(name, **opts).attribute(model, x, target, create_graph))
+        maps.append(get_explainer(name, **opts).compute(model, x, target, create_graph))
     return maps
 
 

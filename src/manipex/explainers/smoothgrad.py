@@ -65,6 +65,6 @@ class SmoothGrad(Explainer):
             noise = torch.stack([torch.randn(rest, generator=generator, dtype=x.dtype) for _ in range(k)])
             noise = noise.to(x.device).unsqueeze(1)  # (k, 1, ...): one draw per sample, all images
             noisy = (x.unsqueeze(0) + sigma.unsqueeze(0) * noise).reshape(k * n, *rest)
-            maps = self.base.attribute(model, noisy, target.repeat(k), create_graph)
+            maps = self.base.compute(model, noisy, target.repeat(k), create_graph)
             total = total + maps.reshape(k, n, *rest).sum(0)
         return total / c["samples"]

@@ -1,0 +1,14 @@
+"""Defenses of explanations and detection of manipulated models.
+
+* β-smoothing: ``manipex.explain(..., softplus_beta=1.0)``; :func:`beta_sweep` (Dombrowski Fig. 4).
+* SmoothGrad and AGG-Mean / AGG-Var are explainers (``"smoothgrad"``, ``"agg_mean"``,
+  ``"agg_var"``); attack them adaptively with :func:`manipex.attacks.manipulate_input`.
+* ATEX fine-tuning: :func:`atex_finetune` (Tang et al.).
+* Detection of manipulated models: :func:`detect_manipulation`, :func:`weight_noise_test`.
+"""
+from .atex import atex_finetune
+from .detection import DetectionReport, detect_manipulation, noise_map_similarity, weight_noise_test
+from .smoothing import beta_sweep
+
+__all__ = ["atex_finetune", "beta_sweep", "detect_manipulation", "noise_map_similarity",
+           "weight_noise_test", "DetectionReport"]

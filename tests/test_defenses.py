@@ -1,0 +1,124 @@
+"""Defenses, detection and geometry (Dombrowski Sec. 3-4, Rieger 2020, Tang ATEX, Pasliev Sec. 4)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import manipex
+from manipex.attacks import manipulate_input, manipulate_model
+from manipex.defenses import atex_finetune, beta_sweep, detect_manipulation, weight_noise_test
+from manipex.geometry import dense_principal_curvatures, principal_curvature, theorem2
+from manipex.metrics import pcc, spearman
+from manipex.models import accuracy, atex_cnn, mnist_cnn, train_classifier
+from manipex.objectives import CenterOfMass, TargetImage, TopKSuppression
+
+from conftest import assert_same_state, make, state_of
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_model):
+    x, y = manipex.data.load("mnist5k", split="train")
+    xt, yt = manipex.data.load("mnist5k", split="test")
+    return mnist_model, (x, y), (xt, yt)
+
+
+def test_softplus_beta_option_smooths_any_method_and_restores_the_model(mnist):
+    model, _, (xt, _) = mnist
+    before = state_of(model)
+    for method in ("gradient", "lrp", "smoothgrad"):
+        opts = {"samples": 3, "seed": 0} if method == "smoothgrad" else {}
+        relu_map = manipex.explain(model, xt[:4], method, **opts)
+        smooth = manipex.explain(model, xt[:4], method, softplus_beta=1.0, **opts)
+        assert not torch.allclose(relu_map, smooth)
+    assert_same_state(before, state_of(model))
+    expected = manipex.explain(model, xt[:4], "gradient", softplus_beta=2.0)
+    with manipex.surgery.softplus(model, 2.0):
+        assert torch.allclose(manipex.explain(model, xt[:4], "gradient"), expected)
+    with pytest.raises(ValueError, match="softplus_beta"):
+        manipex.explain(model, xt[:4], "gradient", softplus_beta=0)
+
+
+def test_beta_smoothing_resists_the_targeted_attack(mnist):
+    model, _, (xt, _) = mnist
+    table = beta_sweep(model, xt[:16], xt[16:32], "gradient", betas=(None, 1.0), eps=0.2, steps=150, progress=False)
+    assert table.loc[1.0, "pcc_target"] < table.loc["relu", "pcc_target"]
+    assert table.loc[1.0, "pcc_original"] > table.loc["relu", "pcc_original"]
+
+
+def test_agg_mean_attacked_adaptively_moves_less_than_its_most_fragile_member(mnist):
+    """Rieger Table 1 reports AGG-Mean's Δ-PCC below every member's on ImageNet/VGG16. On the
+    MNIST-5k CNN the measured ordering is gradient > AGG-Mean ≳ LRP, guided backprop (eps 0.05
+    to 0.2, 100 to 200 steps): the aggregate halves the gradient's vulnerability and stays at
+    or below the members' average, but the smooth LRP and guided-backprop maps of this small
+    network are as hard to move on their own. The test checks what holds here."""
+    model, _, (xt, _) = mnist
+    x, x_target = xt[:16], xt[16:32]
+    deltas = {}
+    for method in ("gradient", "guided_backprop", "lrp", "agg_mean"):
+        res = manipulate_input(model, x, TargetImage(x_target), method, eps=0.1, steps=100, progress=False)
+        deltas[method] = res.improvement.mean().item()
+    members = [deltas[m] for m in ("gradient", "guided_backprop", "lrp")]
+    assert deltas["agg_mean"] < 0.75 * deltas["gradient"], deltas
+    assert deltas["agg_mean"] <= sum(members) / 3, deltas
+
+
+def test_atex_keeps_accuracy_and_resists_the_topk_attack(mnist):
+    _, (x, y), (xt, yt) = mnist
+    base = train_classifier(atex_cnn(), x, y, epochs=3, seed=0, progress=False).eval()
+    defended = atex_finetune(base, x[:2000], epochs=1, progress=False)
+    assert accuracy(defended, xt, yt) >= accuracy(base, xt, yt) - 0.02
+    scores = {}
+    for name, m in (("base", base), ("atex", defended)):
+        res = manipulate_input(m, xt[:64], TopKSuppression(50), "gradient", optimizer="sign", lr=0.01,
+                               steps=100, eps=0.08, beta=None, progress=False)
+        scores[name] = (spearman(res.maps_after, res.maps_before).mean().item(), res.metric_after.mean().item())
+    assert scores["atex"][0] > scores["base"][0]  # Spearman with the original map
+    assert scores["atex"][1] > scores["base"][1]  # top-50 intersection
+
+
+def test_atex_perpendicular_keeps_sign():
+    from manipex.defenses.atex import perpendicular
+
+    u = torch.tensor([[1.0, 1.0], [-1.0, 2.0]])
+    phi = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    p = perpendicular(u, phi)
+    assert torch.allclose((p * phi).sum(1), torch.zeros(2), atol=1e-7)
+    assert torch.allclose(p, torch.tensor([[0.0, 1.0], [-1.5, 1.5]]))
+
+
+def test_detection_separates_a_manipulated_model_from_clean_ones(mnist):
+    clean, (x, y), _ = mnist
+    reference = train_classifier(mnist_cnn(), x, y, epochs=3, seed=1, progress=False).eval()
+    manipulated = manipulate_model(clean, (x, y), CenterOfMass((0.0, 0.0)), "gradient", lam=0.03, lr=1e-3,
+                                   epochs=2, progress=False).model
+    flagged = detect_manipulation(manipulated, (1, 28, 28), [reference])
+    passed = detect_manipulation(clean, (1, 28, 28), [reference])
+    assert flagged.manipulated and not passed.manipulated
+    assert flagged.score > 2 * passed.score
+    assert "MANIPULATED" in str(flagged)
+    table = weight_noise_test(manipulated, (x[:256], y[:256]), CenterOfMass((0.0, 0.0)), sigmas=(0.0, 0.5))
+    assert list(table.columns) == ["accuracy", "com_distance_to_point"]
+    assert table.loc[0.5, "accuracy"] < table.loc[0.0, "accuracy"]
+
+
+def test_curvature_matches_dense_hessian_and_grows_with_beta():
+    model, x = make("small_cnn")
+    k = model(x).argmax(1)
+    estimate = principal_curvature(model, x, k, iters=64)  # 64 = input dimension: exact
+    dense = torch.stack([dense_principal_curvatures(model, x[i], int(k[i])).abs().max() for i in range(len(x))])
+    assert torch.allclose(estimate, dense, rtol=1e-4)
+    relu_model, _ = make("small_cnn", softplus=False)
+    curvatures = []
+    for beta in (1.0, 5.0, 25.0):
+        with manipex.surgery.softplus(relu_model, beta):
+            curvatures.append(principal_curvature(relu_model, x, k, iters=30).median().item())
+    assert curvatures[0] < curvatures[1] < curvatures[2]
+
+
+def test_theorem2_smoothgrad_with_logistic_noise_is_beta_smoothing():
+    torch.manual_seed(0)
+    for beta in (0.5, 2.0, 10.0):
+        w, x = torch.randn(7), torch.randn(7)
+        lhs, rhs = theorem2(w, x, beta)
+        assert torch.allclose(lhs, rhs, atol=1e-6)
