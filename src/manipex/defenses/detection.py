@@ -77,15 +77,17 @@ def detect_manipulation(
     *,
     n: int = 64,
     seed: int = 0,
-    margin: float = 3.0,
+    margin: float = 2.0,
     method_options: Optional[Dict[str, Any]] = None,
 ) -> DetectionReport:
     """Flag ``model`` when its noise maps are more alike than those of trusted models.
 
     The threshold is ``max_ref (mean_ref + margin * sd_ref)`` over the reference models, with
     ``mean_ref`` and ``sd_ref`` the mean and standard deviation of their pairwise PCCs on the
-    same noise inputs: the model is flagged when its mean similarity exceeds what clean models
-    of the same kind produce.
+    same noise inputs: the model is flagged when its *mean* similarity is above what a typical
+    *single pair* of a clean model reaches (``margin = 2``: about the 95th percentile).
+    Measured on MNIST-5k CNNs: clean models 0.20 and 0.24 (pair sd 0.16 to 0.20), a model
+    manipulated towards a corner (center of mass, 2 to 3 epochs) 0.83 to 0.88.
     """
     if not references:
         raise ValueError("detect_manipulation: give at least one reference model the auditor trusts")
