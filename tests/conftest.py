@@ -105,7 +105,12 @@ def assert_same_state(before, after):
 
 
 @pytest.fixture(scope="session")
-def mnist_model(tmp_path_factory):
-    """The default MNIST-5k model, trained once per test session into a private cache."""
-    cache = tmp_path_factory.mktemp("manipex-cache")
-    return manipex.models.load_default("mnist", cache_dir=cache, progress=False)
+def model_cache(tmp_path_factory):
+    """A private model cache for the session (the user's cache is never touched)."""
+    return tmp_path_factory.mktemp("manipex-cache")
+
+
+@pytest.fixture(scope="session")
+def mnist_model(model_cache):
+    """The default MNIST-5k model, trained once per test session into the private cache."""
+    return manipex.models.load_default("mnist", cache_dir=model_cache, progress=False)

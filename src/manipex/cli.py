@@ -1,8 +1,10 @@
 """The ``manipex`` command line.
 
-``manipex explain`` loads (or trains, seeded, on first use) the default MNIST-5k model and
-writes a figure grid of every explanation method's relevance map for a few test images.
-``manipex methods`` lists the explanation methods.
+``manipex run [EXPERIMENT]`` runs (or resumes) a paper's experiment, by default the quick
+benchmark on the embedded MNIST-5k data, and writes its tables and an HTML report.
+``manipex list`` lists experiments, methods, defenses and datasets; ``manipex report DIR``
+rebuilds a report. ``manipex explain`` writes a figure grid of every method's relevance map
+for a few test images of the default model; ``manipex methods`` lists the methods.
 """
 from __future__ import annotations
 
@@ -74,6 +76,64 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_value(text: str):
+    """A ``--set key=value`` value as TOML would read it (numbers, booleans, lists, strings)."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _run(args: argparse.Namespace) -> int:
+    from manipex.experiments import ConfigError, run
+
+    overrides = {}
+    for key in ("n", "steps", "eps", "batch", "seed"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    for item in args.set or []:
+        if "=" not in item:
+            print(f"manipex run: --set expects key=value, got {item!r}", file=sys.stderr)
+            return 2
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _parse_value(value.strip())
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        run(args.experiment, config_file=args.config, overrides=overrides, out=args.out, device=args.device,
+            quiet=args.quiet)
+    except ConfigError as err:
+        print(f"manipex run: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    import manipex
+    from manipex.experiments import EXPERIMENTS
+    from manipex.experiments.papers import DEFENSES
+
+    print("experiments:")
+    for name, exp in sorted(EXPERIMENTS.items()):
+        print(f"  {name:<18}{exp.title}")
+    print("methods:\n  " + ", ".join(manipex.methods()))
+    print("defenses:\n  " + ", ".join(DEFENSES) + ", atex (manipex.defenses.atex_finetune)")
+    print("datasets:\n  " + ", ".join(manipex.data.datasets()))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from manipex.experiments import ConfigError, report_from_folder
+
+    try:
+        print(f"report: {report_from_folder(Path(args.folder))}")
+    except ConfigError as err:
+        print(f"manipex report: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="manipex", description="Attack and defend explanation maps.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_explain)
     p = sub.add_parser("methods", help="list the explanation methods")
     p.set_defaults(func=_methods)
+    p = sub.add_parser("run", help="run (or resume) an experiment; default: the quick benchmark")
+    p.add_argument("experiment", nargs="?", help="quick (default), dombrowski2019, rieger2020")
+    p.add_argument("--config", help="TOML file with the experiment's settings")
+    p.add_argument("--out", default="manipex-runs", help="folder of runs (default ./manipex-runs)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--n", type=int, help="number of images")
+    p.add_argument("--steps", type=int, help="attack steps")
+    p.add_argument("--eps", type=float, help="attack budget (L-infinity)")
+    p.add_argument("--batch", type=int, help="images per unit of work")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. --set methods='[\"lrp\"]'")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--quiet", action="store_true", help="no progress bar or tables (for CI and logs)")
+    p.set_defaults(func=_run)
+    p = sub.add_parser("list", help="experiments, methods, defenses and datasets")
+    p.set_defaults(func=_list)
+    p = sub.add_parser("report", help="rebuild the HTML report of a run folder")
+    p.add_argument("folder")
+    p.set_defaults(func=_report)
     return parser
 
 

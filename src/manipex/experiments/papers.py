@@ -15,7 +15,7 @@ ATTACK_FIELDS = {
     "eps": Field("float", 0.2, "L-infinity budget on [0, 1] images"),
     "lr": Field("float", 0.01, "Adam step size"),
     "seed": Field("int", 0, "seed of every unit"),
-    "ig_steps": Field("int", 8, "integrated-gradients steps inside the attack"),
+    "ig_steps": Field("int", 5, "integrated-gradients steps inside the attack"),
 }
 
 DEFENSES = ("none", "beta_smoothing", "smoothgrad", "agg_mean")
@@ -47,7 +47,7 @@ class Quick(Experiment):
                          "attacked methods", method_choices()),
         "defenses": Field("list[str]", list(DEFENSES), "defenses", DEFENSES),
         "softplus_beta": Field("float", 1.0, "beta of beta-smoothing"),
-        "smoothgrad_samples": Field("int", 8, "SmoothGrad samples"),
+        "smoothgrad_samples": Field("int", 5, "SmoothGrad samples"),
     }
 
     def units(self, config):

@@ -1,0 +1,119 @@
+"""Run an experiment: resolve its config, shard its units, skip finished ones, store rows.
+
+Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) each process runs the units ``rank::world``
+into its own shard of the store and rank 0 waits for all (gloo barrier on CPU, NCCL on GPU)
+before writing tables and the report. Units seed themselves, so the rows do not depend on
+the sharding nor on interruptions.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+from .base import EXPERIMENTS, Experiment
+from .config import ConfigError, read_toml, resolve
+from .store import ResultStore
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ConfigError(f"unknown experiment {name!r}; available: {', '.join(sorted(EXPERIMENTS))}")
+    return EXPERIMENTS[name]
+
+
+def load_config(name: Optional[str], path: Optional[os.PathLike], overrides: Mapping[str, Any]):
+    """The experiment and its validated config: defaults, then the file, then ``overrides``."""
+    table: Dict[str, Any] = dict(read_toml(Path(path))) if path else {}
+    named = table.pop("experiment", None)
+    if named is not None and not isinstance(named, str):
+        raise ConfigError("config key 'experiment' must be a string")
+    if name and named and name != named:
+        raise ConfigError(f"config file is for experiment {named!r}, not {name!r}")
+    experiment = get_experiment(name or named or "quick")
+    config = resolve(experiment.schema, table, source=f"config {path}" if path else "config")
+    config = resolve(experiment.schema, {**config, **overrides}, source="command line")
+    return experiment, config
+
+
+def _distributed() -> tuple:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def environment(device: str) -> Dict[str, Any]:
+    import manipex
+
+    return {"manipex": manipex.__version__, "torch": torch.__version__, "python": sys.version.split()[0],
+            "platform": platform.platform(), "device": device, "threads": torch.get_num_threads()}
+
+
+def run(
+    name: Optional[str] = None,
+    *,
+    config_file: Optional[os.PathLike] = None,
+    overrides: Optional[Mapping[str, Any]] = None,
+    out: os.PathLike | str = "manipex-runs",
+    device: str = "cpu",
+    quiet: bool = False,
+) -> Dict[str, Any]:
+    """Run (or resume) an experiment into ``out/<experiment>``; returns its tables.
+
+    ``quiet`` hides the progress bar (for CI and logs); the tables are always printed.
+
+    The config is validated before any work. Finished units already in the store are skipped.
+    """
+    experiment, config = load_config(name, config_file, overrides or {})
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+    rank, world = _distributed()
+    folder = Path(out) / experiment.name
+    store = ResultStore(folder, rank)
+    old = store.meta()
+    if old is not None and old.get("config") != config:
+        raise ConfigError(f"{folder} holds a run with another config; use another --out or delete it")
+    if rank == 0:
+        store.write_meta({"experiment": experiment.name, "config": config, "seed": config.get("seed"),
+                          "environment": environment(device), "world_size": world, "started": time.time()})
+    units = experiment.units(config)[rank::world]
+    done = store.done()
+    todo = [u for u in units if u.id not in done]
+    from tqdm.auto import tqdm
+
+    if todo:
+        ctx = experiment.setup(config, device)
+        bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=experiment.name, unit="unit",
+                   disable=quiet, dynamic_ncols=True)
+        for unit in todo:
+            bar.set_postfix_str(unit.id)
+            store.append(unit.id, experiment.run_unit(unit, ctx, config))
+            bar.update(1)
+        bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        dist.barrier()
+        if rank != 0:
+            return {}
+    from .report import write_report
+
+    df = ResultStore(folder).frame()
+    tables = experiment.tables(df, config)
+    figures = experiment.figures(df, config, folder)
+    page = write_report(folder, experiment, config, tables, figures)
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(f"\n{experiment.title}\n")
+        for title, table in tables.items():
+            print(f"{title}\n{table}\n")
+    print(f"results: {folder / 'results.jsonl'}\nreport:  {page}")
+    return tables
