@@ -59,20 +59,21 @@ def test_lrp_conserves_relevance_on_bias_free_relu_net(composite):
     assert torch.allclose(h.flatten(1).sum(1), torch.ones(x.shape[0], dtype=x.dtype), atol=1e-6)
 
 
-def test_lrp_zplus_layer_rule_matches_dombrowski_eq2():
-    """One z+ step by hand: R_i = sum_j x_i W+_ji / sum_i x_i W+_ji R_j (a two-layer net)."""
+@pytest.mark.parametrize("low,high", [(0.0, 1.0), (-1.0, 2.0)])
+def test_lrp_zplus_layer_rule_matches_dombrowski_eq2(low, high):
+    """z+ (Eq. 2) then zB (Eq. 3) by hand on a two-layer net."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False)).double().eval()
     with torch.no_grad():
         model[0].weight.add_(0.3)  # keep the hidden units active
         model[2].weight.abs_()
     x = torch.rand(1, 4, dtype=torch.float64)
-    h = manipex.explain(model, x, "lrp", 0, low=0.0, high=1.0)
+    h = manipex.explain(model, x, "lrp", 0, low=low, high=high)
     a = F.relu(x @ model[0].weight.T)
     w2p = model[2].weight.clamp(min=0)
     r1 = a * w2p[0] / (a * w2p[0]).sum()  # z+ at the last layer, R^L = delta_{i,0}
     w, wp, wn = model[0].weight, model[0].weight.clamp(min=0), model[0].weight.clamp(max=0)
-    l, hi = torch.zeros_like(x), torch.ones_like(x)
+    l, hi = torch.full_like(x, low), torch.full_like(x, high)
     z = (x * w - l * wp - hi * wn)  # (3, 4): z_ji for neuron j, input i
     r0 = (z / z.sum(1, keepdim=True) * r1.T).sum(0, keepdim=True)
     assert torch.allclose(h, r0)

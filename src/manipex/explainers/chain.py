@@ -73,6 +73,10 @@ class Step:
     beta: float = 1.0
     merged: bool = False
 
+    def softplus_beta(self) -> float:
+        """β of a softplus activation, read from the module now (β schedules change it)."""
+        return float(getattr(self.module, "beta", self.beta)) if self.module is not None else self.beta
+
     def affine_parameters(self) -> Tuple[Tensor, Optional[Tensor]]:
         """Weight and bias of an affine step, with a following eval-mode BatchNorm merged.
 
@@ -231,7 +235,9 @@ _CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[Tuple, Chain]]" = weakref.We
 
 
 def _fingerprint(model: nn.Module) -> Tuple:
-    return tuple((name, type(m), getattr(m, "beta", None)) for name, m in model.named_modules())
+    """The module structure (names, types, identities); β is read at run time, so a β
+    schedule does not force a new trace every step."""
+    return tuple((name, type(m), id(m)) for name, m in model.named_modules())
 
 
 def layer_chain(model: nn.Module, method: str) -> Chain:

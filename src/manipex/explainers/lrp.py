@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .chain import Record
 from .propagation import PropagationExplainer, stabilize, vjp
@@ -75,18 +75,30 @@ def zb_rule(
     """zB rule for the bounded input domain ``low <= x <= high`` (Dombrowski Eq. 3).
 
     ``R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / sum_i (...) R_j``, bias ignored.
+    For Conv/Linear layers the three terms are one layer applied to the inputs stacked on the
+    channel axis, ``[x, l, h]`` with weights ``[W, -W+, -W-]`` (one convolution and one
+    transposed convolution instead of three each); a zero lower bound is dropped exactly.
     """
     step, x = record.step, record.input
     weight, _ = step.parameters()
-    lo = low.expand_as(x).clone().requires_grad_(True)
-    hi = high.expand_as(x).clone().requires_grad_(True)
-    z = step.affine(x, weight, None) - step.affine(lo, weight.clamp(min=0), None) - step.affine(
-        hi, weight.clamp(max=0), None
-    )
-    gx, gl, gh = torch.autograd.grad(
-        z, (x, lo, hi), relevance / stabilize(z, stabilizer), create_graph=create_graph, retain_graph=True
-    )
-    return x * gx + lo * gl + hi * gh
+    module = step.module
+    terms = [(x, weight), (high.expand_as(x), -weight.clamp(max=0))]
+    if bool(low.any()):
+        terms.insert(1, (low.expand_as(x), -weight.clamp(min=0)))
+    stackable = isinstance(module, nn.Linear) or (isinstance(module, nn.modules.conv._ConvNd) and module.groups == 1)
+    if stackable:
+        inputs = torch.cat([t for t, _ in terms], dim=1)  # in the graph through x
+        z = step.affine(inputs, torch.cat([w for _, w in terms], dim=1), None)
+        s = relevance / stabilize(z, stabilizer)
+        (g,) = torch.autograd.grad(z, inputs, s, create_graph=create_graph, retain_graph=True)
+        width = x.shape[1]
+        parts = [g[:, i * width : (i + 1) * width] for i in range(len(terms))]
+        return sum(t * gi for (t, _), gi in zip(terms, parts))
+    leaves = [x] + [t.clone().requires_grad_(True) for t, _ in terms[1:]]
+    z = sum(step.affine(t, w, None) for t, (_, w) in zip(leaves, terms))
+    grads = torch.autograd.grad(z, leaves, relevance / stabilize(z, stabilizer), create_graph=create_graph,
+                                retain_graph=True)
+    return sum(t * g for t, g in zip(leaves, grads))
 
 
 def proportional_rule(record: Record, relevance: Tensor, stabilizer: float, create_graph: bool) -> Tensor:

@@ -87,5 +87,5 @@ class GuidedBackprop(PropagationExplainer):
     def propagate(self, record, signal, create_graph, first):
         step = record.step
         if step.kind == "activation" and step.activation in ("relu", "softplus"):
-            return guided_relu(signal, record.input, step.activation, step.beta)
+            return guided_relu(signal, record.input, step.activation, step.softplus_beta())
         return super().propagate(record, signal, create_graph, first)
