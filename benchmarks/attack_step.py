@@ -51,13 +51,15 @@ import os
 import statistics
 import sys
 import time
-import types
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 import manipex
+
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
+from _zennit import import_zennit  # noqa: E402
 from manipex import surgery
 from manipex.models import mnist_cnn
 from manipex.objectives import TargetMap
@@ -71,39 +73,6 @@ BETA = (10.0, 100.0)
 # Zennit (optional); the same torchvision stub as benchmarks/explainers.py
 
 
-def import_zennit():
-    """``(composites, attribution)`` of Zennit, or None with the reason printed.
-
-    Zennit imports torchvision (for its ResNet canonizers) at import time. Where torchvision is
-    missing or broken, a minimal stub with the two classes Zennit touches is put in
-    ``sys.modules`` for the import and taken out again afterwards.
-    """
-    inserted: List[str] = []
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-        tv = types.ModuleType("torchvision")
-        tv_models = types.ModuleType("torchvision.models")
-        tv_resnet = types.ModuleType("torchvision.models.resnet")
-        tv_resnet.BasicBlock = type("BasicBlock", (nn.Module,), {})
-        tv_resnet.Bottleneck = type("Bottleneck", (nn.Module,), {})
-        tv.models, tv_models.resnet = tv_models, tv_resnet
-        for module in (tv, tv_models, tv_resnet):
-            sys.modules[module.__name__] = module
-            inserted.append(module.__name__)
-    try:
-        import zennit.attribution
-        import zennit.composites
-
-        return zennit.composites, zennit.attribution
-    except Exception as err:
-        print(f"zennit: not available ({type(err).__name__}: {err})")
-        return None
-    finally:
-        for name in inserted:
-            sys.modules.pop(name, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +177,7 @@ def handwritten_loss(s: Setting) -> Tuple[SetBeta, Grad]:
 
 def zennit_loss(s: Setting, zennit) -> Tuple[SetBeta, Grad]:
     """Zennit's EpsilonPlusFlat map with ``create_graph=True`` in the same loss."""
-    composites, attribution = zennit
+    composites, _, attribution = zennit
     attacked, handle = surgery.smooth_copy(s.model, BETA[0])  # hook-free: the output term
     hooked, zhandle = surgery.smooth_copy(s.model, BETA[0])   # Zennit's hooks live here
     attributor = attribution.Gradient(model=hooked, composite=composites.EpsilonPlusFlat(),

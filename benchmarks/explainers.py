@@ -37,7 +37,6 @@ import gc
 import statistics
 import sys
 import time
-import types
 import warnings
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
@@ -46,6 +45,9 @@ import torch
 from torch import Tensor, nn
 
 import manipex
+
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parent))
+from _zennit import import_zennit  # noqa: E402
 
 try:
     import captum.attr as ca
@@ -112,40 +114,6 @@ MODELS = {
 # Zennit (optional)
 
 
-def import_zennit():
-    """``(composites, canonizers, attribution)`` of Zennit, or None with the reason printed.
-
-    Zennit imports torchvision (for its ResNet canonizers) at import time. Where torchvision is
-    missing or broken, a minimal stub with the two classes Zennit touches is put in
-    ``sys.modules`` for the import and taken out again afterwards.
-    """
-    inserted: List[str] = []
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]  # a half-imported, broken torchvision
-        tv = types.ModuleType("torchvision")
-        tv_models = types.ModuleType("torchvision.models")
-        tv_resnet = types.ModuleType("torchvision.models.resnet")
-        tv_resnet.BasicBlock = type("BasicBlock", (nn.Module,), {})
-        tv_resnet.Bottleneck = type("Bottleneck", (nn.Module,), {})
-        tv.models, tv_models.resnet = tv_models, tv_resnet
-        for module in (tv, tv_models, tv_resnet):
-            sys.modules[module.__name__] = module
-            inserted.append(module.__name__)
-    try:
-        import zennit.attribution
-        import zennit.canonizers
-        import zennit.composites
-
-        return zennit.composites, zennit.canonizers, zennit.attribution
-    except Exception as err:
-        print(f"zennit: not available ({type(err).__name__}: {err})")
-        return None
-    finally:
-        for name in inserted:
-            sys.modules.pop(name, None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -96,14 +96,19 @@ def test_torchrun_two_processes_match_one(tmp_path):
     assert (tmp_path / "two" / "rieger2020" / "results-rank1.jsonl").exists()
 
 
+TINY_CONFIGS = {
+    "quick": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient"], "defenses": ["none", "beta_smoothing"]},
+    "rieger2020": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient", "lrp"]},
+    "dombrowski2019": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient", "lrp"], "beta_methods": ["gradient"],
+                       "betas": [1.0]},
+    "tang_atex": {"n": 16, "batch": 16, "eps": [0.08], "steps": 30, "train_epochs": 2, "atex_n": 1000},
+    "pasliev2020": {"epochs": 1, "n_eval": 50, "methods": ["gradient", "lrp"]},
+}
+
+
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_every_experiment_at_a_tiny_budget(name, tmp_path):
-    overrides = dict(TINY)
-    if name != "quick":
-        overrides["methods"] = ["gradient", "lrp"]
-    else:
-        overrides.update(methods=["gradient"], defenses=["none", "beta_smoothing"])
-    tables = run(name, overrides={**overrides, "steps": 40, "n": 4, "batch": 2}, out=tmp_path, quiet=True)
+    tables = run(name, overrides=TINY_CONFIGS[name], out=tmp_path, quiet=True)
     assert tables
     page = (tmp_path / name / "report.html").read_text()
     assert "<table" in page and "Configuration" in page
@@ -119,6 +124,17 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
         assert (first["pcc_after"] > first["pcc_before"]).all()
         curve = tables["Fig. 4: beta-smoothed maps of the manipulated image (median PCC)"]
         assert curve.loc[("gradient", 1.0), "pcc_original"] > curve.loc[("gradient", "relu"), "pcc_original"]
+    if name == "tang_atex":
+        assert {"spearman_atex", "spearman_softplus", "paper_spearman_atex"} <= set(first.columns)
+        assert first.loc[0.08, "spearman_atex"] > first.loc[0.08, "spearman_softplus"]
+    if name == "pasliev2020":
+        transfer = first
+        assert transfer.loc["gradient", ("com_distance_manipulated", "com_cross_entropy")] < \
+            transfer.loc["gradient", ("com_distance_original", "com_cross_entropy")]
+        detection = tables["Table 4.1: detection by noise inputs"]
+        assert detection.loc["manipulated", "noise_map_similarity"] > detection.loc["clean", "noise_map_similarity"]
+        adult = tables["Sec. 3.8: fairwashing UCI Adult (race and sex)"]
+        assert adult.loc["fairwashed", "gradient_share_race_sex"] < adult.loc["original", "gradient_share_race_sex"]
 
 
 def test_list_and_report_commands(tmp_path, capsys):

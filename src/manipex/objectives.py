@@ -18,6 +18,8 @@ explanation function being attacked. Every sample carries its own target: batche
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -28,7 +30,7 @@ from .metrics import center_of_mass, mass_in, pcc, topk_intersection
 ExplainFn = Callable[[Tensor], Tensor]  # inputs -> normalised relevance maps
 
 
-class Objective:
+class Objective(abc.ABC):
     """Base of all explanation objectives."""
 
     metric_name: str = ""
@@ -38,17 +40,20 @@ class Objective:
         """Fix what the objective needs from the start maps ``r_start`` of ``x``; returns self."""
         return self
 
+    @abc.abstractmethod
     def loss(self, r: Tensor) -> Tensor:
         """Differentiable loss per sample ``(N,)``; lower = closer to the goal."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
+    @abc.abstractmethod
     def metric(self, r: Tensor) -> Tensor:
         """The goal's score per sample ``(N,)``; see ``metric_higher_is_better``."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
+    @abc.abstractmethod
     def select(self, index: Tensor) -> "Objective":
         """The objective restricted to samples ``index`` (for splitting batches)."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
     @staticmethod
     def _check(r: Tensor, ref: Optional[Tensor], name: str) -> None:

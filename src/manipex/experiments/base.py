@@ -1,6 +1,8 @@
 """One base for the papers' experiments: units of work, their rows, tables and figures."""
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
@@ -20,7 +22,7 @@ class Unit:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Experiment:
+class Experiment(abc.ABC):
     """Base of an experiment. Subclasses set ``name``, ``title``, ``schema`` and implement
     :meth:`units`, :meth:`setup`, :meth:`run_unit` and :meth:`tables`; :meth:`figures` is
     optional. Units must be deterministic given the config (each seeds itself), so that a
@@ -35,19 +37,23 @@ class Experiment:
         if cls.name:
             EXPERIMENTS[cls.name] = cls()
 
+    @abc.abstractmethod
     def units(self, config: Dict[str, Any]) -> List[Unit]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
+    @abc.abstractmethod
     def setup(self, config: Dict[str, Any], device: str) -> Dict[str, Any]:
         """Load what the units need (model, data); called once, only if a unit must run."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
+    @abc.abstractmethod
     def run_unit(self, unit: Unit, ctx: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, Any]]:
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
+    @abc.abstractmethod
     def tables(self, df, config: Dict[str, Any]) -> Dict[str, Any]:
         """Named pandas DataFrames in the paper's layout, from the stored rows."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
     def figures(self, df, config: Dict[str, Any], out: Path) -> List[Path]:
         """Figures written under ``out``; none by default."""

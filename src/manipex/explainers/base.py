@@ -9,6 +9,8 @@ exact autograd graph w.r.t. ``x`` and every parameter; the model is never left c
 """
 from __future__ import annotations
 
+import abc
+
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type
 
 import torch
@@ -23,7 +25,7 @@ _REGISTRY: Dict[str, Type["Explainer"]] = {}
 COMMON_OPTIONS: Dict[str, Any] = {"softplus_beta": None}
 
 
-class Explainer:
+class Explainer(abc.ABC):
     """Base of all explanation methods.
 
     Subclasses set ``name``, ``options`` (every accepted keyword with its default) and
@@ -59,11 +61,12 @@ class Explainer:
     def validate_options(self) -> None:
         """Check ``self.config``; raise ValueError/TypeError naming the option."""
 
+    @abc.abstractmethod
     def attribute(
         self, model: nn.Module, x: Tensor, target: Optional[Tensor], create_graph: bool
     ) -> Tensor:
         """Return the map of ``x``'s shape. ``target`` is None (predicted) or N class indices."""
-        raise NotImplementedError  # pragma: no cover - abstract
+        ...
 
     def compute(
         self, model: nn.Module, x: Tensor, target: Optional[Tensor], create_graph: bool
