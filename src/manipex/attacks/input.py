@@ -193,7 +193,8 @@ def manipulate_input(
             objective (target-map MSE is taken on maps rescaled to mean 1 per pixel). On
             MNIST-5k, gamma = 100 kept every class while 1e4 slowed the attack down.
         beta: softplus β: ``(start, end)`` for exponential growth (Dombrowski: 10 -> 100), a
-            fixed number, or None to attack the model as it is (e.g. LRP on ReLU).
+            fixed number, or None to attack the model as it is (e.g. LRP on ReLU). Ignored when
+            ``method_options`` holds ``softplus_beta``: a β-smoothed map is attacked as it is.
         optimizer: ``"adam"`` (Dombrowski) or ``"sign"`` (L∞ sign steps: Ghorbani, ATEX).
         eps, norm: budget ``||x_adv - x|| <= eps`` in ``"linf"`` or ``"l2"``; None: no budget.
         clamp: valid input range ``(low, high)``, floats or per-channel sequences; None: none.
@@ -224,8 +225,10 @@ def manipulate_input(
     r_start = relevance_on(model, x)
     objective.prepare(lambda inputs: relevance_on(model, inputs), x, r_start)
     with torch.no_grad():
-        p_orig = model(x).softmax(1)
-        classes = model(x).argmax(1)
+        logits = model(x)
+    p_orig, classes = logits.softmax(1), logits.argmax(1)
+    if method_options.get("softplus_beta") is not None:
+        beta = None  # the defended map is smooth already: attack exactly that map
 
     attacked, handle = (model, None) if beta is None else surgery.smooth_copy(model, _beta_at(beta, 0, steps))
     x_adv = x.clone().requires_grad_(True)
