@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
+import torch
+
 from .base import Experiment, Unit
 from .common import default_setup, seeded, targeted_rows
 from .config import Field, method_choices
@@ -178,6 +180,35 @@ class Dombrowski2019(Experiment):
                 index=["method", "beta"], values=["pcc_target", "pcc_original"], aggfunc="median").round(3)
         return out
 
+    def figures(self, df, config, out):
+        from ..attacks import manipulate_input
+        from ..explainers import explain, relevance
+        from ..objectives import TargetImage
+        from . import plots
+
+        paths = []
+        attack = df[df.unit.str.startswith("attack/")]
+        if len(attack):
+            paths.append(plots.box_plot(attack.assign(pcc_gain=attack.pcc_after - attack.pcc_before), "pcc_gain",
+                                        "method", Path(out) / "fig3_pcc_gain_boxes.png", "rise of PCC with target"))
+            ctx = default_setup("cpu")
+            x, x_target = ctx["x"][:1], ctx["x"][config["n"] : config["n"] + 1]
+            grid = {}
+            for method in sorted(attack.method.unique()):
+                opts = _method_options(method, config)
+                seeded(config["seed"])
+                res = manipulate_input(ctx["model"], x, TargetImage(x_target), method, method_options=opts,
+                                       steps=config["steps"], eps=config["eps"], lr=config["lr"], progress=False)
+                t = ctx["model"](x).argmax(1)
+                grid[method] = {"original": res.maps_before[0], "manipulated": res.maps_after[0],
+                                "target": relevance(explain(ctx["model"], x_target, method, t, **opts))[0],
+                                "perturbation": (res.x_adv - x)[0]}
+            paths.append(plots.manipulation_grid(grid, Path(out) / "fig3_maps.png"))
+        curve = df[df.unit.str.startswith("beta/")]
+        if len(curve):
+            paths.append(plots.beta_curve(curve, Path(out) / "fig4_beta_curve.png"))
+        return paths
+
 
 class Rieger2020(Experiment):
     """Rieger & Hansen 2020: Δ-metrics of targeted attacks on single methods and on AGG-Mean
@@ -193,28 +224,97 @@ class Rieger2020(Experiment):
         **ATTACK_FIELDS,
         "methods": Field("list[str]", ["gradient", "guided_backprop", "lrp", "integrated_gradients", "agg_mean"],
                          "attacked methods", method_choices()),
+        "transfer": Field("list[str]", ["gradient", "guided_backprop", "lrp", "agg_mean"],
+                          "methods of the transfer matrix (Fig. 2)", method_choices()),
+        "blank": Field("list[str]", ["gradient", "guided_backprop", "lrp", "agg_mean"],
+                       "methods of the blank-square attack (Table 4)", method_choices()),
     }
 
     def units(self, config):
-        return [Unit(f"{m}/{b:05d}", {"method": m, "start": b}) for m in config["methods"] for b in _batches(config)]
+        batches = _batches(config)
+        return ([Unit(f"table1/{m}/{b:05d}", {"kind": "table1", "method": m, "start": b})
+                 for m in config["methods"] for b in batches]
+                + [Unit(f"transfer/{m}/{b:05d}", {"kind": "transfer", "method": m, "start": b})
+                   for m in config["transfer"] for b in batches]
+                + [Unit(f"blank/{m}/{b:05d}", {"kind": "blank", "method": m, "start": b})
+                   for m in config["blank"] for b in batches])
 
     def setup(self, config, device):
         return default_setup(device)
 
     def run_unit(self, unit, ctx, config):
+        from ..attacks import manipulate_input
+        from ..explainers import explain, relevance
+        from ..metrics import mass_in, pcc
+        from ..objectives import BlankRegion, TargetImage, square_mask
+
         p = unit.params
         seeded(config["seed"])
         x, x_target = _images(ctx, config, p["start"])
-        return targeted_rows(ctx["model"], x, x_target, p["method"], _method_options(p["method"], config),
-                             first_index=p["start"], steps=config["steps"], eps=config["eps"], lr=config["lr"])
+        model, method = ctx["model"], p["method"]
+        attack = dict(steps=config["steps"], eps=config["eps"], lr=config["lr"], progress=False)
+        if p["kind"] == "table1":
+            return targeted_rows(model, x, x_target, method, _method_options(method, config),
+                                 first_index=p["start"], **{k: v for k, v in attack.items() if k != "progress"})
+        t = model(x).argmax(1)
+
+        def heat(inputs, m):
+            return relevance(explain(model, inputs, m, t, **_method_options(m, config)))
+
+        if p["kind"] == "transfer":
+            res = manipulate_input(model, x, TargetImage(x_target), method,
+                                   method_options=_method_options(method, config), **attack)
+            rows = []
+            for other in config["transfer"]:
+                target = heat(x_target, other)
+                gain = pcc(heat(res.x_adv, other), target) - pcc(heat(x, other), target)
+                rows += [{"image": p["start"] + i, "attacked": method, "evaluated": other, "d_pcc": float(gain[i])}
+                         for i in range(x.shape[0])]
+            return rows
+        h, w = x.shape[-2:]
+        mask = square_mask((h, w), h // 2, (h // 4, w // 4))  # a quarter of the image, centred
+        res = manipulate_input(model, x, BlankRegion(mask), method, method_options=_method_options(method, config), **attack)
+        before, after = res.maps_before, res.maps_after
+        kept = mass_in(after, mask) / mass_in(before, mask).clamp(min=1e-12)
+        preserved = torch.minimum(before, after).flatten(1).sum(1)
+        return [{"image": p["start"] + i, "method": method, "square_mass_before": float(mass_in(before, mask)[i]),
+                 "square_mass_after": float(mass_in(after, mask)[i]), "square_relevance_kept": float(kept[i]),
+                 "map_preserved": float(preserved[i]), "class_kept": float(res.class_kept[i])} for i in range(x.shape[0])]
 
     def tables(self, df, config):
         import pandas as pd
 
+        out = {}
+        transfer = df[df.unit.str.startswith("transfer/")]
+        blank = df[df.unit.str.startswith("blank/")]
+        df = df[df.unit.str.startswith("table1/")]
+        if len(transfer):
+            out["Fig. 2: transfer, rise of PCC with the target (rows attacked, columns evaluated)"] = transfer.pivot_table(
+                index="attacked", columns="evaluated", values="d_pcc", aggfunc="mean").round(3)
+        if len(blank):
+            out["Table 4: blank-square attack (share of the square's relevance kept; map preserved)"] = blank.groupby(
+                "method")[["square_mass_before", "square_mass_after", "square_relevance_kept", "map_preserved",
+                           "class_kept"]].mean().round(3)
+        if not len(df):
+            return out
         df = df.assign(**{"d_mse_1e-6": (df.mse_after - df.mse_before) * 1e6, "d_pcc": df.pcc_after - df.pcc_before,
                           "d_top10": df.top10_after - df.top10_before})
         ours = df.groupby("method")[["d_mse_1e-6", "d_pcc", "d_top10", "pcc_after", "top10_after", "class_kept"]].mean()
         published = pd.DataFrame.from_dict(self.PUBLISHED, orient="index",
                                            columns=["paper_mse_1e-9", "paper_pcc", "paper_top10"])
         return {"Table 1: Δ-metrics of the targeted attack (ours, MNIST-5k) and the paper's (ImageNet)":
-                ours.join(published, how="left").round(4)}
+                ours.join(published, how="left").round(4), **out}
+
+    def figures(self, df, config, out):
+        from . import plots
+
+        paths = []
+        table1 = df[df.unit.str.startswith("table1/")]
+        if len(table1):
+            paths.append(plots.box_plot(table1.assign(d_pcc=table1.pcc_after - table1.pcc_before), "d_pcc", "method",
+                                        Path(out) / "table1_d_pcc_boxes.png", "Δ-PCC with target"))
+        transfer = df[df.unit.str.startswith("transfer/")]
+        if len(transfer):
+            matrix = transfer.pivot_table(index="attacked", columns="evaluated", values="d_pcc", aggfunc="mean")
+            paths.append(plots.transfer_heatmap(matrix, Path(out) / "fig2_transfer.png", "rise of PCC with target"))
+        return paths
