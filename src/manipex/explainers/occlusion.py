@@ -57,6 +57,11 @@ class Occlusion(Explainer):
         baseline = broadcast_baseline(self.config["baseline"], x, where)
         target = predicted_target(model, x, target, where=where)
         starts = list(itertools.product(*(range(0, s - w + 1, st) for s, w, st in zip(spatial, window, stride))))
+        # a map without graph keeps no chunk's graph alive: memory bounded by one chunk
+        with torch.set_grad_enabled(create_graph):
+            return self._occlude(model, x, target, baseline, starts, window, batch_size)
+
+    def _occlude(self, model, x, target, baseline, starts, window, batch_size):
         n, rest = x.shape[0], x.shape[1:]
         clean = model(x).gather(1, target[:, None])  # (N, 1)
         per_chunk = max(1, batch_size // n)
