@@ -31,6 +31,19 @@ def _batches(config: Dict[str, Any]) -> List[int]:
     return list(range(0, config["n"], config["batch"]))
 
 
+def _method_units(config: Dict[str, Any], parts: List[tuple]) -> List[Unit]:
+    """Units ``kind/method/start`` for each ``(kind, methods)`` part and batch of images."""
+    return [Unit(f"{kind}/{m}/{b:05d}", {"kind": kind, "method": m, "start": b})
+            for kind, methods in parts for m in methods for b in _batches(config)]
+
+
+class DefaultModelExperiment(Experiment):
+    """An experiment on the default MNIST-5k model and test images."""
+
+    def setup(self, config, device):
+        return default_setup(device)
+
+
 def _images(ctx: Dict[str, Any], config: Dict[str, Any], start: int):
     """Attacked images and, as targets, the images ``n`` positions further on."""
     x = ctx["x"]
@@ -38,7 +51,7 @@ def _images(ctx: Dict[str, Any], config: Dict[str, Any], start: int):
     return x[start:end], x[config["n"] + start : config["n"] + end]
 
 
-class Quick(Experiment):
+class Quick(DefaultModelExperiment):
     """Targeted attack per method, without and with each defense (attacked adaptively)."""
 
     name = "quick"
@@ -55,9 +68,6 @@ class Quick(Experiment):
     def units(self, config):
         return [Unit(f"{m}/{d}/{b:05d}", {"method": m, "defense": d, "start": b})
                 for m in config["methods"] for d in config["defenses"] for b in _batches(config)]
-
-    def setup(self, config, device):
-        return default_setup(device)
 
     @staticmethod
     def defended(method: str, defense: str, config: Dict[str, Any]):
@@ -116,7 +126,7 @@ class Quick(Experiment):
         return [path]
 
 
-class Dombrowski2019(Experiment):
+class Dombrowski2019(DefaultModelExperiment):
     """Dombrowski et al. 2019: the targeted attack across methods (Fig. 3) and the β curve
     of β-smoothing (Fig. 4)."""
 
@@ -131,14 +141,7 @@ class Dombrowski2019(Experiment):
     }
 
     def units(self, config):
-        attack = [Unit(f"attack/{m}/{b:05d}", {"kind": "attack", "method": m, "start": b})
-                  for m in config["methods"] for b in _batches(config)]
-        curve = [Unit(f"beta/{m}/{b:05d}", {"kind": "beta", "method": m, "start": b})
-                 for m in config["beta_methods"] for b in _batches(config)]
-        return attack + curve
-
-    def setup(self, config, device):
-        return default_setup(device)
+        return _method_units(config, [("attack", config["methods"]), ("beta", config["beta_methods"])])
 
     def run_unit(self, unit, ctx, config):
         from ..attacks import manipulate_input
@@ -210,7 +213,7 @@ class Dombrowski2019(Experiment):
         return paths
 
 
-class Rieger2020(Experiment):
+class Rieger2020(DefaultModelExperiment):
     """Rieger & Hansen 2020: Δ-metrics of targeted attacks on single methods and on AGG-Mean
     (Table 1), beside the published ImageNet numbers."""
 
@@ -231,16 +234,8 @@ class Rieger2020(Experiment):
     }
 
     def units(self, config):
-        batches = _batches(config)
-        return ([Unit(f"table1/{m}/{b:05d}", {"kind": "table1", "method": m, "start": b})
-                 for m in config["methods"] for b in batches]
-                + [Unit(f"transfer/{m}/{b:05d}", {"kind": "transfer", "method": m, "start": b})
-                   for m in config["transfer"] for b in batches]
-                + [Unit(f"blank/{m}/{b:05d}", {"kind": "blank", "method": m, "start": b})
-                   for m in config["blank"] for b in batches])
-
-    def setup(self, config, device):
-        return default_setup(device)
+        return _method_units(config, [("table1", config["methods"]), ("transfer", config["transfer"]),
+                                      ("blank", config["blank"])])
 
     def run_unit(self, unit, ctx, config):
         from ..attacks import manipulate_input

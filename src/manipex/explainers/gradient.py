@@ -11,6 +11,7 @@ gradients sums per-chunk maps *without* detaching them (Captum detaches chunks).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -59,8 +60,15 @@ def quadrature(rule: str, steps: int, dtype: torch.dtype = torch.float64) -> Tup
     """Nodes ``t`` in [0, 1] and weights of a quadrature rule with ``steps`` nodes.
 
     The Riemann rules match Captum's ``approximation_method`` of the same name; Gauss-Legendre
-    nodes come from the Golub-Welsch eigenvalue problem (no numpy in the map's path).
+    nodes come from the Golub-Welsch eigenvalue problem (no numpy in the map's path), computed
+    once per rule and size.
     """
+    t, w = _quadrature64(rule, steps)
+    return t.to(dtype=dtype, copy=True), w.to(dtype=dtype, copy=True)  # the cache stays intact
+
+
+@functools.lru_cache(maxsize=64)
+def _quadrature64(rule: str, steps: int) -> Tuple[Tensor, Tensor]:
     n = steps
     if rule == "gausslegendre":
         k = torch.arange(1, n, dtype=torch.float64)
@@ -78,7 +86,7 @@ def quadrature(rule: str, steps: int, dtype: torch.dtype = torch.float64) -> Tup
         start = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[rule]
         t = (torch.arange(n, dtype=torch.float64) + start) / n
         w = torch.full((n,), 1 / n, dtype=torch.float64)
-    return t.to(dtype), w.to(dtype)
+    return t, w
 
 
 class IntegratedGradients(Explainer):

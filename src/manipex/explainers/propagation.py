@@ -69,7 +69,7 @@ def guided_relu(signal: Tensor, z: Tensor, activation: str, beta: float) -> Tens
     twice differentiable.
     """
     if activation == "relu":
-        return F.relu(signal) * (z > 0).to(signal.dtype)
+        return torch.where(z > 0, F.relu(signal), 0.0)
     return F.softplus(signal, beta=beta) * torch.sigmoid(beta * z)
 
 
