@@ -116,7 +116,8 @@ class IntegratedGradients(Explainer):
     def attribute(self, model, x, target, create_graph):
         where = "explain(method='integrated_gradients')"
         baseline = broadcast_baseline(self.config["baseline"], x, where)
-        target = predicted_target(model, x, target, where=where)
+        if target is None:  # the class of x itself; a given target is range-checked per chunk
+            target = predicted_target(model, x, target, where=where)
         alphas, weights = quadrature(self.config["rule"], self.config["steps"], x.dtype)
         n, rest = x.shape[0], x.shape[1:]
         delta = x - baseline
