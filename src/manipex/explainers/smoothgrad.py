@@ -50,8 +50,7 @@ class SmoothGrad(Explainer):
 
     def attribute(self, model, x, target, create_graph):
         c = self.config
-        if target is None:  # the class of the clean x; a given target is checked by the base method
-            target = predicted_target(model, x, target, where="explain(method='smoothgrad')")
+        target = predicted_target(model, x, target, where="explain(method='smoothgrad')")
         n, rest = x.shape[0], x.shape[1:]
         sigma = torch.as_tensor(float(c["sigma"]), dtype=x.dtype, device=x.device)
         if c["relative"]:
