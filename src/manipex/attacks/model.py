@@ -132,7 +132,7 @@ def manipulate_model(
     for n, p in params.items():
         p.requires_grad_(n in names)
     optimizer = torch.optim.Adam([params[n] for n in names], lr=lr)
-    with torch.no_grad():
+    with torch.no_grad():  # class indices of the original model: constants of the objective
         targets = torch.cat([model(b).argmax(1) for b in x.split(512)])
     history: List[Dict[str, float]] = []
     start_epoch = 0
@@ -162,7 +162,7 @@ def manipulate_model(
             if classification == "cross_entropy":
                 cls = F.cross_entropy(out, yb)
             else:
-                with torch.no_grad():
+                with torch.no_grad():  # the original model's outputs are fixed targets
                     p_orig = model(xb).softmax(1)
                 cls = (out.softmax(1) - p_orig).pow(2).sum(1).mean()
             r = relevance(explain(work, xb, method, tb, create_graph=True, **method_options))
@@ -226,7 +226,7 @@ def evaluate_manipulation(
     x, y = data
     check_input(x, where="evaluate_manipulation")
     method_options = method_options or {}
-    with torch.no_grad():
+    with torch.no_grad():  # evaluation only
         p_orig = torch.cat([original(b).softmax(1) for b in x.split(batch_size)])
         p_new = torch.cat([manipulated(b).softmax(1) for b in x.split(batch_size)])
     target = p_orig.argmax(1)

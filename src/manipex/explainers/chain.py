@@ -55,6 +55,17 @@ METHOD_KINDS = {"view": "reshape", "reshape": "reshape", "flatten": "reshape",
 SHAPE_METHODS = {"size", "dim"}
 
 
+def batchnorm_affine(bn: nn.Module) -> Tuple[Tensor, Tensor]:
+    """An eval-mode BatchNorm as ``x * scale + shift`` per channel, from its parameters."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = bn.weight * scale
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
 @dataclass
 class Step:
     """One layer of the chain.
@@ -83,23 +94,13 @@ class Step:
         ``bn(W x + b) = (s W) x + s (b - mu) + beta`` with ``s = gamma / sqrt(var + eps)``,
         computed from the parameters (not in place), so gradients reach all of them.
         """
-        m = self.module
-        weight, bias = m.weight, m.bias
-        bn = self.batchnorm
-        if bn is None:
+        weight, bias = self.module.weight, self.module.bias
+        if self.batchnorm is None:
             return weight, bias
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = bn.weight * scale
-        shift = -bn.running_mean * scale
+        scale, shift = batchnorm_affine(self.batchnorm)
         if bias is not None:
             shift = shift + bias * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
-        out_dim = 1 if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d)) else 0
-        shape = [1] * weight.dim()
-        shape[out_dim] = -1
-        return weight * scale.reshape(shape), shift
+        return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))), shift
 
     def affine(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """The affine map of this step with the given weight and bias (a BatchNorm step
@@ -113,19 +114,9 @@ class Step:
         out = x * weight.reshape(shape)
         return out if bias is None else out + bias.reshape(shape)
 
-    def standalone_bn_parameters(self) -> Tuple[Tensor, Tensor]:
-        bn = self.module
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = bn.weight * scale
-        shift = -bn.running_mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
-        return scale, shift
-
     def parameters(self) -> Tuple[Tensor, Optional[Tensor]]:
         if isinstance(self.module, BATCHNORM_MODULES):
-            return self.standalone_bn_parameters()
+            return batchnorm_affine(self.module)
         return self.affine_parameters()
 
 
