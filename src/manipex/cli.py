@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_methods)
     p = sub.add_parser("run", help="run (or resume) an experiment; default: the quick benchmark")
     p.add_argument("experiment", nargs="?", help="quick (default), dombrowski2019, rieger2020, tang_atex, pasliev2020")
-    p.add_argument("--config", help="TOML file with the experiment's settings")
+    p.add_argument("--config", help="TOML or YAML file (.toml, .yaml, .yml) with the experiment's settings")
     p.add_argument("--out", default="manipex-runs", help="folder of runs (default ./manipex-runs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--n", type=int, help="number of images")

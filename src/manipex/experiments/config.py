@@ -1,16 +1,33 @@
-"""Experiment configuration: typed fields with defaults, read from TOML, validated before any work.
+"""Experiment configuration: typed fields with defaults, read from TOML or YAML, validated before any work.
 
-A config is a flat TOML table whose keys are the experiment's fields, e.g.::
+A config is a flat table whose keys are the experiment's fields, in TOML (``.toml``)::
 
+    experiment = "quick"
     n = 32
     eps = 0.1
+    lr = 1e-3
     methods = ["gradient", "lrp"]
+
+or the same in YAML (``.yaml`` or ``.yml``)::
+
+    experiment: quick
+    n: 32
+    eps: 0.1
+    lr: 1e-3
+    methods: [gradient, lrp]
+
+YAML is read with ``yaml.safe_load`` rules (no arbitrary objects). Two YAML traps are closed:
+PyYAML follows YAML 1.1, where an unquoted ``1e-3`` or ``5E-5`` (no dot, or no exponent sign) is
+a *string*; here such plain scalars are read as floats, as in YAML 1.2 and TOML (a quoted
+``"1e-3"`` stays a string). A key given twice is an error, as in TOML, instead of the last one
+silently winning. An empty YAML file is an empty config.
 
 Unknown keys, wrong types, unknown methods, defenses or datasets fail with a
 :class:`ConfigError` that names the key, before any model is loaded.
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +108,74 @@ def read_toml(path: Path) -> Dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+
+
+# YAML 1.2 / TOML exponent floats that YAML 1.1 (PyYAML) leaves as strings: 1e-3, 5E-5, 2.5e3, .5e-2.
+_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+def _yaml_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """``yaml.SafeLoader`` that reads plain ``1e-3`` as a float and rejects duplicate keys."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable key: let SafeLoader report it
+                    continue
+                if duplicate:
+                    mark = key_node.start_mark
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", mark)
+            return super().construct_mapping(node, deep=deep)
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
+    return yaml, Loader
+
+
+def read_yaml(path: Path) -> Dict[str, Any]:
+    """The mapping of a YAML file, read with safe-load rules (see the module docstring)."""
+    yaml, Loader = _yaml_loader()
+    try:
+        with open(path, "rb") as f:
+            data = yaml.load(f, Loader=Loader)  # noqa: S506 -- Loader is a yaml.SafeLoader
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        context, cmark = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and cmark is not None and cmark is not mark:
+            problem += f" ({context} at line {cmark.line + 1})"
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values at top level, "
+                          f"got a {type(data).__name__}")
+    return data
+
+
+_READERS = {".toml": read_toml, ".yaml": read_yaml, ".yml": read_yaml}
+
+
+def read_config(path: Path) -> Dict[str, Any]:
+    """The table of a config file, TOML (``.toml``) or YAML (``.yaml``, ``.yml``) by its suffix."""
+    path = Path(path)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ConfigError(f"config file {str(path)!r}: unknown suffix {path.suffix!r}; "
+                          f"use one of {', '.join(_READERS)}")
+    return reader(path)
 
 
 def method_choices() -> Tuple[str, ...]:

@@ -29,12 +29,12 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
     meta = folder / "meta.json"
     if meta.exists():
-        parts.append("<h2>Run</h2><pre>" + html.escape(meta.read_text()) + "</pre>")
+        parts.append("<h2>Run</h2><pre>" + html.escape(meta.read_text(encoding="utf-8")) + "</pre>")
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(experiment.title)
             + f"</title><style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")
     path = folder / "report.html"
     tmp = folder / "report.html.tmp"
-    tmp.write_text(page)
+    tmp.write_text(page, encoding="utf-8")  # the page declares utf-8; titles hold Δ, β
     tmp.replace(path)
     return path
 

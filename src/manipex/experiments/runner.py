@@ -17,7 +17,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 
 from .base import EXPERIMENTS, Experiment
-from .config import ConfigError, read_toml, resolve
+from .config import ConfigError, read_config, resolve
 from .store import ResultStore
 
 
@@ -29,7 +29,7 @@ def get_experiment(name: str) -> Experiment:
 
 def load_config(name: Optional[str], path: Optional[os.PathLike], overrides: Mapping[str, Any]):
     """The experiment and its validated config: defaults, then the file, then ``overrides``."""
-    table: Dict[str, Any] = dict(read_toml(Path(path))) if path else {}
+    table: Dict[str, Any] = dict(read_config(Path(path))) if path else {}
     named = table.pop("experiment", None)
     if named is not None and not isinstance(named, str):
         raise ConfigError("config key 'experiment' must be a string")
