@@ -126,6 +126,13 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
         blank = tables["Table 4: blank-square attack (share of the square's relevance kept; map preserved)"]
         assert blank.loc["gradient", "square_mass_after"] < blank.loc["gradient", "square_mass_before"]
         assert "fig2_transfer.png" in page
+        assert "fig2_transfer_scatter_gradient.png" in page and "fig2_transfer_scatter_lrp.png" in page
+        rows = ResultStore(tmp_path / name).frame()
+        moved = rows[rows.unit.str.startswith("transfer/")]
+        assert {"pcc_after", "mse_after", "top10_after"} <= set(moved.columns)
+        mean_pcc = moved.groupby(["attacked", "evaluated"]).pcc_after.mean()
+        # Fig. 2's finding per image, on average: the attack transfers poorly to another method
+        assert mean_pcc["gradient", "gradient"] > mean_pcc["gradient", "lrp"]
     if name == "dombrowski2019":
         assert list(first.index) == ["gradient", "lrp"]
         assert (first["pcc_after"] > first["pcc_before"]).all()
@@ -143,6 +150,34 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
         assert detection.loc["manipulated", "noise_map_similarity"] > detection.loc["clean", "noise_map_similarity"]
         adult = tables["Sec. 3.8: fairwashing UCI Adult (race and sex)"]
         assert adult.loc["fairwashed", "gradient_share_race_sex"] < adult.loc["original", "gradient_share_race_sex"]
+
+
+def test_rieger_scatter_plots_take_the_right_columns(tmp_path):
+    import pandas as pd
+
+    from manipex.experiments import plots
+    from manipex.experiments.papers import Rieger2020
+
+    rows = [{"image": i, "attacked": a, "evaluated": e, "pcc_after": 10 * i + len(e) + (a == e),
+             "mse_after": -i, "top10_after": i / 10, "d_pcc": 0.0}
+            for i in range(3) for a in ("gradient", "lrp") for e in ("gradient", "lrp", "agg_mean")]
+    df = pd.DataFrame(rows).sample(frac=1, random_state=0)  # order must not matter
+    points = plots._scatter_points(df, "gradient")
+    assert set(points) == {"top10_after", "pcc_after", "mse_after"}
+    assert set(points["pcc_after"]) == {"lrp", "agg_mean"}  # y: the other evaluated methods
+    x, y = points["pcc_after"]["lrp"]
+    assert list(x) == [9, 19, 29] and list(y) == [3, 13, 23]  # x: gradient on itself, same images
+    assert list(points["mse_after"]["agg_mean"][1]) == [0, -1, -2]
+    path = plots.transfer_scatter(df, "gradient", tmp_path / "t.png")
+    assert path == tmp_path / "t.png" and path.read_bytes()[:4] == b"\x89PNG"
+
+    table1 = pd.DataFrame([{"image": i, "method": m, "pcc_before": 0.0, "pcc_after": i + (m == "agg_mean"),
+                            "mse_after": 0.0, "top10_after": 0.5, "unit": f"table1/{m}/00000"}
+                           for i in range(3) for m in ("lrp", "guided_backprop", "agg_mean")])
+    figs = Rieger2020().figures(table1, {"methods": ["lrp", "guided_backprop", "agg_mean"], "transfer": []}, tmp_path)
+    assert [f.name for f in figs] == ["table1_d_pcc_boxes.png", "fig5_agg_mean_vs_guided_backprop.png"]
+    x, y = plots._paired(table1, "method", "guided_backprop", "agg_mean", "pcc_after")
+    assert list(x) == [0, 1, 2] and list(y) == [1, 2, 3]
 
 
 def test_list_and_report_commands(tmp_path, capsys):

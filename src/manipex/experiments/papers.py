@@ -240,7 +240,7 @@ class Rieger2020(DefaultModelExperiment):
     def run_unit(self, unit, ctx, config):
         from ..attacks import manipulate_input
         from ..explainers import explain, relevance
-        from ..metrics import mass_in, pcc
+        from ..metrics import mass_in, mse, pcc, topk_intersection
         from ..objectives import BlankRegion, TargetImage, square_mask
 
         p = unit.params
@@ -261,10 +261,17 @@ class Rieger2020(DefaultModelExperiment):
                                    method_options=_method_options(method, config), **attack)
             rows = []
             for other in config["transfer"]:
+                # similarity of the evaluated method's map of x_adv to that method's map of the
+                # target image (Fig. 2's axes), with targeted_rows' metrics (top 10 % as Rieger)
                 target = heat(x_target, other)
-                gain = pcc(heat(res.x_adv, other), target) - pcc(heat(x, other), target)
-                rows += [{"image": p["start"] + i, "attacked": method, "evaluated": other, "d_pcc": float(gain[i])}
-                         for i in range(x.shape[0])]
+                after = heat(res.x_adv, other)
+                k = max(1, int(0.1 * target[0].numel()))
+                pcc_after = pcc(after, target)
+                gain = pcc_after - pcc(heat(x, other), target)
+                cols = {"d_pcc": gain, "pcc_after": pcc_after, "mse_after": mse(target, after),
+                        "top10_after": topk_intersection(target, after, k)}
+                rows += [{"image": p["start"] + i, "attacked": method, "evaluated": other,
+                          **{c: float(v[i]) for c, v in cols.items()}} for i in range(x.shape[0])]
             return rows
         h, w = x.shape[-2:]
         mask = square_mask((h, w), h // 2, (h // 4, w // 4))  # a quarter of the image, centred
@@ -312,4 +319,16 @@ class Rieger2020(DefaultModelExperiment):
         if len(transfer):
             matrix = transfer.pivot_table(index="attacked", columns="evaluated", values="d_pcc", aggfunc="mean")
             paths.append(plots.transfer_heatmap(matrix, Path(out) / "fig2_transfer.png", "rise of PCC with target"))
+            if {"pcc_after", "mse_after", "top10_after"} <= set(transfer.columns):  # absent in older stores
+                evaluated = set(transfer.evaluated)
+                for attacked in [m for m in config["transfer"] if m in set(transfer.attacked)]:
+                    if attacked in evaluated and len(evaluated) > 1:  # Fig. 2 needs another method
+                        paths.append(plots.transfer_scatter(transfer, attacked,
+                                                            Path(out) / f"fig2_transfer_scatter_{attacked}.png"))
+        present = set(table1.method) if len(table1) else set()
+        singles = [m for m in config["methods"] if m in present and m != "agg_mean"]
+        if "agg_mean" in present and singles:  # Fig. 5: AGG-Mean against one unaggregated method
+            single = "guided_backprop" if "guided_backprop" in singles else singles[0]
+            paths.append(plots.robustness_scatter(table1, single, "agg_mean",
+                                                  Path(out) / f"fig5_agg_mean_vs_{single}.png"))
         return paths

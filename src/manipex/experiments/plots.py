@@ -97,3 +97,80 @@ def transfer_heatmap(matrix, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, shrink=0.8)
     return _save(fig, path)
+
+
+SCATTER_METRICS = (("top10_after", "top-10 % intersection"), ("pcc_after", "PCC"), ("mse_after", "MSE"))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _paired(df, by: str, x_key: str, y_key: str, column: str):
+    """Per image, ``column`` of the rows with ``by == x_key`` against those with ``by == y_key``
+    (images that have both), as two aligned numpy arrays."""
+    wide = df.pivot_table(index="image", columns=by, values=column, aggfunc="mean")
+    if x_key not in wide.columns or y_key not in wide.columns:
+        raise ValueError(f"no rows with {by} = {x_key!r} and {y_key!r}")
+    both = wide[[x_key, y_key]].dropna()
+    return both[x_key].to_numpy(), both[y_key].to_numpy()
+
+
+def _scatter_points(df, attacked: str):
+    """The points of :func:`transfer_scatter`: metric column -> evaluated method -> ``(x, y)``,
+    x the attacked method's own similarity to its target, y another evaluated method's on the
+    same images (rows ``attacked``, ``evaluated``, ``image`` and the metric columns)."""
+    part = df[df.attacked == attacked]
+    others = [m for m in sorted(part.evaluated.unique()) if m != attacked]
+    return {col: {other: _paired(part, "evaluated", attacked, other, col) for other in others}
+            for col, _ in SCATTER_METRICS}
+
+
+def _scatter_panels(points, path: Path, xlabel: str, ylabel: str, title: str, legend: bool = True) -> Path:
+    """One row of three panels (top-10 %, PCC, MSE), one marker per series, dashed y = x."""
+    import math
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(SCATTER_METRICS), figsize=(8.4, 2.8), squeeze=False)
+    for ax, (col, label) in zip(axes[0], SCATTER_METRICS):
+        values = [float(v) for x, y in points[col].values() for v in list(x) + list(y)]
+        scale = 1.0  # MSE: plotted in units of a power of ten, named in the title
+        if col == "mse_after" and values and max(map(abs, values)) > 0:
+            scale = 10.0 ** math.floor(math.log10(max(map(abs, values))))
+            label = f"{label} (×{scale:.0e})" if scale != 1.0 else label
+        for j, (series, (x, y)) in enumerate(points[col].items()):
+            ax.scatter(x / scale, y / scale, s=10, marker=_MARKERS[j % len(_MARKERS)], alpha=0.8,
+                       label=series.replace("_", " "))
+        if values:
+            lo, hi = min(values) / scale, max(values) / scale
+            pad = 0.05 * (hi - lo) or 0.05 * (abs(hi) or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", lw=0.8, color="grey")
+        ax.set_title(label, fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_ylabel(ylabel, fontsize=7)
+        ax.tick_params(labelsize=6)
+    if legend:
+        axes[0][0].legend(fontsize=6, title="y:", title_fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    return _save(fig, path)
+
+
+def transfer_scatter(transfer_df, attacked: str, path: Path) -> Path:
+    """Rieger Fig. 2: per image, the similarity to the target of the attacked method's map of
+    x_adv (x) against another method's map of the same x_adv (y), one panel per metric. Below
+    the diagonal for top-k and PCC (above for MSE): the attack transfers poorly."""
+    return _scatter_panels(
+        _scatter_points(transfer_df, attacked), path,
+        f"{attacked.replace('_', ' ')} (attacked)\nsimilarity to target",
+        "other method: similarity to target",
+        f"attack on {attacked.replace('_', ' ')} evaluated with other methods (dashed: y = x)")
+
+
+def robustness_scatter(table1_df, x_method: str, y_method: str, path: Path) -> Path:
+    """Rieger Fig. 5: per image, the similarity to the target after attacking ``x_method``
+    (x) against after attacking ``y_method`` (y), each attacked individually (table1 rows
+    ``image``, ``method`` and the metric columns). Below the diagonal for top-k and PCC
+    (above for MSE): ``y_method`` is more robust."""
+    points = {col: {y_method: _paired(table1_df, "method", x_method, y_method, col)} for col, _ in SCATTER_METRICS}
+    return _scatter_panels(
+        points, path,
+        f"{x_method.replace('_', ' ')} attacked\nsimilarity to target",
+        f"{y_method.replace('_', ' ')} attacked: similarity to target",
+        "each method attacked individually (dashed: y = x; lower top-k/PCC = more robust)", legend=False)
