@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from manipex.cli import main
 from manipex.experiments import EXPERIMENTS, ConfigError, ResultStore, load_config, run
@@ -104,7 +105,9 @@ TINY_CONFIGS = {
     "dombrowski2019": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient", "lrp"], "beta_methods": ["gradient"],
                        "betas": [1.0]},
     "tang_atex": {"n": 16, "batch": 16, "eps": [0.08], "steps": 30, "train_epochs": 2, "atex_n": 1000},
-    "pasliev2020": {"epochs": 1, "n_eval": 50, "methods": ["gradient", "lrp"]},
+    "pasliev2020": {"epochs": 1, "n_train": 640, "n_eval": 32, "models": ["com_gradient", "th_gradient"],
+                    "methods": ["gradient", "lrp"], "noise_n": 8, "adult_epochs": 1, "weight_noise": [0.0, 0.1],
+                    "examples": 1},
 }
 
 
@@ -142,14 +145,19 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
     if name == "tang_atex":
         assert {"spearman_atex", "spearman_softplus", "paper_spearman_atex"} <= set(first.columns)
         assert first.loc[0.08, "spearman_atex"] > first.loc[0.08, "spearman_softplus"]
-    if name == "pasliev2020":
-        transfer = first
-        assert transfer.loc["gradient", ("com_distance_manipulated", "com_cross_entropy")] < \
-            transfer.loc["gradient", ("com_distance_original", "com_cross_entropy")]
-        detection = tables["Table 4.1: detection by noise inputs"]
-        assert detection.loc["manipulated", "noise_map_similarity"] > detection.loc["clean", "noise_map_similarity"]
-        adult = tables["Sec. 3.8: fairwashing UCI Adult (race and sex)"]
-        assert adult.loc["fairwashed", "gradient_share_race_sex"] < adult.loc["original", "gradient_share_race_sex"]
+    if name == "pasliev2020":  # manipulated as aimed, while the original model is as it was
+        com = tables[next(t for t in tables if t.startswith("Table 3.1"))]
+        assert com.loc["com_gradient", "gradient"] < com.loc["acc", "gradient"] - 1.0
+        target = tables[next(t for t in tables if t.startswith("Table 3.2"))]
+        assert target.loc[("th_gradient", "target_pcc"), "gradient"] > target.loc[("acc", "target_pcc"), "gradient"] + 0.05
+        assert target.loc[("acc", "target_pcc"), "paper_gradient"] == 0.162
+        noise = tables[next(t for t in tables if t.startswith("Table 4.2"))]
+        assert noise.loc["acc", "flagged"] == 0.0
+        adult = tables[next(t for t in tables if t.startswith("Sec. 3.8"))]
+        assert adult.loc["fairwashed", "gradient_share_race_sex"] < 0.5 * adult.loc["original", "gradient_share_race_sex"]
+        for figure in ("fig3_heatmaps_0.png", "fig3_4_training.png", "fig4_4_weight_noise.png", "fig3_14_adult_importance.png"):
+            assert figure in page
+        assert (tmp_path / name / "models" / "th_gradient.safetensors").exists()
 
 
 def test_rieger_scatter_plots_take_the_right_columns(tmp_path):
@@ -199,3 +207,52 @@ def test_changed_config_does_not_mix_with_old_results(tmp_path):
 def test_load_config_defaults_to_quick():
     experiment, config = load_config(None, None, {})
     assert experiment.name == "quick" and config["n"] == 16
+
+
+def _fake_cifar(root: Path, n: int) -> None:
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}
+        (root / name).write_bytes(pickle.dumps(batch))
+
+
+def test_pasliev_on_cifar_files_with_torchvision_format_weights(tmp_path):
+    """The user's data and weights: CIFAR-10 batches and a VGG16 state_dict saved as torchvision
+    does (``torch.save(model.state_dict())``); the tables come out in the same layout."""
+    from safetensors.torch import load_file
+
+    from manipex.models import vgg16
+
+    _fake_cifar(tmp_path / "cifar", 8)
+    torch.manual_seed(0)
+    torch.save(vgg16(num_classes=10, input_size=32).state_dict(), tmp_path / "vgg16_cifar.pth")
+    config = {"dataset": "cifar10", "root": str(tmp_path / "cifar"), "weights": str(tmp_path / "vgg16_cifar.pth"),
+              "normalize": "cifar10", "models": ["com_gradient"], "methods": ["gradient"], "epochs": 1,
+              "n_train": 16, "n_eval": 8, "batch": 8, "noise_n": 4, "adult": False, "weight_noise": [0.0],
+              "examples": 1, "save_models": False}
+    tables = run("pasliev2020", overrides=config, out=tmp_path / "runs", quiet=True)
+    com = tables[next(t for t in tables if t.startswith("Table 3.1"))]
+    assert list(com.index) == ["acc", "com_gradient"]
+    assert ((com["gradient"] > 0) & (com["gradient"] < 32 * 2 ** 0.5)).all()
+    maps = load_file(str(tmp_path / "runs" / "pasliev2020" / "maps" / "acc.safetensors"))
+    assert maps["gradient"].shape == (1, 32, 32) and maps["input"].shape == (1, 3, 32, 32)
+    assert not (tmp_path / "runs" / "pasliev2020" / "models" / "com_gradient.safetensors").exists()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"dataset": "cifar10"}, "'root'"),
+    ({"dataset": "cifar10", "root": "/does/not/exist"}, "'root'"),
+    ({"weights": "/does/not/exist.pth"}, "'weights'"),
+    ({"dataset": "image_folder", "root": "."}, "'weights'"),
+    ({"models": ["com_nonsense"]}, "'models'"),
+    ({"n_eval": 1}, "'n_eval'"),
+])
+def test_pasliev_sources_are_checked_before_any_work(overrides, key, tmp_path):
+    with pytest.raises(ConfigError, match=key):
+        run("pasliev2020", overrides=overrides, out=tmp_path)
+    assert not (tmp_path / "pasliev2020").exists()

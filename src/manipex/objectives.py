@@ -14,7 +14,8 @@ explanation function being attacked. Every sample carries its own target: batche
 | :class:`TopKSuppression` | mass off the start map's top-k pixels | Ghorbani 2019; Tang (ATEX) |
 | :class:`CenterOfMass` | center of mass to a point, or away from the start | Ghorbani 2019; Pasliev 3.3 |
 | :class:`RegionHighlight` | mass into a region | Tang (ATEX, targeted) ; Heo 2019 (location) |
-| :class:`BlankRegion` | mass inside a region (or on features) to 0 | Rieger 2020, App. A.4.4; Pasliev 3.8 |
+| :class:`BlankRegion` | mass inside a region (or on features) to 0 | Rieger 2020, App. A.4.4 |
+| :class:`HideFeatures` | features to 0, the rest of the map as it was | Pasliev 3.8 (fairwashing) |
 """
 from __future__ import annotations
 
@@ -253,6 +254,48 @@ class BlankRegion(_Region):
         return mass_in(r, self._mask(r))
 
 
+class HideFeatures(Objective):
+    """Target map = the start map with the features in ``mask`` set to zero, renormalised:
+    hide those features and keep every other feature's importance (Pasliev 2020, Sec. 3.8,
+    fairwashing: "the original feature importance for continuous features in combination with
+    an importance score of zero for categorical features").
+
+    Unlike :class:`BlankRegion`, which only empties the mask and lets the rest move anywhere,
+    the rest of the map is held to the start map, so the explanation looks unchanged but for
+    the hidden features. Loss: MSE to that target (as :class:`TargetMap`).
+    Metric: mass inside ``mask`` (lower = more manipulated).
+    """
+
+    metric_name, metric_higher_is_better = "mass_in_region", False
+
+    def __init__(self, mask: Tensor) -> None:
+        if not isinstance(mask, Tensor):
+            raise TypeError("HideFeatures: mask must be a tensor (bool or 0/1) of the map's shape")
+        self.mask = mask.bool()
+        self.target: Optional[Tensor] = None
+
+    def prepare(self, explain_fn, x, r_start):
+        r = r_start.detach()
+        try:
+            kept = r * (~torch.broadcast_to(self.mask.to(r.device), r.shape)).to(r.dtype)
+        except RuntimeError:
+            raise ValueError(f"HideFeatures: mask of shape {tuple(self.mask.shape)} does not fit maps {tuple(r.shape)}") from None
+        self.target = kept / (kept.flatten(1).sum(1).reshape(-1, *([1] * (r.dim() - 1))) + 1e-12)
+        return self
+
+    def loss(self, r):
+        self._check(r, self.target, "HideFeatures")
+        return _scaled_mse(r, self.target.to(r))
+
+    def metric(self, r):
+        return mass_in(r.detach(), torch.broadcast_to(self.mask.to(r.device), r.shape))
+
+    def select(self, index):
+        out = HideFeatures(self.mask)
+        out.target = None if self.target is None else self.target[index]
+        return out
+
+
 def square_mask(shape: Tuple[int, int], size: int, corner: Tuple[int, int] = (0, 0)) -> Tensor:
     """A ``(H, W)`` bool mask with a ``size x size`` square at ``corner`` (row, column)."""
     mask = torch.zeros(shape, dtype=torch.bool)
@@ -260,5 +303,27 @@ def square_mask(shape: Tuple[int, int], size: int, corner: Tuple[int, int] = (0,
     return mask
 
 
+def cross_mask(shape: Tuple[int, int], thickness: Optional[float] = None) -> Tensor:
+    """A ``(H, W)`` bool mask of an X along both diagonals: the "cross" target heatmap of
+    Pasliev 2020 (Sec. 3.4, Fig. 3.8), used as ``TargetMap(cross_mask(...)[None].float())``.
+
+    The thesis draws its cross by hand and does not say whether it is upright or diagonal; the
+    X keeps the center of mass in the middle, far from where maps of centred objects lie.
+
+    Args:
+        shape: ``(H, W)`` of the maps.
+        thickness: half-width of each stroke in pixels; default ``max(H, W) / 20`` (1.4 px on
+            28x28, 1.6 px on 32x32, 11 px on 224x224).
+    """
+    h, w = shape
+    half = max(h, w) / 20 if thickness is None else float(thickness)
+    if h < 1 or w < 1 or half <= 0:
+        raise ValueError(f"cross_mask: need a positive shape and thickness, got {shape} and {thickness}")
+    rows = torch.arange(h, dtype=torch.float32)[:, None] / max(h - 1, 1)
+    cols = torch.arange(w, dtype=torch.float32)[None, :] / max(w - 1, 1)
+    scale = max(h, w) - 1
+    return ((rows - cols).abs() * scale <= half) | ((rows + cols - 1).abs() * scale <= half)
+
+
 __all__ = ["Objective", "TargetMap", "TargetImage", "TopKSuppression", "CenterOfMass",
-           "RegionHighlight", "BlankRegion", "square_mask"]
+           "RegionHighlight", "BlankRegion", "HideFeatures", "square_mask", "cross_mask"]

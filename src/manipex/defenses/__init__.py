@@ -7,8 +7,9 @@
 * Detection of manipulated models: :func:`detect_manipulation`, :func:`weight_noise_test`.
 """
 from .atex import atex_finetune
-from .detection import DetectionReport, detect_manipulation, noise_map_similarity, weight_noise_test
+from .detection import (DetectionReport, detect_manipulation, noise_map_similarity, noise_maps, pairwise_pcc,
+                        weight_noise_test)
 from .smoothing import beta_sweep
 
-__all__ = ["atex_finetune", "beta_sweep", "detect_manipulation", "noise_map_similarity",
+__all__ = ["atex_finetune", "beta_sweep", "detect_manipulation", "noise_map_similarity", "noise_maps", "pairwise_pcc",
            "weight_noise_test", "DetectionReport"]

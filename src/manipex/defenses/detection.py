@@ -28,6 +28,32 @@ from ..metrics import pcc
 from ..objectives import Objective
 
 
+def noise_maps(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    method: str = "gradient",
+    *,
+    n: int = 64,
+    seed: int = 0,
+    method_options: Optional[Dict[str, Any]] = None,
+) -> Tensor:
+    """Normalised maps ``(n, ...)`` of ``n`` noise inputs ``N(0, 1)`` of ``input_shape``, each
+    explaining the class the model predicts (Pasliev 2020, Sec. 4.1). The noise is drawn on
+    the CPU from ``seed``, so every device sees the same inputs."""
+    check_model(model, where="noise_maps")
+    param = next(model.parameters())
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n,) + tuple(input_shape), generator=g, dtype=param.dtype).to(param.device)
+    return relevance(explain(model, noise, method, **(method_options or {})))
+
+
+def pairwise_pcc(r: Tensor) -> Tensor:
+    """PCC of every pair of maps ``r[i], r[j]`` with ``i < j``, one value per pair."""
+    r = r.flatten(1)
+    i, j = torch.triu_indices(len(r), len(r), offset=1, device=r.device)
+    return pcc(r[i], r[j])
+
+
 def noise_map_similarity(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -39,17 +65,12 @@ def noise_map_similarity(
 ) -> Tensor:
     """Pairwise PCC of the maps of ``n`` noise inputs ``N(0, 1)``, one value per pair.
 
-    Higher = the maps look alike whatever the input (a sign of manipulation).
+    Higher = the maps look alike whatever the input (a sign of manipulation; Pasliev 2020,
+    Table 4.2).
     """
-    check_model(model, where="noise_map_similarity")
     if n < 2:
         raise ValueError("noise_map_similarity: n must be at least 2")
-    g = torch.Generator().manual_seed(seed)
-    dtype = next(model.parameters()).dtype
-    noise = torch.randn((n,) + tuple(input_shape), generator=g, dtype=dtype)
-    r = relevance(explain(model, noise, method, **(method_options or {}))).flatten(1)
-    i, j = torch.triu_indices(n, n, offset=1)
-    return pcc(r[i], r[j])
+    return pairwise_pcc(noise_maps(model, input_shape, method, n=n, seed=seed, method_options=method_options))
 
 
 @dataclass
@@ -130,7 +151,8 @@ def weight_noise_test(
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():  # perturbing weights of a copy, nothing is differentiated
             for p in noisy.parameters():
-                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * sigma * p.std().nan_to_num(0.0))
+                noise = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)  # same draw on any device
+                p.add_(noise * sigma * p.std().nan_to_num(0.0))
 
         def fn(inputs: Tensor, m: nn.Module = model) -> Tensor:
             return relevance(explain(m, inputs, method, target, **opts))

@@ -37,13 +37,21 @@ class Experiment(abc.ABC):
         if cls.name:
             EXPERIMENTS[cls.name] = cls()
 
+    def check(self, config: Dict[str, Any]) -> None:
+        """Checks across keys or on the file system (paths), before any work; raise
+        :class:`~manipex.experiments.config.ConfigError` naming the key. Types and choices
+        are already checked from ``schema``."""
+
     @abc.abstractmethod
     def units(self, config: Dict[str, Any]) -> List[Unit]:
         ...
 
     @abc.abstractmethod
     def setup(self, config: Dict[str, Any], device: str) -> Dict[str, Any]:
-        """Load what the units need (model, data); called once, only if a unit must run."""
+        """Load what the units need (model, data); called once, only if a unit must run. The
+        runner adds ``ctx["out"]``, the run folder, where units may keep artifacts (models,
+        checkpoints, example maps for the figures), and ``ctx["progress"]``, whether long
+        steps inside a unit may show their own progress bar."""
         ...
 
     @abc.abstractmethod

@@ -1,6 +1,8 @@
 """Shared pieces of the experiments: the default model and data, and per-image attack rows."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -60,3 +62,13 @@ def targeted_rows(
 
 def seeded(seed: int) -> None:
     torch.manual_seed(seed)
+
+
+def save_maps(path: Path, tensors: Dict[str, Tensor], n: int) -> None:
+    """The first ``n`` of each tensor, as float32 safetensors, written atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v[:n].detach().cpu().float().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)

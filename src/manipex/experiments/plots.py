@@ -37,9 +37,9 @@ def manipulation_grid(rows: Dict[str, Dict[str, Tensor]], path: Path) -> Path:
             if key == "perturbation":
                 m = m.sum(0) if m.dim() == 3 else m
                 lim = float(m.abs().max()) or 1.0
-                ax.imshow(m, cmap="seismic", vmin=-lim, vmax=lim)
+                ax.imshow(m.numpy(), cmap="seismic", vmin=-lim, vmax=lim)
             else:
-                ax.imshow(m, cmap="hot", vmin=0, vmax=float(m.flatten().quantile(0.99)) or None)
+                ax.imshow(m.numpy(), cmap="hot", vmin=0, vmax=float(m.flatten().quantile(0.99)) or None)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
@@ -174,3 +174,131 @@ def robustness_scatter(table1_df, x_method: str, y_method: str, path: Path) -> P
         f"{x_method.replace('_', ' ')} attacked\nsimilarity to target",
         f"{y_method.replace('_', ' ')} attacked: similarity to target",
         "each method attacked individually (dashed: y = x; lower top-k/PCC = more robust)", legend=False)
+
+
+def model_heatmaps(image: Tensor, maps: Dict[str, Dict[str, Tensor]], path: Path) -> Path:
+    """Pasliev Figs. 3.3-3.13 layout: the input, then one row per model and one column per
+    method (normalised maps, clipped at the 99th percentile). ``maps``: model -> method -> (H, W)."""
+    plt = _plt()
+    models = list(maps)
+    methods = list(next(iter(maps.values())))
+    fig, axes = plt.subplots(len(models), len(methods) + 1, figsize=(1.3 * (len(methods) + 1) + 0.6, 1.3 * len(models)),
+                             squeeze=False)
+    img = image.detach().cpu().float()
+    img = (img - img.min()) / (img.max() - img.min() + 1e-12)
+    for i, model in enumerate(models):
+        ax = axes[i][0]
+        if i == 0:
+            ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray" if img.shape[0] == 1 else None)
+            ax.set_title("input", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(model.replace("_", " "), fontsize=7)
+        for spine in ax.spines.values():  # the input is drawn once, on the first row
+            spine.set_visible(i == 0)
+        for j, method in enumerate(methods):
+            ax = axes[i][j + 1]
+            m = maps[model][method].detach().cpu().float()
+            ax.imshow(m.numpy(), cmap="hot", vmin=0, vmax=float(m.flatten().quantile(0.99)) or None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(method.replace("_", " "), fontsize=7)
+    return _save(fig, path)
+
+
+def training_curves(history, path: Path) -> Path:
+    """Pasliev Fig. 3.4: classification and explanation loss per epoch, one line per model."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(7, 2.6))
+    for model, part in history.groupby("model", sort=False):
+        part = part.sort_values("epoch")
+        for ax, column in zip(axes, ("classification", "objective")):
+            ax.plot(part.epoch, part[column], marker="o", ms=3, label=model.replace("_", " "))
+    for ax, title in zip(axes, ("classification term", "explanation objective")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.set_yscale("log")
+    axes[1].legend(fontsize=6)
+    return _save(fig, path)
+
+
+def weight_noise_curves(rows, path: Path) -> Path:
+    """Pasliev Fig. 4.4: accuracy and the manipulation's metric as weight noise grows."""
+    plt = _plt()
+    kinds = list(dict.fromkeys(rows.objective))
+    fig, axes = plt.subplots(1, 1 + len(kinds), figsize=(3.2 * (1 + len(kinds)), 2.6), squeeze=False)
+    axes = axes[0]
+    for (model, kind), part in rows.groupby(["model", "objective"], sort=False):
+        part = part.sort_values("sigma")
+        label = model.replace("_", " ")
+        if kind == next(k for k in kinds if k in set(rows[rows.model == model].objective)):
+            axes[0].plot(part.sigma, part.accuracy, marker="o", ms=3, label=label)
+        ax = axes[1 + kinds.index(kind)]
+        ax.plot(part.sigma, part.metric, marker="o", ms=3, label=label)
+        ax.set_ylabel(part.metric_name.iloc[0].replace("_", " "), fontsize=8)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=6)
+    for ax, title in zip(axes, ["accuracy"] + [{"com": "center of mass to the corner", "th": "cross target"}.get(k, k)
+                                               for k in kinds]):
+        ax.set_xlabel("weight noise σ (× spread of each tensor)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def feature_importance(rows, path: Path) -> Path:
+    """Pasliev Figs. 3.14/3.15: mean normalised gradient importance per feature, per model."""
+    plt = _plt()
+    table = rows.pivot_table(index="feature", columns="model", values="importance", sort=False)
+    fig, ax = plt.subplots(figsize=(0.5 * len(table) + 2.5, 3))
+    table.plot.bar(ax=ax, width=0.8)
+    ax.set_ylabel("mean share of |gradient|")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path) -> Path:
+    """Mean of each metric against ``x``, one line per value of ``line``, one row of panels per
+    value of ``panel_row`` (Tang et al., Tables 1-4 as curves over the budget ε)."""
+    plt = _plt()
+    rows = list(dict.fromkeys(df[panel_row]))
+    fig, axes = plt.subplots(len(rows), len(metrics), figsize=(3 * len(metrics), 2.4 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        part = df[df[panel_row] == row]
+        for j, metric in enumerate(metrics):
+            ax = axes[i][j]
+            for name, group in part.groupby(line, sort=False):
+                means = group.groupby(x)[metric].mean().sort_index()
+                ax.plot(means.index, means.values, marker="o", ms=3, label=str(name))
+            ax.set_xlabel(x)
+            ax.set_title(f"{row}: {metric}", fontsize=8)
+            ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+def example_maps(inputs: Tensor, columns: Dict[str, Tensor], path: Path) -> Path:
+    """One row per example: the input, then one map per column (Tang et al. Fig. 3 layout).
+    ``columns``: title -> maps (N, H, W)."""
+    plt = _plt()
+    n = len(inputs)
+    fig, axes = plt.subplots(n, len(columns) + 1, figsize=(1.4 * (len(columns) + 1), 1.4 * n), squeeze=False)
+    for i in range(n):
+        img = inputs[i].detach().cpu().float()
+        img = (img - img.min()) / (img.max() - img.min() + 1e-12)
+        axes[i][0].imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray" if img.shape[0] == 1 else None)
+        for j, (title, maps) in enumerate(columns.items()):
+            m = maps[i].detach().cpu().float()
+            axes[i][j + 1].imshow(m.numpy(), cmap="hot", vmin=0, vmax=float(m.flatten().quantile(0.99)) or None)
+            if i == 0:
+                axes[i][j + 1].set_title(title, fontsize=6)
+        if i == 0:
+            axes[i][0].set_title("input", fontsize=6)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    return _save(fig, path)

@@ -38,6 +38,7 @@ def load_config(name: Optional[str], path: Optional[os.PathLike], overrides: Map
     experiment = get_experiment(name or named or "quick")
     config = resolve(experiment.schema, table, source=f"config {path}" if path else "config")
     config = resolve(experiment.schema, {**config, **overrides}, source="command line")
+    experiment.check(config)
     return experiment, config
 
 
@@ -88,6 +89,8 @@ def run(
 
     if todo:
         ctx = experiment.setup(config, device)
+        ctx.setdefault("out", folder)
+        ctx.setdefault("progress", not quiet)
         bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=experiment.name, unit="unit",
                    disable=quiet, dynamic_ncols=True)
         for unit in todo:
