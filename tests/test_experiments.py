@@ -145,6 +145,7 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
     if name == "tang_atex":
         assert {"spearman_atex", "spearman_softplus", "paper_spearman_atex"} <= set(first.columns)
         assert first.loc[0.08, "spearman_atex"] > first.loc[0.08, "spearman_softplus"]
+        assert "tables_metrics_vs_eps.png" in page and "fig3_maps.png" in page
     if name == "pasliev2020":  # manipulated as aimed, while the original model is as it was
         com = tables[next(t for t in tables if t.startswith("Table 3.1"))]
         assert com.loc["com_gradient", "gradient"] < com.loc["acc", "gradient"] - 1.0

@@ -93,7 +93,7 @@ class Pasliev2020(Experiment):
         "lam_target": Field("float", 1.0, "weight of the target-map objective (maps rescaled to mean 1)"),
         "ig_steps": Field("int", 8, "integrated-gradients steps, in training (Pasliev: 8) and evaluation"),
         "noise_n": Field("int", 64, "noise inputs N(0, 1) of Tables 4.1 and 4.2"),
-        "weight_noise": Field("list[float]", [0.0, 0.05, 0.1, 0.2],
+        "weight_noise": Field("list[float]", [0.0, 0.25, 0.5, 1.0],
                               "weight noise, relative to each tensor's spread (Sec. 4.2, Fig. 4.4)"),
         "adult": Field("bool", True, "fairwashing UCI Adult (Sec. 3.8)"),
         "adult_epochs": Field("int", 3, "epochs of the Adult classifier and of its fine-tuning"),
@@ -367,7 +367,7 @@ class Pasliev2020(Experiment):
 
             maps = {m: load_file(str(Path(out) / "maps" / f"{m}.safetensors")) for m in order}
             for i in range(min(config["examples"], len(maps[order[0]]["input"]))):
-                grid = {m: {k: v[i] for k, v in maps[m].items() if k != "input"} for m in order}
+                grid = {m: {k: maps[m][k][i] for k in config["methods"] if k in maps[m]} for m in order}
                 paths.append(plots.model_heatmaps(maps[order[0]]["input"][i], grid,
                                                   Path(out) / f"fig3_heatmaps_{i}.png"))
         history = df[df.kind == "history"]

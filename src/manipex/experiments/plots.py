@@ -241,7 +241,7 @@ def weight_noise_curves(rows, path: Path) -> Path:
     axes[0].legend(fontsize=6)
     for ax, title in zip(axes, ["accuracy"] + [{"com": "center of mass to the corner", "th": "cross target"}.get(k, k)
                                                for k in kinds]):
-        ax.set_xlabel("weight noise σ (× spread of each tensor)")
+        ax.set_xlabel("weight noise σ (× sd of each tensor)", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=6)
     return _save(fig, path)
