@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from manipex.experiments import ConfigError, load_config
+from manipex.experiments import EXPERIMENTS, ConfigError, load_config
 from manipex.experiments.config import read_config
 
 TOML = """\
@@ -114,3 +114,17 @@ def test_missing_yaml_file(tmp_path):
 def test_command_line_overrides_the_yaml_file(tmp_path):
     _, config = load_config(None, _write(tmp_path, "c.yaml", YAML), {"n": 8})
     assert config["n"] == 8 and config["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_list_prints_a_toml_template_that_reads_back_as_the_defaults(name, tmp_path, capsys):
+    from manipex.cli import main
+
+    assert main(["list", name]) == 0
+    path = tmp_path / f"{name}.toml"
+    path.write_text(capsys.readouterr().out)
+    experiment, config = load_config(None, path, {})
+    assert experiment.name == name
+    assert config == load_config(name, None, {})[1]
+    assert main(["list", "no_such_experiment"]) == 2
+    assert "no_such_experiment" in capsys.readouterr().err

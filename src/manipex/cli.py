@@ -112,8 +112,17 @@ def _run(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     import manipex
     from manipex.experiments import EXPERIMENTS
+    from manipex.experiments.config import template
     from manipex.experiments.papers import DEFENSES
 
+    if args.experiment:
+        if args.experiment not in EXPERIMENTS:
+            print(f"manipex list: unknown experiment {args.experiment!r}; available: {', '.join(sorted(EXPERIMENTS))}",
+                  file=sys.stderr)
+            return 2
+        exp = EXPERIMENTS[args.experiment]
+        print(template(exp.name, exp.title, exp.schema), end="")
+        return 0
     print("experiments:")
     for name, exp in sorted(EXPERIMENTS.items()):
         print(f"  {name:<18}{exp.title}")
@@ -161,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quiet", action="store_true", help="no progress bar (for CI and logs); the tables are still printed")
     p.set_defaults(func=_run)
-    p = sub.add_parser("list", help="experiments, methods, defenses and datasets")
+    p = sub.add_parser("list", help="experiments, methods, defenses and datasets; with an experiment, its config "
+                       "keys as a TOML file to edit (manipex list pasliev2020 > my.toml)")
+    p.add_argument("experiment", nargs="?", help="print this experiment's config keys, defaults and help as TOML")
     p.set_defaults(func=_list)
     p = sub.add_parser("report", help="rebuild the HTML report of a run folder")
     p.add_argument("folder")

@@ -188,3 +188,25 @@ def dataset_choices() -> Tuple[str, ...]:
     from ..data import datasets
 
     return tuple(datasets())
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return json.dumps(value)  # strings and lists of strings or numbers are valid TOML as JSON
+
+
+def template(experiment: str, title: str, schema: Mapping[str, Field]) -> str:
+    """A TOML config of ``schema``'s defaults, each key with its help as a comment: a file to
+    copy and edit (``manipex list EXPERIMENT``). Reading it back gives the defaults."""
+    lines = [f"# {title}", f'experiment = "{experiment}"']
+    for key, field in schema.items():
+        help_text = field.help
+        if field.choices is not None and len(field.choices) <= 12:
+            help_text += f" [{', '.join(field.choices)}]"
+        lines.append(f"{key} = {_toml_value(field.default)}" + (f"  # {help_text}" if help_text else ""))
+    return "\n".join(lines) + "\n"

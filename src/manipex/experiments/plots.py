@@ -215,7 +215,10 @@ def training_curves(history, path: Path) -> Path:
         part = part.sort_values("epoch")
         for ax, column in zip(axes, ("classification", "objective")):
             ax.plot(part.epoch, part[column], marker="o", ms=3, label=model.replace("_", " "))
+    from matplotlib.ticker import MaxNLocator
+
     for ax, title in zip(axes, ("classification term", "explanation objective")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(title, fontsize=9)
         ax.set_yscale("log")
