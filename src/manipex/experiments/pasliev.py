@@ -32,7 +32,6 @@ from .config import ConfigError, Field, method_choices
 from .sources import SOURCE_FIELDS, apply_labels, check_sources, load_images, original_model
 
 KINDS = ("com", "th", "ipp", "fc")
-MAP_METRICS = ("com_distance", "target_mse", "target_pcc", "target_ssim")
 METHOD_ORDER = ("gradient", "grad_x_input", "integrated_gradients", "lrp")
 
 

@@ -31,11 +31,12 @@ def _architectures() -> Tuple[str, ...]:
 
 
 SOURCE_FIELDS = {
-    "dataset": Field("str", "mnist5k", "images: mnist5k (embedded), mnist, fashion_mnist (IDX files), cifar10 "
-                     "(python batches) or image_folder (class-per-folder images, e.g. ImageNet val)", IMAGE_DATASETS),
+    "dataset": Field("str", "mnist5k", "images: mnist5k is embedded; mnist and fashion_mnist are IDX files, cifar10 "
+                     "python batches, image_folder class-per-folder images (e.g. ImageNet val) under root",
+                     IMAGE_DATASETS),
     "root": Field("str", "", "folder of the dataset's files (every dataset but mnist5k)"),
-    "normalize": Field("str", "auto", "per-channel normalisation the weights expect: auto (imagenet for "
-                       "image_folder, none otherwise), none, imagenet, cifar10", ("auto",) + tuple(NORMALIZATIONS)),
+    "normalize": Field("str", "auto", "per-channel normalisation the weights expect; auto: imagenet for "
+                       "image_folder, none otherwise", ("auto",) + tuple(NORMALIZATIONS)),
     "weights": Field("str", "", "the original model: a .safetensors saved by manipex, or a torchvision-format "
                      ".pth state_dict for 'arch'; empty: the default model (mnist5k) or one trained here"),
     "arch": Field("str", "auto", "architecture of a .pth or of the model trained here; auto: mnist_cnn for "
