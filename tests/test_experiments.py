@@ -257,3 +257,29 @@ def test_pasliev_sources_are_checked_before_any_work(overrides, key, tmp_path):
     with pytest.raises(ConfigError, match=key):
         run("pasliev2020", overrides=overrides, out=tmp_path)
     assert not (tmp_path / "pasliev2020").exists()
+
+
+def test_pasliev_on_an_image_folder_with_predicted_labels(tmp_path):
+    """ImageNet-style use: class folders of images, a saved model, labels from the model itself
+    (the folders need not be all of the model's classes), ImageNet normalisation."""
+    import numpy as np
+    from PIL import Image
+
+    from manipex import models
+
+    rng = np.random.default_rng(0)
+    for c in ("n01440764", "n01443537"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "val" / c / f"{i}.png")
+    torch.manual_seed(0)
+    models.save(models.build("vgg16", num_classes=20, input_size=32), tmp_path / "vgg.safetensors")
+    config = {"dataset": "image_folder", "root": str(tmp_path / "val"), "weights": str(tmp_path / "vgg.safetensors"),
+              "image_size": 32, "labels": "predicted", "models": ["th_gradient"], "methods": ["gradient"],
+              "epochs": 1, "n_eval": 4, "batch": 4, "noise_n": 4, "adult": False, "weight_noise": [0.0],
+              "examples": 1, "save_models": False}
+    tables = run("pasliev2020", overrides=config, out=tmp_path / "runs", quiet=True)
+    target = tables[next(t for t in tables if t.startswith("Table 3.2"))]
+    assert target.loc[("acc", "accuracy"), "gradient"] == 100.0  # labels are F_acc's own predictions
+    rows = ResultStore(tmp_path / "runs" / "pasliev2020").frame()
+    assert (rows[(rows.kind == "maps") & (rows.inputs == "test")].groupby("model").size() == 4).all()

@@ -35,6 +35,8 @@ SOURCE_FIELDS = {
                      "python batches, image_folder class-per-folder images (e.g. ImageNet val) under root",
                      IMAGE_DATASETS),
     "root": Field("str", "", "folder of the dataset's files (every dataset but mnist5k)"),
+    "image_size": Field("int", 224, "image_folder: images are resized (shorter side x 256/224) and center-cropped "
+                        "to this size"),
     "normalize": Field("str", "auto", "per-channel normalisation the weights expect; auto: imagenet for "
                        "image_folder, none otherwise", ("auto",) + tuple(NORMALIZATIONS)),
     "weights": Field("str", "", "the original model: a .safetensors saved by manipex, or a torchvision-format "
@@ -57,6 +59,8 @@ def check_sources(config: Dict[str, Any]) -> None:
         raise ConfigError(f"config key 'root': {root!r} is not a folder")
     if weights and not Path(weights).expanduser().is_file():
         raise ConfigError(f"config key 'weights': {weights!r} does not exist")
+    if config["image_size"] < 1:
+        raise ConfigError(f"config key 'image_size' must be a positive number of pixels, got {config['image_size']}")
     if dataset == "image_folder" and not weights:
         raise ConfigError("config key 'weights': dataset 'image_folder' needs the original model's weights "
                           "(e.g. torchvision's vgg16-397923af.pth); training on an image folder is not supported")
@@ -88,11 +92,12 @@ def load_images(config: Dict[str, Any], *, n_train: int, n_eval: int, seed: int 
     if dataset == "mnist5k":
         train, test = data.load("mnist5k", split="train"), data.load("mnist5k", split="test")
     elif dataset == "image_folder":
+        size = {"root": root, "size": round(config["image_size"] * 256 / 224), "crop": config["image_size"]}
         if (root / "train").is_dir() and any((root / s).is_dir() for s in ("val", "test")):
             held_out = "val" if (root / "val").is_dir() else "test"
-            train, test = data.load(dataset, split="train", root=root), data.load(dataset, split=held_out, root=root)
+            train, test = data.load(dataset, split="train", **size), data.load(dataset, split=held_out, **size)
         else:
-            x, y = data.load(dataset, split="all", root=root)
+            x, y = data.load(dataset, split="all", **size)
             order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
             test, train = (x[order[:n_eval]], y[order[:n_eval]]), (x[order[n_eval:]], y[order[n_eval:]])
     else:
