@@ -35,9 +35,9 @@ def map_grid(
         img = images[i].detach().cpu()
         ax = axes[i][0]
         if img.shape[0] == 1:
-            ax.imshow(img[0], cmap="gray", vmin=0, vmax=1)
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
         else:
-            ax.imshow(img.permute(1, 2, 0).clamp(0, 1))
+            ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
         ax.set_ylabel(titles[i] if i < len(titles) else "", fontsize=7)
         if i == 0:
             ax.set_title("input", fontsize=7)
@@ -46,7 +46,7 @@ def map_grid(
             ax = axes[i][j]
             # clip at the 99th percentile, as Rieger et al. do, so single pixels do not dominate
             vmax = torch.quantile(m.flatten().double(), 0.99).item() or float(m.max()) or 1.0
-            ax.imshow(m, cmap="hot", vmin=0, vmax=vmax)
+            ax.imshow(m.numpy(), cmap="hot", vmin=0, vmax=vmax)
             if i == 0:
                 ax.set_title(name.replace("_", " "), fontsize=7)
     for ax in axes.flat:
