@@ -326,18 +326,19 @@ class Pasliev2020(Experiment):
             t32 = t32.join(published, how="left")
             t32 = t32.reindex([k for mod in th for k in t32.index if k[0] == mod])
             out["Table 3.2: maps vs the cross target (MSE x1e6 lower, PCC and SSIM higher = manipulated)"] = t32.round(3)
-            grad = test[test.method == "gradient"]
             cols = ["accuracy", "classification_loss", "target_mse_1e6", "target_pcc", "target_ssim"]
-            for title, keep, published, columns in (
-                ("Table 3.3: identical prediction probabilities (gradient maps vs the cross)",
-                 lambda m: m in ("acc", "th_gradient") or m.startswith("ipp_"), self.T33, cols),
-                ("Table 3.4: classifier frozen (gradient maps vs the cross)",
-                 lambda m: m in ("acc", "th_gradient") or m.startswith("fc_"), self.T34, [c for c in cols if c != "classification_loss"]),
+            for kind, title, published, columns in (
+                ("ipp", "Table 3.3: identical prediction probabilities", self.T33, cols),
+                ("fc", "Table 3.4: classifier frozen", self.T34, [c for c in cols if c != "classification_loss"]),
             ):
-                chosen = [m for m in order if keep(m)]
-                if len(grad) and any(m.startswith(("ipp_", "fc_")) for m in chosen):
-                    table = mean_by_model(grad[grad.model.isin(chosen)], columns)
-                    out[title] = paper(table, published, columns).round(4)
+                for name in [m for m in order if m.startswith(kind + "_")]:
+                    method = name.split("_", 1)[1]  # each model with its own method's maps, beside acc and th_<method>
+                    if method not in methods:
+                        continue
+                    chosen = [m for m in order if m in ("acc", f"th_{method}", name)]
+                    table = mean_by_model(test[(test.method == method) & test.model.isin(chosen)], columns)
+                    out[f"{title} ({method.replace('_', ' ')} maps vs the cross)"] = paper(
+                        table, published if method == "gradient" else {}, columns).round(4)
         if len(noise):
             noise = noise.assign(target_mse_1e6=noise.target_mse * 1e6)
             t41 = mean_by_model(noise, ["com_distance", "target_mse_1e6", "target_pcc", "target_ssim"])
