@@ -79,6 +79,12 @@ def images_to_tensor(images: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255.0)
 
 
+def normalize_channels(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """``(x - mean) / std`` per channel of images ``(N, C, H, W)``."""
+    shape = (-1, 1, 1)
+    return (x - torch.tensor(mean, dtype=x.dtype).view(shape)) / torch.tensor(std, dtype=x.dtype).view(shape)
+
+
 def labels_to_tensor(labels: np.ndarray | Sequence[int]) -> Tensor:
     """Convert class labels to an int64 tensor of shape (N,)."""
     return torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1)).clone()

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ._common import PathLike, check_split, existing_dir, images_to_tensor
+from ._common import PathLike, check_split, existing_dir, images_to_tensor, normalize_channels
 
 SPLITS = ("train", "val", "test", "all")
 """Splits offered by :func:`load_image_folder`."""
@@ -135,7 +135,5 @@ def load_image_folder(
         raise ValueError(f"images in {str(directory)!r} have different sizes {sorted(shapes)}; set size/crop")
     x = images_to_tensor(np.stack(arrays))
     if mean is not None and std is not None:
-        x = (x - torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)) / torch.tensor(std, dtype=x.dtype).view(
-            -1, 1, 1
-        )
+        x = normalize_channels(x, mean, std)
     return x, torch.tensor([label for _, label in files], dtype=torch.int64)

@@ -73,6 +73,12 @@ def noise_map_similarity(
     return pairwise_pcc(noise_maps(model, input_shape, method, n=n, seed=seed, method_options=method_options))
 
 
+def similarity_threshold(reference_sims: Tensor, margin: float = 2.0) -> float:
+    """``mean + margin * sd`` of a trusted model's pairwise noise-map PCCs
+    (:func:`noise_map_similarity`): what a typical single pair of a clean model reaches."""
+    return reference_sims.mean().item() + margin * reference_sims.std().item()
+
+
 @dataclass
 class DetectionReport:
     """``score``: mean pairwise PCC of the model's noise maps; ``threshold``: the largest
@@ -118,7 +124,7 @@ def detect_manipulation(
     for ref in references:
         s = noise_map_similarity(ref, input_shape, method, **kwargs)
         refs.append(s.mean().item())
-        bounds.append(s.mean().item() + margin * s.std().item())
+        bounds.append(similarity_threshold(s, margin))
     threshold = max(bounds)
     return DetectionReport(score, threshold, score > threshold, tuple(refs), method)
 

@@ -116,5 +116,7 @@ class TangATEX(Experiment):
             columns = {"softplus": maps["softplus"]["before"], "ATEX": maps["atex"]["before"],
                        f"softplus, attacked (ε={eps:g})": maps["softplus"]["after"],
                        f"ATEX, attacked (ε={eps:g})": maps["atex"]["after"]}
-            paths.append(plots.example_maps(maps["atex"]["input"], columns, Path(out) / "fig3_maps.png"))
+            from ..figures import map_grid
+
+            paths.append(map_grid(maps["atex"]["input"], columns, Path(out) / "fig3_maps.png"))
         return paths

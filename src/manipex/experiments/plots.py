@@ -176,37 +176,6 @@ def robustness_scatter(table1_df, x_method: str, y_method: str, path: Path) -> P
         "each method attacked individually (dashed: y = x; lower top-k/PCC = more robust)", legend=False)
 
 
-def model_heatmaps(image: Tensor, maps: Dict[str, Dict[str, Tensor]], path: Path) -> Path:
-    """Pasliev Figs. 3.3-3.13 layout: the input, then one row per model and one column per
-    method (normalised maps, clipped at the 99th percentile). ``maps``: model -> method -> (H, W)."""
-    plt = _plt()
-    models = list(maps)
-    methods = list(next(iter(maps.values())))
-    fig, axes = plt.subplots(len(models), len(methods) + 1, figsize=(1.3 * (len(methods) + 1) + 0.6, 1.3 * len(models)),
-                             squeeze=False)
-    img = image.detach().cpu().float()
-    img = (img - img.min()) / (img.max() - img.min() + 1e-12)
-    for i, model in enumerate(models):
-        ax = axes[i][0]
-        if i == 0:
-            ax.imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray" if img.shape[0] == 1 else None)
-            ax.set_title("input", fontsize=7)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(model.replace("_", " "), fontsize=7)
-        for spine in ax.spines.values():  # the input is drawn once, on the first row
-            spine.set_visible(i == 0)
-        for j, method in enumerate(methods):
-            ax = axes[i][j + 1]
-            m = maps[model][method].detach().cpu().float()
-            ax.imshow(m.numpy(), cmap="hot", vmin=0, vmax=float(m.flatten().quantile(0.99)) or None)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(method.replace("_", " "), fontsize=7)
-    return _save(fig, path)
-
-
 def training_curves(history, path: Path) -> Path:
     """Pasliev Fig. 3.4: classification and explanation loss per epoch, one line per model."""
     plt = _plt()
@@ -281,27 +250,4 @@ def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path) ->
             ax.set_xlabel(x)
             ax.set_title(f"{row}: {metric}", fontsize=8)
             ax.legend(fontsize=6)
-    return _save(fig, path)
-
-
-def example_maps(inputs: Tensor, columns: Dict[str, Tensor], path: Path) -> Path:
-    """One row per example: the input, then one map per column (Tang et al. Fig. 3 layout).
-    ``columns``: title -> maps (N, H, W)."""
-    plt = _plt()
-    n = len(inputs)
-    fig, axes = plt.subplots(n, len(columns) + 1, figsize=(1.4 * (len(columns) + 1), 1.4 * n), squeeze=False)
-    for i in range(n):
-        img = inputs[i].detach().cpu().float()
-        img = (img - img.min()) / (img.max() - img.min() + 1e-12)
-        axes[i][0].imshow((img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)).numpy(), cmap="gray" if img.shape[0] == 1 else None)
-        for j, (title, maps) in enumerate(columns.items()):
-            m = maps[i].detach().cpu().float()
-            axes[i][j + 1].imshow(m.numpy(), cmap="hot", vmin=0, vmax=float(m.flatten().quantile(0.99)) or None)
-            if i == 0:
-                axes[i][j + 1].set_title(title, fontsize=6)
-        if i == 0:
-            axes[i][0].set_title("input", fontsize=6)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
     return _save(fig, path)

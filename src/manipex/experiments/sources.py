@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from ..data._common import normalize_channels
 from .config import ConfigError, Field
 
 IMAGE_DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "image_folder")
@@ -76,10 +77,9 @@ def _normalization(config: Dict[str, Any]):
 def _normalize(x: Tensor, norm) -> Tensor:
     if norm is None:
         return x
-    mean, std = (torch.tensor(v, dtype=x.dtype).view(1, -1, 1, 1) for v in norm)
-    if x.shape[1] != mean.shape[1]:
-        raise ConfigError(f"config key 'normalize': {mean.shape[1]} channel values for images with {x.shape[1]} channels")
-    return (x - mean) / std
+    if x.shape[1] != len(norm[0]):
+        raise ConfigError(f"config key 'normalize': {len(norm[0])} channel values for images with {x.shape[1]} channels")
+    return normalize_channels(x, *norm)
 
 
 def load_images(config: Dict[str, Any], *, n_train: int, n_eval: int, seed: int = 0):
@@ -136,9 +136,8 @@ def original_model(config: Dict[str, Any], train: Tuple[Tensor, Tensor], device:
     if num_classes is None:
         num_classes = 10 if config["dataset"] != "image_folder" else int(train[1].max()) + 1
     name, kwargs = _arch(config, num_classes)
-    model = models.build(name, **kwargs)
     if weights:
-        return models.load(Path(weights).expanduser(), model).to(device).eval()
+        return models.load(Path(weights).expanduser(), models.build(name, **kwargs)).to(device).eval()
     if cache is not None and cache.exists():
         return models.load(cache).to(device).eval()
     torch.manual_seed(config.get("seed", 0))
