@@ -3,7 +3,7 @@
 Importing this package registers every method; :func:`methods` lists them.
 """
 from .base import Explainer, explain, get_explainer, methods, relevance
-from .chain import UnsupportedModelError
+from .graph import UnsupportedModelError
 from .gradient import Gradient, GradXInput, IntegratedGradients
 from .propagation import GuidedBackprop
 from .lrp import LRP

@@ -15,38 +15,53 @@ input and the weights with the patterns held fixed.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Union
+from typing import Dict, Iterable, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_input, check_model
-from .chain import Record, Step, layer_chain
-from .propagation import PropagationExplainer, vjp
+from .graph import Graph, Layer, model_graph
+from .propagation import PropagationExplainer
+from .rules import vjp
 
 
 class Patterns(Dict[str, Tensor]):
     """Patterns by fx node name of each affine layer, each shaped like the layer's weight."""
 
 
-def _feeds_rectifier(records: List[Record], index: int) -> bool:
-    for record in records[index + 1 :]:
-        if record.step.kind == "identity":
-            continue
-        return record.step.kind == "activation" and record.step.activation in ("relu", "softplus")
-    return False
+def _feeds_rectifier(graph: Graph, layer: Layer) -> bool:
+    """Whether every consumer of the layer's output (through identities) is a ReLU/Softplus."""
+    pending, seen = [layer.node], set()
+    found = False
+    while pending:
+        for consumer in graph.consumers(pending.pop()):
+            if consumer.node in seen:
+                continue
+            seen.add(consumer.node)
+            if consumer.kind == "identity":
+                pending.append(consumer.node)
+            elif consumer.kind == "activation" and consumer.activation in ("relu", "softplus"):
+                found = True
+            else:
+                return False
+    return found
 
 
-def _as_rows(step: Step, x: Tensor, y: Tensor):
+def _is_patterned(layer: Layer) -> bool:
+    return layer.kind in ("conv", "dense") and isinstance(layer.module, (nn.Linear, nn.Conv2d))
+
+
+def _as_rows(layer: Layer, x: Tensor, y: Tensor):
     """Inputs as rows ``(M, D)`` and outputs ``(M, O)`` of one affine layer."""
-    m = step.module
+    m = layer.module
     if isinstance(m, nn.Linear):
         return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
     if isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
         cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, D, L)
         return cols.transpose(1, 2).reshape(-1, cols.shape[1]), y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
-    raise ValueError(f"fit_patterns supports Linear and Conv2d (groups=1, numeric padding) layers, not {step.name}")
+    raise ValueError(f"fit_patterns supports Linear and Conv2d (groups=1, numeric padding) layers, not {layer.name}")
 
 
 def fit_patterns(
@@ -58,7 +73,7 @@ def fit_patterns(
     """Fit the PatternAttribution patterns of ``model`` on ``data``.
 
     Args:
-        model: a chain model in eval mode (see :func:`manipex.explainers.chain.layer_chain`).
+        model: a model in eval mode (see :func:`manipex.explainers.graph.model_graph`).
         data: a tensor of inputs ``(N, ...)`` or an iterable of batches (tensors or
             ``(x, y)`` tuples, e.g. a DataLoader).
         batch_size: batch size used when ``data`` is a tensor.
@@ -67,7 +82,8 @@ def fit_patterns(
         :class:`Patterns`, to pass as ``explain(model, x, "pattern_attribution", patterns=...)``.
     """
     check_model(model, where="fit_patterns")
-    chain = layer_chain(model, "pattern_attribution")
+    graph = model_graph(model, "pattern_attribution")
+    rectified = {layer.node: _feeds_rectifier(graph, layer) for layer in graph.layers.values() if _is_patterned(layer)}
     if isinstance(data, Tensor):
         check_input(data, where="fit_patterns", name="data")
         batches: Iterable = data.split(batch_size)
@@ -78,16 +94,17 @@ def fit_patterns(
     with torch.no_grad():  # fitting is estimation, not part of any differentiated map
         for batch in batches:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            _, records = chain.forward(x)
-            for i, record in enumerate(records):
-                if record.step.kind != "affine" or not isinstance(record.step.module, (nn.Linear, nn.Conv2d)):
+            _, records = graph.forward(x)
+            for record in records:
+                layer = record.layer
+                if not _is_patterned(layer):
                     continue
-                name = record.step.node.name
-                weight, _ = record.step.parameters()
+                name = layer.node.name
+                weight, _ = layer.parameters()
                 weights[name] = weight
-                xs, ys = _as_rows(record.step, record.input, record.output)
+                xs, ys = _as_rows(layer, record.input, record.output)
                 xs, ys = xs.double(), ys.double()
-                mask = (ys > 0).double() if _feeds_rectifier(records, i) else torch.ones_like(ys)
+                mask = (ys > 0).double() if rectified[layer.node] else torch.ones_like(ys)
                 s = sums.setdefault(name, {"n": 0, "x": 0, "y": 0, "xy": 0})
                 s["n"] = s["n"] + mask.sum(0)
                 s["x"] = s["x"] + mask.T @ xs
@@ -130,23 +147,23 @@ class PatternAttribution(PropagationExplainer):
     def prepare(self, model, records):
         patterns = self.config["patterns"]
         for record in records:
-            step = record.step
-            if step.kind == "affine" and isinstance(step.module, (nn.Linear, nn.Conv2d)):
-                pattern = patterns.get(step.node.name)
-                if pattern is None or pattern.shape != step.module.weight.shape:
+            layer = record.layer
+            if _is_patterned(layer):
+                pattern = patterns.get(layer.node.name)
+                if pattern is None or pattern.shape != layer.module.weight.shape:
                     raise ValueError(
-                        f"explain(method='pattern_attribution'): the patterns do not fit {step.name}; "
+                        f"explain(method='pattern_attribution'): the patterns do not fit {layer.name}; "
                         "they were fitted for another model"
                     )
 
-    def propagate(self, record, signal, create_graph, first):
-        step = record.step
-        if step.kind == "affine" and isinstance(step.module, (nn.Linear, nn.Conv2d)):
-            weight, _ = step.parameters()
-            pattern = self.config["patterns"][step.node.name].to(weight)
+    def propagate(self, record, signal, create_graph):
+        layer = record.layer
+        if _is_patterned(layer):
+            weight, _ = layer.parameters()
+            pattern = self.config["patterns"][layer.node.name].to(weight)
             x = record.input
-            return vjp(step.affine(x, weight * pattern, None), x, signal, create_graph)
-        return super().propagate(record, signal, create_graph, first)
+            return vjp(layer.forward_with(x, weight * pattern, None), x, signal, create_graph)
+        return super().propagate(record, signal, create_graph)
 
 
 __all__ = ["Patterns", "fit_patterns", "PatternAttribution"]

@@ -5,6 +5,11 @@ Architectures (all built from plain modules; activations are modules):
 - :func:`mnist_cnn` — the default MNIST CNN (ReLU); :func:`load_default` trains and caches it.
 - :func:`atex_cnn` — the CNN of the ATEX paper (Tang et al.), reference-code keys.
 - :func:`vgg16` — VGG16 / VGG16-BN for ImageNet (224) or CIFAR (32), torchvision state_dict keys.
+- :func:`resnet18`, :func:`resnet50` — ResNets for ImageNet (He et al. 2016), torchvision keys.
+- :func:`cifar_resnet` — ResNet-(6n+2) for 32x32 images (He et al. 2016, Sec. 4.2), option-B
+  shortcuts; :class:`ResNet` is the one implementation behind all three.
+- :func:`densenet121` — DenseNet-121 (Huang et al. 2017), torchvision keys; its final ReLU is an
+  ``nn.ReLU`` module.
 - :func:`tabular_mlp` — an MLP for tabular data.
 
 Build any of them by name with :func:`build` (see :func:`architectures`). Checkpoints are written
@@ -19,6 +24,7 @@ Example::
     models.save(net, "net.safetensors", metadata={"note": "baseline"})
     same = models.load("net.safetensors")            # rebuilt from the header
     vgg = models.load("vgg16-397923af.pth", models.vgg16())
+    res = models.load("resnet50-0676ba61.pth", models.build("resnet50"))
 """
 
 from .architectures import (
@@ -32,23 +38,33 @@ from .architectures import (
     vgg16,
 )
 from .checkpoint import load, read_metadata, save
+from .densenet import DenseNet, densenet121
 from .pretrained import DEFAULT_RECIPES, Recipe, default_cache_dir, load_default
+from .resnet import BasicBlock, Bottleneck, ResNet, cifar_resnet, resnet18, resnet50
 from .training import accuracy, train_classifier
 
 __all__ = [
     "DEFAULT_RECIPES",
     "VGG",
+    "BasicBlock",
+    "Bottleneck",
+    "DenseNet",
     "Recipe",
+    "ResNet",
     "accuracy",
     "architectures",
     "atex_cnn",
     "build",
+    "cifar_resnet",
     "default_cache_dir",
+    "densenet121",
     "load",
     "load_default",
     "mnist_cnn",
     "read_metadata",
     "register",
+    "resnet18",
+    "resnet50",
     "save",
     "tabular_mlp",
     "train_classifier",

@@ -1,9 +1,11 @@
 """Model architectures of the zoo and the registry that names them.
 
-Every network is built only from ``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm2d``, ``nn.ReLU``,
-``nn.Tanh``, ``nn.MaxPool2d``, ``nn.AdaptiveAvgPool2d``, ``nn.Flatten`` and ``nn.Dropout``
-modules (activations are modules, never functional calls), so that explainers and model surgery
-(ReLU -> Softplus, BatchNorm merging) can see and rewrite every layer.
+The chain networks here are built only from ``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm2d``,
+``nn.ReLU``, ``nn.Tanh``, ``nn.MaxPool2d``, ``nn.AdaptiveAvgPool2d``, ``nn.Flatten`` and
+``nn.Dropout`` modules (activations are modules, never functional calls), so that explainers and
+model surgery (ReLU -> Softplus, BatchNorm merging) can see and rewrite every layer. The graph
+networks (ResNets in :mod:`.resnet`, DenseNet in :mod:`.densenet`) keep the same rule for their
+activations; their additions and concatenations are visible to ``torch.fx``.
 
 The registry maps a name to a factory; :func:`build` records the name and keyword arguments on the
 model so that :func:`manipex.models.save` can write them into the checkpoint and
@@ -18,6 +20,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .densenet import densenet121
+from .resnet import cifar_resnet, resnet18, resnet50
 
 __all__ = [
     "VGG",
@@ -220,3 +225,7 @@ register("atex_cnn", atex_cnn)
 register("vgg16", vgg16)
 register("vgg16_bn", _vgg16_bn)
 register("tabular_mlp", tabular_mlp)
+register("resnet18", resnet18)
+register("resnet50", resnet50)
+register("cifar_resnet", cifar_resnet)
+register("densenet121", densenet121)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +30,12 @@ _FORMAT_VERSION = 1
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Keys under which common training scripts nest the state_dict in a checkpoint dictionary.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
+# torchvision's DenseNet weight files (2017) name a dense layer's modules "norm.1", "conv.2", ...
+# where the modules are now "norm1", "conv2"; torchvision renames them on load with this pattern.
+_LEGACY_DENSE_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+_NUM_BATCHES = ".num_batches_tracked"
 
 
 def save(
@@ -104,6 +111,8 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
     ``torch.load(path, weights_only=True, map_location="cpu")``; they must hold a state_dict,
     possibly nested under ``"state_dict"``, ``"model_state_dict"`` or ``"model"``, and need
     ``model``. A ``"module."`` prefix (``DataParallel``) is stripped when the model lacks it.
+    Old torchvision files load too: DenseNet's legacy ``norm.1``-style keys are renamed and
+    BatchNorm ``num_batches_tracked`` counters missing from pre-0.4.1 files are set to 0.
 
     Args:
         path: the checkpoint file.
@@ -183,6 +192,7 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path)
         k.startswith("module.") for k in state
     ):
         state = {k[len("module.") :]: v for k, v in state.items()}
+    state = _upgrade_legacy_keys(state, expected)
     missing = [k for k in model.state_dict() if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -192,3 +202,27 @@ def _load_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path)
             f"{len(unexpected)} unexpected (first: {unexpected[:5]})"
         )
     model.load_state_dict(state, strict=True)
+
+
+def _upgrade_legacy_keys(
+    state: Mapping[str, torch.Tensor], expected: set[str]
+) -> dict[str, torch.Tensor]:
+    """Bring keys of old torchvision weight files to today's names, as torchvision does on load.
+
+    * ``...denselayerN.norm.1.weight`` -> ``...denselayerN.norm1.weight`` (DenseNet files of
+      2017), only where the new key is one the model expects.
+    * ``<bn>.num_batches_tracked`` (a BatchNorm buffer since PyTorch 0.4.1) is set to 0 where the
+      file has that BatchNorm's ``running_mean`` but not the counter, as ``nn.BatchNorm2d`` itself
+      does for old state_dicts; the counter only matters for ``momentum=None``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        match = _LEGACY_DENSE_KEY.match(key)
+        if match and key not in expected and match.group(1) + match.group(2) in expected:
+            key = match.group(1) + match.group(2)
+        out[key] = value
+    for key in expected:
+        prefix = key[: -len(_NUM_BATCHES)]
+        if key.endswith(_NUM_BATCHES) and key not in out and f"{prefix}.running_mean" in out:
+            out[key] = torch.tensor(0, dtype=torch.long)
+    return out

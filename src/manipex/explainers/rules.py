@@ -1,0 +1,343 @@
+"""LRP rules: how one layer sends the relevance of its output to its inputs.
+
+A rule is an object with ``__call__(record, relevance, create_graph)`` returning one relevance
+per input of the layer (a tensor alone for a one-input layer); ``record.layer`` describes the
+layer (:class:`~manipex.explainers.graph.Layer`), ``record.inputs`` and ``record.output`` are the
+tensors of this batch. Every rule is written with differentiable torch operations and
+``torch.autograd.grad(create_graph=...)``, so the map stays exactly differentiable w.r.t. the
+input and every weight (Zennit's hooks drop weight gradients). Notation: ``x`` the layer input,
+``w``/``b`` its weight and bias (a following BatchNorm merged in), ``z_j = sum_i x_i w_ij + b_j``,
+``R_j`` the relevance of output ``j``, ``stab(z) = z + eps sign(z)`` with ``sign(0) = 1``.
+
+Writing your own rule: subclass :class:`Rule` and compute with ``record.layer.parameters()``,
+``record.layer.forward_with(x, weight, bias)``, :func:`vjp` and :func:`stabilize`. For example
+LRP-0 with absolute weights::
+
+    class AbsZ(Rule):
+        def __call__(self, record, relevance, create_graph):
+            x = record.input
+            weight, _ = record.layer.parameters()
+            z = record.layer.forward_with(x, weight.abs(), None)
+            return x * vjp(z, x, relevance / stabilize(z, 1e-6), create_graph)
+
+and put it in a :class:`~manipex.explainers.composites.Composite`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .graph import Record
+
+Relevances = Union[Tensor, Sequence[Tensor]]
+
+
+def vjp(output: Tensor, inputs: Tensor, signal: Tensor, create_graph: bool) -> Tensor:
+    """Vector-Jacobian product ``signal^T d output / d inputs`` (graph kept if asked)."""
+    (g,) = torch.autograd.grad(output, inputs, signal, create_graph=create_graph, retain_graph=True)
+    return g
+
+
+def stabilize(z: Tensor, eps: float) -> Tensor:
+    """``z + eps * sign(z)`` with ``sign(0) = 1``: a denominator that is never zero."""
+    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def check_number(rule: str, key: str, value: object, minimum: float = 0.0) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= minimum:
+        raise ValueError(f"{rule}: {key} must be a number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+class Rule(abc.ABC):
+    """Base of LRP rules; see the module docstring for the contract."""
+
+    #: Layer kinds the rule applies to (None: any). Checked before the rule runs.
+    kinds: Optional[Tuple[str, ...]] = None
+
+    @abc.abstractmethod
+    def __call__(self, record: Record, relevance: Tensor, create_graph: bool) -> Relevances:
+        ...
+
+    def check(self, record: Record) -> None:
+        """Raise an error naming the layer when the rule cannot be applied to it."""
+        if self.kinds is not None and record.layer.kind not in self.kinds:
+            raise ValueError(
+                f"LRP rule {type(self).__name__} applies to {'/'.join(self.kinds)} layers, not to "
+                f"{record.layer.name} (a {record.layer.kind} layer); change the composite"
+            )
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+AFFINE = ("conv", "dense", "batchnorm")
+
+
+class Gradient(Rule):
+    """The plain vector-Jacobian product ``R_i = sum_j dz_j/dx_i R_j``.
+
+    For max-pooling this is winner-takes-all (the pooled relevance goes to the arg-max, as
+    Dombrowski et al.'s reference code); concatenation, reshapes and identities pass each
+    entry's relevance to where it came from.
+    """
+
+    def __call__(self, record, relevance, create_graph):
+        return torch.autograd.grad(record.output, record.inputs, relevance,
+                                   create_graph=create_graph, retain_graph=True)
+
+
+class Pass(Rule):
+    """``R_in = R_out``: an element-wise layer passes relevance through (activations; a
+    standalone BatchNorm, whose bias is no input's contribution)."""
+
+    def __call__(self, record, relevance, create_graph):
+        if record.input.shape != relevance.shape:
+            raise ValueError(f"LRP rule Pass needs a layer that keeps the shape, not {record.layer.name}")
+        return relevance
+
+
+class Epsilon(Rule):
+    """LRP-ε (Bach et al. 2015, Eq. 58; Montavon et al. 2019, Eq. 4 of "Layer-wise relevance
+    propagation: an overview"): ``R_i = x_i sum_j dz_j/dx_i R_j / stab(z_j, ε)`` with the bias
+    in ``z`` (Captum's ``EpsilonRule``, Zennit's ``Epsilon``). ``ε = 0`` (with a tiny
+    stabiliser) is LRP-0. On any layer that is linear in its inputs (a sum of two branches,
+    pooling, interpolation) it shares relevance in proportion to each input's contribution.
+    """
+
+    def __init__(self, epsilon: float = 1e-6) -> None:
+        self.epsilon = check_number("Epsilon", "epsilon", epsilon)
+
+    def __call__(self, record, relevance, create_graph):
+        z = record.output
+        grads = torch.autograd.grad(z, record.inputs, relevance / stabilize(z, self.epsilon),
+                                    create_graph=create_graph, retain_graph=True)
+        return tuple(x * g for x, g in zip(record.inputs, grads))
+
+
+class Norm(Epsilon):
+    """The proportional rule for parameter-free linear layers (Zennit's ``Norm``; the z-rule):
+    a residual sum ``z = a + b`` gives ``R_a = a / stab(z) R``, ``R_b = b / stab(z) R``
+    (conserving), average pooling, means and interpolation share by contribution. It is
+    :class:`Epsilon` with ``ε`` only a stabiliser."""
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        super().__init__(stabilizer)
+
+
+class AlphaBeta(Rule):
+    """LRP-αβ (Bach et al. 2015, Eq. 60): ``R_i = sum_j (α (x_i w_ij)^+ / z_j^+ - β (x_i w_ij)^- / z_j^-) R_j``
+    with positive and negative contributions split, ``α - β = 1``.
+
+    ``bias=False`` (default) leaves the bias out of ``z^±`` (Captum's ``Alpha1_Beta0_Rule`` with
+    ``set_bias_to_zero=True``, Dombrowski Eq. 2); ``bias=True`` adds ``b^+`` to ``z^+`` and
+    ``b^-`` to ``z^-`` (Zennit's ``AlphaBeta``/``ZPlus``), which then absorb relevance.
+    """
+
+    kinds = AFFINE
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, bias: bool = False) -> None:
+        self.alpha = check_number("AlphaBeta", "alpha", alpha)
+        self.beta = check_number("AlphaBeta", "beta", beta)
+        if abs(self.alpha - self.beta - 1) > 1e-9:
+            raise ValueError(f"AlphaBeta: alpha - beta must be 1 (conservation), got alpha={alpha}, beta={beta}")
+        self.stabilizer = check_number("AlphaBeta", "stabilizer", stabilizer)
+        self.bias = bool(bias)
+
+    def __call__(self, record, relevance, create_graph):
+        layer, x = record.layer, record.input
+        weight, bias = layer.parameters()
+        wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+        if not self.bias:
+            bias = None
+        xp = x.clamp(min=0)
+        xn = x.clamp(max=0) if bool((x < 0).any()) else None
+
+        def share(w_pos: Tensor, w_neg: Tensor, b: Optional[Tensor]) -> Tensor:
+            z = layer.forward_with(xp, w_pos, b)
+            if xn is None:
+                return xp * vjp(z, xp, relevance / stabilize(z, self.stabilizer), create_graph)
+            z = z + layer.forward_with(xn, w_neg, None)
+            gp, gn = torch.autograd.grad(z, (xp, xn), relevance / stabilize(z, self.stabilizer),
+                                         create_graph=create_graph, retain_graph=True)
+            return xp * gp + xn * gn
+
+        out = share(wp, wn, None if bias is None else bias.clamp(min=0))
+        if self.alpha != 1:
+            out = self.alpha * out
+        if self.beta != 0:
+            out = out - self.beta * share(wn, wp, None if bias is None else bias.clamp(max=0))
+        return out
+
+
+class ZPlus(AlphaBeta):
+    """The z+ rule (Montavon et al. 2017; Dombrowski et al. 2019, Eq. 2):
+    ``R_i = sum_j x_i w_ij^+ / sum_i x_i w_ij^+ R_j`` for non-negative inputs; ``AlphaBeta(1, 0)``.
+    ``bias=True`` is Zennit's ``ZPlus`` (the positive bias in the denominator)."""
+
+    def __init__(self, stabilizer: float = 1e-6, bias: bool = False) -> None:
+        super().__init__(1.0, 0.0, stabilizer, bias)
+
+
+class ZBox(Rule):
+    """The zB rule for inputs bounded by ``low <= x <= high`` (Montavon et al. 2017, Sec. 4;
+    Dombrowski et al. 2019, Eq. 3): ``R_i = sum_j (x_i w_ij - l_i w_ij^+ - h_i w_ij^-) /
+    sum_i (...) R_j``, bias left out (as in Zennit's ``ZBox``, where it cancels).
+
+    ``low``/``high`` are floats or tensors broadcastable to one input of the layer (or with as
+    many elements, e.g. per-pixel bounds before a Flatten). For Conv/Linear layers the three
+    terms are one layer applied to ``[x, l, h]`` stacked on the channel axis with weights
+    ``[W, -W+, -W-]``; a zero lower bound is dropped exactly.
+    """
+
+    kinds = AFFINE
+
+    def __init__(self, low: Union[float, Tensor] = 0.0, high: Union[float, Tensor] = 1.0, stabilizer: float = 1e-6) -> None:
+        self.low, self.high = low, high
+        self.stabilizer = check_number("ZBox", "stabilizer", stabilizer)
+
+    def __call__(self, record, relevance, create_graph):
+        layer, x = record.layer, record.input
+        weight, _ = layer.parameters()
+        low, high = (fit_bound(b, x) for b in (self.low, self.high))
+        terms = [(x, weight), (high.expand_as(x), -weight.clamp(max=0))]
+        if bool(low.any()):
+            terms.insert(1, (low.expand_as(x), -weight.clamp(min=0)))
+        m = layer.module
+        stackable = layer.kind == "dense" or (layer.kind == "conv" and m.groups == 1)
+        if stackable:
+            inputs = torch.cat([t for t, _ in terms], dim=1)  # in the graph through x
+            z = layer.forward_with(inputs, torch.cat([w for _, w in terms], dim=1), None)
+            (g,) = torch.autograd.grad(z, inputs, relevance / stabilize(z, self.stabilizer),
+                                       create_graph=create_graph, retain_graph=True)
+            width = x.shape[1]
+            return sum(t * g[:, i * width:(i + 1) * width] for i, (t, _) in enumerate(terms))
+        leaves = [x] + [t.clone().requires_grad_(True) for t, _ in terms[1:]]
+        z = sum(layer.forward_with(t, w, None) for t, (_, w) in zip(leaves, terms))
+        grads = torch.autograd.grad(z, leaves, relevance / stabilize(z, self.stabilizer),
+                                    create_graph=create_graph, retain_graph=True)
+        return sum(t * g for t, g in zip(leaves, grads))
+
+
+def fit_bound(bound: Union[float, Tensor], x: Tensor) -> Tensor:
+    """A bound as a tensor shaped ``(1, *x.shape[1:])`` for the layer input ``x``."""
+    b = torch.as_tensor(bound, dtype=x.dtype, device=x.device)
+    per_input = x.shape[1:]
+    if b.dim() == len(per_input) + 1 and b.shape[0] == 1:
+        b = b[0]
+    try:
+        return torch.broadcast_to(b, per_input).unsqueeze(0)
+    except RuntimeError:
+        if b.numel() == per_input.numel():
+            return b.reshape(1, *per_input)
+        raise ValueError(
+            f"LRP zB: bounds of shape {tuple(b.shape)} do not fit the first layer's input of shape "
+            f"{tuple(per_input)}"
+        ) from None
+
+
+class Flat(Rule):
+    """The flat rule (Lapuschkin et al. 2019): every input of a neuron's receptive field gets
+    an equal share, ``R_i = sum_j 1 / (sum_i' 1) R_j`` (Zennit's ``Flat``); bias ignored. The
+    map depends on the input only through the relevance arriving from above."""
+
+    kinds = AFFINE
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = check_number("Flat", "stabilizer", stabilizer)
+
+    def __call__(self, record, relevance, create_graph):
+        return _receptive_share(record, relevance, torch.ones_like(record.layer.parameters()[0]),
+                                self.stabilizer, create_graph)
+
+
+class WSquare(Rule):
+    """The w² rule (Montavon et al. 2017, Sec. 4): ``R_i = sum_j w_ij^2 / sum_i' w_i'j^2 R_j``
+    (Zennit's ``WSquare``); bias ignored."""
+
+    kinds = AFFINE
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = check_number("WSquare", "stabilizer", stabilizer)
+
+    def __call__(self, record, relevance, create_graph):
+        weight = record.layer.parameters()[0]
+        return _receptive_share(record, relevance, weight * weight, self.stabilizer, create_graph)
+
+
+def _receptive_share(record: Record, relevance: Tensor, weight: Tensor, stabilizer: float, create_graph: bool) -> Tensor:
+    """``R_i = sum_j v_ij / sum_i' v_i'j R_j`` for a non-negative weight ``v`` (flat, w²)."""
+    ones = torch.ones_like(record.input).requires_grad_(True)
+    z = record.layer.forward_with(ones, weight, None)
+    return vjp(z, ones, relevance / stabilize(z, stabilizer), create_graph)
+
+
+class Gamma(Rule):
+    """LRP-γ (Montavon et al. 2019, Eq. 5), in the generalised form of Andéol et al. 2021 and
+    Zennit's ``Gamma`` for inputs of both signs.
+
+    With ``w' = w + γ w^+`` and ``w'' = w + γ w^-``, an output with ``z_j > 0`` shares
+    ``R_j`` by ``x^+ w' + x^- w''`` (bias ``b + γ b^+`` in the denominator), one with ``z_j < 0``
+    by ``x^+ w'' + x^- w'`` (bias ``b + γ b^-``). For non-negative inputs this is Montavon's
+    ``R_i = sum_j x_i (w_ij + γ w_ij^+) / sum_i x_i (w_ij + γ w_ij^+) R_j``; ``γ -> inf`` is z+.
+    """
+
+    kinds = AFFINE
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
+        self.gamma = check_number("Gamma", "gamma", gamma)
+        self.stabilizer = check_number("Gamma", "stabilizer", stabilizer)
+
+    def __call__(self, record, relevance, create_graph):
+        layer, x, z = record.layer, record.input, record.output
+        weight, bias = layer.parameters()
+        g = self.gamma
+        w_up, w_down = weight + g * weight.clamp(min=0), weight + g * weight.clamp(max=0)
+        b_up = None if bias is None else bias + g * bias.clamp(min=0)
+        b_down = None if bias is None else bias + g * bias.clamp(max=0)
+        xp = x.clamp(min=0)
+        xn = x.clamp(max=0) if bool((x < 0).any()) else None
+        r_pos = torch.where(z > 0, relevance, 0.0)
+        r_neg = torch.where(z < 0, relevance, 0.0)
+        z_pos = layer.forward_with(xp, w_up, b_up)
+        z_neg = layer.forward_with(xp, w_down, b_down)
+        if xn is not None:
+            z_pos = z_pos + layer.forward_with(xn, w_down, None)
+            z_neg = z_neg + layer.forward_with(xn, w_up, None)
+        leaves = (xp,) if xn is None else (xp, xn)
+        grads = torch.autograd.grad(
+            (z_pos, z_neg), leaves,
+            (r_pos / stabilize(z_pos, self.stabilizer), r_neg / stabilize(z_neg, self.stabilizer)),
+            create_graph=create_graph, retain_graph=True,
+        )
+        return sum(t * gr for t, gr in zip(leaves, grads))
+
+
+class GuidedReLU(Rule):
+    """Guided backprop through one activation (Springenberg et al. 2015).
+
+    ReLU: ``relu(R) * 1[z > 0]``. Softplus(β): ``softplus_β(R) * sigmoid(β z)``, the smooth
+    form of Dombrowski et al.'s reference code, so that the map of a softplus network is
+    twice differentiable. Other activations pass the ordinary gradient (as Captum).
+    """
+
+    kinds = ("activation",)
+
+    def __call__(self, record, relevance, create_graph):
+        layer, z = record.layer, record.input
+        if layer.activation == "relu":
+            return torch.where(z > 0, torch.nn.functional.relu(relevance), 0.0)
+        if layer.activation == "softplus":
+            beta = layer.softplus_beta()
+            return torch.nn.functional.softplus(relevance, beta=beta) * torch.sigmoid(beta * z)
+        return Gradient()(record, relevance, create_graph)
+
+
+__all__ = [
+    "Rule", "Gradient", "Pass", "Epsilon", "Norm", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare",
+    "Gamma", "GuidedReLU", "vjp", "stabilize", "fit_bound",
+]
