@@ -1,16 +1,22 @@
 """Shared test models and helpers.
 
-Two test models, as the core issue asks: a small CNN with max-pooling and a VGG-style network
-with batch norm. Both exist in a ReLU and a Softplus(β) version, in float64, with random
+Chain models: a small CNN with max-pooling and a VGG-style network with batch norm. Graph
+models: a ResNet of BasicBlocks (a ReLU module called twice per block, a strided block with a
+1x1-conv + BatchNorm downsample), a Bottleneck ResNet, a DenseNet (concatenation, standalone
+BatchNorm, transitions) and a U-Net-like net (upsampling, interpolation, scaling, a skip
+concatenation). Every one exists in a ReLU and a Softplus(β) version, in float64, with random
 (but fixed) batch-norm statistics so that merging is actually exercised.
 """
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import manipex
+from manipex.models.densenet import DenseNet
+from manipex.models.resnet import BasicBlock, Bottleneck, ResNet
 
 torch.set_num_threads(2)
 
@@ -42,7 +48,70 @@ def vgg_style(act: type = nn.ReLU, **kw) -> nn.Module:
     return model.eval()
 
 
-MODELS = {"small_cnn": (small_cnn, (2, 1, 8, 8)), "vgg_style": (vgg_style, (2, 3, 8, 8))}
+def random_batchnorm(model: nn.Module) -> nn.Module:
+    """Random but fixed BatchNorm statistics and affine parameters (so merging matters)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model
+
+
+def _relu_or_softplus(model: nn.Module, act: type, kw: dict) -> nn.Module:
+    model = random_batchnorm(model.double()).eval()
+    return manipex.surgery.softplus_copy(model, kw["beta"]) if act is nn.Softplus else model
+
+
+def resnet_basic(act: type = nn.ReLU, **kw) -> nn.Module:
+    """Stem, a BasicBlock with an identity shortcut, a strided one with a downsample."""
+    torch.manual_seed(5)
+    return _relu_or_softplus(ResNet(BasicBlock, [1, 1], 5, stem="cifar", width=4), act, kw)
+
+
+def resnet_bottleneck(act: type = nn.ReLU, **kw) -> nn.Module:
+    """Two stages of one Bottleneck each, both with a 1x1-conv + BatchNorm downsample."""
+    torch.manual_seed(6)
+    return _relu_or_softplus(ResNet(Bottleneck, [1, 1], 5, stem="cifar", width=2), act, kw)
+
+
+def densenet_small(act: type = nn.ReLU, **kw) -> nn.Module:
+    """A DenseNet-BC of two blocks of two layers (torchvision's structure, tiny widths)."""
+    torch.manual_seed(7)
+    return _relu_or_softplus(DenseNet(2, (2, 2), 4, bn_size=2, num_classes=4), act, kw)
+
+
+class UNetLike(nn.Module):
+    """Encoder, max-pool, bottleneck, two upsamplings (module and F.interpolate), a scaled sum,
+    a skip concatenation with the encoder, average pooling and a mean over the plane."""
+
+    def __init__(self, act: type, **kw) -> None:
+        super().__init__()
+        self.enc, self.mid = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+        self.dec, self.fc = nn.Conv2d(6, 4, 3, padding=1), nn.Linear(4, 3)
+        self.act, self.pool = act(**kw), nn.MaxPool2d(2)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, x):
+        e = self.act(self.enc(x))
+        m = self.act(self.mid(self.pool(e)))
+        u = self.up(m) + 0.5 * F.interpolate(m, scale_factor=2.0, mode="nearest")
+        d = self.act(self.dec(torch.cat([e, u], 1)))
+        return self.fc(F.avg_pool2d(d, 2).mean((2, 3)))
+
+
+def unet_like(act: type = nn.ReLU, **kw) -> nn.Module:
+    torch.manual_seed(8)
+    return UNetLike(act, **kw).double().eval()
+
+
+MODELS = {
+    "small_cnn": (small_cnn, (2, 1, 8, 8)), "vgg_style": (vgg_style, (2, 3, 8, 8)),
+    "resnet_basic": (resnet_basic, (2, 3, 8, 8)), "resnet_bottleneck": (resnet_bottleneck, (2, 3, 8, 8)),
+    "densenet_small": (densenet_small, (2, 3, 16, 16)), "unet_like": (unet_like, (2, 1, 8, 8)),
+}
+GRAPH_MODELS = ["resnet_basic", "resnet_bottleneck", "densenet_small", "unet_like"]
 
 
 def make(name: str, softplus: bool = True):
@@ -80,7 +149,13 @@ def method_options(method: str, name: str, model: nn.Module, patterns_for) -> di
         "occlusion": {"window": 3, "stride": 2},
         "pattern_attribution": {"patterns": patterns_for(name, model)} if method == "pattern_attribution" else {},
         "lrp": {},
+        "gradcam": {"layer": GRADCAM_LAYERS[name]} if name in GRADCAM_LAYERS else {},
     }.get(method, {})
+
+
+#: Grad-CAM at the last stage of the graph models (the usual choice; the default, the last
+#: Conv2d called, is a downsample shortcut in the Bottleneck net).
+GRADCAM_LAYERS = {"resnet_basic": "layer2", "resnet_bottleneck": "layer2", "densenet_small": "features"}
 
 
 def state_of(model: nn.Module):

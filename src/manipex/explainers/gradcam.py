@@ -8,7 +8,7 @@ exactly differentiable (almost everywhere: ReLU) w.r.t. the input and the weight
 """
 from __future__ import annotations
 
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,28 +18,30 @@ from .._validation import select_target
 from .base import Explainer, requires_grad_input
 
 
-def find_layer(model: nn.Module, layer: Optional[Union[str, nn.Module]], where: str) -> nn.Module:
-    """The module named (or given) by ``layer``; by default the model's last Conv2d."""
+def find_layers(model: nn.Module, layer: Optional[Union[str, nn.Module]], where: str) -> List[nn.Module]:
+    """The module named (or given) by ``layer``; by default every Conv2d (the last one the
+    forward calls is taken)."""
     if layer is None:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         if not convs:
             raise ValueError(f"{where}: the model has no Conv2d layer; pass layer=<module or name>")
-        return convs[-1]
+        return convs
     if isinstance(layer, str):
         try:
-            return model.get_submodule(layer)
+            return [model.get_submodule(layer)]
         except AttributeError:
             names = [n for n, _ in model.named_modules() if n]
             raise ValueError(f"{where}: the model has no layer {layer!r}; layers: {', '.join(names[:20])}") from None
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
             raise ValueError(f"{where}: layer {type(layer).__name__} is not a submodule of the model")
-        return layer
+        return [layer]
     raise TypeError(f"{where}: layer must be a module name or an nn.Module, got {type(layer).__name__}")
 
 
 class GradCAM(Explainer):
-    """Grad-CAM. Options: ``layer`` (module or its name; default the last Conv2d)."""
+    """Grad-CAM. Options: ``layer`` (module or its name; default the last Conv2d that the
+    forward calls; for a ResNet the usual choice is the last stage, ``layer="layer4"``)."""
 
     name = "gradcam"
     options = {"layer": None}
@@ -48,16 +50,19 @@ class GradCAM(Explainer):
         where = "explain(method='gradcam')"
         if x.dim() != 4:
             raise ValueError(f"{where}: x must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
-        layer = find_layer(model, self.config["layer"], where)
-        captured: List[Tensor] = []
-        handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        layers = find_layers(model, self.config["layer"], where)
+        captured: List[Tuple[nn.Module, Tensor]] = []
+        handles = [m.register_forward_hook(lambda module, inputs, output: captured.append((module, output)))
+                   for m in layers]
         try:
             out = model(requires_grad_input(x))
         finally:
-            handle.remove()
-        if len(captured) != 1 or not isinstance(captured[0], Tensor) or captured[0].dim() != 4:
+            for handle in handles:
+                handle.remove()
+        chosen = [a for m, a in captured if captured and m is captured[-1][0]]
+        if len(chosen) != 1 or not isinstance(chosen[0], Tensor) or chosen[0].dim() != 4:
             raise ValueError(f"{where}: the layer must be called once per forward and return (N, C, H, W) maps")
-        activation = captured[0]
+        activation = chosen[0]
         t = select_target(out, target, where=where)
         score = out.gather(1, t[:, None]).sum()
         (grad,) = torch.autograd.grad(score, activation, create_graph=create_graph)

@@ -34,10 +34,11 @@ input and every parameter. The model is only read, never changed.
 """
 from __future__ import annotations
 
+import contextlib
 import operator
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx
@@ -209,12 +210,25 @@ class Graph:
                 env[node] = env[alias]
                 continue
             layer = self.layers.get(node)
-            args = torch.fx.node.map_arg(node.args, env.__getitem__)
-            kwargs = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
             if layer is None:
+                args = torch.fx.node.map_arg(node.args, env.__getitem__)
+                kwargs = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
                 env[node] = self._run(node, args, kwargs)
                 continue
-            inputs = tuple(env[s] for s in self.sources[node])
+            sources = self.sources[node]
+            if len(sources) == 1:
+                inputs = (env[sources[0]],)
+                lookup = env.__getitem__
+            else:
+                # Each input of a combining layer enters through its own view, so that a rule's
+                # vector-Jacobian product is the partial derivative of this layer alone (the
+                # residual add of a ResNet reads x and a function of x).
+                proxies = {s: env[s].view_as(env[s]) for s in sources}
+                inputs = tuple(proxies.values())
+                aliases = self.aliases
+                lookup = lambda n: proxies.get(aliases.get(n, n)) if aliases.get(n, n) in proxies else env[n]  # noqa: E731
+            args = torch.fx.node.map_arg(node.args, lookup)
+            kwargs = torch.fx.node.map_arg(node.kwargs, lookup)
             value = self._evaluate(layer, node, args, kwargs)
             records.append(Record(layer, inputs, value))
             env[node] = value
@@ -369,13 +383,14 @@ def _classify(node: torch.fx.Node, modules: Dict[str, nn.Module], signal: set, m
 def _check_arguments(node: torch.fx.Node, kind: str, signal: set, where: str, name: str) -> None:
     """Refuse uses of an operation that are not linear in the signal or mix the batch."""
     tensors = [a for a in node.args if isinstance(a, torch.fx.Node) and a in signal]
+    if kind == "scale" and node.target in (operator.truediv, torch.div, "div") and (
+            len(node.args) < 2 or node.args[1] in signal):
+        raise UnsupportedModelError(f"{where} does not support {name}: it divides by an activation")
     if kind == "scale" and len(tensors) > 1:
         raise UnsupportedModelError(
             f"{where} does not support {name}: it multiplies two activations (a gate or attention); "
             "only products with constants are supported"
         )
-    if kind == "scale" and node.target in (operator.truediv, torch.div, "div") and node.args[0] not in signal:
-        raise UnsupportedModelError(f"{where} does not support {name}: it divides by an activation")
     if kind == "cat":
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
         if dim == 0:
@@ -413,6 +428,26 @@ def _fingerprint(model: nn.Module) -> Tuple:
     return tuple((name, type(m), id(m)) for name, m in model.named_modules())
 
 
+@contextlib.contextmanager
+def _refusing_autograd_functions(where: str) -> Iterator[None]:
+    """fx would trace into a custom ``torch.autograd.Function``'s forward and silently drop its
+    backward; while tracing, calling one raises an error that names it instead."""
+    function = torch.autograd.function.Function
+    original = function.__dict__["apply"]
+
+    def refuse(cls, *args, **kwargs):
+        raise UnsupportedModelError(
+            f"{where} does not support the custom autograd Function {cls.__name__} in the model's "
+            "forward: its backward replaces the gradient, which propagation rules cannot see"
+        )
+
+    function.apply = classmethod(refuse)
+    try:
+        yield
+    finally:
+        function.apply = original
+
+
 def model_graph(model: nn.Module, method: str) -> Graph:
     """Trace ``model`` into a :class:`Graph` (cached per model and module structure)."""
     key = _fingerprint(model)
@@ -429,7 +464,10 @@ def _trace(model: nn.Module, method: str) -> Graph:
     if not list(model.children()):  # a single layer as the whole model, e.g. nn.Linear
         model = nn.Sequential(model)
     try:
-        fx_graph = torch.fx.Tracer().trace(model)
+        with _refusing_autograd_functions(where):
+            fx_graph = torch.fx.Tracer().trace(model)
+    except UnsupportedModelError:
+        raise
     except Exception as err:  # fx raises many kinds of errors on dynamic code
         raise UnsupportedModelError(
             f"{where} needs a model that torch.fx can trace (no data-dependent control flow), but "

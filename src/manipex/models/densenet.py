@@ -24,7 +24,7 @@ __all__ = ["DenseBlock", "DenseLayer", "DenseNet", "Transition", "densenet121"]
 
 
 class DenseLayer(nn.Module):
-    """Bottleneck layer ``BN-ReLU-Conv(1x1)-BN-ReLU-Conv(3x3)`` (Huang et al. 2017, Sec. 3, "DenseNet-B").
+    """Bottleneck layer ``BN-ReLU-Conv(1x1)-BN-ReLU-Conv(3x3)`` (Huang et al. 2017, "DenseNet-B").
 
     Its input is the list of all earlier feature maps of the block, concatenated along channels
     (``torch.cat(inputs, 1)``, torchvision's ``bn_function``); it returns ``growth_rate`` new
@@ -75,7 +75,8 @@ class DenseBlock(nn.ModuleDict):
     ) -> None:
         super().__init__()
         for i in range(num_layers):
-            layer = DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size, drop_rate)
+            in_features = num_input_features + i * growth_rate
+            layer = DenseLayer(in_features, growth_rate, bn_size, drop_rate)
             self.add_module(f"denselayer{i + 1}", layer)
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
