@@ -5,15 +5,17 @@ import sys
 import types
 from typing import List
 
-from torch import nn
+from manipex.models.resnet import BasicBlock, Bottleneck
 
 
 def import_zennit():
     """``(composites, canonizers, attribution)`` of Zennit, or None with the reason printed.
 
     Zennit imports torchvision (for its ResNet canonizers) at import time. Where torchvision is
-    missing or broken, a minimal stub with the two classes Zennit touches is put in
-    ``sys.modules`` for the import and taken out again afterwards.
+    missing or broken, a minimal stub is put in ``sys.modules`` for the import and taken out
+    again afterwards. Its ``BasicBlock`` and ``Bottleneck`` are manipex's zoo blocks, which
+    have torchvision's attribute names and forward, so Zennit's ``ResNetCanonizer`` applies to
+    manipex's ResNets as to torchvision's.
     """
     inserted: List[str] = []
     try:
@@ -24,8 +26,7 @@ def import_zennit():
         tv = types.ModuleType("torchvision")
         tv_models = types.ModuleType("torchvision.models")
         tv_resnet = types.ModuleType("torchvision.models.resnet")
-        tv_resnet.BasicBlock = type("BasicBlock", (nn.Module,), {})
-        tv_resnet.Bottleneck = type("Bottleneck", (nn.Module,), {})
+        tv_resnet.BasicBlock, tv_resnet.Bottleneck = BasicBlock, Bottleneck
         tv.models, tv_models.resnet = tv_models, tv_resnet
         for module in (tv, tv_models, tv_resnet):
             sys.modules[module.__name__] = module

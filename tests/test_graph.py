@@ -299,35 +299,47 @@ def test_model_returning_several_tensors_is_refused():
 
 @pytest.fixture(scope="module")
 def tiny_resnet():
-    """A width-4 ResNet-8 trained one epoch on MNIST-5k digits in three channels."""
+    """A width-4 ResNet-8 trained three epochs on MNIST-5k digits in three channels (~0.8)."""
     x, y = manipex.data.load("mnist5k", split="train")
+    x = x.expand(-1, 3, -1, -1)
     torch.manual_seed(0)
     model = ResNet(BasicBlock, [1, 1, 1], 10, stem="cifar", width=4)
-    manipex.models.train_classifier(model, x[:2000].expand(-1, 3, -1, -1), y[:2000], epochs=1, progress=False)
+    manipex.models.train_classifier(model, x, y, epochs=3, lr=3e-3, progress=False)
     xt, yt = manipex.data.load("mnist5k", split="test")
-    return model.eval(), (x[:600].expand(-1, 3, -1, -1), y[:600]), (xt[:64].expand(-1, 3, -1, -1), yt[:64])
+    return model.eval(), (x[:2000], y[:2000]), (xt[:200].expand(-1, 3, -1, -1), yt[:200])
 
 
-@pytest.mark.parametrize("method", ["lrp", "guided_backprop"])
-def test_targeted_input_attack_moves_the_map_of_a_resnet(tiny_resnet, method):
+# Dombrowski et al.'s reference code attacks LRP on the ReLU net itself ("LRP works without" the
+# softplus surrogate); on this BatchNorm ResNet the surrogate's LRP maps do not transfer to
+# the ReLU net (PCC rise 0.07 with β 10 -> 100 against 0.29 without), so LRP runs with beta=None.
+ATTACKS = [("lrp", {"beta": None}), ("guided_backprop", {})]
+
+
+@pytest.mark.parametrize("method,opts", ATTACKS)
+def test_targeted_input_attack_moves_the_map_of_a_resnet(tiny_resnet, method, opts):
     model, _, (x, _) = tiny_resnet
     x = x[:8].contiguous()
     before = state_of(model)
     x_target = x.roll(1, 0)
-    res = manipulate_input(model, x, TargetImage(x_target), method, steps=60, lr=0.01, eps=0.1, progress=False)
+    res = manipulate_input(model, x, TargetImage(x_target), method, steps=60, lr=0.01, eps=0.1,
+                           progress=False, **opts)
     assert_same_state(before, state_of(model))
     t = model(x).argmax(1)
     r_target = manipex.relevance(manipex.explain(model, x_target, method, t))
     rise = (pcc(res.maps_after, r_target) - pcc(res.maps_before, r_target)).mean().item()
-    assert rise >= 0.1
+    assert rise >= 0.15
     assert res.class_kept.float().mean().item() >= 0.85
 
 
 def test_center_of_mass_fine_tune_moves_the_lrp_map_of_a_resnet(tiny_resnet):
-    model, (x, y), (xt, yt) = tiny_resnet
+    """Against a control fine-tuned the same way with the manipulation weight at 0."""
+    model, data, held_out = tiny_resnet
     corner = CenterOfMass((0.0, 0.0))
-    result = manipulate_model(model, (x, y), corner, "lrp", lam=0.03, lr=1e-3, epochs=1, progress=False)
-    ev = evaluate_manipulation(model, result.model, (xt, yt), corner, methods=["lrp"])
-    distance = ev.table.loc["lrp"]
-    assert distance["manipulated"] <= 0.8 * distance["original"]
-
+    distances = {}
+    for lam in (0.0, 0.01):
+        result = manipulate_model(model, data, corner, "lrp", lam=lam, lr=1e-3, epochs=1, beta=None, progress=False)
+        ev = evaluate_manipulation(model, result.model, held_out, corner, methods=["lrp"])
+        distances[lam] = ev.table.loc["lrp", "manipulated"]
+        assert ev.summary["accuracy_manipulated"] >= ev.summary["accuracy_original"] - 0.15
+    assert distances[0.01] <= 0.95 * ev.table.loc["lrp", "original"]
+    assert distances[0.01] <= distances[0.0] - 1.0

@@ -51,7 +51,7 @@ def test_vgg16_imagenet_forward():
 def test_registry():
     assert {"mnist_cnn", "atex_cnn", "vgg16", "vgg16_bn", "tabular_mlp"} <= set(models.architectures())
     with pytest.raises(ValueError, match="mnist_cnn"):
-        models.build("resnet50")
+        models.build("no_such_net")
     with pytest.raises(ValueError, match="input_size"):
         models.vgg16(input_size=64)
 
