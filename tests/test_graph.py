@@ -343,3 +343,17 @@ def test_center_of_mass_fine_tune_moves_the_lrp_map_of_a_resnet(tiny_resnet):
         assert ev.summary["accuracy_manipulated"] >= ev.summary["accuracy_original"] - 0.15
     assert distances[0.01] <= 0.95 * ev.table.loc["lrp", "original"]
     assert distances[0.01] <= distances[0.0] - 1.0
+
+
+def test_a_model_is_freed_after_explanations():
+    """The graph cache holds models and their modules weakly (also with β-smoothing)."""
+    import gc
+    import weakref
+
+    model, x = make("resnet_basic", softplus=False)
+    manipex.explain(model, x, "lrp")
+    manipex.explain(model, x, "guided_backprop", softplus_beta=3.0)
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

@@ -198,7 +198,8 @@ class Graph:
     aliases: Dict[torch.fx.Node, torch.fx.Node]
     placeholder: torch.fx.Node
     result: torch.fx.Node
-    modules: Dict[str, nn.Module] = field(default_factory=dict)
+    modules: "weakref.WeakValueDictionary[str, nn.Module]" = field(default_factory=weakref.WeakValueDictionary)
+    root: Optional["weakref.ReferenceType[nn.Module]"] = None
 
     def forward(self, x: Tensor) -> Tuple[Tensor, List[Record]]:
         """Evaluate the model on ``x``, recording every layer's inputs and output."""
@@ -286,7 +287,7 @@ class Graph:
         if node.op == "call_method":
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         if node.op == "get_attr":
-            return _get_attr(self.modules[""], node.target)
+            return _get_attr(self.root(), node.target)
         raise UnsupportedModelError(f"fx node {node.op} is not supported")  # pragma: no cover
 
 
@@ -419,7 +420,11 @@ def _signal_sources(node: torch.fx.Node, signal: set, aliases: Dict) -> Tuple[to
     return tuple(out)
 
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[Tuple, Graph]]" = weakref.WeakKeyDictionary()
+#: Graphs per model and module structure. The graph refers to the model's modules only weakly,
+#: so a model that is no longer used is freed with its graphs. A few structures are kept per
+#: model: β-smoothing swaps ReLU modules in and out on every call.
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple, Graph]]" = weakref.WeakKeyDictionary()
+_PER_MODEL = 4
 
 
 def _fingerprint(model: nn.Module) -> Tuple:
@@ -451,16 +456,19 @@ def _refusing_autograd_functions(where: str) -> Iterator[None]:
 def model_graph(model: nn.Module, method: str) -> Graph:
     """Trace ``model`` into a :class:`Graph` (cached per model and module structure)."""
     key = _fingerprint(model)
-    cached = _CACHE.get(model)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    graph = _trace(model, method)
-    _CACHE[model] = (key, graph)
+    graphs = _CACHE.setdefault(model, {})
+    graph = graphs.get(key)
+    if graph is None:
+        graph = _trace(model, method)
+        if len(graphs) >= _PER_MODEL:
+            graphs.pop(next(iter(graphs)))
+        graphs[key] = graph
     return graph
 
 
 def _trace(model: nn.Module, method: str) -> Graph:
     where = f"explain(method={method!r})"
+    root = weakref.ref(model)
     if not list(model.children()):  # a single layer as the whole model, e.g. nn.Linear
         model = nn.Sequential(model)
     try:
@@ -513,9 +521,10 @@ def _trace(model: nn.Module, method: str) -> Graph:
     _merge_batchnorm(ordered, layers, sources, aliases)
     _mark_first(ordered, layers, sources)
     resolved = aliases.get(result, result)
-    modules[""] = model
+    weak_modules: "weakref.WeakValueDictionary[str, nn.Module]" = weakref.WeakValueDictionary(
+        {name: m for name, m in modules.items() if name})
     return Graph(ordered, {n: l for n, l in layers.items() if n not in aliases}, sources, aliases,
-                 placeholders[0], resolved, modules)
+                 placeholders[0], resolved, weak_modules, root)
 
 
 def _merge_batchnorm(ordered, layers, sources, aliases) -> None:
