@@ -80,17 +80,21 @@ BETA = (10.0, 100.0)
 
 
 class Setting:
-    """Model, batch, target, target maps and the β schedule for one batch size."""
+    """Model, batch, target, target maps and the β schedule for one batch size.
 
-    def __init__(self, batch: int, steps: int, fixed_beta: bool) -> None:
+    ``model`` (in eval mode, on ``device``) with inputs of ``shape`` replaces the MNIST CNN
+    (``benchmarks/graph_lrp.py`` uses this for ResNets)."""
+
+    def __init__(self, batch: int, steps: int, fixed_beta: bool, model: Optional[nn.Module] = None,
+                 shape: Tuple[int, ...] = (1, 28, 28), device: str = "cpu") -> None:
         torch.manual_seed(0)
-        self.model = mnist_cnn().eval()
-        self.x = torch.rand(batch, 1, 28, 28)
+        self.model = mnist_cnn().eval() if model is None else model
+        self.x = torch.rand(batch, *shape, device=device)
         with torch.no_grad():
             logits = self.model(self.x)
         self.target = logits.argmax(1)
         self.p_orig = logits.softmax(1)
-        self.target_maps = torch.rand(batch, 28, 28)
+        self.target_maps = torch.rand(batch, *shape[1:], device=device)
         self.steps, self.fixed_beta = steps, fixed_beta
         self.calls = 0
 
@@ -127,7 +131,8 @@ def stepper(s: Setting, set_beta: SetBeta, grad_of: Grad) -> Callable[[], None]:
     return step
 
 
-def manipex_loss(s: Setting, method: str) -> Tuple[SetBeta, Grad]:
+def manipex_loss(s: Setting, method: str, **explain_kw) -> Tuple[SetBeta, Grad]:
+    """The attack loss of manipex's ``method`` map (``explain_kw``: e.g. its composite)."""
     attacked, handle = surgery.smooth_copy(s.model, BETA[0])
     objective = TargetMap(s.target_maps)
 
@@ -135,7 +140,8 @@ def manipex_loss(s: Setting, method: str) -> Tuple[SetBeta, Grad]:
         handle.beta = beta
 
     def grad_of(x_adv: Tensor) -> Tensor:
-        r = manipex.relevance(manipex.explain(attacked, x_adv, method, s.target, create_graph=True))
+        h = manipex.explain(attacked, x_adv, method, s.target, create_graph=True, **explain_kw)
+        r = manipex.relevance(h)
         out_term = (attacked(x_adv).softmax(1) - s.p_orig).pow(2).mean(1)
         loss = (objective.loss(r) + GAMMA * out_term).sum()
         return torch.autograd.grad(loss, x_adv)[0]

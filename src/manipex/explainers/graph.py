@@ -235,8 +235,8 @@ class Graph:
             env[node] = value
         return env[self.result], records
 
-    def backward(self, records: List[Record], signal: Tensor, rule: Propagate) -> Tensor:
-        """Propagate ``signal`` (at the output) back to the input through ``rule``.
+    def backward(self, x: Tensor, records: List[Record], signal: Tensor, rule: Propagate) -> Tensor:
+        """Propagate ``signal`` (at the output) back to the input ``x`` through ``rule``.
 
         The signal of a tensor is the sum of what its consumers send back (fan-out); a
         tensor on no path to the output gets zero.
@@ -259,9 +259,7 @@ class Graph:
             for src, share in zip(sources, shares):
                 pending[src] = pending[src] + share if src in pending else share
         out = pending.get(self.placeholder)
-        if out is None:  # the output does not depend on the input through any layer
-            return torch.zeros_like(records[0].inputs[0]) if records else signal
-        return out
+        return torch.zeros_like(x) if out is None else out  # None: the output ignores x
 
     def consumers(self, node: torch.fx.Node) -> List[Layer]:
         """The layers that read the tensor of ``node``."""

@@ -38,7 +38,7 @@ class PropagationExplainer(Explainer):
         t = select_target(out, target, where=where)
         signal = F.one_hot(t, out.shape[1]).to(out.dtype)
         self.prepare(model, records)
-        return graph.backward(records, signal, lambda record, s: self.propagate(record, s, create_graph))
+        return graph.backward(xg, records, signal, lambda record, s: self.propagate(record, s, create_graph))
 
     def prepare(self, model, records: List[Record]) -> None:
         """Hook for per-call set-up (e.g. checking that patterns fit the model)."""
