@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -136,3 +137,81 @@ def test_bad_attack_arguments(setup):
         manipulate_input(model, x[:2] + 2, obj)
     with pytest.raises(ValueError, match="NaN"):
         manipulate_input(model, x[:2] * float("nan"), obj)
+
+
+# --- defaults a user can trust: budget, success, early stopping, quiet progress ------------
+
+
+def test_default_budget_is_a_tenth_of_the_data_range(setup):
+    model, x = setup
+    res = manipulate_input(model, x[:4], TargetImage(x[4:8]), "gradient", steps=20, lr=0.05, progress=False)
+    assert res.eps == pytest.approx(0.1)
+    assert (res.x_adv - x[:4]).abs().max().item() <= 0.1 + 1e-6
+    res = manipulate_input(model, x[:4] * 0.5, TargetImage(x[4:8]), "gradient", steps=5, clamp=(0.0, 0.5),
+                           progress=False)
+    assert res.eps == pytest.approx(0.05)
+    unbounded = manipulate_input(model, x[:4], TargetImage(x[4:8]), "gradient", steps=20, lr=0.05, eps=math.inf,
+                                 gamma=0.0, keep_best=False, revert=False, progress=False)
+    assert (unbounded.x_adv - x[:4]).abs().max().item() > 0.1 and unbounded.eps == math.inf
+
+
+def test_unclear_budgets_are_refused(setup):
+    model, x = setup
+    obj = TargetImage(x[1:3])
+    with pytest.raises(ValueError, match="eps=None is ambiguous.*math.inf"):
+        manipulate_input(model, x[:2], obj, eps=None)
+    with pytest.raises(ValueError, match="eps='auto'.*needs norm='linf' and clamp"):
+        manipulate_input(model, x[:2], obj, clamp=None)
+    with pytest.raises(ValueError, match="eps='auto'.*needs norm='linf'"):
+        manipulate_input(model, x[:2], obj, norm="l2")
+    with pytest.raises(ValueError, match="eps must be a positive number"):
+        manipulate_input(model, x[:2], obj, eps=-0.1)
+
+
+def test_success_means_the_documented_threshold_with_the_class_kept(setup):
+    model, x = setup
+    obj = TargetImage(x[8:16])
+    res = manipulate_input(model, x[:8], obj, "gradient", steps=40, eps=0.2, progress=False)
+    assert torch.equal(res.threshold, torch.full((8,), 0.8))
+    assert torch.equal(res.success, res.class_kept & (res.metric_after >= 0.8))
+    improved_only = res.class_kept & (res.metric_after > res.metric_before)
+    assert improved_only.sum() > res.success.sum(), "the threshold is stricter than 'improved'"
+    obj.success_threshold = 0.0  # a threshold of one's own, in the metric's units
+    lenient = manipulate_input(model, x[:8], obj, "gradient", steps=40, eps=0.2, progress=False)
+    assert torch.equal(lenient.success, lenient.class_kept & (lenient.metric_after >= 0.0))
+
+
+@pytest.mark.parametrize("objective,expected", [
+    (TopKSuppression(50), lambda before: torch.full_like(before, 0.5)),
+    (CenterOfMass((0.0, 0.0)), lambda before: 0.5 * before),
+    (CenterOfMass(), lambda before: torch.full_like(before, 2.8)),  # 10 % of 28 pixels
+])
+def test_default_thresholds_of_objectives(setup, objective, expected):
+    model, x = setup
+    r = manipex.relevance(manipex.explain(model, x[:4], "gradient"))
+    objective.prepare(lambda inputs: r, x[:4], r)
+    before = objective.metric(r)
+    assert torch.allclose(objective.threshold(before), expected(before))
+    assert torch.allclose(objective.select(torch.tensor([1, 2])).threshold(before[1:3]), expected(before[1:3]))
+
+
+def test_attack_stops_early_when_no_image_improves(setup):
+    model, x = setup
+    x = x[:8] * 0.9 + 0.05  # no exact zeros: a step of 1e-9 flips no max-pool tie
+    res = manipulate_input(model, x[:4], TargetImage(x[4:8]), "gradient", steps=400, lr=1e-9, check_every=5,
+                           patience=3, progress=False)
+    assert res.steps_run == 15  # three checks without improvement
+    full = manipulate_input(model, x[:4], TargetImage(x[4:8]), "gradient", steps=30, lr=1e-9, check_every=5,
+                            patience=None, progress=False)
+    assert full.steps_run == 30
+
+
+def test_progress_bars_stay_quiet_off_a_terminal(setup, capfd, monkeypatch):
+    model, x = setup
+    monkeypatch.delenv("MANIPEX_PROGRESS", raising=False)
+    manipulate_input(model, x[:2], TargetImage(x[2:4]), "gradient", steps=30, progress=True)
+    assert capfd.readouterr().err == ""  # stderr is not a terminal under pytest
+    monkeypatch.setenv("MANIPEX_PROGRESS", "1")
+    manipulate_input(model, x[:2], TargetImage(x[2:4]), "gradient", steps=30, progress=True)
+    err = capfd.readouterr().err
+    assert "attack gradient" in err and len(err) < 2000  # a few refreshes, not one per step

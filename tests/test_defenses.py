@@ -122,3 +122,46 @@ def test_theorem2_smoothgrad_with_logistic_noise_is_beta_smoothing():
         w, x = torch.randn(7), torch.randn(7)
         lhs, rhs = theorem2(w, x, beta)
         assert torch.allclose(lhs, rhs, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def clean_models():
+    """Nine clean MNIST-5k CNNs of one kind (one epoch on 2000 images), seeds 1 to 9."""
+    x, y = manipex.data.load("mnist5k", split="train")
+    return [train_classifier(mnist_cnn(), x[:2000], y[:2000], epochs=1, seed=s, progress=False).eval()
+            for s in range(1, 10)], (x[:2000], y[:2000])
+
+
+def test_calibrated_detection_keeps_its_false_positive_rate_and_flags_a_manipulation(clean_models):
+    """With 3 references the decision is a t prediction-interval test at alpha = 0.05: none of six
+    further clean models (other seeds) is flagged, a center-of-mass manipulation is."""
+    models, data = clean_models
+    references, others = models[:3], models[3:]
+    reports = [detect_manipulation(m, (1, 28, 28), references, n=32) for m in others]
+    assert all(r.calibrated and r.alpha == 0.05 for r in reports)
+    false_positives = sum(r.manipulated for r in reports)
+    assert false_positives / len(others) <= 0.05
+    assert all(r.p_value > 0.05 for r in reports)
+    manipulated = manipulate_model(others[0], data, CenterOfMass((0.0, 0.0)), "gradient", lam=0.03, lr=1e-3,
+                                   epochs=2, progress=False).model
+    flagged = detect_manipulation(manipulated, (1, 28, 28), references, n=32)
+    assert flagged.manipulated and flagged.p_value < 0.05 and flagged.score > flagged.threshold
+    assert "p = " in str(flagged) and "MANIPULATED" in str(flagged)
+
+
+def test_student_t_in_closed_form_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    from manipex.defenses.detection import student_t_cdf, student_t_quantile
+
+    for dof in (1, 2, 3, 4, 7, 30):
+        for t in (-6.0, -1.3, 0.0, 0.4, 2.9):
+            assert student_t_cdf(t, dof) == pytest.approx(stats.t.cdf(t, dof), abs=1e-10)
+        assert student_t_quantile(0.95, dof) == pytest.approx(stats.t.ppf(0.95, dof), abs=1e-8)
+
+
+def test_detection_with_fewer_than_three_references_says_it_is_uncalibrated(clean_models):
+    models, _ = clean_models
+    report = detect_manipulation(models[3], (1, 28, 28), models[:2], n=16)
+    assert not report.calibrated and "uncalibrated" in str(report)
+    with pytest.raises(ValueError, match="alpha"):
+        detect_manipulation(models[3], (1, 28, 28), models[:3], n=16, alpha=5)

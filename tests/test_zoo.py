@@ -266,3 +266,21 @@ def test_legacy_torchvision_densenet_file_loads(tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError, match="1 missing"):
         models.load(path, dst)
+
+
+def test_a_zoo_model_built_directly_records_its_architecture(tmp_path):
+    """``save(vgg16(...))`` writes the architecture, so ``load(path)`` rebuilds it."""
+    for model in (models.vgg16(10, input_size=32), models.cifar_resnet(depth=8, num_classes=4),
+                  models.tabular_mlp(5, hidden=[4])):
+        path = models.save(model, tmp_path / "m.safetensors")
+        loaded = models.load(path)
+        assert type(loaded) is type(model) and not loaded.training
+        for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+            assert k == k2 and torch.equal(a, b)
+
+
+def test_loading_into_a_given_model_returns_it_in_eval_mode(tmp_path):
+    model = models.cifar_resnet(depth=8)
+    path = models.save(model, tmp_path / "m.safetensors")
+    target = models.cifar_resnet(depth=8).train()
+    assert models.load(path, target) is target and not target.training

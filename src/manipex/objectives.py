@@ -16,6 +16,19 @@ explanation function being attacked. Every sample carries its own target: batche
 | :class:`RegionHighlight` | mass into a region | Tang (ATEX, targeted) ; Heo 2019 (location) |
 | :class:`BlankRegion` | mass inside a region (or on features) to 0 | Rieger 2020, App. A.4.4 |
 | :class:`HideFeatures` | features to 0, the rest of the map as it was | Pasliev 3.8 (fairwashing) |
+
+Success: an attack succeeds on a sample when the metric reaches the objective's threshold (and
+the class is kept). Defaults, per sample (set ``objective.success_threshold``, in the metric's
+units, to state your own):
+
+| objective | success when |
+|---|---|
+| ``TargetMap`` / ``TargetImage`` | PCC with the target >= 0.8 (the maps look alike, Dombrowski Fig. 3) |
+| ``TopKSuppression`` | top-k intersection with the start map <= 0.5 |
+| ``CenterOfMass(point)`` | distance to the point <= half the start distance |
+| ``CenterOfMass()`` | shift from the start >= 10 % of the map's larger side |
+| ``RegionHighlight`` | mass inside the region >= 0.5 |
+| ``BlankRegion`` / ``HideFeatures`` | mass inside <= 10 % of the start mass |
 """
 from __future__ import annotations
 
@@ -36,6 +49,28 @@ class Objective(abc.ABC):
 
     metric_name: str = ""
     metric_higher_is_better: bool = True
+    #: Success threshold in the metric's units (None: the objective's default, see the table).
+    success_threshold: Optional[float] = None
+
+    def default_threshold(self, before: Tensor) -> Tensor:
+        """The default success threshold per sample, given the metric at the start."""
+        raise NotImplementedError  # pragma: no cover - every objective defines it
+
+    def threshold(self, before: Tensor) -> Tensor:
+        """The success threshold per sample (``success_threshold`` or the default)."""
+        if self.success_threshold is not None:
+            return torch.full_like(before, float(self.success_threshold))
+        return self.default_threshold(before)
+
+    def success(self, before: Tensor, after: Tensor) -> Tensor:
+        """Per sample: the metric ``after`` the attack reached the threshold."""
+        t = self.threshold(before)
+        return after >= t if self.metric_higher_is_better else after <= t
+
+    def _inherit(self, out: "Objective") -> "Objective":
+        """``out`` (a selection of this objective) with this objective's threshold."""
+        out.success_threshold = self.success_threshold
+        return out
 
     def prepare(self, explain_fn: ExplainFn, x: Tensor, r_start: Tensor) -> "Objective":
         """Fix what the objective needs from the start maps ``r_start`` of ``x``; returns self."""
@@ -98,8 +133,11 @@ class TargetMap(Objective):
     def metric(self, r):
         return pcc(r.detach(), self.target.to(r).expand_as(r))
 
+    def default_threshold(self, before):
+        return torch.full_like(before, 0.8)
+
     def select(self, index):
-        return TargetMap(self.target if self.target.shape[0] == 1 else self.target[index])
+        return self._inherit(TargetMap(self.target if self.target.shape[0] == 1 else self.target[index]))
 
 
 class TargetImage(TargetMap):
@@ -125,7 +163,7 @@ class TargetImage(TargetMap):
     def select(self, index):
         out = TargetImage(self.x_target[index])
         out.target = None if self.target is None else self.target[index]
-        return out
+        return self._inherit(out)
 
 
 class TopKSuppression(Objective):
@@ -160,11 +198,14 @@ class TopKSuppression(Objective):
         self._check(r, self.start, "TopKSuppression")
         return topk_intersection(r.detach(), self.start.to(r), self.k)
 
+    def default_threshold(self, before):
+        return torch.full_like(before, 0.5)
+
     def select(self, index):
         out = TopKSuppression(self.k)
         if self.start is not None:
             out.start, out.mask = self.start[index], self.mask[index]
-        return out
+        return self._inherit(out)
 
 
 class CenterOfMass(Objective):
@@ -184,7 +225,13 @@ class CenterOfMass(Objective):
 
     def prepare(self, explain_fn, x, r_start):
         self.start_com = center_of_mass(r_start.detach())
+        self.size = max(r_start.shape[1:])
         return self
+
+    def default_threshold(self, before):
+        if self.point is not None:
+            return 0.5 * before
+        return torch.full_like(before, 0.1 * getattr(self, "size", 0))
 
     def _reference(self, r: Tensor) -> Tensor:
         if self.point is not None:
@@ -206,7 +253,9 @@ class CenterOfMass(Objective):
         point = self.point if self.point is None or self.point.dim() == 1 else self.point[index]
         out = CenterOfMass(point)
         out.start_com = None if self.start_com is None else self.start_com[index]
-        return out
+        if hasattr(self, "size"):
+            out.size = self.size
+        return self._inherit(out)
 
 
 class _Region(Objective):
@@ -225,8 +274,11 @@ class _Region(Objective):
     def metric(self, r):
         return mass_in(r.detach(), self._mask(r))
 
+    def default_threshold(self, before):
+        return 0.1 * before  # hide: 10 % of the start mass is left (RegionHighlight overrides)
+
     def select(self, index):
-        return type(self)(self.mask[index] if self.mask.dim() > 2 and self.mask.shape[0] > 1 else self.mask)
+        return self._inherit(type(self)(self.mask[index] if self.mask.dim() > 2 and self.mask.shape[0] > 1 else self.mask))
 
 
 class RegionHighlight(_Region):
@@ -239,6 +291,9 @@ class RegionHighlight(_Region):
 
     def loss(self, r):
         return -mass_in(r, self._mask(r))
+
+    def default_threshold(self, before):
+        return torch.full_like(before, 0.5)
 
 
 class BlankRegion(_Region):
@@ -290,10 +345,13 @@ class HideFeatures(Objective):
     def metric(self, r):
         return mass_in(r.detach(), torch.broadcast_to(self.mask.to(r.device), r.shape))
 
+    def default_threshold(self, before):
+        return 0.1 * before
+
     def select(self, index):
         out = HideFeatures(self.mask)
         out.target = None if self.target is None else self.target[index]
-        return out
+        return self._inherit(out)
 
 
 def square_mask(shape: Tuple[int, int], size: int, corner: Tuple[int, int] = (0, 0)) -> Tensor:

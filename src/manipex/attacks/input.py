@@ -10,9 +10,15 @@ have no useful derivative w.r.t. the input, so the attack optimises on a copy wi
 replaced by Softplus(β), β growing exponentially from 10 to 100 over the run (Dombrowski
 Sec. 3), and evaluates on the original model. Each image has its own loss and the optimisers are
 element-wise, so an image's result does not depend on the batch it is in.
+
+Defaults a user can trust: the budget is ``eps="auto"``, 10 % of the data range in L∞ (0.1 on
+[0, 1] images; pass ``eps=math.inf`` for an unbounded attack); ``success`` means the objective
+reached its documented threshold (:mod:`manipex.objectives`) with the class kept; the run stops
+early when no image's best class-keeping iterate has improved for ``patience`` checks.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -35,7 +41,9 @@ class InputAttackResult:
 
     Maps are normalised relevance maps of the *original* model (ReLU), before and after.
     ``metric_before``/``metric_after`` are the objective's score (``metric_name``;
-    ``higher_is_better`` for the attacker). ``success``: class kept and the metric improved.
+    ``higher_is_better`` for the attacker). ``success``: the class is kept and the metric
+    reached ``threshold`` (the objective's success threshold, per image). ``eps``: the budget
+    used; ``steps_run``: the steps taken before the end or an early stop.
     """
 
     x: Tensor
@@ -49,6 +57,9 @@ class InputAttackResult:
     output_change: Tensor
     class_kept: Tensor
     success: Tensor
+    threshold: Optional[Tensor] = None
+    eps: float = math.inf
+    steps_run: int = 0
     history: List[float] = field(default_factory=list)
 
     @property
@@ -70,6 +81,8 @@ class InputAttackResult:
             "output_change": self.output_change.mean().item(),
             "linf": linf(self.x, self.x_adv).mean().item(),
             "l2": l2(self.x, self.x_adv).mean().item(),
+            "eps": self.eps,
+            "steps_run": self.steps_run,
         }
 
     def to_frame(self):
@@ -111,10 +124,10 @@ def _bounds(value: Optional[Tuple[Bound, Bound]], x: Tensor) -> Optional[Tuple[T
     return low, high
 
 
-def _project(x_adv: Tensor, x: Tensor, eps: Optional[float], norm: str, bounds) -> Tensor:
+def _project(x_adv: Tensor, x: Tensor, eps: float, norm: str, bounds) -> Tensor:
     """Project onto the budget ball around ``x`` and then the valid range (no graph)."""
     delta = x_adv - x
-    if eps is not None:
+    if math.isfinite(eps):
         if norm == "linf":
             delta = delta.clamp(-eps, eps)
         else:
@@ -133,7 +146,30 @@ def _beta_at(beta: BetaSchedule, step: int, steps: int) -> Optional[float]:
     return b0 * (b1 / b0) ** (step / max(1, steps - 1))
 
 
-def _check_options(steps, lr, gamma, beta, optimizer, eps, norm, check_every) -> None:
+#: The default budget, ``eps="auto"``: this fraction of the data range (the largest channel's
+#: ``high - low`` of ``clamp``) in L∞.
+AUTO_EPS_FRACTION = 0.1
+
+
+def _budget(eps: Union[float, str], norm: str, bounds) -> float:
+    """The L∞/L2 budget: a number, ``math.inf`` (unbounded), or "auto" (see AUTO_EPS_FRACTION)."""
+    where = "manipulate_input"
+    if eps is None:
+        raise ValueError(f"{where}: eps=None is ambiguous; pass a budget, eps='auto' (10 % of the data "
+                         "range) or eps=math.inf for an unbounded attack")
+    if isinstance(eps, str):
+        if eps != "auto":
+            raise ValueError(f"{where}: eps must be a positive number, math.inf or 'auto', got {eps!r}")
+        if norm != "linf" or bounds is None:
+            raise ValueError(f"{where}: eps='auto' is 10 % of the data range in L-infinity and needs "
+                             "norm='linf' and clamp=(low, high); pass eps explicitly")
+        return AUTO_EPS_FRACTION * float((bounds[1] - bounds[0]).max())
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+        raise ValueError(f"{where}: eps must be a positive number, math.inf or 'auto', got {eps!r}")
+    return float(eps)
+
+
+def _check_options(steps, lr, gamma, beta, optimizer, norm, check_every, patience) -> None:
     where = "manipulate_input"
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"{where}: steps must be a positive int, got {steps!r}")
@@ -145,10 +181,10 @@ def _check_options(steps, lr, gamma, beta, optimizer, eps, norm, check_every) ->
         raise ValueError(f"{where}: optimizer must be 'adam' or 'sign', got {optimizer!r}")
     if norm not in ("linf", "l2"):
         raise ValueError(f"{where}: norm must be 'linf' or 'l2', got {norm!r}")
-    if eps is not None and (not isinstance(eps, (int, float)) or eps <= 0):
-        raise ValueError(f"{where}: eps must be None or positive, got {eps!r}")
     if not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"{where}: check_every must be a positive int, got {check_every!r}")
+    if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
+        raise ValueError(f"{where}: patience must be None or a positive int, got {patience!r}")
     betas = [] if beta is None else [beta] if isinstance(beta, (int, float)) else list(beta)
     if (beta is not None and not isinstance(beta, (int, float)) and len(betas) != 2) or any(
         not isinstance(b, (int, float)) or b <= 0 for b in betas
@@ -169,12 +205,13 @@ def manipulate_input(
     gamma: float = 100.0,
     beta: BetaSchedule = (10.0, 100.0),
     optimizer: str = "adam",
-    eps: Optional[float] = None,
+    eps: Union[float, str] = "auto",
     norm: str = "linf",
     clamp: Optional[Tuple[Bound, Bound]] = (0.0, 1.0),
     keep_best: bool = True,
     revert: bool = True,
     check_every: int = 10,
+    patience: Optional[int] = 10,
     progress: bool = True,
 ) -> InputAttackResult:
     """Perturb ``x`` so that its ``method`` explanation meets ``objective`` while the output stays.
@@ -196,13 +233,18 @@ def manipulate_input(
             fixed number, or None to attack the model as it is (e.g. LRP on ReLU). Ignored when
             ``method_options`` holds ``softplus_beta``: a β-smoothed map is attacked as it is.
         optimizer: ``"adam"`` (Dombrowski) or ``"sign"`` (L∞ sign steps: Ghorbani, ATEX).
-        eps, norm: budget ``||x_adv - x|| <= eps`` in ``"linf"`` or ``"l2"``; None: no budget.
+        eps, norm: budget ``||x_adv - x|| <= eps`` in ``"linf"`` or ``"l2"``, in the units of
+            ``x``; ``"auto"`` (default): 10 % of the ``clamp`` range in L∞ (0.1 on [0, 1]
+            images); ``math.inf``: no budget.
         clamp: valid input range ``(low, high)``, floats or per-channel sequences; None: none.
         keep_best: return, per image, the iterate with the best objective (on the original
             model) among those whose predicted class is unchanged (Ghorbani), checked every
             ``check_every`` steps and at the end.
         revert: images whose predicted class changed anyway are returned unperturbed.
-        progress: show a progress bar.
+        patience: with ``keep_best``, an image whose best iterate has not improved (by 1e-4
+            relative) for this many checks in a row stops moving, and the run stops when all
+            have; None: run all ``steps``.
+        progress: show a progress bar (on a terminal or in a notebook; never in logs).
 
     Returns:
         :class:`InputAttackResult`.
@@ -212,10 +254,11 @@ def manipulate_input(
     check_input(x, where=where)
     if not isinstance(objective, Objective):
         raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got {type(objective).__name__}")
-    _check_options(steps, lr, gamma, beta, optimizer, eps, norm, check_every)
+    _check_options(steps, lr, gamma, beta, optimizer, norm, check_every, patience)
     method_options = dict(method_options or {})
     get_explainer(method, **method_options)  # unknown method or option: fail before any work
     bounds = _bounds(clamp, x)
+    eps = _budget(eps, norm, bounds)
     x = x.detach()
     target = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
 
@@ -235,22 +278,28 @@ def manipulate_input(
     adam = torch.optim.Adam([x_adv], lr=lr) if optimizer == "adam" else None
     best_x, best_loss = x.clone(), objective.loss(r_start).detach()
     history: List[float] = []
+    stalled = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    steps_run = 0
 
-    def check(candidate: Tensor) -> None:
-        """Keep, per image, the best iterate (on the original model) with the class unchanged."""
+    def check(candidate: Tensor) -> Tensor:
+        """Keep, per image, the best iterate (on the original model) with the class unchanged;
+        which images improved."""
         nonlocal best_x, best_loss
         loss = objective.loss(relevance_on(model, candidate)).detach()
         with torch.no_grad():
             kept = model(candidate).argmax(1) == classes
-        better = kept & (loss < best_loss)
-        shape = (-1,) + (1,) * (x.dim() - 1)
+        better = kept & (loss < best_loss - 1e-4 * best_loss.abs())
         best_x = torch.where(better.reshape(shape), candidate, best_x)
         best_loss = torch.where(better, loss, best_loss)
+        return better
 
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
-    bar = tqdm(range(steps), desc=f"attack {method}", disable=not progress, leave=False)
+    bar = progress_bar(range(steps), desc=f"attack {method}", enabled=progress, leave=False)
     for step in bar:
+        steps_run = step + 1
         if handle is not None:
             handle.beta = _beta_at(beta, step, steps)
         r = relevance_on(attacked, x_adv, create_graph=True)
@@ -258,17 +307,23 @@ def manipulate_input(
         loss = (objective.loss(r) + gamma * out_term).sum()
         (grad,) = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():  # the update and projection are not differentiated
+            previous = x_adv.detach().clone()
             if adam is not None:
                 x_adv.grad = grad
                 adam.step()
             else:
                 x_adv -= lr * grad.sign()
-            x_adv.copy_(_project(x_adv, x, eps, norm, bounds))
+            # images that stalled stay where they are, so no image depends on its batch
+            x_adv.copy_(torch.where(active.reshape(shape), _project(x_adv, x, eps, norm, bounds), previous))
         history.append(loss.item() / x.shape[0])
-        if progress:
-            bar.set_postfix(loss=f"{history[-1]:.4g}", beta=f"{handle.beta:.3g}" if handle else "-")
+        bar.set_postfix(loss=f"{history[-1]:.4g}", beta=f"{handle.beta:.3g}" if handle else "-", refresh=False)
         if keep_best and ((step + 1) % check_every == 0 or step == steps - 1):
-            check(x_adv.detach())
+            stalled = torch.where(check(x_adv.detach()), 0, stalled + 1)
+            if patience is not None:
+                active = stalled < patience
+                if not bool(active.any()):
+                    break
+    bar.close()
 
     final = best_x if keep_best else x_adv.detach()
     with torch.no_grad():
@@ -278,11 +333,11 @@ def manipulate_input(
     r_after = relevance_on(model, final)
     metric_before, metric_after = objective.metric(r_start), objective.metric(r_after)
     kept = class_agreement(model, x, final).bool()
-    improved = metric_after > metric_before if objective.metric_higher_is_better else metric_after < metric_before
+    reached = objective.success(metric_before, metric_after)
     return InputAttackResult(
         x=x, x_adv=final, maps_before=r_start, maps_after=r_after,
         metric_name=objective.metric_name, higher_is_better=objective.metric_higher_is_better,
         metric_before=metric_before, metric_after=metric_after,
-        output_change=output_change(model, x, final), class_kept=kept, success=kept & improved,
-        history=history,
+        output_change=output_change(model, x, final), class_kept=kept, success=kept & reached,
+        threshold=objective.threshold(metric_before), eps=eps, steps_run=steps_run, history=history,
     )

@@ -147,11 +147,11 @@ def manipulate_model(
             optimizer.load_state_dict(state["optimizer"])
             start_epoch, history = int(state["epoch"]), list(state["history"])
 
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
     steps_per_epoch = (x.shape[0] + batch_size - 1) // batch_size
-    bar = tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-               desc=f"manipulate {method}", disable=not progress, leave=False)
+    bar = progress_bar(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                       desc=f"manipulate {method}", enabled=progress, leave=False)
     for epoch in range(start_epoch, epochs):
         order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
         totals = {"loss": 0.0, "classification": 0.0, "objective": 0.0}
@@ -179,7 +179,7 @@ def manipulate_model(
             for k, v in (("loss", loss), ("classification", cls), ("objective", expl)):
                 totals[k] += v.item() * len(idx) / x.shape[0]
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, cls=f"{cls.item():.3g}", obj=f"{expl.item():.3g}")
+            bar.set_postfix(epoch=epoch + 1, cls=f"{cls.item():.3g}", obj=f"{expl.item():.3g}", refresh=False)
         history.append({"epoch": epoch + 1, **totals})
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -115,9 +115,9 @@ def atex_finetune(
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
 
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
-    bar = tqdm(total=epochs * ((x.shape[0] + batch_size - 1) // batch_size), desc="ATEX", disable=not progress, leave=False)
+    bar = progress_bar(total=epochs * ((x.shape[0] + batch_size - 1) // batch_size), desc="ATEX", enabled=progress, leave=False)
     for _ in range(epochs):
         order = torch.randperm(x.shape[0], generator=generator)
         for i in range(0, x.shape[0], batch_size):
@@ -131,6 +131,6 @@ def atex_finetune(
             loss.backward()
             optimizer.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4g}")
+            bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
     bar.close()
     return student.eval()

@@ -85,16 +85,16 @@ def run(
     units = experiment.units(config)[rank::world]
     done = store.done()
     todo = [u for u in units if u.id not in done]
-    from tqdm.auto import tqdm
+    from .._progress import progress_bar
 
     if todo:
         ctx = experiment.setup(config, device)
         ctx.setdefault("out", folder)
         ctx.setdefault("progress", not quiet)
-        bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=experiment.name, unit="unit",
-                   disable=quiet, dynamic_ncols=True)
+        bar = progress_bar(total=len(units), initial=len(units) - len(todo), desc=experiment.name, unit="unit",
+                           enabled=not quiet)
         for unit in todo:
-            bar.set_postfix_str(unit.id)
+            bar.set_postfix_str(unit.id, refresh=False)
             store.append(unit.id, experiment.run_unit(unit, ctx, config))
             bar.update(1)
         bar.close()

@@ -226,8 +226,10 @@ class Graph:
                 # residual add of a ResNet reads x and a function of x).
                 proxies = {s: env[s].view_as(env[s]) for s in sources}
                 inputs = tuple(proxies.values())
-                aliases = self.aliases
-                lookup = lambda n: proxies.get(aliases.get(n, n)) if aliases.get(n, n) in proxies else env[n]  # noqa: E731
+
+                def lookup(n: torch.fx.Node, proxies: Dict = proxies) -> Any:
+                    source = self.aliases.get(n, n)
+                    return proxies[source] if source in proxies else env[n]
             args = torch.fx.node.map_arg(node.args, lookup)
             kwargs = torch.fx.node.map_arg(node.kwargs, lookup)
             value = self._evaluate(layer, node, args, kwargs)

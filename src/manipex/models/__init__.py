@@ -32,15 +32,19 @@ from .architectures import (
     architectures,
     atex_cnn,
     build,
+    cifar_resnet,
+    densenet121,
     mnist_cnn,
     register,
+    resnet18,
+    resnet50,
     tabular_mlp,
     vgg16,
 )
 from .checkpoint import load, read_metadata, save
-from .densenet import DenseNet, densenet121
+from .densenet import DenseNet
 from .pretrained import DEFAULT_RECIPES, Recipe, default_cache_dir, load_default
-from .resnet import BasicBlock, Bottleneck, ResNet, cifar_resnet, resnet18, resnet50
+from .resnet import BasicBlock, Bottleneck, ResNet
 from .training import accuracy, train_classifier
 
 __all__ = [

@@ -14,6 +14,9 @@ model so that :func:`manipex.models.save` can write them into the checkpoint and
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -183,15 +186,34 @@ def tabular_mlp(
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register(name: str, factory: Callable[..., nn.Module], *, overwrite: bool = False) -> None:
+def register(
+    name: str, factory: Callable[..., nn.Module], *, overwrite: bool = False
+) -> Callable[..., nn.Module]:
     """Register ``factory`` under ``name`` so :func:`build` and checkpoint loading can use it.
 
-    The keyword arguments given to :func:`build` are stored as JSON in checkpoints, so a factory
-    should take JSON-representable arguments (numbers, strings, booleans, lists).
+    Returns the factory wrapped so that calling it directly also records ``name`` and the
+    arguments given on the model, as :func:`build` does (then ``save(factory(...))`` writes an
+    architecture that ``load(path)`` rebuilds). The keyword arguments are stored as JSON in
+    checkpoints, so a factory should take JSON-representable arguments (numbers, strings,
+    booleans, lists).
     """
     if name in _REGISTRY and not overwrite:
         raise ValueError(f"architecture {name!r} is already registered")
     _REGISTRY[name] = factory
+    signature = inspect.signature(factory)
+
+    @functools.wraps(factory)
+    def recording(*args: Any, **kwargs: Any) -> nn.Module:
+        model = factory(*args, **kwargs)
+        given = dict(signature.bind(*args, **kwargs).arguments)
+        try:
+            json.dumps(given)
+        except TypeError:
+            return model  # not representable in a checkpoint header: nothing recorded
+        setattr(model, ARCH_ATTR, {"name": name, "kwargs": given})
+        return model
+
+    return recording
 
 
 def architectures() -> list[str]:
@@ -220,12 +242,12 @@ def _vgg16_bn(num_classes: int = 1000, *, input_size: int = 224) -> VGG:
     return vgg16(num_classes, batch_norm=True, input_size=input_size)
 
 
-register("mnist_cnn", mnist_cnn)
-register("atex_cnn", atex_cnn)
-register("vgg16", vgg16)
+mnist_cnn = register("mnist_cnn", mnist_cnn)
+atex_cnn = register("atex_cnn", atex_cnn)
+vgg16 = register("vgg16", vgg16)
 register("vgg16_bn", _vgg16_bn)
-register("tabular_mlp", tabular_mlp)
-register("resnet18", resnet18)
-register("resnet50", resnet50)
-register("cifar_resnet", cifar_resnet)
-register("densenet121", densenet121)
+tabular_mlp = register("tabular_mlp", tabular_mlp)
+resnet18 = register("resnet18", resnet18)
+resnet50 = register("resnet50", resnet50)
+cifar_resnet = register("cifar_resnet", cifar_resnet)
+densenet121 = register("densenet121", densenet121)

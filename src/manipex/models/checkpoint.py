@@ -116,12 +116,13 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
 
     Args:
         path: the checkpoint file.
-        model: the module to load into (in place; its mode and device are kept). When ``None``,
-            the architecture recorded by :func:`save` is built, cast to the checkpoint's floating
-            dtype, loaded, and returned in eval mode.
+        model: the module to load into (in place, on its device). When ``None``, the
+            architecture recorded by :func:`save` is built, cast to the checkpoint's floating
+            dtype and loaded.
 
     Returns:
-        The model holding the loaded weights.
+        The model holding the loaded weights, in eval mode (as every explanation needs it;
+        call ``.train()`` to fine-tune it).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -154,7 +155,7 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
             f"expected .safetensors or one of {', '.join(_TORCH_SUFFIXES)}"
         )
     _load_state(model, state, path)
-    return model
+    return model.eval()
 
 
 def _existing(path: str | os.PathLike[str]) -> Path:

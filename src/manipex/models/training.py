@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from .._progress import progress_bar
 
 __all__ = ["accuracy", "train_classifier"]
 
@@ -48,7 +48,7 @@ def train_classifier(
     was_training = model.training
     model.train()
     try:
-        bar = tqdm(total=epochs * n_batches, disable=not progress, desc="training", unit="batch")
+        bar = progress_bar(total=epochs * n_batches, enabled=progress, desc="training", unit="batch")
         with bar:
             for epoch in range(epochs):
                 order = torch.randperm(len(x), generator=generator)
