@@ -39,13 +39,7 @@ def vgg_style(act: type = nn.ReLU, **kw) -> nn.Module:
         nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(),
         nn.Sequential(nn.Linear(24, 12), act(**kw), nn.Linear(12, 4)),
     ).double()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
+    return random_batchnorm(model).eval()
 
 
 def random_batchnorm(model: nn.Module) -> nn.Module:
