@@ -108,10 +108,11 @@ class Composite:
                     f"Composite: entry {i} must be a (predicate, Rule) pair, got {pair!r}; rules "
                     "are instances of manipex.explainers.rules.Rule"
                 )
+        object.__setattr__(self, "_all", tuple(self.rules) + tuple(base_rules(self.stabilizer)))
 
     def rule_for(self, layer: Layer) -> Rule:
         """The rule of ``layer``."""
-        for predicate, rule in list(self.rules) + base_rules(self.stabilizer):
+        for predicate, rule in self._all:
             if predicate(layer):
                 return rule
         return Gradient()  # pragma: no cover - every kind is in the base rules
