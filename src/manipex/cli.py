@@ -2,7 +2,9 @@
 
 ``manipex run [EXPERIMENT]`` runs (or resumes) a paper's experiment, by default the quick
 benchmark on the embedded MNIST-5k data, and writes its tables and an HTML report.
-``manipex list`` lists experiments, methods, defenses and datasets; ``manipex report DIR``
+``manipex audit [MODEL]`` audits one model's explanations (attacks, defenses, curvature, detection
+against reference models, a verdict). ``manipex list`` lists experiments, methods, defenses and
+datasets; ``manipex report DIR``
 rebuilds a report. ``manipex explain`` writes a figure grid of every method's relevance map
 for a few test images of the default model; ``manipex methods`` lists the methods.
 """
@@ -109,11 +111,33 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from manipex.experiments import ConfigError, run
+
+    overrides = {"references": ",".join(args.reference or [])}
+    if args.model != "default":
+        overrides["weights"] = args.model
+    for key in ("data", "root", "arch", "normalize", "labels", "methods", "eps", "n", "steps", "image_size", "alpha"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides["dataset" if key == "data" else key] = value
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        run("audit", overrides=overrides, out=args.out, device=device, quiet=args.quiet)
+    except ConfigError as err:
+        print(f"manipex audit: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     import manipex
     from manipex.experiments import EXPERIMENTS
     from manipex.experiments.config import template
-    from manipex.experiments.papers import DEFENSES
+    from manipex.experiments.common import DEFENSES
 
     if args.experiment:
         if args.experiment not in EXPERIMENTS:
@@ -170,6 +194,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quiet", action="store_true", help="no progress bar (for CI and logs); the tables are still printed")
     p.set_defaults(func=_run)
+    p = sub.add_parser("audit", help="can this model's explanations be trusted? attacks, defenses, curvature, "
+                       "detection against reference models, a verdict; an HTML report (resumes if killed)")
+    p.add_argument("model", nargs="?", default="default",
+                   help="the audited model: a .safetensors saved by manipex, a .pth state_dict (with --arch), or "
+                        "'default' (the MNIST-5k model)")
+    p.add_argument("--data", help="dataset: mnist5k (default), mnist, fashion_mnist, cifar10, image_folder")
+    p.add_argument("--root", help="folder of the dataset's files")
+    p.add_argument("--arch", help="architecture of a .pth file (manipex list shows the zoo)")
+    p.add_argument("--normalize", help="normalisation the weights expect: auto, none, imagenet, cifar10")
+    p.add_argument("--labels", choices=["dataset", "predicted"])
+    p.add_argument("--image-size", dest="image_size", type=int, help="image_folder: crop size (default 224)")
+    p.add_argument("--reference", action="append", metavar="TRUSTED",
+                   help="a trusted clean model of the same kind (repeat; 3 or more give a calibrated test); "
+                        "default: 3 trained here with other seeds")
+    p.add_argument("--methods", nargs="+", help="methods audited (default gradient lrp)")
+    p.add_argument("--eps", nargs="+", type=float, help="L-infinity budgets (default 0.02 0.05 0.1)")
+    p.add_argument("--n", type=int, help="images attacked (default 8)")
+    p.add_argument("--steps", type=int, help="attack steps (default 100)")
+    p.add_argument("--alpha", type=float, help="false-positive rate of the detection test (default 0.05)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    p.add_argument("--out", default="manipex-runs", help="folder of runs (default ./manipex-runs)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--quiet", action="store_true", help="no progress bar; the tables are still printed")
+    p.set_defaults(func=_audit)
     p = sub.add_parser("list", help="experiments, methods, defenses and datasets; with an experiment, its config "
                        "keys as a TOML file to edit (manipex list pasliev2020 > my.toml)")
     p.add_argument("experiment", nargs="?", help="print this experiment's config keys, defaults and help as TOML")

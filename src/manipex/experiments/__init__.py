@@ -1,5 +1,5 @@
 """The papers' experiments as configs, run crash-safe into a result store, with reports."""
-from . import papers, papers_models, pasliev  # noqa: F401  (register the experiments)
+from . import audit, papers, papers_models, pasliev  # noqa: F401  (register the experiments)
 from .base import EXPERIMENTS, Experiment, Unit
 from .config import ConfigError
 from .report import report_from_folder

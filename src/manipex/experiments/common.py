@@ -14,6 +14,35 @@ from ..metrics import image_mse, linf, mse, pcc, ssim, topk_intersection
 from ..objectives import TargetImage
 
 
+#: The defenses every experiment and the audit share: how the defender computes the map it
+#: shows, and how an adaptive attacker (who knows the defense) optimises it (see :func:`defended`).
+DEFENSES = ("none", "beta_smoothing", "smoothgrad", "agg_mean")
+
+
+def defended(method: str, defense: str, config: Dict[str, Any]):
+    """``(method, options, attack options)`` of the map that ``defense`` shows for ``method``.
+
+    * ``beta_smoothing``: the map on the Softplus(``softplus_beta``) model (Dombrowski Sec. 4);
+      the attacker attacks exactly that smooth map (no further surrogate).
+    * ``smoothgrad``: SmoothGrad of the method, ``smoothgrad_samples`` samples, σ = 0.1
+      (Smilkov 2017; Dombrowski Thm 2); attacked through its samples.
+    * ``agg_mean``: the mean of the method with gradient, guided backprop and LRP (Rieger 2020).
+    """
+    base = {"steps": config["ig_steps"]} if method == "integrated_gradients" else {}
+    if defense == "none":
+        return method, base, {}
+    if defense == "beta_smoothing":
+        return method, {**base, "softplus_beta": config["softplus_beta"]}, {"beta": None}
+    if defense == "smoothgrad":
+        return "smoothgrad", {"base": method, "base_options": base, "samples": config["smoothgrad_samples"],
+                              "sigma": 0.1, "seed": config["seed"]}, {}
+    if defense == "agg_mean":
+        members = [method] + [m for m in ("gradient", "guided_backprop", "lrp") if m != method]
+        return "agg_mean", {"methods": [(m, {"steps": config["ig_steps"]} if m == "integrated_gradients" else {})
+                                        for m in members]}, {}
+    raise ValueError(f"unknown defense {defense!r}; available: {', '.join(DEFENSES)}")
+
+
 def default_setup(device: str) -> Dict[str, Any]:
     """The default MNIST-5k model and its test split, on ``device``."""
     from .. import data, models

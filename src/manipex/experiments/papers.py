@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 import torch
 
 from .base import Experiment, Unit
-from .common import default_setup, seeded, targeted_rows
+from .common import DEFENSES, default_setup, defended, seeded, targeted_rows
 from .config import Field, method_choices
 
 ATTACK_FIELDS = {
@@ -19,9 +19,6 @@ ATTACK_FIELDS = {
     "seed": Field("int", 0, "seed of every unit"),
     "ig_steps": Field("int", 5, "integrated-gradients steps inside the attack"),
 }
-
-DEFENSES = ("none", "beta_smoothing", "smoothgrad", "agg_mean")
-
 
 def _method_options(method: str, config: Dict[str, Any]) -> Dict[str, Any]:
     return {"steps": config["ig_steps"]} if method == "integrated_gradients" else {}
@@ -69,25 +66,11 @@ class Quick(DefaultModelExperiment):
         return [Unit(f"{m}/{d}/{b:05d}", {"method": m, "defense": d, "start": b})
                 for m in config["methods"] for d in config["defenses"] for b in _batches(config)]
 
-    @staticmethod
-    def defended(method: str, defense: str, config: Dict[str, Any]):
-        """The explanation the defender shows, and how the (adaptive) attacker optimises it."""
-        base = _method_options(method, config)
-        if defense == "none":
-            return method, base, {}
-        if defense == "beta_smoothing":
-            return method, {**base, "softplus_beta": config["softplus_beta"]}, {"beta": None}
-        if defense == "smoothgrad":
-            return "smoothgrad", {"base": method, "base_options": base, "samples": config["smoothgrad_samples"],
-                                  "sigma": 0.1, "seed": config["seed"]}, {}
-        members = [method] + [m for m in ("gradient", "guided_backprop", "lrp") if m != method]
-        return "agg_mean", {"methods": [(m, _method_options(m, config)) for m in members]}, {}
-
     def run_unit(self, unit, ctx, config):
         p = unit.params
         seeded(config["seed"])
         x, x_target = _images(ctx, config, p["start"])
-        method, options, attack = self.defended(p["method"], p["defense"], config)
+        method, options, attack = defended(p["method"], p["defense"], config)
         rows = targeted_rows(ctx["model"], x, x_target, method, options, first_index=p["start"],
                              steps=config["steps"], eps=config["eps"], lr=config["lr"], **attack)
         for row in rows:

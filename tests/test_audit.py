@@ -1,0 +1,70 @@
+"""``manipex audit``: a manipulated model is flagged, clean models of the same kind are not, on
+checkpoints saved by manipex; the command line names a wrong argument."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import manipex
+from manipex.attacks import manipulate_model
+from manipex.cli import main
+from manipex.experiments import run
+from manipex.models import DEFAULT_RECIPES, mnist_cnn, save, train_classifier
+from manipex.objectives import CenterOfMass
+
+SMALL = {"n": 2, "steps": 5, "eps": [0.1], "methods": ["gradient"], "defenses": ["beta_smoothing"],
+         "betas": [3.0], "noise_n": 16, "weight_noise": [0.0]}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(mnist_model, tmp_path_factory):
+    """Three references and a clean model trained with the default recipe and other seeds, and
+    the default model manipulated to put its gradient relevance in the corner."""
+    folder = tmp_path_factory.mktemp("audit-models")
+    x, y = manipex.data.load("mnist5k", split="train")
+    recipe = DEFAULT_RECIPES["mnist"]
+    paths = {}
+    for seed in (1, 2, 3, 7):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = train_classifier(mnist_cnn(), x, y, epochs=recipe.epochs, seed=seed, progress=False).eval()
+        paths[seed] = save(model, folder / f"clean{seed}.safetensors")
+    manipulated = manipulate_model(mnist_model, (x, y), CenterOfMass((0.0, 0.0)), "gradient", lam=0.03, lr=1e-3,
+                                   epochs=2, progress=False).model
+    paths["manipulated"] = save(manipulated, folder / "manipulated.safetensors")
+    return paths
+
+
+def detection_of(tables):
+    return next(v for k, v in tables.items() if k.startswith("(d) Noise-input"))
+
+
+def test_audit_flags_the_manipulated_model_and_not_a_clean_one(checkpoints, tmp_path):
+    references = ",".join(str(checkpoints[s]) for s in (1, 2, 3))
+    flagged = detection_of(run("audit", overrides={**SMALL, "weights": str(checkpoints["manipulated"]),
+                                                   "references": references}, out=tmp_path / "m", quiet=True))
+    clean = detection_of(run("audit", overrides={**SMALL, "weights": str(checkpoints[7]), "references": references},
+                             out=tmp_path / "c", quiet=True))
+    assert flagged.loc["gradient", "manipulated"] == 1 and flagged.loc["gradient", "p_value"] < 0.05
+    assert clean.loc["gradient", "manipulated"] == 0 and clean.loc["gradient", "p_value"] > 0.05
+    assert flagged.loc["gradient", "references"] == 3
+
+
+def test_audit_command_on_a_checkpoint_writes_a_report_with_a_verdict(checkpoints, tmp_path, capsys):
+    args = ["audit", str(checkpoints[7]), "--methods", "gradient", "--eps", "0.1", "--n", "2", "--steps", "5",
+            "--quiet", "--out", str(tmp_path)]
+    for s in (1, 2, 3):
+        args += ["--reference", str(checkpoints[s])]
+    assert main(args) == 0
+    page = (tmp_path / "audit" / "report.html").read_text(encoding="utf-8")
+    assert "(e) Verdict" in page and "Was the model itself manipulated?" in page and "<img" in page
+    assert "no evidence of manipulation" in capsys.readouterr().out
+
+
+def test_audit_names_a_wrong_argument(tmp_path, capsys):
+    assert main(["audit", str(tmp_path / "missing.safetensors"), "--out", str(tmp_path)]) == 2
+    assert "config key 'weights'" in capsys.readouterr().err
+    assert main(["audit", "--reference", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path)]) == 2
+    assert "config key 'references'" in capsys.readouterr().err
+    assert main(["audit", "--alpha", "2", "--out", str(tmp_path)]) == 2
+    assert "'alpha'" in capsys.readouterr().err
