@@ -68,3 +68,55 @@ def test_audit_names_a_wrong_argument(tmp_path, capsys):
     assert "config key 'references'" in capsys.readouterr().err
     assert main(["audit", "--alpha", "2", "--out", str(tmp_path)]) == 2
     assert "'alpha'" in capsys.readouterr().err
+
+
+def test_audit_on_an_image_folder_with_a_resnet_at_random_init(tmp_path):
+    """A user's graph model (a CIFAR ResNet, LRP through residual sums) on class folders of
+    images, with labels from the model and three references given as checkpoints."""
+    import numpy as np
+    from PIL import Image
+
+    from manipex import models
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "val" / c / f"{i}.png")
+    paths = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        paths.append(str(models.save(models.cifar_resnet(depth=8, num_classes=10, width=4), tmp_path / f"r{seed}.safetensors")))
+    config = {**SMALL, "methods": ["lrp"], "defenses": ["agg_mean"], "noise_n": 8, "dataset": "image_folder",
+              "root": str(tmp_path / "val"), "image_size": 32, "labels": "predicted", "weights": paths[0],
+              "references": ",".join(paths[1:])}
+    tables = run("audit", overrides=config, out=tmp_path / "runs", quiet=True)
+    detection = detection_of(tables)
+    assert detection.loc["lrp", "references"] == 3 and 0 <= detection.loc["lrp", "p_value"] <= 1
+    attack = next(v for k, v in tables.items() if k.startswith("(a)"))
+    assert list(attack.index) == [("lrp", "targeted"), ("lrp", "topk")]
+
+
+def test_audit_on_idx_files_with_a_model_saved_by_manipex(mnist_model, tmp_path):
+    """MNIST in IDX files written here, the default model saved as a checkpoint, references
+    trained here on those files (one: the uncalibrated path says so)."""
+    import gzip
+
+    import numpy as np
+
+    x, y = manipex.data.load("mnist5k", split="test")
+    images = (x[:300, 0] * 255).round().to(torch.uint8).numpy()
+    labels = y[:300].to(torch.uint8).numpy()
+    root = tmp_path / "mnist"
+    root.mkdir()
+    for prefix, (a, b) in {"train": (images[:200], labels[:200]), "t10k": (images[200:], labels[200:])}.items():
+        for kind, array, magic in (("images-idx3-ubyte", a, 2051), ("labels-idx1-ubyte", b, 2049)):
+            header = np.array([magic, *array.shape], dtype=">i4").tobytes()
+            with gzip.open(root / f"{prefix}-{kind}.gz", "wb") as f:
+                f.write(header + array.astype(np.uint8).tobytes())
+    path = save(mnist_model, tmp_path / "model.safetensors")
+    config = {**SMALL, "dataset": "mnist", "root": str(root), "weights": str(path), "n_references": 1,
+              "train_epochs": 1}
+    tables = run("audit", overrides=config, out=tmp_path / "runs", quiet=True)
+    verdict = tables["(e) Verdict"]
+    assert "uncalibrated" in verdict.loc["Was the model itself manipulated?", "finding"]

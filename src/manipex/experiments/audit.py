@@ -107,7 +107,9 @@ class Audit(Experiment):
         return units
 
     def setup(self, config, device):
-        n_eval = max(2 * config["n"], 256)  # attacked images and their targets; all for accuracy
+        # the attacked images and their targets, and for accuracy up to 256 held-out images (an
+        # image folder without splits keeps the rest for references trained here)
+        n_eval = 2 * config["n"] if config["dataset"] == "image_folder" else max(2 * config["n"], 256)
         train, test = load_images(config, n_train=config["n_train"], n_eval=n_eval, seed=config["seed"])
         ctx: Dict[str, Any] = {}
         model = original_model(config, train, device, cache=None)
