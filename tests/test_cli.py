@@ -28,3 +28,24 @@ def test_explain_rejects_unknown_method(capsys):
 def test_methods_lists_all(capsys):
     main(["methods"])
     assert "integrated_gradients" in capsys.readouterr().out
+
+
+def test_explain_takes_a_users_model_and_image_folder(tmp_path, capsys):
+    """A CIFAR ResNet saved by manipex on class folders of images (ImageNet normalisation)."""
+    import numpy as np
+    from PIL import Image
+
+    from manipex import models
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "val" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "val" / c / f"{i}.png")
+    path = models.save(models.cifar_resnet(depth=8, width=4), tmp_path / "net.safetensors")
+    assert main(["explain", str(path), "--data", "image_folder", "--root", str(tmp_path / "val"), "--image-size",
+                 "32", "--n", "2", "--methods", "gradient", "lrp", "guided_backprop", "--out", str(tmp_path / "out"),
+                 "--quiet"]) == 0
+    assert Path(capsys.readouterr().out.strip().split("wrote ")[-1]).stat().st_size > 1000
+    assert main(["explain", "--data", "cifar10", "--root", str(tmp_path)]) == 2
+    assert "config key 'weights'" in capsys.readouterr().err

@@ -42,13 +42,25 @@ def _explain(args: argparse.Namespace) -> int:
     if args.n < 1:
         print("manipex explain: --n must be at least 1", file=sys.stderr)
         return 2
-    model = manipex.models.load_default("mnist", progress=not args.quiet)
-    x_test, y_test = manipex.data.load("mnist5k", split="test")
-    x, y = x_test[: args.n], y_test[: args.n]
+    from manipex.experiments import ConfigError
+    from manipex.experiments.sources import _normalization, check_sources, load_images, original_model
+
+    config = {"dataset": args.data or "mnist5k", "root": args.root or "", "image_size": args.image_size or 224,
+              "normalize": args.normalize or "auto", "weights": "" if args.model == "default" else args.model,
+              "arch": args.arch or "auto", "train_epochs": 3, "labels": "dataset"}
+    try:
+        check_sources(config)
+        if not config["weights"] and config["dataset"] != "mnist5k":
+            raise ConfigError("config key 'weights': give the model to explain (a .safetensors saved by manipex, "
+                              "or a .pth with --arch); without it, the default MNIST-5k model is explained")
+        (x_train, _), (x, y) = load_images(config, n_train=2000, n_eval=args.n)
+        model = original_model(config, (x_train, None), "cpu")
+    except ConfigError as err:
+        print(f"manipex explain: {err}", file=sys.stderr)
+        return 2
     predicted = model(x).argmax(1)
     options = {k: dict(v) for k, v in DEFAULT_OPTIONS.items()}
     if "pattern_attribution" in methods:
-        x_train, _ = manipex.data.load("mnist5k", split="train")
         options["pattern_attribution"] = {"patterns": manipex.fit_patterns(model, x_train[:2000])}
     heatmaps, timings = {}, {}
     for method in methods:
@@ -58,6 +70,10 @@ def _explain(args: argparse.Namespace) -> int:
         heatmaps[method] = manipex.relevance(h)
     out = Path(args.out)
     titles = [f"label {int(a)} / pred {int(b)}" for a, b in zip(y, predicted)]
+    norm = _normalization(config)
+    if norm is not None:  # show the pixels, not the normalised values
+        mean, std = (torch.tensor(v).reshape(1, -1, 1, 1) for v in norm)
+        x = (x * std + mean).clamp(0, 1)
     path = map_grid(x, heatmaps, out / f"explanations.{args.format}", titles=titles)
     if not args.quiet:
         print(f"{'method':<22}{'ms / image':>12}")
@@ -170,7 +186,14 @@ def _report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="manipex", description="Attack and defend explanation maps.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("explain", help="figure grid of every method's map on the default MNIST-5k model")
+    p = sub.add_parser("explain", help="figure grid of every method's map, on the default MNIST-5k model or yours")
+    p.add_argument("model", nargs="?", default="default",
+                   help="a .safetensors saved by manipex, a .pth state_dict (with --arch), or 'default'")
+    p.add_argument("--data", help="dataset: mnist5k (default), mnist, fashion_mnist, cifar10, image_folder")
+    p.add_argument("--root", help="folder of the dataset's files")
+    p.add_argument("--arch", help="architecture of a .pth file")
+    p.add_argument("--normalize", help="normalisation the weights expect: auto, none, imagenet, cifar10")
+    p.add_argument("--image-size", dest="image_size", type=int, help="image_folder: crop size (default 224)")
     p.add_argument("--n", type=int, default=4, help="number of test images (default 4)")
     p.add_argument("--methods", nargs="+", help="methods to show (default: all)")
     p.add_argument("--out", default="manipex-out", help="output folder (default ./manipex-out)")
@@ -185,10 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML or YAML file (.toml, .yaml, .yml) with the experiment's settings")
     p.add_argument("--out", default="manipex-runs", help="folder of runs (default ./manipex-runs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--n", type=int, help="number of images")
-    p.add_argument("--steps", type=int, help="attack steps")
-    p.add_argument("--eps", type=float, help="attack budget (L-infinity)")
-    p.add_argument("--batch", type=int, help="images per unit of work")
+    p.add_argument("--n", type=int, help="number of images (experiments with the key n; others: --set)")
+    p.add_argument("--steps", type=int, help="attack steps (experiments with the key steps)")
+    p.add_argument("--eps", type=float, help="attack budget, L-infinity (experiments with a single eps)")
+    p.add_argument("--batch", type=int, help="images per unit of work (experiments with the key batch)")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. --set methods='[\"lrp\"]'")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
