@@ -173,12 +173,12 @@ def test_success_means_the_documented_threshold_with_the_class_kept(setup):
     obj = TargetImage(x[8:16])
     res = manipulate_input(model, x[:8], obj, "gradient", steps=40, eps=0.2, progress=False)
     assert torch.equal(res.threshold, torch.full((8,), 0.8))
-    assert torch.equal(res.success, res.class_kept & (res.metric_after >= 0.8))
+    assert torch.equal(res.success, res.class_kept & (res.metric_after >= 0.8) & (res.metric_before < 0.8))
     improved_only = res.class_kept & (res.metric_after > res.metric_before)
     assert improved_only.sum() > res.success.sum(), "the threshold is stricter than 'improved'"
     obj.success_threshold = 0.0  # a threshold of one's own, in the metric's units
     lenient = manipulate_input(model, x[:8], obj, "gradient", steps=40, eps=0.2, progress=False)
-    assert torch.equal(lenient.success, lenient.class_kept & (lenient.metric_after >= 0.0))
+    assert torch.equal(lenient.success, lenient.class_kept & (lenient.metric_after >= 0.0) & (lenient.metric_before < 0.0))
 
 
 @pytest.mark.parametrize("objective,expected", [

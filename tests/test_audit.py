@@ -57,7 +57,7 @@ def test_audit_command_on_a_checkpoint_writes_a_report_with_a_verdict(checkpoint
         args += ["--reference", str(checkpoints[s])]
     assert main(args) == 0
     page = (tmp_path / "audit" / "report.html").read_text(encoding="utf-8")
-    assert "(e) Verdict" in page and "Was the model itself manipulated?" in page and "<img" in page
+    assert "<h2>Verdict</h2>" in page and "Was the model itself manipulated?" in page and "<img" in page
     assert "no evidence of manipulation" in capsys.readouterr().out
 
 
@@ -118,5 +118,5 @@ def test_audit_on_idx_files_with_a_model_saved_by_manipex(mnist_model, tmp_path)
     config = {**SMALL, "dataset": "mnist", "root": str(root), "weights": str(path), "n_references": 1,
               "train_epochs": 1}
     tables = run("audit", overrides=config, out=tmp_path / "runs", quiet=True)
-    verdict = tables["(e) Verdict"]
+    verdict = tables["Verdict"]
     assert "uncalibrated" in verdict.loc["Was the model itself manipulated?", "finding"]

@@ -17,8 +17,8 @@ explanation function being attacked. Every sample carries its own target: batche
 | :class:`BlankRegion` | mass inside a region (or on features) to 0 | Rieger 2020, App. A.4.4 |
 | :class:`HideFeatures` | features to 0, the rest of the map as it was | Pasliev 3.8 (fairwashing) |
 
-Success: an attack succeeds on a sample when the metric reaches the objective's threshold (and
-the class is kept). Defaults, per sample (set ``objective.success_threshold``, in the metric's
+Success: an attack succeeds on a sample when the metric reaches the objective's threshold, which
+it had not reached before the attack (and the class is kept). Defaults, per sample (set ``objective.success_threshold``, in the metric's
 units, to state your own):
 
 | objective | success when |
@@ -63,9 +63,12 @@ class Objective(abc.ABC):
         return self.default_threshold(before)
 
     def success(self, before: Tensor, after: Tensor) -> Tensor:
-        """Per sample: the metric ``after`` the attack reached the threshold."""
+        """Per sample: the metric ``after`` the attack reached the threshold, which it had not
+        reached ``before`` (a map that already met the goal is no success of the attack)."""
         t = self.threshold(before)
-        return after >= t if self.metric_higher_is_better else after <= t
+        if self.metric_higher_is_better:
+            return (after >= t) & (before < t)
+        return (after <= t) & (before > t)
 
     def _inherit(self, out: "Objective") -> "Objective":
         """``out`` (a selection of this objective) with this objective's threshold."""
