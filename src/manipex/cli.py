@@ -43,16 +43,16 @@ def _explain(args: argparse.Namespace) -> int:
         print("manipex explain: --n must be at least 1", file=sys.stderr)
         return 2
     from manipex.experiments import ConfigError
-    from manipex.experiments.sources import _normalization, check_sources, load_images, original_model
+    from manipex.experiments.sources import (SOURCE_FIELDS, _normalization, check_sources, load_images,
+                                             original_model, require_model)
 
-    config = {"dataset": args.data or "mnist5k", "root": args.root or "", "image_size": args.image_size or 224,
-              "normalize": args.normalize or "auto", "weights": "" if args.model == "default" else args.model,
-              "arch": args.arch or "auto", "train_epochs": 3, "labels": "dataset"}
+    config = {key: field.default for key, field in SOURCE_FIELDS.items()}  # the audit's defaults
+    given = {"dataset": args.data, "root": args.root, "image_size": args.image_size, "normalize": args.normalize,
+             "arch": args.arch, "weights": None if args.model == "default" else args.model}
+    config.update({key: value for key, value in given.items() if value is not None})
     try:
         check_sources(config)
-        if not config["weights"] and config["dataset"] != "mnist5k":
-            raise ConfigError("config key 'weights': give the model to explain (a .safetensors saved by manipex, "
-                              "or a .pth with --arch); without it, the default MNIST-5k model is explained")
+        require_model(config, "explain")
         (x_train, _), (x, y) = load_images(config, n_train=2000, n_eval=args.n)
         model = original_model(config, (x_train, None), "cpu")
     except ConfigError as err:

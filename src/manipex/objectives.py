@@ -54,7 +54,10 @@ class Objective(abc.ABC):
 
     def default_threshold(self, before: Tensor) -> Tensor:
         """The default success threshold per sample, given the metric at the start."""
-        raise NotImplementedError  # pragma: no cover - every objective defines it
+        raise NotImplementedError(
+            f"{type(self).__name__} states no success threshold: set objective.success_threshold (in the "
+            f"units of its metric {self.metric_name!r}) or define default_threshold(before)"
+        )
 
     def threshold(self, before: Tensor) -> Tensor:
         """The success threshold per sample (``success_threshold`` or the default)."""

@@ -8,8 +8,8 @@
 """
 from .atex import atex_finetune
 from .detection import (DetectionReport, detect_manipulation, noise_map_similarity, noise_maps, pairwise_pcc,
-                        similarity_threshold, weight_noise_test)
+                        similarity_threshold, weight_noise_test, with_weight_noise)
 from .smoothing import beta_sweep
 
 __all__ = ["atex_finetune", "beta_sweep", "detect_manipulation", "noise_map_similarity", "noise_maps", "pairwise_pcc",
-           "similarity_threshold", "weight_noise_test", "DetectionReport"]
+           "similarity_threshold", "weight_noise_test", "with_weight_noise", "DetectionReport"]

@@ -198,6 +198,19 @@ def detect_manipulation(
                            f"mean + {margin:g} sd of a reference's pairs (uncalibrated)")
 
 
+def with_weight_noise(model: nn.Module, sigma: float, seed: int = 0) -> nn.Module:
+    """A copy of ``model`` with ``N(0, (sigma * std(W))^2)`` noise added to every weight tensor
+    (relative to its own spread; Pasliev 2020, Sec. 4.2). The noise is drawn on the CPU from
+    ``seed``, so every device sees the same copy."""
+    noisy = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # perturbing the weights of a copy, nothing is differentiated
+        for p in noisy.parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)
+            p.add_(noise * sigma * p.std().nan_to_num(0.0))
+    return noisy
+
+
 def weight_noise_test(
     model: nn.Module,
     data: Tuple[Tensor, Tensor],
@@ -222,12 +235,7 @@ def weight_noise_test(
     target = model(x).argmax(1)
     rows = {}
     for sigma in sigmas:
-        noisy = copy.deepcopy(model)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():  # perturbing weights of a copy, nothing is differentiated
-            for p in noisy.parameters():
-                noise = torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device)  # same draw on any device
-                p.add_(noise * sigma * p.std().nan_to_num(0.0))
+        noisy = with_weight_noise(model, sigma, seed)
 
         def fn(inputs: Tensor, m: nn.Module = model) -> Tensor:
             return relevance(explain(m, inputs, method, target, **opts))

@@ -22,7 +22,6 @@ test meaningful: give your own where you can.
 """
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import Any, Dict, List
@@ -31,16 +30,22 @@ import torch
 from torch import nn
 
 from ..attacks import manipulate_input
-from ..defenses import detect_manipulation, noise_map_similarity
+from ..defenses.detection import detect_manipulation, noise_map_similarity, with_weight_noise
 from ..explainers import explain, relevance
 from ..metrics import linf, pcc
 from ..objectives import TargetImage, TopKSuppression
 from .base import Experiment, Unit
 from .common import DEFENSES, defended, seeded
 from .config import ConfigError, Field, method_choices
-from .sources import SOURCE_FIELDS, _arch, _normalization, apply_labels, check_sources, load_images, original_model
+from .sources import (SOURCE_FIELDS, _arch, _normalization, apply_labels, check_sources, load_images,
+                      original_model, require_model)
 
 OBJECTIVES = ("targeted", "topk")
+
+
+def _part(df, name: str):
+    """The stored rows of one part of the audit (none before any unit has run)."""
+    return df[df.part == name] if "part" in df else df.iloc[0:0]
 
 
 class Audit(Experiment):
@@ -75,9 +80,7 @@ class Audit(Experiment):
 
     def check(self, config):
         check_sources(config)
-        if not config["weights"] and config["dataset"] != "mnist5k":
-            raise ConfigError("config key 'weights': the audited model (a .safetensors saved by manipex, or a .pth "
-                              "for 'arch'); without it the audit runs on the default MNIST-5k model")
+        require_model(config, "audit")
         for path in self._reference_paths(config):
             if not Path(path).expanduser().is_file():
                 raise ConfigError(f"config key 'references': {path!r} does not exist")
@@ -115,7 +118,6 @@ class Audit(Experiment):
         model = original_model(config, train, device, cache=None)
         train, test = apply_labels(config, model, train, test)
         ctx.update(model=model, x=test[0].to(device), y=test[1].to(device), train=train, device=device)
-        ctx["references_of"] = lambda run_folder: self._references(config, model, train, device, run_folder)
         return ctx
 
     def _references(self, config, model, train, device, folder: Path) -> List[nn.Module]:
@@ -237,7 +239,9 @@ class Audit(Experiment):
 
     def _detection(self, p, ctx, config):
         model, method = ctx["model"], p["method"]
-        refs = ctx["references_of"](Path(ctx["out"]))
+        if "references" not in ctx:  # loaded (or trained) once per run, for every method
+            ctx["references"] = self._references(config, model, ctx["train"], ctx["device"], Path(ctx["out"]))
+        refs = ctx["references"]
         shape = tuple(ctx["x"].shape[1:])
         options = defended(method, "none", config)[1]
         report = detect_manipulation(model, shape, refs, method, n=config["noise_n"], seed=config["seed"],
@@ -250,12 +254,7 @@ class Audit(Experiment):
         from ..models import accuracy
 
         for sigma in config["weight_noise"]:
-            noisy = copy.deepcopy(model)
-            g = torch.Generator().manual_seed(config["seed"])
-            with torch.no_grad():  # perturbing the weights of a copy, nothing is differentiated
-                for param in noisy.parameters():
-                    noise = torch.randn(param.shape, generator=g, dtype=param.dtype).to(param.device)
-                    param.add_(noise * sigma * param.std().nan_to_num(0.0))
+            noisy = with_weight_noise(model, sigma, config["seed"])
             sim = noise_map_similarity(noisy, shape, method, n=config["noise_n"], seed=config["seed"],
                                        method_options=options).mean().item()
             rows.append({"part": "weight_noise", "method": method, "sigma": sigma, "similarity": sim,
@@ -264,27 +263,27 @@ class Audit(Experiment):
 
     def tables(self, df, config):
         tables: Dict[str, Any] = {"Verdict": None}  # first in the report; filled in below
-        attack = df[df.part == "attack"] if "part" in df else df.iloc[0:0]
+        attack = _part(df, "attack")
         if len(attack):
             tables["(a) Input manipulation: share of images attacked successfully, class kept (rows: method, "
                    "objective; columns: eps)"] = attack.pivot_table(index=["method", "objective"], columns="eps",
                                                                     values="success", aggfunc="mean").round(3)
-        defense = df[df.part == "defense"] if "part" in df else df.iloc[0:0]
+        defense = _part(df, "defense")
         if len(defense):
             order = [d for d in DEFENSES if d in set(defense.defense)]
             tables[f"(b) Defenses under the adaptive targeted attack at eps = {max(config['eps']):g}: rise of the "
                    "PCC with the target (lower = the defense holds)"] = defense.pivot_table(
                 index="method", columns="defense", values="pcc_rise", aggfunc="mean")[order].round(3)
-        curvature = df[df.part == "curvature"] if "part" in df else df.iloc[0:0]
+        curvature = _part(df, "curvature")
         if len(curvature):
             tables["(c) Largest principal curvature at the data (median over images; Dombrowski Thm 1)"] = (
                 curvature.groupby("beta")["curvature"].median().sort_index(ascending=False).to_frame().round(4))
-        detection = df[df.part == "detection"] if "part" in df else df.iloc[0:0]
+        detection = _part(df, "detection")
         if len(detection):
             cols = ["score", "reference_mean", "threshold", "p_value", "manipulated", "references", "test"]
             tables[f"(d) Noise-input similarity against the references (alpha = {config['alpha']:g})"] = (
                 detection.set_index("method")[cols].round(4))
-        noise = df[df.part == "weight_noise"] if "part" in df else df.iloc[0:0]
+        noise = _part(df, "weight_noise")
         if len(noise):
             tables["(d) Weight noise: noise-map similarity and accuracy"] = noise.pivot_table(
                 index="sigma", columns="method", values=["similarity", "accuracy"], aggfunc="mean").round(4)
@@ -336,7 +335,7 @@ class Audit(Experiment):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        attack = df[df.part == "attack"] if "part" in df else df.iloc[0:0]
+        attack = _part(df, "attack")
         if not len(attack):
             return []
         objectives = [o for o in OBJECTIVES if o in set(attack.objective)]

@@ -67,6 +67,14 @@ def check_sources(config: Dict[str, Any]) -> None:
                           "(e.g. torchvision's vgg16-397923af.pth); training on an image folder is not supported")
 
 
+def require_model(config: Dict[str, Any], purpose: str) -> None:
+    """Refuse a run that would ``purpose`` (e.g. "audit") a user's data without the user's model:
+    only the embedded MNIST-5k data has a default model."""
+    if not config["weights"] and config["dataset"] != "mnist5k":
+        raise ConfigError(f"config key 'weights': the model to {purpose} (a .safetensors saved by manipex, or a .pth "
+                          f"for 'arch'); without it, the default MNIST-5k model is used on MNIST-5k")
+
+
 def _normalization(config: Dict[str, Any]):
     name = config["normalize"]
     if name == "auto":

@@ -154,13 +154,14 @@ class AlphaBeta(Rule):
         wp, wn = weight.clamp(min=0), weight.clamp(max=0)
         if not self.bias:
             bias = None
-        if self.alpha == 1 and not bool((x < 0).any()):
+        negative = bool((x < 0).any())
+        if self.alpha == 1 and not negative:
             # z+ on non-negative inputs (after a ReLU): z >= 0, so stab(z) = z + eps; the same
             # values and derivatives as the general form, with fewer operations
             z = layer.forward_with(x, wp, None if bias is None else bias.clamp(min=0))
             return x * vjp(z, x, relevance / (z + self.stabilizer), create_graph)
         xp = x.clamp(min=0)
-        xn = x.clamp(max=0) if bool((x < 0).any()) else None
+        xn = x.clamp(max=0) if negative else None
 
         def share(w_pos: Tensor, w_neg: Tensor, b: Optional[Tensor]) -> Tensor:
             z = layer.forward_with(xp, w_pos, b)
