@@ -183,3 +183,71 @@ def model_cache(tmp_path_factory):
 def mnist_model(model_cache):
     """The default MNIST-5k model, trained once per test session into the private cache."""
     return manipex.models.load_default("mnist", cache_dir=model_cache, progress=False)
+
+
+def write_idx(root, images, labels) -> None:
+    """MNIST-format IDX files (gzipped) of uint8 ``images`` (N, H, W) split 2:1 into train/t10k."""
+    import gzip
+
+    import numpy as np
+
+    root.mkdir(parents=True, exist_ok=True)
+    cut = 2 * len(images) // 3
+    for prefix, (a, b) in {"train": (images[:cut], labels[:cut]), "t10k": (images[cut:], labels[cut:])}.items():
+        for kind, array, magic in (("images-idx3-ubyte", a, 2051), ("labels-idx1-ubyte", b, 2049)):
+            header = np.array([magic, *array.shape], dtype=">i4").tobytes()
+            with gzip.open(root / f"{prefix}-{kind}.gz", "wb") as f:
+                f.write(header + np.asarray(array, dtype=np.uint8).tobytes())
+
+
+def write_image_folder(root, classes=("cat", "dog", "owl"), per_class=10, size=(40, 48), seed=0) -> None:
+    """Random RGB images in class folders (no splits)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+@pytest.fixture(scope="session")
+def user_sources(tmp_path_factory, mnist_model):
+    """The three model-and-data sources every experiment must run on (config overrides):
+    the default; a checkpoint saved by manipex with MNIST IDX files written here; an image
+    folder with a small ResNet at random init (labels from the model)."""
+    root = tmp_path_factory.mktemp("sources")
+    x, y = manipex.data.load("mnist5k", split="test")
+    write_idx(root / "mnist", (x[:300, 0] * 255).round().to(torch.uint8).numpy(), y[:300].numpy())
+    checkpoint = manipex.models.save(mnist_model, root / "mnist_cnn.safetensors")
+    write_image_folder(root / "images")
+    torch.manual_seed(0)
+    resnet = manipex.models.save(manipex.models.cifar_resnet(depth=8, num_classes=3, width=4),
+                                 root / "resnet.safetensors")
+    return {
+        "default": {},
+        "checkpoint_idx": {"dataset": "mnist", "root": str(root / "mnist"), "weights": str(checkpoint)},
+        "image_folder": {"dataset": "image_folder", "root": str(root / "images"), "weights": str(resnet),
+                         "image_size": 32, "labels": "predicted", "normalize": "cifar10"},
+    }
+
+
+@pytest.fixture(scope="session")
+def adult_sources(tmp_path_factory):
+    """The Adult study's sources: the shipped files; the files in a folder of the user's; and a
+    classifier saved by manipex."""
+    import shutil
+
+    from manipex.data.adult import adult_dir
+
+    root = tmp_path_factory.mktemp("adult")
+    for f in adult_dir().iterdir():
+        if f.name.startswith("adult."):
+            shutil.copy(f, root / f.name)
+    x, y = manipex.data.load("adult", split="train")
+    torch.manual_seed(0)
+    model = manipex.models.tabular_mlp(x.shape[1], hidden=(16,))
+    manipex.models.train_classifier(model, x[:2000], y[:2000], epochs=1, progress=False)
+    path = manipex.models.save(model, root / "mlp.safetensors")
+    return {"default": {}, "checkpoint_idx": {"root": str(root)}, "image_folder": {"weights": str(path)}}

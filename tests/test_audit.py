@@ -89,7 +89,7 @@ def test_audit_on_an_image_folder_with_a_resnet_at_random_init(tmp_path):
         paths.append(str(models.save(models.cifar_resnet(depth=8, num_classes=10, width=4), tmp_path / f"r{seed}.safetensors")))
     config = {**SMALL, "methods": ["lrp"], "defenses": ["agg_mean"], "noise_n": 8, "dataset": "image_folder",
               "root": str(tmp_path / "val"), "image_size": 32, "labels": "predicted", "weights": paths[0],
-              "references": ",".join(paths[1:])}
+              "references": paths[1:]}
     tables = run("audit", overrides=config, out=tmp_path / "runs", quiet=True)
     detection = detection_of(tables)
     assert detection.loc["lrp", "references"] == 3 and 0 <= detection.loc["lrp", "p_value"] <= 1

@@ -38,15 +38,20 @@ def test_yaml_config_equals_the_toml_config(tmp_path, suffix):
     exp_y, from_yaml = load_config(None, _write(tmp_path, "c" + suffix, YAML), {})
     assert exp_t is exp_y and exp_y.name == "quick"
     assert from_yaml == from_toml
-    assert from_yaml["lr"] == 1e-3 and isinstance(from_yaml["lr"], float)
-    assert from_yaml["n"] == 4 and from_yaml["methods"] == ["gradient", "lrp"]
+    assert from_yaml.lr == 1e-3 and isinstance(from_yaml.lr, float)
+    assert from_yaml.n == 4 and from_yaml.methods == ["gradient", "lrp"]
 
 
-@pytest.mark.parametrize("text, value", [("5E-5", 5e-5), ("-2.5e+3", -2500.0), ("1e3", 1000.0),
+@pytest.mark.parametrize("text, value", [("5E-5", 5e-5), ("+2.5e+3", 2500.0), ("1e3", 1000.0),
                                          ("1.0e3", 1000.0), (".5e-2", 0.005), ("0.01", 0.01), ("1", 1.0)])
 def test_yaml_exponent_floats_are_numbers(tmp_path, text, value):
     _, config = load_config(None, _write(tmp_path, "c.yaml", f"lr: {text}\n"), {})
-    assert config["lr"] == pytest.approx(value) and isinstance(config["lr"], float)
+    assert config.lr == pytest.approx(value) and isinstance(config.lr, float)
+
+
+def test_yaml_negative_exponent_float_is_read_and_then_refused_by_its_bound(tmp_path):
+    with pytest.raises(ConfigError, match=r"'lr' must be > 0, got -2500.0"):
+        load_config(None, _write(tmp_path, "c.yaml", "lr: -2.5e+3\n"), {})
 
 
 def test_yaml_quoted_number_stays_a_string(tmp_path):
@@ -113,7 +118,7 @@ def test_missing_yaml_file(tmp_path):
 
 def test_command_line_overrides_the_yaml_file(tmp_path):
     _, config = load_config(None, _write(tmp_path, "c.yaml", YAML), {"n": 8})
-    assert config["n"] == 8 and config["lr"] == 1e-3
+    assert config.n == 8 and config.lr == 1e-3
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))

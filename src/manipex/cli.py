@@ -22,11 +22,6 @@ import torch
 DISPLAY_ORDER = ["gradient", "grad_x_input", "integrated_gradients", "guided_backprop", "lrp",
                  "pattern_attribution", "smoothgrad", "gradcam", "occlusion", "agg_mean", "agg_var"]
 
-DEFAULT_OPTIONS = {
-    "integrated_gradients": {"steps": 30},  # Dombrowski's reference setting
-    "smoothgrad": {"samples": 20, "seed": 0},
-    "occlusion": {"window": 4, "stride": 2},
-}
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -43,23 +38,22 @@ def _explain(args: argparse.Namespace) -> int:
         print("manipex explain: --n must be at least 1", file=sys.stderr)
         return 2
     from manipex.experiments import ConfigError
-    from manipex.experiments.sources import (SOURCE_FIELDS, _normalization, check_sources, load_images,
-                                             original_model, require_model)
+    from manipex.experiments.common import method_options
+    from manipex.experiments.sources import SourceConfig, load_source, require_model
 
-    config = {key: field.default for key, field in SOURCE_FIELDS.items()}  # the audit's defaults
     given = {"dataset": args.data, "root": args.root, "image_size": args.image_size, "normalize": args.normalize,
-             "arch": args.arch, "weights": None if args.model == "default" else args.model}
-    config.update({key: value for key, value in given.items() if value is not None})
+             "arch": args.arch, "split": args.split, "labels": args.labels,
+             "weights": None if args.model == "default" else args.model}
     try:
-        check_sources(config)
+        config = SourceConfig.resolve({k: v for k, v in given.items() if v is not None}, sources=["manipex explain"])
         require_model(config, "explain")
-        (x_train, _), (x, y) = load_images(config, n_train=2000, n_eval=args.n)
-        model = original_model(config, (x_train, None), "cpu")
+        source = load_source(config, "cpu", n_train=2000 if "pattern_attribution" in methods else 0, n_eval=args.n)
     except ConfigError as err:
         print(f"manipex explain: {err}", file=sys.stderr)
         return 2
+    model, (x, y), x_train = source.model, source.test, source.train[0]
     predicted = model(x).argmax(1)
-    options = {k: dict(v) for k, v in DEFAULT_OPTIONS.items()}
+    options = {m: method_options(m) for m in methods}
     if "pattern_attribution" in methods:
         options["pattern_attribution"] = {"patterns": manipex.fit_patterns(model, x_train[:2000])}
     heatmaps, timings = {}, {}
@@ -70,10 +64,6 @@ def _explain(args: argparse.Namespace) -> int:
         heatmaps[method] = manipex.relevance(h)
     out = Path(args.out)
     titles = [f"label {int(a)} / pred {int(b)}" for a, b in zip(y, predicted)]
-    norm = _normalization(config)
-    if norm is not None:  # show the pixels, not the normalised values
-        mean, std = (torch.tensor(v).reshape(1, -1, 1, 1) for v in norm)
-        x = (x * std + mean).clamp(0, 1)
     path = map_grid(x, heatmaps, out / f"explanations.{args.format}", titles=titles)
     if not args.quiet:
         print(f"{'method':<22}{'ms / image':>12}")
@@ -104,13 +94,71 @@ def _parse_value(text: str):
         return text
 
 
-def _run(args: argparse.Namespace) -> int:
-    from manipex.experiments import ConfigError, run
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
-    overrides = {}
-    for key in ("n", "steps", "eps", "batch", "seed"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
+    """One flag per key of a typed config (``--n-train 100``, ``--methods gradient lrp``,
+    ``--save-models/--no-save-models``), with its help; unset flags leave the key alone."""
+    for name, field in config_cls.fields().items():
+        if name in skip:
+            continue
+        help_text = field.help + (f" (default {field.default!r})" if field.default not in ("", []) else "")
+        if field.bounds_text():
+            help_text += f" [{field.bounds_text()}]"
+        kwargs = {"dest": f"key_{name}", "default": None, "help": help_text.replace("%", "%%")}
+        if field.kind == "bool":
+            parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if field.kind.startswith("list"):
+            kwargs["nargs"] = "*" if field.empty else "+"
+        kwargs["type"] = {"int": int, "float": float, "optional_float": float, "list[float]": float}.get(field.kind, str)
+        if field.choices is not None and len(field.choices) <= 16:
+            kwargs["choices"] = field.choices
+        kwargs["metavar"] = name.upper()
+        parser.add_argument(_flag(name), **kwargs)
+
+
+def config_flags(args: argparse.Namespace) -> dict:
+    """The keys set by :func:`add_config_flags`' flags."""
+    return {k[len("key_"):]: v for k, v in vars(args).items() if k.startswith("key_") and v is not None}
+
+
+def _run_parser(experiment) -> argparse.ArgumentParser:
+    """``manipex run EXPERIMENT``'s flags: the common ones and one per key of its config."""
+    parser = argparse.ArgumentParser(prog=f"manipex run {experiment.name}", description=experiment.title,
+                                     allow_abbrev=False)
+    parser.add_argument("--config", help="TOML or YAML file (.toml, .yaml, .yml) with the experiment's settings")
+    parser.add_argument("--out", default="manipex-runs", help="folder of runs (default ./manipex-runs)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="any config key as TOML, e.g. --set methods='[\"lrp\"]'")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (for CI and logs); tables still print")
+    add_config_flags(parser, experiment.Config)
+    return parser
+
+
+def _device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _run(args: argparse.Namespace) -> int:
+    from manipex.experiments import ConfigError, get_experiment, run
+    from manipex.experiments.config import read_config
+
+    name = args.experiment
+    try:
+        if name is None and args.config_hint:
+            named = read_config(Path(args.config_hint)).get("experiment")
+            name = named if isinstance(named, str) else None
+        experiment = get_experiment(name or "quick")
+    except ConfigError as err:
+        print(f"manipex run: {err}", file=sys.stderr)
+        return 2
+    args = _run_parser(experiment).parse_args(args.rest)
+    overrides = config_flags(args)
     for item in args.set or []:
         if "=" not in item:
             print(f"manipex run: --set expects key=value, got {item!r}", file=sys.stderr)
@@ -119,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides[key.strip()] = _parse_value(value.strip())
     torch.set_num_threads(max(1, args.threads))
     try:
-        run(args.experiment, config_file=args.config, overrides=overrides, out=args.out, device=args.device,
+        run(experiment.name, config_file=args.config, overrides=overrides, out=args.out, device=_device(args.device),
             quiet=args.quiet)
     except ConfigError as err:
         print(f"manipex run: {err}", file=sys.stderr)
@@ -130,19 +178,14 @@ def _run(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from manipex.experiments import ConfigError, run
 
-    overrides = {"references": ",".join(args.reference or [])}
+    overrides = config_flags(args)
     if args.model != "default":
         overrides["weights"] = args.model
-    for key in ("data", "root", "arch", "normalize", "labels", "methods", "eps", "n", "steps", "image_size", "alpha"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides["dataset" if key == "data" else key] = value
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.reference:
+        overrides["references"] = list(overrides.get("references", [])) + args.reference
     torch.set_num_threads(max(1, args.threads))
     try:
-        run("audit", overrides=overrides, out=args.out, device=device, quiet=args.quiet)
+        run("audit", overrides=overrides, out=args.out, device=_device(args.device), quiet=args.quiet)
     except ConfigError as err:
         print(f"manipex audit: {err}", file=sys.stderr)
         return 2
@@ -151,24 +194,27 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     import manipex
-    from manipex.experiments import EXPERIMENTS
-    from manipex.experiments.config import template
+    from manipex.experiments import EXPERIMENTS, ConfigError, get_experiment
     from manipex.experiments.common import DEFENSES
 
     if args.experiment:
-        if args.experiment not in EXPERIMENTS:
-            print(f"manipex list: unknown experiment {args.experiment!r}; available: {', '.join(sorted(EXPERIMENTS))}",
-                  file=sys.stderr)
+        try:
+            exp = get_experiment(args.experiment)
+        except ConfigError as err:
+            print(f"manipex list: {err}", file=sys.stderr)
             return 2
-        exp = EXPERIMENTS[args.experiment]
-        print(template(exp.name, exp.title, exp.schema), end="")
+        print(exp.Config.template(exp.name, exp.title), end="")
         return 0
     print("experiments:")
-    for name, exp in sorted(EXPERIMENTS.items()):
-        print(f"  {name:<18}{exp.title}")
+    for name in EXPERIMENTS.names():
+        print(f"  {name:<20}{EXPERIMENTS[name].title}")
     print("methods:\n  " + ", ".join(manipex.methods()))
-    print("defenses:\n  " + ", ".join(DEFENSES) + ", atex (manipex.defenses.atex_finetune)")
+    print("defenses:")
+    for name, defense in DEFENSES.items():
+        print(f"  {name:<20}{defense.description}")
+    print(f"  {'atex':<20}a model transform: manipex.defenses.atex_finetune (experiment tang_atex)")
     print("datasets:\n  " + ", ".join(manipex.data.datasets()))
+    print("architectures:\n  " + ", ".join(manipex.models.architectures()))
     return 0
 
 
@@ -191,9 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a .safetensors saved by manipex, a .pth state_dict (with --arch), or 'default'")
     p.add_argument("--data", help="dataset: mnist5k (default), mnist, fashion_mnist, cifar10, image_folder")
     p.add_argument("--root", help="folder of the dataset's files")
-    p.add_argument("--arch", help="architecture of a .pth file")
+    p.add_argument("--arch", help="architecture of a .pth file, or a factory package.module:function (runs its code)")
     p.add_argument("--normalize", help="normalisation the weights expect: auto, none, imagenet, cifar10")
     p.add_argument("--image-size", dest="image_size", type=int, help="image_folder: crop size (default 224)")
+    p.add_argument("--split", help="split of the images shown (default test)")
+    p.add_argument("--labels", choices=["given", "predicted"], help="labels shown: the dataset's or predicted")
     p.add_argument("--n", type=int, default=4, help="number of test images (default 4)")
     p.add_argument("--methods", nargs="+", help="methods to show (default: all)")
     p.add_argument("--out", default="manipex-out", help="output folder (default ./manipex-out)")
@@ -203,43 +251,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_explain)
     p = sub.add_parser("methods", help="list the explanation methods")
     p.set_defaults(func=_methods)
-    p = sub.add_parser("run", help="run (or resume) an experiment; default: the quick benchmark")
-    p.add_argument("experiment", nargs="?", help="quick (default), dombrowski2019, rieger2020, tang_atex, pasliev2020")
-    p.add_argument("--config", help="TOML or YAML file (.toml, .yaml, .yml) with the experiment's settings")
-    p.add_argument("--out", default="manipex-runs", help="folder of runs (default ./manipex-runs)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--n", type=int, help="number of images (experiments with the key n; others: --set)")
-    p.add_argument("--steps", type=int, help="attack steps (experiments with the key steps)")
-    p.add_argument("--eps", type=float, help="attack budget, L-infinity (experiments with a single eps)")
-    p.add_argument("--batch", type=int, help="images per unit of work (experiments with the key batch)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. --set methods='[\"lrp\"]'")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--quiet", action="store_true", help="no progress bar (for CI and logs); the tables are still printed")
+    p = sub.add_parser("run", help="run (or resume) an experiment; default: the quick benchmark. "
+                       "'manipex run EXPERIMENT --help' lists its flags, one per config key",
+                       description="Run (or resume) an experiment. 'manipex run EXPERIMENT --help' lists its flags: "
+                       "--config, --out, --device, --set KEY=VALUE, --threads, --quiet, and one per config key.")
+    p.add_argument("experiment", nargs="?", help="quick (default), dombrowski2019, rieger2020, tang_atex, "
+                   "pasliev2020, adult_fairwashing, audit")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run)
+    from manipex.experiments.audit import AuditConfig
+
     p = sub.add_parser("audit", help="can this model's explanations be trusted? attacks, defenses, curvature, "
                        "detection against reference models, a verdict; an HTML report (resumes if killed)")
     p.add_argument("model", nargs="?", default="default",
                    help="the audited model: a .safetensors saved by manipex, a .pth state_dict (with --arch), or "
-                        "'default' (the MNIST-5k model)")
-    p.add_argument("--data", help="dataset: mnist5k (default), mnist, fashion_mnist, cifar10, image_folder")
-    p.add_argument("--root", help="folder of the dataset's files")
-    p.add_argument("--arch", help="architecture of a .pth file (manipex list shows the zoo)")
-    p.add_argument("--normalize", help="normalisation the weights expect: auto, none, imagenet, cifar10")
-    p.add_argument("--labels", choices=["dataset", "predicted"])
-    p.add_argument("--image-size", dest="image_size", type=int, help="image_folder: crop size (default 224)")
+                        "'default' (the MNIST-5k model); a factory is given as --arch package.module:function")
+    p.add_argument("--data", dest="key_dataset", help="dataset: mnist5k (default), mnist, fashion_mnist, cifar10, "
+                   "image_folder")
     p.add_argument("--reference", action="append", metavar="TRUSTED",
                    help="a trusted clean model of the same kind (repeat; 3 or more give a calibrated test); "
                         "default: 3 trained here with other seeds")
-    p.add_argument("--methods", nargs="+", help="methods audited (default gradient lrp)")
-    p.add_argument("--eps", nargs="+", type=float, help="L-infinity budgets (default 0.02 0.05 0.1)")
-    p.add_argument("--n", type=int, help="images attacked (default 8)")
-    p.add_argument("--steps", type=int, help="attack steps (default 100)")
-    p.add_argument("--alpha", type=float, help="false-positive rate of the detection test (default 0.05)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--out", default="manipex-runs", help="folder of runs (default ./manipex-runs)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quiet", action="store_true", help="no progress bar; the tables are still printed")
+    add_config_flags(p, AuditConfig, skip=("weights", "references", "dataset"))
     p.set_defaults(func=_audit)
     p = sub.add_parser("list", help="experiments, methods, defenses and datasets; with an experiment, its config "
                        "keys as a TOML file to edit (manipex list pasliev2020 > my.toml)")
@@ -252,8 +288,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":  # the experiment's own flags are parsed by _run
+        named = len(argv) > 1 and not argv[1].startswith("-")
+        rest = argv[2:] if named else argv[1:]
+        if not named and rest in (["-h"], ["--help"]):
+            build_parser().parse_args(["run", "--help"])
+        args = argparse.Namespace(experiment=argv[1] if named else None, rest=rest,
+                                  config_hint=_option_value(rest, "--config"))
+        return _run(args)
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def _option_value(argv: List[str], flag: str) -> Optional[str]:
+    for i, item in enumerate(argv):
+        if item == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if item.startswith(flag + "="):
+            return item.split("=", 1)[1]
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

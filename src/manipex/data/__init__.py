@@ -20,6 +20,8 @@ from typing import Any
 
 from torch import Tensor
 
+from .._registry import Registry
+
 from .adult import adult_feature_names, adult_protected_indices, load_adult
 from .cifar import load_cifar10
 from .idx import load_idx_dataset, read_idx
@@ -46,19 +48,16 @@ __all__ = [
 Loader = Callable[..., tuple[Tensor, Tensor]]
 """A loader: called as ``loader(split=..., **kwargs)``, returns ``(x, y)``."""
 
-_LOADERS: dict[str, Loader] = {
-    "mnist5k": load_mnist5k,
-    "mnist": functools.partial(load_idx_dataset, name="mnist"),
-    "fashion_mnist": functools.partial(load_idx_dataset, name="fashion_mnist"),
-    "cifar10": load_cifar10,
-    "image_folder": load_image_folder,
-    "adult": load_adult,
-}
+_LOADERS: Registry[Loader] = Registry("dataset")
+for _name, _loader in [("mnist5k", load_mnist5k), ("mnist", functools.partial(load_idx_dataset, name="mnist")),
+                       ("fashion_mnist", functools.partial(load_idx_dataset, name="fashion_mnist")),
+                       ("cifar10", load_cifar10), ("image_folder", load_image_folder), ("adult", load_adult)]:
+    _LOADERS.register(_name, _loader)
 
 
 def datasets() -> list[str]:
     """Names accepted by :func:`load`, sorted."""
-    return sorted(_LOADERS)
+    return _LOADERS.names()
 
 
 def load(name: str, split: str = "train", **kwargs: Any) -> tuple[Tensor, Tensor]:
@@ -84,8 +83,4 @@ def load(name: str, split: str = "train", **kwargs: Any) -> tuple[Tensor, Tensor
         ValueError: for an unknown name or split (valid choices are listed).
         FileNotFoundError: when data files are missing (the expected path is named).
     """
-    try:
-        loader = _LOADERS[name]
-    except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(datasets())}") from None
-    return loader(split=split, **kwargs)
+    return _LOADERS.get(name)(split=split, **kwargs)

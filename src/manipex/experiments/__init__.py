@@ -1,10 +1,15 @@
-"""The papers' experiments as configs, run crash-safe into a result store, with reports."""
-from . import audit, papers, papers_models, pasliev  # noqa: F401  (register the experiments)
-from .base import EXPERIMENTS, Experiment, Unit
-from .config import ConfigError
+"""The papers' experiments as configs, run crash-safe into a result store, with reports.
+
+One module per experiment, named by its id: :mod:`.quick`, :mod:`.dombrowski2019`,
+:mod:`.rieger2020`, :mod:`.tang_atex`, :mod:`.pasliev2020`, :mod:`.adult_fairwashing` and
+:mod:`.audit`. Each has a typed config (a :class:`~.config.Config` dataclass) and a typed context.
+"""
+from . import adult_fairwashing, audit, dombrowski2019, pasliev2020, quick, rieger2020, tang_atex  # noqa: F401
+from .base import EXPERIMENTS, Context, Experiment, Unit, get_experiment
+from .config import Config, ConfigError
 from .report import report_from_folder
 from .runner import load_config, run
 from .store import ResultStore
 
-__all__ = ["EXPERIMENTS", "Experiment", "Unit", "ConfigError", "ResultStore", "run", "load_config",
-           "report_from_folder"]
+__all__ = ["EXPERIMENTS", "Config", "Context", "Experiment", "Unit", "ConfigError", "ResultStore", "run",
+           "load_config", "report_from_folder", "get_experiment"]

@@ -23,8 +23,9 @@ test meaningful: give your own where you can.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -35,10 +36,9 @@ from ..explainers import explain, relevance
 from ..metrics import linf, pcc
 from ..objectives import TargetImage, TopKSuppression
 from .base import Experiment, Unit
-from .common import DEFENSES, defended, seeded
-from .config import ConfigError, Field, method_choices
-from .sources import (SOURCE_FIELDS, _arch, _normalization, apply_labels, check_sources, load_images,
-                      original_model, require_model)
+from .common import (DEFENSES, ImageContext, defended, defense_choices, load_model, per_image, save_model, seeded)
+from .config import ConfigError, key, method_choices
+from .sources import SourceConfig, build_model, eps_text, require_model
 
 OBJECTIVES = ("targeted", "topk")
 
@@ -48,127 +48,130 @@ def _part(df, name: str):
     return df[df.part == name] if "part" in df else df.iloc[0:0]
 
 
+@dataclass(frozen=True)
+class AuditConfig(SourceConfig):
+    references: List[str] = key([], "trusted clean models of the same kind: paths (.safetensors saved by manipex, or "
+                                "state_dicts for 'arch'); empty: trained here", empty=True)
+    n_references: int = key(3, "references trained here when none are given (3 or more: calibrated test)", ge=1)
+    methods: List[str] = key(["gradient", "lrp"], "explanation methods audited", choices=method_choices)
+    eps: List[float] = key([0.02, 0.05, 0.1], "L-infinity budgets in pixel units ([0, 1]; 8/255 = 0.031)", gt=0)
+    n: int = key(8, "images attacked", ge=1)
+    steps: int = key(100, "attack steps", ge=1)
+    lr: float = key(0.01, "Adam step size of the attacks", gt=0)
+    topk: float = key(0.05, "top-k attack: k as a fraction of a map's pixels", gt=0, lt=1)
+    defenses: List[str] = key([d for d in DEFENSES if d != "none"], "defenses under the adaptive attack at the "
+                              "largest eps", choices=defense_choices, empty=True)
+    softplus_beta: float = key(1.0, "beta of beta-smoothing", gt=0)
+    smoothgrad_samples: int = key(5, "SmoothGrad samples", ge=1)
+    ig_steps: int = key(8, "integrated-gradients steps inside the attacks", ge=1)
+    betas: List[float] = key([10.0, 3.0, 1.0], "softplus betas of the curvature part", gt=0)
+    noise_n: int = key(32, "noise inputs of the detection test", ge=2)
+    alpha: float = key(0.05, "stated false-positive rate of the detection test", gt=0, lt=1)
+    weight_noise: List[float] = key([0.0, 0.05, 0.1], "weight-noise scales (relative to each tensor's sd)", ge=0)
+    n_train: int = key(0, "training images for references trained here (0: all)", ge=0)
+    seed: int = key(0, "seed of every unit", ge=0)
+
+    def check(self) -> None:
+        super().check()
+        require_model(self, "audit")
+        for path in self.references:
+            if not Path(path).expanduser().is_file():
+                raise ConfigError(f"config key 'references': {path!r} does not exist")
+
+
+@dataclass(kw_only=True)
+class AuditContext(ImageContext):
+    references: Optional[List[nn.Module]] = None
+
+
 class Audit(Experiment):
     """The audit of one model: attacks, defenses, curvature, detection, verdict."""
 
     name = "audit"
     title = "Audit: can this model's explanations be trusted?"
-    schema = {
-        **SOURCE_FIELDS,
-        "references": Field("str", "", "trusted clean models of the same kind, comma-separated paths (.safetensors "
-                            "saved by manipex, or .pth for 'arch'); empty: trained here"),
-        "n_references": Field("int", 3, "references trained here when none are given (3 or more: calibrated test)"),
-        "methods": Field("list[str]", ["gradient", "lrp"], "explanation methods audited", method_choices()),
-        "eps": Field("list[float]", [0.02, 0.05, 0.1], "L-infinity budgets in the units of the model's input "
-                     "([0, 1] pixels, or normalised values where 'normalize' applies)"),
-        "n": Field("int", 8, "images attacked"),
-        "steps": Field("int", 100, "attack steps"),
-        "lr": Field("float", 0.01, "Adam step size of the attacks"),
-        "topk": Field("float", 0.05, "top-k attack: k as a fraction of a map's pixels"),
-        "defenses": Field("list[str]", list(DEFENSES[1:]), "defenses under the adaptive attack at the largest eps",
-                          DEFENSES[1:]),
-        "softplus_beta": Field("float", 1.0, "beta of beta-smoothing"),
-        "smoothgrad_samples": Field("int", 5, "SmoothGrad samples"),
-        "ig_steps": Field("int", 5, "integrated-gradients steps inside the attacks"),
-        "betas": Field("list[float]", [10.0, 3.0, 1.0], "softplus betas of the curvature part"),
-        "noise_n": Field("int", 32, "noise inputs of the detection test"),
-        "alpha": Field("float", 0.05, "stated false-positive rate of the detection test"),
-        "weight_noise": Field("list[float]", [0.0, 0.05, 0.1], "weight-noise scales (relative to each tensor's sd)"),
-        "n_train": Field("int", 0, "training images for references trained here (0: all)"),
-        "seed": Field("int", 0, "seed of every unit"),
-    }
-
-    def check(self, config):
-        check_sources(config)
-        require_model(config, "audit")
-        for path in self._reference_paths(config):
-            if not Path(path).expanduser().is_file():
-                raise ConfigError(f"config key 'references': {path!r} does not exist")
-        for key in ("n", "steps", "n_references", "noise_n", "smoothgrad_samples", "ig_steps"):
-            if config[key] < 1:
-                raise ConfigError(f"config key {key!r} must be at least 1, got {config[key]}")
-        if config["noise_n"] < 2:
-            raise ConfigError("config key 'noise_n' must be at least 2 (pairs of noise maps)")
-        if any(not (e > 0) for e in config["eps"]):
-            raise ConfigError(f"config key 'eps': budgets must be positive, got {config['eps']}")
-        if not 0 < config["alpha"] < 1:
-            raise ConfigError(f"config key 'alpha' must lie in (0, 1), got {config['alpha']}")
-        if not 0 < config["topk"] < 1:
-            raise ConfigError(f"config key 'topk' is a fraction of the pixels in (0, 1), got {config['topk']}")
-
-    @staticmethod
-    def _reference_paths(config) -> List[str]:
-        return [p.strip() for p in config["references"].split(",") if p.strip()]
+    Config = AuditConfig
+    Context = AuditContext
 
     def units(self, config):
         units = [Unit(f"attack/{m}/{o}/{e:g}", {"part": "attack", "method": m, "objective": o, "eps": e})
-                 for m in config["methods"] for o in OBJECTIVES for e in config["eps"]]
+                 for m in config.methods for o in OBJECTIVES for e in config.eps]
         units += [Unit(f"defense/{d}/{m}", {"part": "defense", "method": m, "defense": d})
-                  for d in ("none",) + tuple(config["defenses"]) for m in config["methods"]]
+                  for d in ("none",) + tuple(config.defenses) for m in config.methods]
         units.append(Unit("curvature", {"part": "curvature"}))
-        units += [Unit(f"detection/{m}", {"part": "detection", "method": m}) for m in config["methods"]]
+        units += [Unit(f"detection/{m}", {"part": "detection", "method": m}) for m in config.methods]
         return units
 
-    def setup(self, config, device):
+    def setup(self, config, run):
         # the attacked images and their targets, and for accuracy up to 256 held-out images (an
         # image folder without splits keeps the rest for references trained here)
-        n_eval = 2 * config["n"] if config["dataset"] == "image_folder" else max(2 * config["n"], 256)
-        train, test = load_images(config, n_train=config["n_train"], n_eval=n_eval, seed=config["seed"])
-        ctx: Dict[str, Any] = {}
-        model = original_model(config, train, device, cache=None)
-        train, test = apply_labels(config, model, train, test)
-        ctx.update(model=model, x=test[0].to(device), y=test[1].to(device), train=train, device=device)
-        return ctx
+        n_eval = 2 * config.n if config.dataset == "image_folder" else max(2 * config.n, 256)
+        needs_train = config.trains_here or not config.references
+        base = ImageContext.load(config, run, n_train=(config.n_train or None) if needs_train else 0, n_eval=n_eval,
+                                 seed=config.seed)
+        if len(base.x) < 2:
+            raise ConfigError(f"config key 'split': the audit needs at least 2 images, split {config.split!r} has "
+                              f"{len(base.x)}")
+        return AuditContext(**vars(base))
 
-    def _references(self, config, model, train, device, folder: Path) -> List[nn.Module]:
-        from .. import models
+    def _references(self, config, ctx) -> List[nn.Module]:
+        """The trusted reference models: given (loaded like the audited model, with its
+        architecture and normalisation), or trained here and kept in the run folder."""
+        import dataclasses
 
-        paths = self._reference_paths(config)
-        if paths:
-            refs = []
-            for path in paths:
-                if path.endswith(".safetensors"):
-                    refs.append(models.load(Path(path).expanduser()))
-                else:
-                    name, kwargs = _arch(config, model(train[0][:1].to(device)).shape[1])
-                    refs.append(models.load(Path(path).expanduser(), models.build(name, **kwargs)))
-            return [r.to(device).eval() for r in refs]
+        from .sources import _normalized, original_model
+
+        if config.references:
+            labels = torch.cat([ctx.train[1], ctx.y])
+            return [_normalized(original_model(dataclasses.replace(config, weights=path), ctx.train, ctx.device,
+                                               labels=labels), config.normalization()).eval()
+                    for path in config.references]
         refs = []
-        for k in range(1, config["n_references"] + 1):
-            cache = folder / "references" / f"reference{k}.safetensors"
-            if cache.exists():
-                refs.append(models.load(cache).to(device).eval())
-                continue
-            refs.append(self._train_reference(config, model, train, device, seed=k))
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            models.save(refs[-1], cache, metadata={"trained_by": "manipex audit", "seed": k})
+        for k in range(1, config.n_references + 1):
+            cache = Path(ctx.out) / "references" / f"reference{k}.safetensors"
+            if not cache.exists():
+                save_model(self._train_reference(config, ctx, seed=k), cache,
+                           {"trained_by": "manipex audit", "seed": k})
+            refs.append(load_model(cache, config, ctx.device))
         return refs
 
     @staticmethod
-    def _train_reference(config, model, train, device, seed: int) -> nn.Module:
-        """A clean model of the audited model's kind, trained with another seed."""
+    def _train_reference(config, ctx, seed: int) -> nn.Module:
+        """A clean model of the audited model's kind, trained with another seed on the same data
+        (behind the same normalisation): the default model's recipe, or the audited model's
+        architecture for ``train_epochs``."""
         from .. import models
 
-        default = not config["weights"] and config["dataset"] == "mnist5k"
-        recipe = models.DEFAULT_RECIPES["mnist"]
-        if default:
+        if config.is_default:
+            recipe = models.DEFAULT_RECIPES["mnist"]
             name, kwargs, epochs, lr, batch = recipe.arch, {}, recipe.epochs, recipe.lr, recipe.batch_size
         else:
-            recorded = getattr(model, "manipex_arch", None)
+            inner = ctx.model[1] if models.input_normalization(ctx.model) is not None else ctx.model
+            recorded = getattr(inner, "manipex_arch", None)
             if recorded is not None:
                 name, kwargs = recorded["name"], dict(recorded["kwargs"])
+            elif ":" not in config.arch:
+                from .sources import _zoo_arch
+
+                with torch.no_grad():
+                    name, kwargs = _zoo_arch(config, ctx.model(ctx.x[:1]).shape[1])
             else:
-                name, kwargs = _arch(config, model(train[0][:1].to(device)).shape[1])
-            epochs, lr, batch = config["train_epochs"], 1e-3, 64
+                raise ConfigError("config key 'references': a reference cannot be trained for a factory's model; "
+                                  "give trusted reference models")
+            epochs, lr, batch = config.train_epochs, 1e-3, 64
+        if len(ctx.train[0]) == 0:
+            raise ConfigError("config key 'references': no training images to train references on; give trusted "
+                              "reference models")
+        norm = config.normalization()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            ref = models.build(name, **kwargs).to(device)
-            models.train_classifier(ref, train[0].to(device), train[1].to(device), epochs=epochs, lr=lr,
-                                    batch_size=batch, seed=seed, progress=False)
-        return ref.eval()
+            ref = models.build(name, **kwargs).to(ctx.device)
+            trained = ref if norm is None else models.with_normalization(ref, *norm)
+            models.train_classifier(trained, ctx.train[0], ctx.train[1], epochs=epochs, lr=lr, batch_size=batch,
+                                    seed=seed, progress=False)
+        return trained.eval()
 
     def run_unit(self, unit, ctx, config):
-        seeded(config["seed"])
+        seeded(config.seed)
         part = unit.params["part"]
         if part == "attack":
             return self._attack(unit.params, ctx, config)
@@ -181,84 +184,72 @@ class Audit(Experiment):
     @staticmethod
     def _images(ctx, config):
         """The attacked images and, as targets, the next ``n``."""
-        x = ctx["x"]
-        n = min(config["n"], len(x) // 2)
-        return x[:n], x[n: 2 * n]
+        n = min(config.n, len(ctx.x) // 2)
+        return ctx.x[:n], ctx.x[n: 2 * n]
 
     def _attack(self, p, ctx, config):
-        model = ctx["model"]
         x, x_target = self._images(ctx, config)
         method, options, attack = defended(p["method"], "none", config)
         if p["objective"] == "targeted":
             objective = TargetImage(x_target)
         else:
-            objective = TopKSuppression(max(1, round(config["topk"] * relevance(x[:1]).numel())))
-        res = manipulate_input(model, x, objective, method, method_options=options, steps=config["steps"],
-                               lr=config["lr"], eps=p["eps"], clamp=self._clamp(x, config), progress=False, **attack)
-        return [{"part": "attack", "method": p["method"], "objective": p["objective"], "eps": p["eps"], "image": i,
-                 "metric": res.metric_name, "before": float(res.metric_before[i]), "after": float(res.metric_after[i]),
-                 "threshold": float(res.threshold[i]), "success": float(res.success[i]),
-                 "class_kept": float(res.class_kept[i]), "linf": float(linf(x, res.x_adv)[i])}
-                for i in range(len(x))]
-
-    @staticmethod
-    def _clamp(x, config):
-        """The valid range of the model's inputs: [0, 1] pixels, normalised as the weights expect."""
-        norm = _normalization(config)
-        if norm is None:
-            return (0.0, 1.0)
-        mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in norm)
-        return (-mean / std, (1 - mean) / std)
+            objective = TopKSuppression(max(1, round(config.topk * relevance(x[:1]).numel())))
+        res = manipulate_input(ctx.model, x, objective, method, method_options=options, steps=config.steps,
+                               lr=config.lr, eps=p["eps"], clamp=ctx.clamp, progress=False, **attack)
+        return per_image({"before": res.metric_before, "after": res.metric_after, "threshold": res.threshold,
+                          "success": res.success.float(), "class_kept": res.class_kept.float(),
+                          "linf": linf(x, res.x_adv)},
+                         part="attack", method=p["method"], objective=p["objective"], eps=p["eps"],
+                         metric=res.metric_name)
 
     def _defense(self, p, ctx, config):
-        model = ctx["model"]
+        model = ctx.model
         x, x_target = self._images(ctx, config)
         method, options, attack = defended(p["method"], p["defense"], config)
-        eps = max(config["eps"])
-        res = manipulate_input(model, x, TargetImage(x_target), method, method_options=options, steps=config["steps"],
-                               lr=config["lr"], eps=eps, clamp=self._clamp(x, config), progress=False, **attack)
+        eps = max(config.eps)
+        res = manipulate_input(model, x, TargetImage(x_target), method, method_options=options, steps=config.steps,
+                               lr=config.lr, eps=eps, clamp=ctx.clamp, progress=False, **attack)
         t = model(x).argmax(1)
         r_target = relevance(explain(model, x_target, method, t, **options))
         rise = pcc(res.maps_after, r_target) - pcc(res.maps_before, r_target)
-        return [{"part": "defense", "method": p["method"], "defense": p["defense"], "eps": eps, "image": i,
-                 "pcc_rise": float(rise[i]), "success": float(res.success[i]), "class_kept": float(res.class_kept[i])}
-                for i in range(len(x))]
+        return per_image({"pcc_rise": rise, "success": res.success.float(), "class_kept": res.class_kept.float()},
+                         part="defense", method=p["method"], defense=p["defense"], eps=eps)
 
     def _curvature(self, ctx, config):
         from .. import surgery
         from ..geometry import principal_curvature
 
-        model = ctx["model"]
+        model = ctx.model
         x, _ = self._images(ctx, config)
         rows = []
-        for beta in config["betas"]:
+        for beta in config.betas:
             smooth = surgery.softplus_copy(model, beta)
-            c = principal_curvature(smooth, x, model(x).argmax(1), iters=20, seed=config["seed"])
-            rows += [{"part": "curvature", "beta": beta, "image": i, "curvature": float(c[i])} for i in range(len(x))]
+            c = principal_curvature(smooth, x, model(x).argmax(1), iters=20, seed=config.seed)
+            rows += per_image({"curvature": c}, part="curvature", beta=beta)
         return rows
 
     def _detection(self, p, ctx, config):
-        model, method = ctx["model"], p["method"]
-        if "references" not in ctx:  # loaded (or trained) once per run, for every method
-            ctx["references"] = self._references(config, model, ctx["train"], ctx["device"], Path(ctx["out"]))
-        refs = ctx["references"]
-        shape = tuple(ctx["x"].shape[1:])
+        from ..models import accuracy
+
+        model, method = ctx.model, p["method"]
+        if ctx.references is None:  # loaded (or trained) once per run, for every method
+            ctx.references = self._references(config, ctx)
+        refs = ctx.references
+        shape = tuple(ctx.x.shape[1:])
         options = defended(method, "none", config)[1]
-        report = detect_manipulation(model, shape, refs, method, n=config["noise_n"], seed=config["seed"],
-                                     alpha=config["alpha"], method_options=options)
+        report = detect_manipulation(model, shape, refs, method, n=config.noise_n, seed=config.seed,
+                                     alpha=config.alpha, method_options=options)
         rows = [{"part": "detection", "method": method, "score": report.score, "threshold": report.threshold,
                  "p_value": math.nan if report.p_value is None else report.p_value,
                  "manipulated": float(report.manipulated), "calibrated": float(report.calibrated),
                  "references": len(refs), "reference_mean": sum(report.reference_scores) / len(refs),
                  "test": report.test}]
-        from ..models import accuracy
-
-        for sigma in config["weight_noise"]:
-            noisy = with_weight_noise(model, sigma, config["seed"])
-            sim = noise_map_similarity(noisy, shape, method, n=config["noise_n"], seed=config["seed"],
+        for sigma in config.weight_noise:
+            noisy = with_weight_noise(model, sigma, config.seed)
+            sim = noise_map_similarity(noisy, shape, method, n=config.noise_n, seed=config.seed,
                                        method_options=options).mean().item()
             rows.append({"part": "weight_noise", "method": method, "sigma": sigma, "similarity": sim,
-                         "accuracy": accuracy(noisy, ctx["x"], ctx["y"])})
+                         "accuracy": accuracy(noisy, ctx.x, ctx.y)})
         return rows
 
     def tables(self, df, config):
@@ -266,12 +257,13 @@ class Audit(Experiment):
         attack = _part(df, "attack")
         if len(attack):
             tables["(a) Input manipulation: share of images attacked successfully, class kept (rows: method, "
-                   "objective; columns: eps)"] = attack.pivot_table(index=["method", "objective"], columns="eps",
+                   "objective; columns: eps in pixel units, [0, 1])"] = attack.pivot_table(
+                index=["method", "objective"], columns="eps",
                                                                     values="success", aggfunc="mean").round(3)
         defense = _part(df, "defense")
         if len(defense):
             order = [d for d in DEFENSES if d in set(defense.defense)]
-            tables[f"(b) Defenses under the adaptive targeted attack at eps = {max(config['eps']):g}: rise of the "
+            tables[f"(b) Defenses under the adaptive targeted attack at eps = {eps_text(max(config.eps))}: rise of the "
                    "PCC with the target (lower = the defense holds)"] = defense.pivot_table(
                 index="method", columns="defense", values="pcc_rise", aggfunc="mean")[order].round(3)
         curvature = _part(df, "curvature")
@@ -281,7 +273,7 @@ class Audit(Experiment):
         detection = _part(df, "detection")
         if len(detection):
             cols = ["score", "reference_mean", "threshold", "p_value", "manipulated", "references", "test"]
-            tables[f"(d) Noise-input similarity against the references (alpha = {config['alpha']:g})"] = (
+            tables[f"(d) Noise-input similarity against the references (alpha = {config.alpha:g})"] = (
                 detection.set_index("method")[cols].round(4))
         noise = _part(df, "weight_noise")
         if len(noise):
@@ -296,12 +288,12 @@ class Audit(Experiment):
 
         rows = []
         if len(attack):
-            eps = max(config["eps"])
+            eps = max(config.eps)
             top = attack[attack.eps == eps].groupby(["method", "objective"])["success"].mean()
             worst = top.idxmax()
             rows.append(("Can the maps be manipulated by the input?",
                          f"{'yes' if top.max() >= 0.5 else 'partly' if top.max() > 0 else 'not at this budget'}: "
-                         f"at eps = {eps:g} the {worst[1]} attack succeeds on {top.max():.0%} of the images with "
+                         f"at eps = {eps_text(eps)} the {worst[1]} attack succeeds on {top.max():.0%} of the images with "
                          f"{worst[0]} (class kept); the map's own change is invisible to a user"))
         if len(defense):
             rise = defense.groupby("defense")["pcc_rise"].mean()
@@ -346,7 +338,10 @@ class Audit(Experiment):
                 means = group.groupby("eps")["success"].mean().sort_index()
                 ax.plot(means.index, means.values, marker="o", ms=4, label=method)
             ax.set_ylim(-0.03, 1.03)
-            ax.set_xlabel("eps (L-infinity budget)")
+            ax.set_xlabel("eps (L-infinity, pixels in [0, 1])")
+            top = ax.secondary_xaxis("top", functions=(lambda e: e * 255, lambda v: v / 255))
+            top.set_xlabel("eps x 255", fontsize=7)
+            top.tick_params(labelsize=7)
             ax.set_ylabel("share attacked successfully")
             ax.set_title(f"{objective} attack, class kept", fontsize=9)
             ax.legend(fontsize=7)

@@ -1,17 +1,26 @@
-"""One base for the papers' experiments: units of work, their rows, tables and figures."""
+"""One base for the papers' experiments: units of work, their rows, tables and figures.
+
+An experiment is a subclass of :class:`Experiment` with a ``name`` (its id, also the name of its
+module), a ``title``, a typed ``Config`` (a :class:`~manipex.experiments.config.Config`
+dataclass) and a typed ``Context`` (what :meth:`Experiment.setup` loads once per run). Defining
+the subclass registers it (:data:`EXPERIMENTS`, :func:`get_experiment`).
+"""
 from __future__ import annotations
 
 import abc
-
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, ClassVar, Dict, List, Mapping, Type
 
-from torch import Tensor
+from .._registry import Registry
+from .config import Config, ConfigError
 
-from .config import Field
+EXPERIMENTS: Registry["Experiment"] = Registry("experiment", error=ConfigError)
 
-EXPERIMENTS: Dict[str, "Experiment"] = {}
+
+def get_experiment(name: str) -> "Experiment":
+    """The experiment registered as ``name`` (a :class:`ConfigError` lists the available ones)."""
+    return EXPERIMENTS.get(name)
 
 
 @dataclass(frozen=True)
@@ -22,51 +31,53 @@ class Unit:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Experiment(abc.ABC):
-    """Base of an experiment. Subclasses set ``name``, ``title``, ``schema`` and implement
-    :meth:`units`, :meth:`setup`, :meth:`run_unit` and :meth:`tables`; :meth:`figures` is
-    optional. Units must be deterministic given the config (each seeds itself), so that a
-    resumed or sharded run gives exactly the rows of an uninterrupted one."""
+@dataclass(kw_only=True)
+class Context:
+    """What every unit may use: the run folder ``out`` (where units keep artifacts: models,
+    checkpoints, example maps for the figures), the ``device``, and ``progress`` (whether long
+    steps inside a unit may show their own progress bar). Experiments subclass it with what
+    their :meth:`Experiment.setup` loads."""
 
-    name: str = ""
-    title: str = ""
-    schema: Dict[str, Field] = {}
+    out: Path
+    device: str = "cpu"
+    progress: bool = False
+
+
+class Experiment(abc.ABC):
+    """Base of an experiment. Subclasses set ``name``, ``title``, ``Config`` and ``Context`` and
+    implement :meth:`units`, :meth:`setup`, :meth:`run_unit` and :meth:`tables`;
+    :meth:`figures` is optional. Units must be deterministic given the config (each seeds
+    itself), so that a resumed or sharded run gives exactly the rows of an uninterrupted one."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    Config: ClassVar[Type[Config]] = Config
+    Context: ClassVar[Type[Context]] = Context
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
-            EXPERIMENTS[cls.name] = cls()
-
-    def check(self, config: Dict[str, Any]) -> None:
-        """Checks across keys or on the file system (paths), before any work; raise
-        :class:`~manipex.experiments.config.ConfigError` naming the key. Types and choices
-        are already checked from ``schema``."""
+            EXPERIMENTS.register(cls.name, cls())
 
     @abc.abstractmethod
-    def units(self, config: Dict[str, Any]) -> List[Unit]:
+    def units(self, config: Any) -> List[Unit]:
         ...
 
     @abc.abstractmethod
-    def setup(self, config: Dict[str, Any], device: str) -> Dict[str, Any]:
-        """Load what the units need (model, data); called once, only if a unit must run. The
-        runner adds ``ctx["out"]``, the run folder, where units may keep artifacts (models,
-        checkpoints, example maps for the figures), and ``ctx["progress"]``, whether long
-        steps inside a unit may show their own progress bar."""
+    def setup(self, config: Any, run: Context) -> Context:
+        """Load what the units need (model, data) into a ``Context``; called once, only if a
+        unit must run. ``run`` holds the run folder, device and progress flag."""
         ...
 
     @abc.abstractmethod
-    def run_unit(self, unit: Unit, ctx: Dict[str, Any], config: Dict[str, Any]) -> List[Dict[str, Any]]:
+    def run_unit(self, unit: Unit, ctx: Any, config: Any) -> List[Dict[str, Any]]:
         ...
 
     @abc.abstractmethod
-    def tables(self, df, config: Dict[str, Any]) -> Dict[str, Any]:
+    def tables(self, df, config: Any) -> Dict[str, Any]:
         """Named pandas DataFrames in the paper's layout, from the stored rows."""
         ...
 
-    def figures(self, df, config: Dict[str, Any], out: Path) -> List[Path]:
+    def figures(self, df, config: Any, out: Path) -> List[Path]:
         """Figures written under ``out``; none by default."""
         return []
-
-
-def to_float(t: Tensor) -> List[float]:
-    return [float(v) for v in t.detach().cpu().flatten()]

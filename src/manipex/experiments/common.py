@@ -1,71 +1,157 @@
-"""Shared pieces of the experiments: the default model and data, and per-image attack rows."""
+"""Pieces every experiment shares: typed configs and context of attacks on images, method
+options in one place, the table of defenses, one per-image row builder, example maps."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ..attacks import manipulate_input
-from ..explainers import explain, relevance
-from ..metrics import image_mse, linf, mse, pcc, ssim, topk_intersection
-from ..objectives import TargetImage
+from .._registry import Registry
+from .base import Context
+from .config import ConfigError, key, method_choices
+from .sources import ImageSource, SourceConfig, load_source
+
+#: Integrated-gradients steps inside attacks and training (Pasliev's setting), the default of
+#: every experiment's ``ig_steps`` key.
+IG_STEPS = 8
+#: Method options where the user gives none, for maps that are attacked or trained against
+#: (``ig_steps`` from the config) and for maps only shown (``manipex explain``: IG with 30 steps,
+#: Dombrowski's reference setting). Other options are each method's own defaults.
+SHOWN_OPTIONS: Dict[str, Dict[str, Any]] = {
+    "integrated_gradients": {"steps": 30},
+    "smoothgrad": {"samples": 20, "seed": 0},
+    "occlusion": {"window": 4, "stride": 2},
+}
 
 
-#: The defenses every experiment and the audit share: how the defender computes the map it
-#: shows, and how an adaptive attacker (who knows the defense) optimises it (see :func:`defended`).
-DEFENSES = ("none", "beta_smoothing", "smoothgrad", "agg_mean")
+def method_options(method: str, ig_steps: Optional[int] = None) -> Dict[str, Any]:
+    """Options of ``method``: :data:`SHOWN_OPTIONS`, with ``ig_steps`` for integrated gradients
+    where given (maps inside attacks and training)."""
+    options = dict(SHOWN_OPTIONS.get(method, {}))
+    if method == "integrated_gradients" and ig_steps is not None:
+        options["steps"] = ig_steps
+    return options
 
 
-def defended(method: str, defense: str, config: Dict[str, Any]):
-    """``(method, options, attack options)`` of the map that ``defense`` shows for ``method``.
+@dataclass(frozen=True)
+class AttackConfig(SourceConfig):
+    """Keys of the input attacks on images (quick, dombrowski2019, rieger2020)."""
 
-    * ``beta_smoothing``: the map on the Softplus(``softplus_beta``) model (Dombrowski Sec. 4);
-      the attacker attacks exactly that smooth map (no further surrogate).
-    * ``smoothgrad``: SmoothGrad of the method, ``smoothgrad_samples`` samples, σ = 0.1
-      (Smilkov 2017; Dombrowski Thm 2); attacked through its samples.
-    * ``agg_mean``: the mean of the method with gradient, guided backprop and LRP (Rieger 2020).
-    """
-    base = {"steps": config["ig_steps"]} if method == "integrated_gradients" else {}
-    if defense == "none":
-        return method, base, {}
-    if defense == "beta_smoothing":
-        return method, {**base, "softplus_beta": config["softplus_beta"]}, {"beta": None}
-    if defense == "smoothgrad":
-        return "smoothgrad", {"base": method, "base_options": base, "samples": config["smoothgrad_samples"],
-                              "sigma": 0.1, "seed": config["seed"]}, {}
-    if defense == "agg_mean":
-        members = [method] + [m for m in ("gradient", "guided_backprop", "lrp") if m != method]
-        return "agg_mean", {"methods": [(m, {"steps": config["ig_steps"]} if m == "integrated_gradients" else {})
-                                        for m in members]}, {}
-    raise ValueError(f"unknown defense {defense!r}; available: {', '.join(DEFENSES)}")
+    n: int = key(16, "number of images attacked", ge=1)
+    batch: int = key(8, "images per unit of work", ge=1)
+    steps: int = key(100, "attack steps", ge=1)
+    eps: float = key(0.2, "L-infinity budget in pixel units ([0, 1]; 8/255 = 0.031)", gt=0)
+    lr: float = key(0.01, "Adam step size", gt=0)
+    ig_steps: int = key(IG_STEPS, "integrated-gradients steps inside the attack", ge=1)
+    seed: int = key(0, "seed of every unit", ge=0)
 
 
-def default_setup(device: str) -> Dict[str, Any]:
-    """The default MNIST-5k model and its test split, on ``device``."""
-    from .. import data, models
+@dataclass(kw_only=True)
+class ImageContext(Context):
+    """A model and its images in pixel space (:class:`~manipex.experiments.sources.ImageSource`):
+    ``x``/``y`` are the evaluation images and labels, ``train`` the training split."""
 
-    model = models.load_default("mnist", progress=False).to(device)
-    x, y = data.load("mnist5k", split="test")
-    return {"model": model, "x": x.to(device), "y": y.to(device)}
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    train: Tuple[Tensor, Tensor]
+    clamp: Tuple[float, float] = (0.0, 1.0)
+
+    @classmethod
+    def load(cls, config: SourceConfig, run: Context, *, n_train: Optional[int], n_eval: int, seed: int = 0,
+             **extra: Any) -> "ImageContext":
+        source: ImageSource = load_source(config, run.device, n_train=n_train, n_eval=n_eval, seed=seed,
+                                          cache=Path(run.out) / "models" / "original.safetensors")
+        return cls(out=run.out, device=run.device, progress=run.progress, model=source.model, x=source.test[0],
+                   y=source.test[1], train=source.train, clamp=source.clamp, **extra)
+
+    def images(self, n: int, start: int, batch: int) -> Tuple[Tensor, Tensor]:
+        """Attacked images ``start .. start + batch`` (of the first ``n``) and, as their targets,
+        the images ``n`` positions further on (Dombrowski: the target is another image's map)."""
+        end = min(start + batch, n)
+        return self.x[start:end], self.x[n + start: n + end]
 
 
-def targeted_rows(
-    model: nn.Module,
-    x: Tensor,
-    x_target: Tensor,
-    method: str,
-    options: Optional[Dict[str, Any]] = None,
-    *,
-    first_index: int,
-    extra: Optional[Dict[str, Any]] = None,
-    **attack: Any,
-) -> List[Dict[str, Any]]:
-    """Targeted attack (Dombrowski's setting: the target is another image's map), one row per
-    image with the papers' map metrics (target vs manipulated, before and after) and image
-    metrics."""
+def check_images(config: AttackConfig, ctx: ImageContext) -> None:
+    """The data holds ``2 n`` images: ``n`` attacked, ``n`` more whose maps are the targets."""
+    if len(ctx.x) < 2 * config.n:
+        raise ConfigError(f"config key 'n': {config.n} attacked images need {2 * config.n} images in split "
+                          f"{config.split!r} (the others' maps are the targets), but it has {len(ctx.x)}")
+
+
+# -- the defenses --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Defense:
+    """How a defense changes the map a user is shown, and how an adaptive attacker (who knows
+    the defense) optimises it. ``shown(method, options, settings)`` gives the method and options
+    of the shown map; ``attack`` are :func:`~manipex.attacks.manipulate_input` options."""
+
+    name: str
+    description: str
+    shown: Callable[[str, Dict[str, Any], Mapping[str, Any]], Tuple[str, Dict[str, Any]]]
+    attack: Mapping[str, Any]
+
+
+DEFENSES: Registry[Defense] = Registry("defense", error=ConfigError)
+for _defense in (
+    Defense("none", "the method's map as is; attacked through the Softplus surrogate with beta growth",
+            lambda m, o, s: (m, o), {}),
+    Defense("beta_smoothing", "the map on the Softplus(softplus_beta) model (Dombrowski Sec. 4); attacked "
+            "exactly, no further surrogate", lambda m, o, s: (m, {**o, "softplus_beta": s["softplus_beta"]}),
+            {"beta": None}),
+    Defense("smoothgrad", "SmoothGrad of the method, smoothgrad_samples samples, sigma = 0.1 (Smilkov 2017; "
+            "Dombrowski Thm 2); attacked through its samples",
+            lambda m, o, s: ("smoothgrad", {"base": m, "base_options": o, "samples": s["smoothgrad_samples"],
+                                            "sigma": 0.1, "seed": s["seed"]}), {}),
+    Defense("agg_mean", "the mean of the method with gradient, guided backprop and LRP (Rieger 2020)",
+            lambda m, o, s: ("agg_mean", {"methods": [(x, method_options(x, s["ig_steps"])) for x in
+                                                      [m] + [k for k in ("gradient", "guided_backprop", "lrp")
+                                                             if k != m]]}), {}),
+):
+    DEFENSES.register(_defense.name, _defense)
+
+
+def defense_choices() -> Tuple[str, ...]:
+    return tuple(DEFENSES)
+
+
+def defended(method: str, defense: str, config: Any) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+    """``(method, options, attack options)`` of the map that ``defense`` shows for ``method``;
+    ``config`` supplies ``ig_steps``, ``softplus_beta``, ``smoothgrad_samples`` and ``seed``."""
+    spec = DEFENSES.get(defense)
+    settings = {k: getattr(config, k, None) for k in ("ig_steps", "softplus_beta", "smoothgrad_samples", "seed")}
+    shown_method, options = spec.shown(method, method_options(method, settings["ig_steps"]), settings)
+    return shown_method, options, dict(spec.attack)
+
+
+# -- rows, maps ------------------------------------------------------------------------------------------
+
+
+def per_image(columns: Mapping[str, Tensor], *, first_index: int = 0, **common: Any) -> List[Dict[str, Any]]:
+    """One row per image: ``common`` values, ``image`` (its index) and each column's value."""
+    columns = {k: (v.detach().flatten().cpu().tolist() if isinstance(v, Tensor) else list(v))
+               for k, v in columns.items()}
+    n = len(next(iter(columns.values()))) if columns else 0
+    return [{**common, "image": first_index + i, **{k: float(v[i]) for k, v in columns.items()}} for i in range(n)]
+
+
+def targeted_attack(model: nn.Module, x: Tensor, x_target: Tensor, method: str,
+                    options: Optional[Dict[str, Any]] = None, *, first_index: int,
+                    extra: Optional[Dict[str, Any]] = None, **attack: Any):
+    """Targeted attack (Dombrowski's setting: the target is another image's map): ``(rows,
+    result, target maps)``, one row per image with the papers' map metrics (target vs
+    manipulated, before and after) and image metrics."""
+    from ..attacks import manipulate_input
+    from ..explainers import explain, relevance
+    from ..metrics import image_mse, linf, mse, pcc, ssim, topk_intersection
+    from ..objectives import TargetImage
+
     options = dict(options or {})
     res = manipulate_input(model, x, TargetImage(x_target), method, method_options=options, progress=False, **attack)
     t = model(x).argmax(1)
@@ -81,12 +167,7 @@ def targeted_rows(
         "image_mse": image_mse(x, res.x_adv), "linf": linf(x, res.x_adv),
         "class_kept": res.class_kept.float(),
     }
-    rows = []
-    for i in range(x.shape[0]):
-        row = {"image": first_index + i, "method": method, **(extra or {})}
-        row.update({k2: float(v[i]) for k2, v in cols.items()})
-        rows.append(row)
-    return rows
+    return per_image(cols, first_index=first_index, method=method, **(extra or {})), res, r_target
 
 
 def seeded(seed: int) -> None:
@@ -101,3 +182,36 @@ def save_maps(path: Path, tensors: Dict[str, Tensor], n: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v[:n].detach().cpu().float().contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
+
+
+def load_maps(path: Path) -> Optional[Dict[str, Tensor]]:
+    """Maps saved by :func:`save_maps`, or None."""
+    if not Path(path).exists():
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def save_model(model: nn.Module, path: Path, metadata: Optional[Dict[str, Any]] = None) -> None:
+    """Save an experiment's model with :func:`manipex.models.save`; a model behind an input
+    :class:`~manipex.models.Normalize` is saved without it, its mean and std in the metadata
+    (a checkpoint holds the weights; the config's ``normalize`` says what they expect)."""
+    from .. import models
+
+    norm = models.input_normalization(model)
+    meta = dict(metadata or {})
+    if norm is not None:
+        meta["normalize"] = {"mean": norm.mean.tolist(), "std": norm.std.tolist()}
+        model = model[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    models.save(model, path, metadata=meta)
+
+
+def load_model(path: Path, config: SourceConfig, device: str) -> nn.Module:
+    """A model saved by :func:`save_model`, behind the configured normalisation, in eval mode."""
+    from .. import models
+
+    model = models.load(path).to(device)
+    norm = config.normalization()
+    return (model if norm is None else models.with_normalization(model, *norm)).eval()

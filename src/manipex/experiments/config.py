@@ -22,16 +22,20 @@ a *string*; here such plain scalars are read as floats, as in YAML 1.2 and TOML 
 ``"1e-3"`` stays a string). A key given twice is an error, as in TOML, instead of the last one
 silently winning. An empty YAML file is an empty config.
 
-Unknown keys, wrong types, unknown methods, defenses or datasets fail with a
-:class:`ConfigError` that names the key, before any model is loaded.
+Each experiment's keys are the fields of its :class:`Config` dataclass, with types and bounds.
+Unknown keys, wrong types, values out of range, unknown methods, defenses or datasets fail with
+a :class:`ConfigError` that names the key, before any model is loaded.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import re
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,60 +47,181 @@ class ConfigError(ValueError):
     """A configuration problem, naming the key."""
 
 
+Choices = Union[Tuple[str, ...], Callable[[], Tuple[str, ...]], None]
+
+
 @dataclass(frozen=True)
 class Field:
-    """One configuration key: its type (``int``, ``float``, ``str``, ``bool``, ``list[str]``,
-    ``list[float]``), default, help text and, for strings, the allowed values."""
+    """One configuration key as the template, the command line and the checks see it, derived
+    from a field of a :class:`Config` dataclass: its ``kind`` (``int``, ``float``, ``bool``,
+    ``str``, ``list[str]``, ``list[float]``, ``optional_float``), default, help, the allowed
+    values of strings and the bounds of numbers (``ge``/``gt``/``le``/``lt``, for lists: of
+    every item)."""
 
+    name: str
     kind: str
     default: Any
     help: str = ""
     choices: Optional[Tuple[str, ...]] = None
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+    empty: bool = False
+
+    def bounds_text(self) -> str:
+        parts = [f">= {self.ge:g}" if self.ge is not None else "", f"> {self.gt:g}" if self.gt is not None else "",
+                 f"<= {self.le:g}" if self.le is not None else "", f"< {self.lt:g}" if self.lt is not None else ""]
+        return ", ".join(p for p in parts if p)
+
+    def check(self, value: Any) -> Any:
+        """``value`` converted to this key's type, or a :class:`ConfigError` naming the key."""
+        key, kind = self.name, self.kind
+
+        def bad(expected: str) -> ConfigError:
+            return ConfigError(f"config key {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
+
+        def number(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        if kind == "int":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise bad("an integer")
+        elif kind == "float":
+            if not number(value):
+                raise bad("a number")
+            value = float(value)
+        elif kind == "optional_float":
+            if value is not None and not number(value):
+                raise bad("a number")
+            value = None if value is None else float(value)
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise bad("true or false")
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise bad("a string")
+        elif kind in ("list[str]", "list[float]"):
+            strings = kind == "list[str]"
+            what = "strings" if strings else "numbers"
+            if not isinstance(value, (list, tuple)) or any(not isinstance(v, str) if strings else not number(v)
+                                                            for v in value):
+                raise bad(f"a list of {what}")
+            if not value and not self.empty:
+                raise bad(f"a non-empty list of {what}")
+            value = list(value) if strings else [float(v) for v in value]
+        else:  # pragma: no cover - a Config with an unsupported annotation fails at its definition
+            raise TypeError(f"config key {key!r}: unsupported kind {kind!r}")
+        items = value if isinstance(value, list) else [value]
+        if self.choices is not None:
+            for v in items:
+                if v not in self.choices:
+                    raise ConfigError(f"config key {key!r}: unknown value {v!r}; choose from {', '.join(self.choices)}")
+        for v in items:
+            if not number(v):
+                continue
+            if (self.ge is not None and v < self.ge) or (self.gt is not None and v <= self.gt) or (
+                    self.le is not None and v > self.le) or (self.lt is not None and v >= self.lt):
+                raise ConfigError(f"config key {key!r} must be {self.bounds_text()}, got {v!r}")
+        return value
 
 
-def _check_value(key: str, field: Field, value: Any) -> Any:
-    kind = field.kind
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"config key {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
+def key(default: Any, help: str = "", *, ge: Optional[float] = None, gt: Optional[float] = None,
+        le: Optional[float] = None, lt: Optional[float] = None, choices: Choices = None, empty: bool = False):
+    """A field of a :class:`Config` dataclass: its default, help and constraints.
 
-    if kind == "int":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise bad("an integer")
-    elif kind == "float":
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise bad("a number")
-        value = float(value)
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-    elif kind == "str":
-        if not isinstance(value, str):
-            raise bad("a string")
-    elif kind == "optional_float":
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            raise bad("a number")
-    elif kind in ("list[str]", "list[float]"):
-        item = str if kind == "list[str]" else (int, float)
-        if not isinstance(value, (list, tuple)) or not value or any(
-            not isinstance(v, item) or isinstance(v, bool) for v in value
-        ):
-            raise bad(f"a non-empty list of {'strings' if item is str else 'numbers'}")
-        value = list(value) if item is str else [float(v) for v in value]
-    if field.choices is not None:
-        for v in value if isinstance(value, list) else [value]:
-            if v not in field.choices:
-                raise ConfigError(f"config key {key!r}: unknown value {v!r}; choose from {', '.join(field.choices)}")
-    return value
+    ``choices`` may be a function returning them (evaluated when the config is checked, so that
+    methods registered later are accepted); ``empty`` allows an empty list."""
+    metadata = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "empty": empty}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
-def resolve(schema: Mapping[str, Field], overrides: Mapping[str, Any], *, source: str = "config") -> Dict[str, Any]:
-    """Defaults of ``schema`` updated by ``overrides``, every key and value checked."""
-    config = {k: f.default for k, f in schema.items()}
-    for key, value in overrides.items():
-        if key not in schema:
-            raise ConfigError(f"{source}: unknown key {key!r}; valid keys: {', '.join(schema)}")
-        config[key] = _check_value(key, schema[key], value)
-    return config
+_KINDS = {int: "int", float: "float", bool: "bool", str: "str", List[str]: "list[str]", List[float]: "list[float]",
+          Optional[float]: "optional_float"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base of every experiment's configuration: a frozen dataclass whose fields (made with
+    :func:`key`) carry their type, default, help and bounds. The TOML template
+    (:meth:`template`), the command line flags (:mod:`manipex.cli`) and the checks
+    (:meth:`resolve`) are all derived from them. Subclasses add fields and may override
+    :meth:`check` for checks across keys or on the file system."""
+
+    @classmethod
+    def fields(cls) -> Dict[str, Field]:
+        """The keys of this config, in definition order (a base class's keys first)."""
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for f in dataclasses.fields(cls):
+            kind = _KINDS.get(hints[f.name])
+            if kind is None:
+                raise TypeError(f"{cls.__name__}.{f.name}: unsupported config type {hints[f.name]!r}")
+            meta = dict(f.metadata)
+            choices = meta.pop("choices", None)
+            if callable(choices):
+                choices = tuple(choices())
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            out[f.name] = Field(f.name, kind, default, choices=choices, **meta)
+        return out
+
+    @classmethod
+    def resolve(cls, *layers: Mapping[str, Any], sources: Sequence[str] = ()) -> "Config":
+        """The defaults updated by each mapping of ``layers`` in turn (a file, then the command
+        line), every key and value checked, then :meth:`check`. ``sources`` names each layer
+        for messages about unknown keys."""
+        fields = cls.fields()
+        values = {name: f.default for name, f in fields.items()}
+        for i, layer in enumerate(layers):
+            source = sources[i] if i < len(sources) else "config"
+            for name, value in layer.items():
+                if name not in fields:
+                    close = difflib.get_close_matches(name, list(fields), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ConfigError(f"{source}: unknown key {name!r}{hint}; valid keys: {', '.join(fields)}")
+                values[name] = fields[name].check(value)
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Checks across keys or on the file system, before any work; raise :class:`ConfigError`
+        naming the key. Types, choices and bounds are already checked."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def differences(self, stored: Mapping[str, Any]) -> List[str]:
+        """Messages naming each key whose value differs from ``stored`` (a resumed run's config)."""
+        mine = self.to_dict()
+        out = []
+        for name in list(mine) + [k for k in stored if k not in mine]:
+            if name not in stored:
+                out.append(f"{name!r} is new (now {mine[name]!r})")
+            elif name not in mine:
+                out.append(f"{name!r} is no longer a key (stored {stored[name]!r})")
+            elif stored[name] != mine[name]:
+                out.append(f"{name!r} was {stored[name]!r}, now {mine[name]!r}")
+        return out
+
+    @classmethod
+    def template(cls, experiment: str, title: str) -> str:
+        """A TOML config of the defaults, each key with its help as a comment: a file to copy and
+        edit (``manipex list EXPERIMENT``). Reading it back gives the defaults."""
+        lines = [f"# {title}", f'experiment = "{experiment}"']
+        for name, f in cls.fields().items():
+            notes = f.help
+            if f.choices is not None and len(f.choices) <= 16:
+                notes += f" [{', '.join(f.choices)}]"
+            if f.bounds_text():
+                notes += f" ({f.bounds_text()})"
+            if f.kind == "optional_float" and f.default is None:
+                lines.append(f"# {name} = 0.0  # {notes}; unset: none")
+                continue
+            lines.append(f"{name} = {_toml_value(f.default)}" + (f"  # {notes}" if notes else ""))
+        return "\n".join(lines) + "\n"
 
 
 def read_toml(path: Path) -> Dict[str, Any]:
@@ -184,12 +309,6 @@ def method_choices() -> Tuple[str, ...]:
     return tuple(methods())
 
 
-def dataset_choices() -> Tuple[str, ...]:
-    from ..data import datasets
-
-    return tuple(datasets())
-
-
 def _toml_value(value: Any) -> str:
     import json
 
@@ -198,15 +317,3 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
     return json.dumps(value)  # strings and lists of strings or numbers are valid TOML as JSON
-
-
-def template(experiment: str, title: str, schema: Mapping[str, Field]) -> str:
-    """A TOML config of ``schema``'s defaults, each key with its help as a comment: a file to
-    copy and edit (``manipex list EXPERIMENT``). Reading it back gives the defaults."""
-    lines = [f"# {title}", f'experiment = "{experiment}"']
-    for key, field in schema.items():
-        help_text = field.help
-        if field.choices is not None and len(field.choices) <= 12:
-            help_text += f" [{', '.join(field.choices)}]"
-        lines.append(f"{key} = {_toml_value(field.default)}" + (f"  # {help_text}" if help_text else ""))
-    return "\n".join(lines) + "\n"

@@ -26,7 +26,8 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
     for fig in figures:
         data = base64.b64encode(Path(fig).read_bytes()).decode()
         parts.append(f'<h2>{html.escape(Path(fig).stem.replace("_", " "))}</h2><img alt="{html.escape(Path(fig).name)}" src="data:image/png;base64,{data}">')
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(config, indent=2)) + "</pre>")
+    values = config.to_dict() if hasattr(config, "to_dict") else config
+    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(values, indent=2)) + "</pre>")
     meta = folder / "meta.json"
     if meta.exists():
         parts.append("<h2>Run</h2><pre>" + html.escape(meta.read_text(encoding="utf-8")) + "</pre>")
@@ -41,8 +42,8 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
 
 def report_from_folder(folder: Path) -> Path:
     """Rebuild the report of a finished (or partial) run folder."""
+    from .base import get_experiment
     from .config import ConfigError
-    from .runner import get_experiment
     from .store import ResultStore
 
     store = ResultStore(folder)
@@ -50,6 +51,7 @@ def report_from_folder(folder: Path) -> Path:
     if meta is None:
         raise ConfigError(f"{folder} is not a manipex run folder (no meta.json)")
     experiment = get_experiment(meta["experiment"])
+    config = experiment.Config.resolve(meta["config"], sources=[f"{folder}/meta.json"])
     df = store.frame()
-    tables = experiment.tables(df, meta["config"]) if len(df) else {}
-    return write_report(folder, experiment, meta["config"], tables, experiment.figures(df, meta["config"], folder) if len(df) else [])
+    tables = experiment.tables(df, config) if len(df) else {}
+    return write_report(folder, experiment, config, tables, experiment.figures(df, config, folder) if len(df) else [])

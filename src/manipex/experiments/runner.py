@@ -16,19 +16,14 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from .base import EXPERIMENTS, Experiment
-from .config import ConfigError, read_config, resolve
+from .base import Context, get_experiment
+from .config import ConfigError, read_config
+from .report import write_report
 from .store import ResultStore
 
 
-def get_experiment(name: str) -> Experiment:
-    if name not in EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {name!r}; available: {', '.join(sorted(EXPERIMENTS))}")
-    return EXPERIMENTS[name]
-
-
 def load_config(name: Optional[str], path: Optional[os.PathLike], overrides: Mapping[str, Any]):
-    """The experiment and its validated config: defaults, then the file, then ``overrides``."""
+    """The experiment and its validated, typed config: defaults, then the file, then ``overrides``."""
     table: Dict[str, Any] = dict(read_config(Path(path))) if path else {}
     named = table.pop("experiment", None)
     if named is not None and not isinstance(named, str):
@@ -36,9 +31,8 @@ def load_config(name: Optional[str], path: Optional[os.PathLike], overrides: Map
     if name and named and name != named:
         raise ConfigError(f"config file is for experiment {named!r}, not {name!r}")
     experiment = get_experiment(name or named or "quick")
-    config = resolve(experiment.schema, table, source=f"config {path}" if path else "config")
-    config = resolve(experiment.schema, {**config, **overrides}, source="command line")
-    experiment.check(config)
+    config = experiment.Config.resolve(table, overrides,
+                                       sources=[f"config {path}" if path else "config", "command line"])
     return experiment, config
 
 
@@ -77,10 +71,13 @@ def run(
     folder = Path(out) / experiment.name
     store = ResultStore(folder, rank)
     old = store.meta()
-    if old is not None and old.get("config") != config:
-        raise ConfigError(f"{folder} holds a run with another config; use another --out or delete it")
+    if old is not None and store.done():  # a folder without a finished unit holds nothing to protect
+        changed = config.differences(old.get("config", {}))
+        if changed:
+            raise ConfigError(f"{folder} holds a run with another config: " + "; ".join(changed)
+                              + ". Use another --out, delete the folder, or run with the stored config")
     if rank == 0:
-        store.write_meta({"experiment": experiment.name, "config": config, "seed": config.get("seed"),
+        store.write_meta({"experiment": experiment.name, "config": config.to_dict(), "seed": getattr(config, "seed", None),
                           "environment": environment(device), "world_size": world, "started": time.time()})
     units = experiment.units(config)[rank::world]
     done = store.done()
@@ -88,9 +85,7 @@ def run(
     from .._progress import progress_bar
 
     if todo:
-        ctx = experiment.setup(config, device)
-        ctx.setdefault("out", folder)
-        ctx.setdefault("progress", not quiet)
+        ctx = experiment.setup(config, Context(out=folder, device=device, progress=not quiet))
         bar = progress_bar(total=len(units), initial=len(units) - len(todo), desc=experiment.name, unit="unit",
                            enabled=not quiet)
         for unit in todo:
@@ -106,8 +101,6 @@ def run(
         dist.barrier()
         if rank != 0:
             return {}
-    from .report import write_report
-
     df = ResultStore(folder).frame()
     tables = experiment.tables(df, config)
     figures = experiment.figures(df, config, folder)

@@ -1,175 +1,343 @@
-"""Images and the original model of an experiment: the embedded MNIST-5k default, or the files a
-user points to (MNIST/Fashion-MNIST IDX files, CIFAR-10 batches, an image folder such as the
-ImageNet validation set) with weights in manipex's safetensors or torchvision's ``.pth`` format.
+"""The model and the data of an experiment or command, from what the user has.
 
-Experiments that can run on other data add :data:`SOURCE_FIELDS` to their schema, call
-:func:`check_sources` from :meth:`Experiment.check` (so a wrong path fails before any work) and
-:func:`load_images` / :func:`original_model` from their setup.
+**Data** (:class:`SourceConfig` keys ``dataset``, ``root``, ``split``, ``image_size``,
+``labels``): the embedded MNIST-5k (default), MNIST / Fashion-MNIST IDX files, CIFAR-10 python
+batches, or a class-per-folder image tree (e.g. the ImageNet validation set). Images are in
+**pixel space**, [0, 1]: attacks clamp to it and their budget ε is in these units (8/255 is
+0.031 on every dataset).
+
+**Model** (keys ``weights``, ``arch``, ``num_classes``, ``normalize``):
+
+* the default MNIST-5k model (no ``weights``, ``arch = "auto"``, ``dataset = "mnist5k"``);
+* a checkpoint written by :func:`manipex.models.save`, which records its architecture;
+* a zoo architecture (``manipex list`` names them) with a ``.safetensors`` or a torchvision-style
+  ``.pth``/``.pt`` state_dict, read with ``weights_only=True`` (nothing pickled is executed);
+* a Python factory ``arch = "package.module:function"`` returning an ``nn.Module`` (with
+  ``weights`` loaded into it, or as it returns it). **Naming a factory imports and runs that
+  code**: name only code you trust. It is imported only when named;
+* no ``weights`` with a zoo architecture: trained here on the data for ``train_epochs``.
+
+``normalize`` is the normalisation the weights expect; the model sees it as a
+:class:`~manipex.models.Normalize` layer in front of it, so that attacks stay in pixel space.
+
+Every key is checked before any work (:meth:`SourceConfig.check`: files, folders, names,
+the factory); the weights are checked against the architecture and the classes against the data
+when the model is loaded, before any unit runs, with errors that name the key.
 """
 from __future__ import annotations
 
+import importlib
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ..data._common import normalize_channels
-from .config import ConfigError, Field
+from .config import Config, ConfigError, key
 
 IMAGE_DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "image_folder")
+MNIST_LIKE = ("mnist5k", "mnist", "fashion_mnist")
 NORMALIZATIONS: Dict[str, Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]] = {
     "none": None,
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision's ImageNet weights
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
+#: a factory ``package.module:function`` (dotted module path, a function name)
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+#: the pixel range of every image loader, and the 8-bit scale in which budgets are also shown
+PIXEL_RANGE = (0.0, 1.0)
+PIXEL_LEVELS = 255
 
 
-def _architectures() -> Tuple[str, ...]:
+def _parse_normalize(text: str):
+    """``auto``, a named normalisation, or ``"m1,m2,m3/s1,s2,s3"`` (per-channel mean / std)."""
+    if text in NORMALIZATIONS or text == "auto":
+        return text
+    try:
+        mean, std = (tuple(float(v) for v in part.split(",")) for part in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"config key 'normalize': unknown value {text!r}; choose from auto, "
+                          f"{', '.join(NORMALIZATIONS)}, or per-channel 'mean/std' such as "
+                          "'0.5,0.5,0.5/0.25,0.25,0.25'") from None
+    if len(mean) != len(std) or any(s <= 0 for s in std):
+        raise ConfigError(f"config key 'normalize': {text!r} needs as many means as positive stds")
+    return mean, std
+
+
+def _architecture_choices():
     from ..models import architectures
 
-    return ("auto",) + tuple(architectures())
+    return tuple(architectures())
 
 
-SOURCE_FIELDS = {
-    "dataset": Field("str", "mnist5k", "images: mnist5k is embedded; mnist and fashion_mnist are IDX files, cifar10 "
-                     "python batches, image_folder class-per-folder images (e.g. ImageNet val) under root",
-                     IMAGE_DATASETS),
-    "root": Field("str", "", "folder of the dataset's files (every dataset but mnist5k)"),
-    "image_size": Field("int", 224, "image_folder: images are resized (shorter side x 256/224) and center-cropped "
-                        "to this size"),
-    "normalize": Field("str", "auto", "per-channel normalisation the weights expect; auto: imagenet for "
-                       "image_folder, none otherwise", ("auto",) + tuple(NORMALIZATIONS)),
-    "weights": Field("str", "", "the original model: a .safetensors saved by manipex, or a torchvision-format "
-                     ".pth state_dict for 'arch'; empty: the default model (mnist5k) or one trained here"),
-    "arch": Field("str", "auto", "architecture of a .pth or of the model trained here; auto: mnist_cnn for "
-                  "MNIST-like data, vgg16 for CIFAR-10 (32x32 head) and image folders (ImageNet head)",
-                  _architectures()),
-    "train_epochs": Field("int", 3, "epochs to train the original model when no weights are given"),
-    "labels": Field("str", "dataset", "labels for fine-tuning and accuracy: dataset, or predicted (the original "
-                    "model's classes, e.g. for a subset of ImageNet's class folders)", ("dataset", "predicted")),
-}
+def import_factory(spec: str):
+    """The function named by ``package.module:function`` (imports that module: runs its code)."""
+    module_name, function_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"config key 'arch': cannot import module {module_name!r} of factory {spec!r}: {err}") from None
+    factory = getattr(module, function_name, None)
+    if not callable(factory):
+        raise ConfigError(f"config key 'arch': module {module_name!r} has no function {function_name!r}")
+    return factory
 
 
-def check_sources(config: Dict[str, Any]) -> None:
-    """Fail before any work when the dataset's folder or the weights are missing."""
-    dataset, root, weights = config["dataset"], config["root"], config["weights"]
-    if dataset != "mnist5k" and not root:
-        raise ConfigError(f"config key 'root': dataset {dataset!r} needs the folder of its files")
-    if root and not Path(root).expanduser().is_dir():
-        raise ConfigError(f"config key 'root': {root!r} is not a folder")
-    if weights and not Path(weights).expanduser().is_file():
-        raise ConfigError(f"config key 'weights': {weights!r} does not exist")
-    if config["image_size"] < 1:
-        raise ConfigError(f"config key 'image_size' must be a positive number of pixels, got {config['image_size']}")
-    if dataset == "image_folder" and not weights:
-        raise ConfigError("config key 'weights': dataset 'image_folder' needs the original model's weights "
-                          "(e.g. torchvision's vgg16-397923af.pth); training on an image folder is not supported")
+@dataclass(frozen=True)
+class SourceConfig(Config):
+    """The model and data keys shared by every experiment on images and by ``manipex audit``."""
+
+    dataset: str = key("mnist5k", "images: mnist5k is embedded; mnist and fashion_mnist are IDX files, cifar10 "
+                       "python batches, image_folder class-per-folder images (e.g. ImageNet val) under root",
+                       choices=IMAGE_DATASETS)
+    root: str = key("", "folder of the dataset's files (every dataset but mnist5k)")
+    split: str = key("test", "split whose images are attacked and evaluated (training uses train; an image "
+                     "folder without splits is split by a seeded permutation)", choices=("test", "val", "train"))
+    image_size: int = key(224, "image_folder: images are resized (shorter side x 256/224) and center-cropped to "
+                          "this size", ge=8)
+    labels: str = key("given", "labels for training and accuracy: given (the dataset's), or predicted (the model's "
+                      "classes, e.g. for a subset of ImageNet's class folders)", choices=("given", "predicted"))
+    weights: str = key("", "the model's weights: a .safetensors saved by manipex (records its architecture), or a "
+                       ".safetensors/.pth/.pt state_dict for 'arch'; empty: the default model (mnist5k), the "
+                       "factory's model, or one trained here")
+    arch: str = key("auto", "zoo architecture (manipex list), or a factory package.module:function (naming it "
+                    "runs that code); auto: the checkpoint's own, else mnist_cnn for MNIST-like data and vgg16 for "
+                    "CIFAR-10 and image folders")
+    num_classes: int = key(0, "the model's classes; 0: from the data (1000 for image_folder with predicted labels)",
+                           ge=0)
+    normalize: str = key("auto", "normalisation the weights expect, applied by a layer in front of the model: "
+                         "auto (imagenet for image_folder, else none), none, imagenet, cifar10, or 'mean/std' "
+                         "per channel such as '0.5,0.5,0.5/0.25,0.25,0.25'")
+    train_epochs: int = key(3, "epochs to train a model here when no weights are given", ge=1)
+
+    def check(self) -> None:
+        super().check()
+        if self.dataset != "mnist5k" and not self.root:
+            raise ConfigError(f"config key 'root': dataset {self.dataset!r} needs the folder of its files")
+        if self.root and not Path(self.root).expanduser().is_dir():
+            raise ConfigError(f"config key 'root': {self.root!r} is not a folder")
+        if self.weights:
+            path = Path(self.weights).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"config key 'weights': {self.weights!r} does not exist")
+            if path.suffix not in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
+                raise ConfigError(f"config key 'weights': {self.weights!r} is neither .safetensors nor a "
+                                  ".pth/.pt state_dict")
+        if self.arch != "auto":
+            if ":" in self.arch:
+                if not FACTORY.match(self.arch):
+                    raise ConfigError(f"config key 'arch': {self.arch!r} is neither a zoo architecture nor a factory "
+                                      "package.module:function")
+                import_factory(self.arch)
+            elif self.arch not in _architecture_choices():
+                raise ConfigError(f"config key 'arch': unknown architecture {self.arch!r}; available: "
+                                  f"{', '.join(_architecture_choices())}, or a factory package.module:function")
+        if self.dataset == "image_folder" and not self.weights and ":" not in self.arch:
+            raise ConfigError("config key 'weights': dataset 'image_folder' needs the model's weights (e.g. "
+                              "torchvision's vgg16-397923af.pth) or a factory; training on an image folder is not "
+                              "supported")
+        _parse_normalize(self.normalize)
+
+    @property
+    def trains_here(self) -> bool:
+        """No weights, no factory, not the default model: the model is trained on the data."""
+        return not self.weights and ":" not in self.arch and not self.is_default
+
+    @property
+    def is_default(self) -> bool:
+        """The embedded data with the default model."""
+        return not self.weights and self.dataset == "mnist5k" and self.arch in ("auto", "mnist_cnn")
+
+    def auto_arch(self) -> str:
+        """The zoo architecture ``arch = "auto"`` means for a model without a recorded one."""
+        return "mnist_cnn" if self.dataset in MNIST_LIKE else "vgg16"
+
+    def normalization(self):
+        """``(mean, std)`` the weights expect, or None."""
+        value = _parse_normalize(self.normalize)
+        if value == "auto":
+            value = "imagenet" if self.dataset == "image_folder" else "none"
+        return NORMALIZATIONS[value] if isinstance(value, str) else value
+
+    def describe(self) -> str:
+        """One line naming the model and data, for reports."""
+        model = "the default MNIST-5k model" if self.is_default else (
+            f"{self.weights or 'a model trained here'} ({self.arch})")
+        data = self.dataset + (f" at {self.root}" if self.root else "")
+        return f"{model} on {data}, split {self.split}"
 
 
-def require_model(config: Dict[str, Any], purpose: str) -> None:
-    """Refuse a run that would ``purpose`` (e.g. "audit") a user's data without the user's model:
-    only the embedded MNIST-5k data has a default model."""
-    if not config["weights"] and config["dataset"] != "mnist5k":
-        raise ConfigError(f"config key 'weights': the model to {purpose} (a .safetensors saved by manipex, or a .pth "
-                          f"for 'arch'); without it, the default MNIST-5k model is used on MNIST-5k")
+@dataclass(frozen=True)
+class ImageSource:
+    """An experiment's model and images, loaded from a :class:`SourceConfig`.
+
+    ``model`` takes pixel-space inputs (a :class:`~manipex.models.Normalize` in front where the
+    weights expect normalised ones), in eval mode. ``train`` and ``test`` are ``(x, y)`` in
+    [0, 1] with the configured labels; ``clamp`` is the pixel range that attacks keep to."""
+
+    model: nn.Module
+    train: Tuple[Tensor, Tensor]
+    test: Tuple[Tensor, Tensor]
+    num_classes: int
+    clamp: Tuple[float, float] = PIXEL_RANGE
 
 
-def _normalization(config: Dict[str, Any]):
-    name = config["normalize"]
-    if name == "auto":
-        name = "imagenet" if config["dataset"] == "image_folder" else "none"
-    return NORMALIZATIONS[name]
-
-
-def _normalize(x: Tensor, norm) -> Tensor:
-    if norm is None:
-        return x
-    if x.shape[1] != len(norm[0]):
-        raise ConfigError(f"config key 'normalize': {len(norm[0])} channel values for images with {x.shape[1]} channels")
-    return normalize_channels(x, *norm)
-
-
-def load_images(config: Dict[str, Any], *, n_train: int, n_eval: int, seed: int = 0):
-    """``((x_train, y_train), (x_eval, y_eval))`` of the configured dataset, normalised, at most
-    ``n_train`` (0: all) and ``n_eval`` images. An image folder without ``train``/``val``/``test``
-    subfolders is split by a seeded permutation: the first ``n_eval`` images for evaluation."""
+def load_images(config: SourceConfig, *, n_train: Optional[int], n_eval: int, seed: int = 0):
+    """``((x_train, y_train), (x_eval, y_eval))`` in pixel space: at most ``n_train`` training
+    images (None: all; 0: none, without reading them) and ``n_eval`` images of ``split``. An
+    image folder without ``train``/``val``/``test`` subfolders is split by a seeded
+    permutation: the first ``n_eval`` images for evaluation, the rest for training."""
     from .. import data
 
-    dataset, root = config["dataset"], Path(config["root"]).expanduser() if config["root"] else None
-    if dataset == "mnist5k":
-        train, test = data.load("mnist5k", split="train"), data.load("mnist5k", split="test")
-    elif dataset == "image_folder":
-        size = {"root": root, "size": round(config["image_size"] * 256 / 224), "crop": config["image_size"]}
-        if (root / "train").is_dir() and any((root / s).is_dir() for s in ("val", "test")):
-            held_out = "val" if (root / "val").is_dir() else "test"
-            train, test = data.load(dataset, split="train", **size), data.load(dataset, split=held_out, **size)
-        else:
-            x, y = data.load(dataset, split="all", **size)
-            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-            test, train = (x[order[:n_eval]], y[order[:n_eval]]), (x[order[n_eval:]], y[order[n_eval:]])
+    dataset, root = config.dataset, Path(config.root).expanduser() if config.root else None
+
+    def load(split):
+        kwargs = {} if dataset == "mnist5k" else {"root": root}
+        if dataset == "image_folder":
+            kwargs.update(size=round(config.image_size * 256 / 224), crop=config.image_size)
+        try:
+            return data.load(dataset, split=split, **kwargs)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"config key 'split' ({split!r}) of dataset {dataset!r}: {err}") from None
+
+    if dataset == "image_folder" and not ((root / "train").is_dir() and any(
+            (root / s).is_dir() for s in ("val", "test"))):
+        x, y = load("all")
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        test, train = (x[order[:n_eval]], y[order[:n_eval]]), (x[order[n_eval:]], y[order[n_eval:]])
     else:
-        train, test = data.load(dataset, split="train", root=root), data.load(dataset, split="test", root=root)
-    norm = _normalization(config)
-    train = (_normalize(train[0][: n_train or None], norm), train[1][: n_train or None])
-    test = (_normalize(test[0][:n_eval], norm), test[1][:n_eval])
-    if len(train[0]) == 0 or len(test[0]) == 0:
-        raise ConfigError(f"dataset {dataset!r} at {str(root)!r}: no images left for fine-tuning or evaluation")
+        held_out = config.split
+        if dataset == "image_folder" and held_out != "train" and not (root / held_out).is_dir():
+            held_out = "val" if (root / "val").is_dir() else "test"
+        elif dataset != "image_folder" and held_out == "val":
+            raise ConfigError(f"config key 'split': dataset {dataset!r} has the splits train and test")
+        test = load(held_out)
+        train = load("train") if n_train != 0 else (test[0][:0], test[1][:0])
+    train = (train[0][:n_train], train[1][:n_train])
+    test = (test[0][:n_eval], test[1][:n_eval])
+    if n_train != 0 and len(train[0]) == 0 and config.trains_here:
+        raise ConfigError(f"dataset {dataset!r} at {str(root)!r}: no images left to train a model on")
+    if len(test[0]) == 0:
+        raise ConfigError(f"dataset {dataset!r} at {str(root)!r}: no images in split {config.split!r} to evaluate")
     return train, test
 
 
-def _arch(config: Dict[str, Any], num_classes: int) -> Tuple[str, Dict[str, Any]]:
-    name = config["arch"]
-    if name == "auto":
-        name = "mnist_cnn" if config["dataset"] in ("mnist5k", "mnist", "fashion_mnist") else "vgg16"
-    kwargs: Dict[str, Any] = {"num_classes": num_classes}
+def _zoo_arch(config: SourceConfig, num_classes: int) -> Tuple[str, Dict]:
+    name = config.auto_arch() if config.arch == "auto" else config.arch
+    kwargs: Dict = {"num_classes": num_classes}
     if name.startswith("vgg16"):
-        kwargs["input_size"] = 224 if config["dataset"] == "image_folder" else 32
+        kwargs["input_size"] = 224 if config.dataset == "image_folder" else 32
     return name, kwargs
 
 
-def original_model(config: Dict[str, Any], train: Tuple[Tensor, Tensor], device: str,
-                   cache: Optional[Path] = None) -> nn.Module:
-    """The original model F_acc in eval mode on ``device``: loaded from ``weights``, the default
-    MNIST-5k model, or trained on ``train`` for ``train_epochs`` (seeded) and kept in ``cache``
-    (a ``.safetensors`` path) so that a resumed or sharded run trains it once."""
+def build_model(config: SourceConfig, num_classes: int) -> nn.Module:
+    """A fresh model of the configured architecture (zoo or factory), not normalised."""
     from .. import models
 
-    weights = config["weights"]
-    if not weights and config["dataset"] == "mnist5k" and config["arch"] in ("auto", "mnist_cnn"):
+    if ":" in config.arch:
+        model = import_factory(config.arch)()
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"config key 'arch': factory {config.arch!r} returned a {type(model).__name__}, "
+                              "not an nn.Module")
+        return model
+    name, kwargs = _zoo_arch(config, num_classes)
+    return models.build(name, **kwargs)
+
+
+def _classes(config: SourceConfig, y: Tensor) -> int:
+    if config.num_classes:
+        return config.num_classes
+    if config.dataset == "image_folder" and config.labels == "predicted":
+        return 1000
+    return max(10 if config.dataset != "image_folder" else 0, int(y.max()) + 1 if len(y) else 0)
+
+
+def original_model(config: SourceConfig, train: Tuple[Tensor, Tensor], device: str,
+                   cache: Optional[Path] = None, seed: int = 0, labels: Optional[Tensor] = None) -> nn.Module:
+    """The configured model in eval mode on ``device``, without its input normalisation: the
+    default MNIST-5k model, loaded from ``weights``, the factory's, or trained on ``train`` for
+    ``train_epochs`` (seeded) and kept in ``cache`` (a ``.safetensors`` path) so that a resumed
+    or sharded run trains it once. ``labels`` (default: ``train``'s) give the number of classes
+    where ``num_classes`` is 0."""
+    from .. import models
+
+    if config.is_default:
         return models.load_default("mnist", progress=False).to(device).eval()
-    if weights and weights.endswith(".safetensors"):
-        return models.load(Path(weights).expanduser()).to(device).eval()
-    num_classes = 1000 if config["dataset"] == "image_folder" and config["labels"] == "predicted" else None
-    if num_classes is None:
-        num_classes = 10 if config["dataset"] != "image_folder" else int(train[1].max()) + 1
-    name, kwargs = _arch(config, num_classes)
-    if weights:
-        return models.load(Path(weights).expanduser(), models.build(name, **kwargs)).to(device).eval()
+    num_classes = _classes(config, train[1] if labels is None else labels)
+    if config.weights:
+        path = Path(config.weights).expanduser()
+        try:
+            if path.suffix == ".safetensors" and config.arch == "auto" and models.read_metadata(path)["arch"]:
+                model = models.load(path)
+            else:
+                model = models.load(path, build_model(config, num_classes))
+        except (ValueError, RuntimeError) as err:
+            raise ConfigError(f"config key 'weights': {config.weights!r} does not fit architecture "
+                              f"{config.arch!r}: {err}") from None
+        return model.to(device).eval()
+    if ":" in config.arch:
+        return build_model(config, num_classes).to(device).eval()
     if cache is not None and cache.exists():
         return models.load(cache).to(device).eval()
-    torch.manual_seed(config.get("seed", 0))
-    model = models.build(name, **kwargs).to(device)
-    models.train_classifier(model, train[0].to(device), train[1].to(device), epochs=config["train_epochs"],
-                            seed=config.get("seed", 0), progress=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(config, num_classes).to(device)
+    norm = config.normalization()
+    trained = _normalized(model, norm)
+    models.train_classifier(trained, train[0].to(device), train[1].to(device), epochs=config.train_epochs,
+                            seed=seed, progress=False)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        models.save(model, cache, metadata={"trained_by": "manipex experiment", "epochs": config["train_epochs"]})
+        models.save(model, cache, metadata={"trained_by": "manipex experiment", "epochs": config.train_epochs})
     return model.eval()
 
 
-def apply_labels(config: Dict[str, Any], model: nn.Module, *splits: Tuple[Tensor, Tensor]):
-    """The splits with ``labels = "predicted"`` applied, after checking that the dataset's labels
-    fit the model's outputs (``labels = "dataset"``)."""
-    out = []
-    for x, y in splits:
-        with torch.no_grad():  # labels only
-            pred = torch.cat([model(b).argmax(1) for b in x.split(256)])
-            classes = model(x[:1]).shape[1]
-        if config["labels"] == "predicted":
-            y = pred.to(y.device)
-        elif int(y.max()) >= classes:
-            raise ConfigError(f"config key 'labels': the dataset has label {int(y.max())} but the model has {classes} "
-                              "outputs; use labels = \"predicted\" or a model for these classes")
-        out.append((x, y))
-    return out
+def _normalized(model: nn.Module, norm) -> nn.Module:
+    from ..models import with_normalization
+
+    return model if norm is None else with_normalization(model, *norm)
+
+
+def load_source(config: SourceConfig, device: str, *, n_train: Optional[int], n_eval: int, seed: int = 0,
+                cache: Optional[Path] = None) -> ImageSource:
+    """Data and model of ``config``, checked against each other (``num_classes``, ``labels``)."""
+    train, test = load_images(config, n_train=n_train, n_eval=n_eval, seed=seed)
+    labels = torch.cat([train[1], test[1]])
+    model = _normalized(original_model(config, train, device, cache=cache, seed=seed, labels=labels),
+                        config.normalization())
+    model.eval()
+    try:
+        with torch.no_grad():  # labels and a shape check only
+            outputs = model(test[0][:1].to(device)).shape[-1]
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"config key 'arch': the model does not take the images of {config.dataset!r} "
+                          f"(shape {tuple(test[0].shape[1:])}): {err}") from None
+    if config.num_classes and outputs != config.num_classes:
+        raise ConfigError(f"config key 'num_classes': the model has {outputs} outputs, not {config.num_classes}")
+    splits = []
+    for x, y in (train, test):
+        x, y = x.to(device), y.to(device)
+        if config.labels == "predicted":
+            with torch.no_grad():  # labels only
+                y = torch.cat([model(b).argmax(1) for b in x.split(256)]) if len(x) else y
+        elif len(y) and int(y.max()) >= outputs:
+            raise ConfigError(f"config key 'labels': the dataset has label {int(y.max())} but the model has "
+                              f"{outputs} outputs; use labels = \"predicted\" or a model for these classes")
+        splits.append((x, y))
+    return ImageSource(model=model, train=splits[0], test=splits[1], num_classes=outputs)
+
+
+def eps_text(eps: float) -> str:
+    """A budget in both units: ``0.0314 (8/255)``."""
+    levels = eps * PIXEL_LEVELS
+    return f"{eps:.4g} ({levels:.3g}/{PIXEL_LEVELS})"
+
+
+def require_model(config: SourceConfig, purpose: str) -> None:
+    """Refuse a run that would ``purpose`` (e.g. "audit") a user's data without the user's model:
+    only the embedded MNIST-5k data has a default model."""
+    if not config.weights and ":" not in config.arch and config.dataset != "mnist5k":
+        raise ConfigError(f"config key 'weights': the model to {purpose} (a .safetensors saved by manipex, or a .pth "
+                          f"for 'arch'); without it, the default MNIST-5k model is used on MNIST-5k")

@@ -16,9 +16,10 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type
 import torch
 from torch import Tensor, nn
 
+from .._registry import Registry
 from .._validation import TargetLike, check_input, check_model, check_target
 
-_REGISTRY: Dict[str, Type["Explainer"]] = {}
+_REGISTRY: Registry[Type["Explainer"]] = Registry("method")
 
 #: Options every method accepts. ``softplus_beta``: compute the map on the model with every
 #: ReLU replaced by Softplus(β) (β-smoothing, Dombrowski et al. 2019, Sec. 4); None: as is.
@@ -40,9 +41,7 @@ class Explainer(abc.ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
-            if cls.name in _REGISTRY:
-                raise ValueError(f"explanation method {cls.name!r} is registered twice")
-            _REGISTRY[cls.name] = cls
+            _REGISTRY.register(cls.name, cls)
 
     def __init__(self, **options: Any) -> None:
         accepted = {**COMMON_OPTIONS, **self.options}
@@ -108,14 +107,16 @@ def get_explainer(method: str, **options: Any) -> Explainer:
     """Instantiate the method registered as ``method`` with ``options``."""
     if not isinstance(method, str):
         raise TypeError(f"explain: method must be a method name (str), got {type(method).__name__}")
-    if method not in _REGISTRY:
-        raise ValueError(f"explain: unknown method {method!r}; available: {', '.join(methods())}")
-    return _REGISTRY[method](**options)
+    try:
+        cls = _REGISTRY.get(method)
+    except ValueError as err:
+        raise ValueError(f"explain: {err}") from None
+    return cls(**options)
 
 
 def methods() -> List[str]:
     """Names of all registered explanation methods."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def explain(

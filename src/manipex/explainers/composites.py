@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
+from .._registry import Registry
 from .graph import Layer
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule, ZBox, ZPlus
 
@@ -119,20 +120,18 @@ class Composite:
 
 
 CompositeFactory = Callable[..., Composite]
-_COMPOSITES: Dict[str, CompositeFactory] = {}
+_COMPOSITES: Registry[CompositeFactory] = Registry("LRP composite")
 
 
 def register_composite(name: str, factory: CompositeFactory, *, overwrite: bool = False) -> None:
     """Make ``composite=name`` build ``factory(**lrp_options)`` (``low``, ``high``,
     ``epsilon``, ``alpha``, ``beta``, ``gamma``, ``stabilizer``; take ``**_`` for the rest)."""
-    if name in _COMPOSITES and not overwrite:
-        raise ValueError(f"LRP composite {name!r} is already registered")
-    _COMPOSITES[name] = factory
+    _COMPOSITES.register(name, factory, overwrite=overwrite)
 
 
 def composites() -> List[str]:
     """Names of the registered composites."""
-    return sorted(_COMPOSITES)
+    return _COMPOSITES.names()
 
 
 def get_composite(composite: Union[str, Composite], options: Dict[str, Any]) -> Composite:

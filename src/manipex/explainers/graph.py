@@ -466,6 +466,16 @@ def model_graph(model: nn.Module, method: str) -> Graph:
     return graph
 
 
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, keeping manipex's input :class:`~manipex.models.normalize.Normalize` a leaf
+    (a BatchNorm to the rules)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        from ..models.normalize import Normalize
+
+        return isinstance(m, Normalize) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace(model: nn.Module, method: str) -> Graph:
     where = f"explain(method={method!r})"
     root = weakref.ref(model)
@@ -473,7 +483,7 @@ def _trace(model: nn.Module, method: str) -> Graph:
         model = nn.Sequential(model)
     try:
         with _refusing_autograd_functions(where):
-            fx_graph = torch.fx.Tracer().trace(model)
+            fx_graph = _Tracer().trace(model)
     except UnsupportedModelError:
         raise
     except Exception as err:  # fx raises many kinds of errors on dynamic code

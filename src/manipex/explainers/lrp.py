@@ -15,10 +15,10 @@ activations pass it. Every rule is exactly differentiable w.r.t. the input and a
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .composites import Composite, composites, get_composite
 from .propagation import PropagationExplainer
@@ -61,13 +61,18 @@ class LRP(PropagationExplainer):
                 raise TypeError(f"{where}: {key} must be a float or a tensor, got {type(c[key]).__name__}")
 
     def attribute(self, model, x, target, create_graph):
-        low, high = self.bounds(x)
+        low, high = self.bounds(x, model)
         options = {k: self.config[k] for k in ("epsilon", "alpha", "beta", "gamma", "stabilizer")}
         self._composite = get_composite(self.config["composite"], {**options, "low": low, "high": high})
         return super().attribute(model, x, target, create_graph)
 
-    def bounds(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """``low`` and ``high`` as tensors broadcast to one input ``x[0]``."""
+    def bounds(self, x: Tensor, model: Optional[nn.Module] = None) -> Tuple[Tensor, Tensor]:
+        """``low`` and ``high`` as tensors broadcast to one input ``x[0]``; where ``model``
+        starts with an input :class:`~manipex.models.normalize.Normalize`, mapped through it
+        (zB's bounds are those of the first convolution's input)."""
+        from ..models.normalize import input_normalization
+
+        norm = input_normalization(model) if model is not None else None
         out = []
         for key in ("low", "high"):
             b = torch.as_tensor(self.config[key], dtype=x.dtype, device=x.device)
@@ -78,6 +83,8 @@ class LRP(PropagationExplainer):
                     f"explain(method='lrp'): {key} of shape {tuple(b.shape)} does not broadcast to one "
                     f"input of shape {tuple(x.shape[1:])}"
                 ) from None
+        if norm is not None:
+            out = [norm(b).detach() for b in out]
         return out[0], out[1]
 
     def propagate(self, record, signal, create_graph):

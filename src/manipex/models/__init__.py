@@ -43,6 +43,7 @@ from .architectures import (
 )
 from .checkpoint import load, read_metadata, save
 from .densenet import DenseNet
+from .normalize import Normalize, input_normalization, with_normalization
 from .pretrained import DEFAULT_RECIPES, Recipe, default_cache_dir, load_default
 from .resnet import BasicBlock, Bottleneck, ResNet
 from .training import accuracy, train_classifier
@@ -53,6 +54,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "DenseNet",
+    "Normalize",
     "Recipe",
     "ResNet",
     "accuracy",
@@ -64,6 +66,7 @@ __all__ = [
     "densenet121",
     "load",
     "load_default",
+    "input_normalization",
     "mnist_cnn",
     "read_metadata",
     "register",
@@ -73,4 +76,5 @@ __all__ = [
     "tabular_mlp",
     "train_classifier",
     "vgg16",
+    "with_normalization",
 ]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._registry import Registry
 from .densenet import densenet121
 from .resnet import cifar_resnet, resnet18, resnet50
 
@@ -183,7 +184,7 @@ def tabular_mlp(
     return nn.Sequential(*layers)
 
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_REGISTRY: Registry[Callable[..., nn.Module]] = Registry("architecture")
 
 
 def register(
@@ -197,9 +198,7 @@ def register(
     checkpoints, so a factory should take JSON-representable arguments (numbers, strings,
     booleans, lists).
     """
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"architecture {name!r} is already registered")
-    _REGISTRY[name] = factory
+    _REGISTRY.register(name, factory, overwrite=overwrite)
     signature = inspect.signature(factory)
 
     @functools.wraps(factory)
@@ -218,7 +217,7 @@ def register(
 
 def architectures() -> list[str]:
     """Return the sorted names of all registered architectures."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def build(name: str, **kwargs: Any) -> nn.Module:
@@ -230,9 +229,7 @@ def build(name: str, **kwargs: Any) -> nn.Module:
     Raises:
         ValueError: if ``name`` is not registered (the message lists the known names).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(architectures())}")
-    model = _REGISTRY[name](**kwargs)
+    model = _REGISTRY.get(name)(**kwargs)
     setattr(model, ARCH_ATTR, {"name": name, "kwargs": dict(kwargs)})
     return model
 

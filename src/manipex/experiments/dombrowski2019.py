@@ -1,0 +1,110 @@
+"""``dombrowski2019``: Dombrowski et al. 2019, explanations can be manipulated: the targeted
+attack across methods (Fig. 3) and the β curve of β-smoothing (Fig. 4)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+from .base import Experiment, Unit
+from .common import (AttackConfig, ImageContext, check_images, load_maps, method_options, per_image, save_maps,
+                     seeded, targeted_attack)
+from .config import key, method_choices
+
+
+def method_units(config, parts) -> List[Unit]:
+    """Units ``kind/method/start`` for each ``(kind, methods)`` part and batch of images."""
+    return [Unit(f"{kind}/{m}/{b:05d}", {"kind": kind, "method": m, "start": b})
+            for kind, methods in parts for m in methods for b in range(0, config.n, config.batch)]
+
+
+@dataclass(frozen=True)
+class Dombrowski2019Config(AttackConfig):
+    methods: List[str] = key(["gradient", "grad_x_input", "integrated_gradients", "guided_backprop", "lrp"],
+                             "attacked methods", choices=method_choices)
+    betas: List[float] = key([10.0, 3.0, 1.0], "beta values of the beta curve", gt=0)
+    beta_methods: List[str] = key(["gradient", "lrp"], "methods of the beta curve", choices=method_choices)
+
+
+class Dombrowski2019(Experiment):
+    """Dombrowski et al. 2019: the targeted attack across methods (Fig. 3) and the β curve
+    of β-smoothing (Fig. 4)."""
+
+    name = "dombrowski2019"
+    title = "Dombrowski et al. 2019: explanations can be manipulated (targeted attack; beta-smoothing)"
+    Config = Dombrowski2019Config
+    Context = ImageContext
+
+    def units(self, config):
+        return method_units(config, [("attack", config.methods), ("beta", config.beta_methods)])
+
+    def setup(self, config, run):
+        ctx = ImageContext.load(config, run, n_train=None if config.trains_here else 0, n_eval=2 * config.n,
+                                seed=config.seed)
+        check_images(config, ctx)
+        return ctx
+
+    def run_unit(self, unit, ctx, config):
+        from ..attacks import manipulate_input
+        from ..explainers import explain, relevance
+        from ..metrics import pcc
+        from ..objectives import TargetImage
+
+        p = unit.params
+        seeded(config.seed)
+        x, x_target = ctx.images(config.n, p["start"], config.batch)
+        opts = method_options(p["method"], config.ig_steps)
+        attack = dict(steps=config.steps, eps=config.eps, lr=config.lr, clamp=ctx.clamp)
+        if p["kind"] == "attack":
+            rows, res, r_target = targeted_attack(ctx.model, x, x_target, p["method"], opts, first_index=p["start"],
+                                                  **attack)
+            if p["start"] == 0:  # the first image's maps for Fig. 3
+                save_maps(Path(ctx.out) / "maps" / f"attack_{p['method']}.safetensors",
+                          {"input": x, "original": res.maps_before, "manipulated": res.maps_after,
+                           "target": r_target, "perturbation": res.x_adv - x}, 1)
+            return rows
+        model = ctx.model
+        res = manipulate_input(model, x, TargetImage(x_target), p["method"], method_options=opts, progress=False,
+                               **attack)
+        t = model(x).argmax(1)
+        rows = []
+        for beta in [None] + list(config.betas):
+            def heat(inputs):
+                return relevance(explain(model, inputs, p["method"], t, softplus_beta=beta, **opts))
+
+            adv = heat(res.x_adv)
+            rows += per_image({"pcc_target": pcc(adv, heat(x_target)), "pcc_original": pcc(adv, heat(x))},
+                              first_index=p["start"], method=p["method"], beta="relu" if beta is None else beta)
+        return rows
+
+    def tables(self, df, config):
+        attack = df[df.unit.str.startswith("attack/")]
+        curve = df[df.unit.str.startswith("beta/")]
+        out = {}
+        if len(attack):
+            cols = ["mse_after", "ssim_after", "pcc_after", "pcc_before", "image_mse", "class_kept"]
+            out["Fig. 3: manipulated map vs target map (mean per method)"] = attack.groupby("method")[cols].mean().round(4)
+        if len(curve):
+            out["Fig. 4: beta-smoothed maps of the manipulated image (median PCC)"] = curve.pivot_table(
+                index=["method", "beta"], values=["pcc_target", "pcc_original"], aggfunc="median").round(3)
+        return out
+
+    def figures(self, df, config, out):
+        from . import plots
+
+        paths = []
+        attack = df[df.unit.str.startswith("attack/")]
+        if len(attack):
+            paths.append(plots.box_plot(attack.assign(pcc_gain=attack.pcc_after - attack.pcc_before), "pcc_gain",
+                                        "method", Path(out) / "fig3_pcc_gain_boxes.png", "rise of PCC with target"))
+            grid = {}
+            for method in [m for m in config.methods if m in set(attack.method)]:
+                maps = load_maps(Path(out) / "maps" / f"attack_{method}.safetensors")
+                if maps is not None:
+                    grid[method] = {k: maps[k][0] for k in ("original", "manipulated", "target", "perturbation")}
+            if grid:
+                paths.append(plots.manipulation_grid(grid, Path(out) / "fig3_maps.png"))
+        curve = df[df.unit.str.startswith("beta/")]
+        if len(curve):
+            paths.append(plots.beta_curve(curve, Path(out) / "fig4_beta_curve.png"))
+        return paths

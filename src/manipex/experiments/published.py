@@ -1,0 +1,111 @@
+"""The papers' published numbers, as named data carrying their setting, shown beside ours.
+
+Each :class:`Published` table states where its numbers come from (paper, table) and the setting
+they were measured in (dataset, model, image size, budget), so that a report never puts an
+ImageNet number beside an MNIST one without saying so.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Where a published number was measured."""
+
+    paper: str
+    table: str
+    dataset: str
+    model: str
+    image_size: int
+    eps: Optional[str] = None
+
+    def __str__(self) -> str:
+        eps = f", eps {self.eps}" if self.eps else ""
+        size = f", {self.image_size} px" if self.image_size else ""
+        return f"{self.paper} {self.table}: {self.dataset}, {self.model}{size}{eps}"
+
+
+@dataclass(frozen=True)
+class Published:
+    """Rows of a published table: ``rows[index] = values`` in the order of ``columns``."""
+
+    setting: Setting
+    columns: Tuple[str, ...]
+    rows: Mapping[Any, Sequence[Optional[float]]] = field(default_factory=dict)
+
+    def frame(self, prefix: str = "paper_", columns: Optional[Sequence[str]] = None):
+        """A DataFrame with columns ``prefix + column`` (``columns``: a subset, renamed in order)."""
+        import pandas as pd
+
+        df = pd.DataFrame.from_dict({k: list(v) for k, v in self.rows.items()}, orient="index",
+                                    columns=list(self.columns))
+        if columns is not None:
+            df = df[list(columns)]
+        return df.add_prefix(prefix)
+
+    def beside(self, ours, prefix: str = "paper_", columns: Optional[Sequence[str]] = None):
+        """``ours`` joined (left) with the published columns."""
+        return ours.join(self.frame(prefix, columns), how="left")
+
+
+RIEGER_TABLE1 = Published(
+    Setting("Rieger & Hansen 2020", "Table 1", "ImageNet", "VGG16", 224),
+    ("mse_1e-9", "pcc", "top10"),
+    {"gradient": (-0.92, 0.74, 0.40), "guided_backprop": (-3.25, 0.77, 0.42), "lrp": (-1.45, 0.81, 0.49),
+     "integrated_gradients": (-1.76, 0.82, 0.47), "agg_mean": (-0.89, 0.54, 0.24)},
+)
+
+TANG_TABLE1 = Published(
+    Setting("Tang et al.", "Table 1 (untargeted)", "Fashion-MNIST", "ATEX CNN", 28),
+    ("accuracy_atex", "spearman_atex", "spearman_softplus", "topk_atex", "topk_softplus"),
+    {0.02: (0.884, 0.766, 0.708, 0.747, 0.674), 0.04: (0.878, 0.715, 0.622, 0.717, 0.574),
+     0.08: (0.870, 0.686, 0.536, 0.702, 0.484)},
+)
+
+_PASLIEV = dict(paper="Pasliev 2020", dataset="CIFAR-10", model="VGG16", image_size=32)
+METHOD_ORDER = ("gradient", "grad_x_input", "integrated_gradients", "lrp")
+
+PASLIEV_T31 = Published(
+    Setting(table="Table 3.1", **_PASLIEV), ("accuracy",) + METHOD_ORDER,
+    {"acc": (92.4, 22.15, 22.02, 22.02, 22.70), "com_gradient": (91.8, 0.865, 1.054, 1.114, 8.481),
+     "com_grad_x_input": (91.3, 1.867, 1.834, 1.962, 9.823),
+     "com_integrated_gradients": (91.6, 20.945, 20.858, 1.472, 21.656),
+     "com_lrp": (91.45, 21.17, 20.95, 21.16, 0.59)},
+)
+#: Table 3.2: per model and method, (accuracy %, MSE x1e6, PCC, SSIM) with the cross.
+PASLIEV_T32 = {
+    "acc": {"gradient": (92.46, 5.27, 0.162, 0.099), "grad_x_input": (92.46, 6.015, 0.132, 0.172),
+            "integrated_gradients": (92.46, 6.20, 0.133, 0.172), "lrp": (92.46, 4.59, 0.211, 0.068)},
+    "th_gradient": {"gradient": (91.56, 1.702, 0.798, 0.389), "grad_x_input": (91.66, 2.73, 0.661, 0.523),
+                    "integrated_gradients": (91.66, 2.68, 0.678, 0.482), "lrp": (91.66, 4.23, 0.273, 0.038)},
+    "th_lrp": {"gradient": (91.48, 5.109, 0.157, 0.058), "grad_x_input": (91.48, 5.819, 0.125, 0.134),
+               "integrated_gradients": (91.48, 5.826, 0.132, 0.111), "lrp": (91.48, 2.148, 0.733, 0.443)},
+}
+PASLIEV_T32_SETTING = Setting(table="Table 3.2", **_PASLIEV)
+PASLIEV_T33 = Published(
+    Setting(table="Table 3.3", **_PASLIEV),
+    ("accuracy", "classification_loss", "target_mse_1e6", "target_pcc", "target_ssim"),
+    {"acc": (92.46, 0.0, 5.277, 0.162, 0.099), "th_gradient": (91.56, 0.0146, 1.702, 0.798, 0.389),
+     "ipp_gradient": (91.66, 0.007, 1.47, 0.830, 0.445)},
+)
+PASLIEV_T34 = Published(
+    Setting(table="Table 3.4", **_PASLIEV), ("accuracy", "target_mse_1e6", "target_pcc", "target_ssim"),
+    {"acc": (92.46, 5.277, 0.162, 0.099), "th_gradient": (91.56, 1.702, 0.798, 0.389),
+     "fc_gradient": (91.57, 2.59, 0.654, 0.280)},
+)
+PASLIEV_T41 = Published(
+    Setting(table="Table 4.1 (noise inputs, gradient)", **_PASLIEV),
+    ("com_distance", "target_mse_1e6", "target_pcc", "target_ssim"),
+    {"acc": (22.48, 4.993, 0.138, 0.033), "com_gradient": (2.40, None, None, None),
+     "th_gradient": (None, 1.92, 0.769, 0.336)},
+)
+PASLIEV_T42 = Published(
+    Setting(table="Table 4.2", **_PASLIEV), ("noise_pcc",),
+    {"acc": (0.233,), "com_gradient": (0.975,), "th_gradient": (0.763,)},
+)
+PASLIEV_ADULT = Published(
+    Setting("Pasliev 2020", "Sec. 3.8", "UCI Adult", "MLP 100-100", 0), ("accuracy",),
+    {"original": (83.4,), "fairwashed": (82.7,), "without_race_sex": (82.1,)},
+)

@@ -1,0 +1,136 @@
+"""``rieger2020``: Rieger & Hansen 2020, aggregation as a defense: Δ-metrics of targeted attacks
+on single methods and on AGG-Mean (Table 1) beside the published numbers, transfer between
+methods (Fig. 2) and the blank-square attack (Table 4)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import torch
+
+from .base import Experiment, Unit
+from .common import AttackConfig, ImageContext, check_images, method_options, per_image, seeded, targeted_attack
+from .config import key, method_choices
+from .dombrowski2019 import method_units
+from .published import RIEGER_TABLE1
+
+
+@dataclass(frozen=True)
+class Rieger2020Config(AttackConfig):
+    methods: List[str] = key(["gradient", "guided_backprop", "lrp", "integrated_gradients", "agg_mean"],
+                             "attacked methods (Table 1)", choices=method_choices)
+    transfer: List[str] = key(["gradient", "guided_backprop", "lrp", "agg_mean"],
+                              "methods of the transfer matrix (Fig. 2)", choices=method_choices, empty=True)
+    blank: List[str] = key(["gradient", "guided_backprop", "lrp", "agg_mean"],
+                           "methods of the blank-square attack (Table 4)", choices=method_choices, empty=True)
+
+
+class Rieger2020(Experiment):
+    """Rieger & Hansen 2020: Δ-metrics of targeted attacks on single methods and on AGG-Mean
+    (Table 1), beside the published ImageNet numbers."""
+
+    name = "rieger2020"
+    title = "Rieger & Hansen 2020: aggregation as a defense (Table 1)"
+    Config = Rieger2020Config
+    Context = ImageContext
+
+    def units(self, config):
+        return method_units(config, [("table1", config.methods), ("transfer", config.transfer),
+                                     ("blank", config.blank)])
+
+    def setup(self, config, run):
+        ctx = ImageContext.load(config, run, n_train=None if config.trains_here else 0, n_eval=2 * config.n,
+                                seed=config.seed)
+        check_images(config, ctx)
+        return ctx
+
+    def run_unit(self, unit, ctx, config):
+        from ..attacks import manipulate_input
+        from ..explainers import explain, relevance
+        from ..metrics import mass_in, mse, pcc, topk_intersection
+        from ..objectives import BlankRegion, TargetImage, square_mask
+
+        p = unit.params
+        seeded(config.seed)
+        x, x_target = ctx.images(config.n, p["start"], config.batch)
+        model, method = ctx.model, p["method"]
+        attack = dict(steps=config.steps, eps=config.eps, lr=config.lr, clamp=ctx.clamp)
+        options = method_options(method, config.ig_steps)
+        if p["kind"] == "table1":
+            return targeted_attack(model, x, x_target, method, options, first_index=p["start"], **attack)[0]
+        t = model(x).argmax(1)
+
+        def heat(inputs, m):
+            return relevance(explain(model, inputs, m, t, **method_options(m, config.ig_steps)))
+
+        if p["kind"] == "transfer":
+            res = manipulate_input(model, x, TargetImage(x_target), method, method_options=options, progress=False,
+                                   **attack)
+            rows = []
+            for other in config.transfer:
+                # similarity of the evaluated method's map of x_adv to that method's map of the
+                # target image (Fig. 2's axes), with the metrics of Table 1 (top 10 % as Rieger)
+                target, after = heat(x_target, other), heat(res.x_adv, other)
+                k = max(1, int(0.1 * target[0].numel()))
+                pcc_after = pcc(after, target)
+                rows += per_image({"d_pcc": pcc_after - pcc(heat(x, other), target), "pcc_after": pcc_after,
+                                   "mse_after": mse(target, after), "top10_after": topk_intersection(target, after, k)},
+                                  first_index=p["start"], attacked=method, evaluated=other)
+            return rows
+        h, w = x.shape[-2:]
+        mask = square_mask((h, w), h // 2, (h // 4, w // 4)).to(x.device)  # a quarter of the image, centred
+        res = manipulate_input(model, x, BlankRegion(mask), method, method_options=options, progress=False, **attack)
+        before, after = res.maps_before, res.maps_after
+        return per_image({"square_mass_before": mass_in(before, mask), "square_mass_after": mass_in(after, mask),
+                          "square_relevance_kept": mass_in(after, mask) / mass_in(before, mask).clamp(min=1e-12),
+                          "map_preserved": torch.minimum(before, after).flatten(1).sum(1),
+                          "class_kept": res.class_kept.float()}, first_index=p["start"], method=method)
+
+    TABLE1 = "Table 1: Δ-metrics of the targeted attack (ours) and the paper's"
+
+    def tables(self, df, config):
+        out = {}
+        transfer = df[df.unit.str.startswith("transfer/")]
+        blank = df[df.unit.str.startswith("blank/")]
+        table1 = df[df.unit.str.startswith("table1/")]
+        if len(table1):
+            table1 = table1.assign(**{"d_mse_1e-6": (table1.mse_after - table1.mse_before) * 1e6,
+                                      "d_pcc": table1.pcc_after - table1.pcc_before,
+                                      "d_top10": table1.top10_after - table1.top10_before})
+            ours = table1.groupby("method")[["d_mse_1e-6", "d_pcc", "d_top10", "pcc_after", "top10_after",
+                                             "class_kept"]].mean()
+            out[f"{self.TABLE1} ({RIEGER_TABLE1.setting})"] = RIEGER_TABLE1.beside(ours).round(4)
+        if len(transfer):
+            out["Fig. 2: transfer, rise of PCC with the target (rows attacked, columns evaluated)"] = transfer.pivot_table(
+                index="attacked", columns="evaluated", values="d_pcc", aggfunc="mean").round(3)
+        if len(blank):
+            out["Table 4: blank-square attack (share of the square's relevance kept; map preserved)"] = blank.groupby(
+                "method")[["square_mass_before", "square_mass_after", "square_relevance_kept", "map_preserved",
+                           "class_kept"]].mean().round(3)
+        return out
+
+    def figures(self, df, config, out):
+        from . import plots
+
+        paths = []
+        table1 = df[df.unit.str.startswith("table1/")]
+        if len(table1):
+            paths.append(plots.box_plot(table1.assign(d_pcc=table1.pcc_after - table1.pcc_before), "d_pcc", "method",
+                                        Path(out) / "table1_d_pcc_boxes.png", "Δ-PCC with target"))
+        transfer = df[df.unit.str.startswith("transfer/")]
+        if len(transfer):
+            matrix = transfer.pivot_table(index="attacked", columns="evaluated", values="d_pcc", aggfunc="mean")
+            paths.append(plots.transfer_heatmap(matrix, Path(out) / "fig2_transfer.png", "rise of PCC with target"))
+            evaluated = set(transfer.evaluated)
+            for attacked in [m for m in config.transfer if m in set(transfer.attacked)]:
+                if attacked in evaluated and len(evaluated) > 1:  # Fig. 2 needs another method
+                    paths.append(plots.transfer_scatter(transfer, attacked,
+                                                        Path(out) / f"fig2_transfer_scatter_{attacked}.png"))
+        present = set(table1.method) if len(table1) else set()
+        singles = [m for m in config.methods if m in present and m != "agg_mean"]
+        if "agg_mean" in present and singles:  # Fig. 5: AGG-Mean against one unaggregated method
+            single = "guided_backprop" if "guided_backprop" in singles else singles[0]
+            paths.append(plots.robustness_scatter(table1, single, "agg_mean",
+                                                  Path(out) / f"fig5_agg_mean_vs_{single}.png"))
+        return paths

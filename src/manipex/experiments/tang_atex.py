@@ -1,0 +1,146 @@
+"""``tang_atex``: Tang et al., defending against explanation manipulation with ATEX: untargeted
+(top-k) and targeted (region) attacks against an ATEX-fine-tuned model and the softplus
+baseline of Dombrowski et al., for several budgets (Tables 1 to 4)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from torch import Tensor, nn
+
+from .base import Experiment, Unit
+from .common import ImageContext, load_model, per_image, save_maps, save_model
+from .config import key
+from .published import TANG_TABLE1
+from .config import ConfigError
+from .sources import MNIST_LIKE, SourceConfig
+
+
+@dataclass(frozen=True)
+class TangConfig(SourceConfig):
+    arch: str = key("auto", "the base model: a zoo architecture or a factory package.module:function; auto: the "
+                    "checkpoint's own, else Tang's CNN (atex_cnn) trained here on MNIST-like data, vgg16 otherwise")
+    n: int = key(32, "test images attacked", ge=1)
+    batch: int = key(32, "images per unit", ge=1)
+    eps: List[float] = key([0.02, 0.04, 0.08], "L-infinity budgets in pixel units", gt=0)
+    steps: int = key(100, "signed attack steps (Tang: 200)", ge=1)
+    lr: float = key(0.01, "signed step size", gt=0)
+    k: int = key(50, "top-k of the untargeted attack and metric (pixels)", ge=1)
+    softplus_beta: float = key(10.0, "beta of the softplus baseline", gt=0)
+    atex_epochs: int = key(1, "ATEX epochs (Tang: 2)", ge=1)
+    atex_n: int = key(2000, "ATEX training images", ge=1)
+    examples: int = key(3, "images shown in the map figure", ge=0)
+    seed: int = key(0, "seed", ge=0)
+
+    @property
+    def is_default(self) -> bool:
+        return False  # Tang's base model is trained here, not manipex's default model
+
+    def auto_arch(self) -> str:
+        return "atex_cnn" if self.dataset in MNIST_LIKE else super().auto_arch()
+
+
+@dataclass(kw_only=True)
+class TangContext(ImageContext):
+    models: Dict[str, nn.Module]
+    accuracy: Dict[str, float]
+
+
+class TangATEX(Experiment):
+    """Tang et al.: untargeted (top-k) and targeted (region) attacks against an ATEX-fine-tuned
+    model and the softplus baseline of Dombrowski et al., for several budgets (Tables 1 to 4)."""
+
+    name = "tang_atex"
+    title = "Tang et al.: ATEX against explanation manipulation (Tables 1-4)"
+    Config = TangConfig
+    Context = TangContext
+
+    def units(self, config):
+        return [Unit(f"{model}/{attack}/{eps:g}/{b:05d}", {"model": model, "attack": attack, "eps": eps, "start": b})
+                for model in ("atex", "softplus") for attack in ("untargeted", "targeted")
+                for eps in config.eps for b in range(0, config.n, config.batch)]
+
+    def setup(self, config, run):
+        from ..defenses import atex_finetune
+        from ..models import accuracy
+        from ..surgery import softplus_copy
+
+        n_eval = config.n if config.dataset == "image_folder" else max(config.n, 1000)  # accuracy on 1000
+        base = ImageContext.load(config, run, n_train=None, n_eval=n_eval, seed=config.seed)
+        if len(base.train[0]) == 0:
+            raise ConfigError(f"config key 'root': no training images left for ATEX in {config.root!r}")
+        cache = Path(run.out) / "models" / "atex.safetensors"
+        if cache.exists():
+            atex = load_model(cache, config, run.device)
+        else:
+            torch.manual_seed(config.seed)
+            atex = atex_finetune(base.model, base.train[0][: config.atex_n], epochs=config.atex_epochs,
+                                 seed=config.seed, progress=False)
+            save_model(atex, cache, {"trained_by": "manipex tang_atex", "atex_epochs": config.atex_epochs})
+        models = {"atex": atex, "softplus": softplus_copy(base.model, config.softplus_beta)}
+        return TangContext(**vars(base), models=models,
+                           accuracy={k: accuracy(m, base.x, base.y) for k, m in models.items()})
+
+    def run_unit(self, unit, ctx, config):
+        from ..attacks import manipulate_input
+        from ..metrics import spearman, ssim, topk_intersection
+        from ..objectives import RegionHighlight, TopKSuppression, square_mask
+
+        p = unit.params
+        torch.manual_seed(config.seed)
+        model = ctx.models[p["model"]]
+        x = ctx.x[p["start"]: min(p["start"] + config.batch, config.n)]
+        h, w = x.shape[-2:]
+        k = min(config.k, h * w - 1)
+        if p["attack"] == "untargeted":
+            objective = TopKSuppression(k)
+        else:  # Tang's region: a 10x10 square of a 28x28 image, scaled to the image
+            objective = RegionHighlight(square_mask((h, w), max(1, round(10 * min(h, w) / 28))).to(x.device))
+        res = manipulate_input(model, x, objective, "gradient", optimizer="sign", lr=config.lr, steps=config.steps,
+                               eps=p["eps"], beta=None, clamp=ctx.clamp, progress=False)
+        if p["start"] == 0 and config.examples:  # examples for the figure: maps before and after the attack
+            save_maps(Path(ctx.out) / "maps" / f"{unit.id.replace('/', '_')}.safetensors",
+                      {"input": x, "before": res.maps_before, "after": res.maps_after}, config.examples)
+        cols: Dict[str, Tensor] = {
+            "spearman": spearman(res.maps_after, res.maps_before),
+            "topk": topk_intersection(res.maps_after, res.maps_before, k),
+            "ssim": ssim(res.maps_after, res.maps_before), "class_kept": res.class_kept.float()}
+        return per_image(cols, first_index=p["start"], model=p["model"], attack=p["attack"], eps=p["eps"],
+                         accuracy=ctx.accuracy[p["model"]])
+
+    def tables(self, df, config):
+        out = {}
+        for attack in ("untargeted", "targeted"):
+            part = df[df.attack == attack]
+            if not len(part):
+                continue
+            table = part.pivot_table(index="eps", columns="model", values=["spearman", "topk", "ssim", "accuracy"],
+                                     aggfunc="mean")
+            table.columns = [f"{metric}_{model}" for metric, model in table.columns]
+            title = f"{attack} attack: similarity of the attacked map to the original (higher = more robust)"
+            if attack == "untargeted":
+                table = TANG_TABLE1.beside(table)
+                title += f"; paper: {TANG_TABLE1.setting}"
+            out[title] = table.round(3)
+        return out
+
+    def figures(self, df, config, out):
+        from . import plots
+
+        paths = [plots.metric_curves(df, "eps", "model", ["spearman", "topk", "ssim"], "attack",
+                                     Path(out) / "tables_metrics_vs_eps.png")] if len(df) else []
+        eps = max(config.eps)
+        found = {m: Path(out) / "maps" / f"{m}_untargeted_{eps:g}_00000.safetensors" for m in ("softplus", "atex")}
+        if all(p.exists() for p in found.values()):
+            from safetensors.torch import load_file
+
+            from ..figures import map_grid
+
+            maps = {m: load_file(str(p)) for m, p in found.items()}
+            columns = {"softplus": maps["softplus"]["before"], "ATEX": maps["atex"]["before"],
+                       f"softplus, attacked (ε={eps:g})": maps["softplus"]["after"],
+                       f"ATEX, attacked (ε={eps:g})": maps["atex"]["after"]}
+            paths.append(map_grid(maps["atex"]["input"], columns, Path(out) / "fig3_maps.png"))
+        return paths
