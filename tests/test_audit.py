@@ -40,7 +40,7 @@ def detection_of(tables):
 
 
 def test_audit_flags_the_manipulated_model_and_not_a_clean_one(checkpoints, tmp_path):
-    references = ",".join(str(checkpoints[s]) for s in (1, 2, 3))
+    references = [str(checkpoints[s]) for s in (1, 2, 3)]
     flagged = detection_of(run("audit", overrides={**SMALL, "weights": str(checkpoints["manipulated"]),
                                                    "references": references}, out=tmp_path / "m", quiet=True))
     clean = detection_of(run("audit", overrides={**SMALL, "weights": str(checkpoints[7]), "references": references},

@@ -173,7 +173,7 @@ def test_rieger_scatter_plots_take_the_right_columns(tmp_path):
     import pandas as pd
 
     from manipex.experiments import plots
-    from manipex.experiments.papers import Rieger2020
+    from manipex.experiments.rieger2020 import Rieger2020, Rieger2020Config
 
     rows = [{"image": i, "attacked": a, "evaluated": e, "pcc_after": 10 * i + len(e) + (a == e),
              "mse_after": -i, "top10_after": i / 10, "d_pcc": 0.0}
@@ -191,7 +191,8 @@ def test_rieger_scatter_plots_take_the_right_columns(tmp_path):
     table1 = pd.DataFrame([{"image": i, "method": m, "pcc_before": 0.0, "pcc_after": i + (m == "agg_mean"),
                             "mse_after": 0.0, "top10_after": 0.5, "unit": f"table1/{m}/00000"}
                            for i in range(3) for m in ("lrp", "guided_backprop", "agg_mean")])
-    figs = Rieger2020().figures(table1, {"methods": ["lrp", "guided_backprop", "agg_mean"], "transfer": []}, tmp_path)
+    config = Rieger2020Config.resolve({"methods": ["lrp", "guided_backprop", "agg_mean"], "transfer": []})
+    figs = Rieger2020().figures(table1, config, tmp_path)
     assert [f.name for f in figs] == ["table1_d_pcc_boxes.png", "fig5_agg_mean_vs_guided_backprop.png"]
     x, y = plots._paired(table1, "method", "guided_backprop", "agg_mean", "pcc_after")
     assert list(x) == [0, 1, 2] and list(y) == [1, 2, 3]
@@ -242,7 +243,7 @@ def test_pasliev_on_cifar_files_with_torchvision_format_weights(tmp_path):
     torch.save(vgg16(num_classes=10, input_size=32).state_dict(), tmp_path / "vgg16_cifar.pth")
     config = {"dataset": "cifar10", "root": str(tmp_path / "cifar"), "weights": str(tmp_path / "vgg16_cifar.pth"),
               "normalize": "cifar10", "models": ["com_gradient"], "methods": ["gradient"], "epochs": 1,
-              "n_train": 16, "n_eval": 8, "batch": 8, "noise_n": 4, "adult": False, "weight_noise": [0.0],
+              "n_train": 16, "n_eval": 8, "batch": 8, "noise_n": 4, "weight_noise": [0.0],
               "examples": 1, "save_models": False}
     tables = run("pasliev2020", overrides=config, out=tmp_path / "runs", quiet=True)
     com = tables[next(t for t in tables if t.startswith("Table 3.1"))]
@@ -284,7 +285,7 @@ def test_pasliev_on_an_image_folder_with_predicted_labels(tmp_path):
     models.save(models.build("vgg16", num_classes=20, input_size=32), tmp_path / "vgg.safetensors")
     config = {"dataset": "image_folder", "root": str(tmp_path / "val"), "weights": str(tmp_path / "vgg.safetensors"),
               "image_size": 32, "labels": "predicted", "models": ["th_gradient"], "methods": ["gradient"],
-              "epochs": 1, "n_eval": 4, "batch": 4, "noise_n": 4, "adult": False, "weight_noise": [0.0],
+              "epochs": 1, "n_eval": 4, "batch": 4, "noise_n": 4, "weight_noise": [0.0],
               "examples": 1, "save_models": False}
     tables = run("pasliev2020", overrides=config, out=tmp_path / "runs", quiet=True)
     target = tables[next(t for t in tables if t.startswith("Table 3.2"))]
