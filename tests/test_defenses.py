@@ -132,17 +132,44 @@ def clean_models():
             for s in range(1, 10)], (x[:2000], y[:2000])
 
 
-def test_calibrated_detection_keeps_its_false_positive_rate_and_flags_a_manipulation(clean_models):
-    """With 3 references the decision is a t prediction-interval test at alpha = 0.05: none of six
-    further clean models (other seeds) is flagged, a center-of-mass manipulation is."""
+@pytest.fixture(scope="module")
+def clean_scores():
+    """Noise-map similarity (gradient, 32 noise inputs) of 24 clean MNIST-5k CNNs of one kind
+    (one epoch on 1000 images, seeds 1 to 24; one thread: these small models train faster)."""
+    from manipex.defenses.detection import noise_map_similarity
+
+    x, y = manipex.data.load("mnist5k", split="train")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [noise_map_similarity(train_classifier(mnist_cnn(), x[:1000], y[:1000], epochs=1, seed=s,
+                                                      progress=False).eval(), (1, 28, 28), n=32).mean().item()
+                for s in range(1, 25)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_calibrated_detection_keeps_its_false_positive_rate(clean_scores):
+    """Over every set of 3 references of 24 clean models (other seeds), the share of the other 21
+    flagged at alpha = 0.05 is at most alpha (measured: 0.023; on the raw scale, not the log
+    scale, the gradient test exceeds alpha on such pools: benchmarks/detection_calibration.py)."""
+    import itertools
+
+    from manipex.defenses.detection import prediction_interval_test
+
+    tests = [prediction_interval_test(clean_scores[j], [clean_scores[i] for i in refs])[0] < 0.05
+             for refs in itertools.combinations(range(24), 3) for j in range(24) if j not in refs]
+    assert len(tests) == 2024 * 21 and 0 < sum(tests) / len(tests) <= 0.05
+
+
+def test_calibrated_detection_flags_a_manipulation(clean_models):
+    """With 3 references the decision is a t prediction-interval test at alpha = 0.05: a clean
+    model of another seed is not flagged, a center-of-mass manipulation of it is."""
     models, data = clean_models
-    references, others = models[:3], models[3:]
-    reports = [detect_manipulation(m, (1, 28, 28), references, n=32) for m in others]
-    assert all(r.calibrated and r.alpha == 0.05 for r in reports)
-    false_positives = sum(r.manipulated for r in reports)
-    assert false_positives / len(others) <= 0.05
-    assert all(r.p_value > 0.05 for r in reports)
-    manipulated = manipulate_model(others[0], data, CenterOfMass((0.0, 0.0)), "gradient", lam=0.03, lr=1e-3,
+    references = models[:3]
+    report = detect_manipulation(models[3], (1, 28, 28), references, n=32)
+    assert report.calibrated and report.alpha == 0.05 and not report.manipulated
+    manipulated = manipulate_model(models[3], data, CenterOfMass((0.0, 0.0)), "gradient", lam=0.03, lr=1e-3,
                                    epochs=2, progress=False).model
     flagged = detect_manipulation(manipulated, (1, 28, 28), references, n=32)
     assert flagged.manipulated and flagged.p_value < 0.05 and flagged.score > flagged.threshold
