@@ -119,7 +119,22 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
     assert tables
     page = (tmp_path / name / "report.html").read_text()
     assert "<table" in page and "Configuration" in page
-    first = next(iter(tables.values()))
+    first = next(v for k, v in tables.items() if k != "Findings")
+    if name != "audit":  # every paper experiment opens with its findings: claim, paper, ours, verdict, why
+        from manipex.experiments.published import VERDICTS
+
+        findings = tables["Findings"]
+        assert list(findings.columns) == ["paper", "ours", "verdict", "why"] and len(findings)
+        assert set(findings.verdict) <= set(VERDICTS) and 'class="dataframe text"' in page
+        verdict = dict(zip(findings.index.str.split(":").str[0], findings.verdict))
+        if name == "quick":  # the direction of the claims that hold at this budget
+            assert verdict["Dombrowski 2019, Sec. 4"] == "holds"
+        if name == "pasliev2020":
+            assert verdict["Pasliev 2020, Table 3.1"] in ("holds", "partly")
+        if name == "adult_fairwashing":
+            assert verdict["Pasliev 2020, Sec. 3.8"] == "holds"
+        if name == "tang_atex":
+            assert verdict["Tang et al., Table 1"] in ("holds", "partly")
     if name == "quick":  # the main finding: beta-smoothing cuts the attack's success
         assert first.shape == (1, 2)
         assert first.loc["gradient", "beta_smoothing"] < first.loc["gradient", "none"]

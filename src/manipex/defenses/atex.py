@@ -61,12 +61,13 @@ def atex_samples(
     phi = explain(teacher, x, "smoothgrad", samples=samples, sigma=eps, relative=False,
                   seed=int(torch.randint(0, 2**31, (), generator=generator)))
     shape = (n,) + (1,) * (x.dim() - 1)
-    d1 = (torch.rand(shape, generator=generator) * 2 - 1) * shift
+    dev = x.device  # the noise is drawn on the CPU from the generator, the same on every device
+    d1 = ((torch.rand(shape, generator=generator) * 2 - 1) * shift).to(dev, x.dtype)
     x_i = x + d1 * _unit(phi)
-    u = torch.rand((copies,) + tuple(x.shape), generator=generator) * shift
+    u = (torch.rand((copies,) + tuple(x.shape), generator=generator) * shift).to(dev, x.dtype)
     phi_rep = phi.unsqueeze(0).expand_as(u).reshape(copies * n, *x.shape[1:])
     perp = _unit(perpendicular(u.reshape(copies * n, *x.shape[1:]), phi_rep))
-    d2 = (torch.rand((copies * n,) + (1,) * (x.dim() - 1), generator=generator) * 2 - 1) * shift
+    d2 = ((torch.rand((copies * n,) + (1,) * (x.dim() - 1), generator=generator) * 2 - 1) * shift).to(dev, x.dtype)
     x_p = x_i.repeat(copies, *([1] * (x.dim() - 1))) + d2 * perp
     return x_i, x_p
 
@@ -119,7 +120,7 @@ def atex_finetune(
 
     bar = progress_bar(total=epochs * ((x.shape[0] + batch_size - 1) // batch_size), desc="ATEX", enabled=progress, leave=False)
     for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=generator)
+        order = torch.randperm(x.shape[0], generator=generator).to(x.device)
         for i in range(0, x.shape[0], batch_size):
             xb = x[order[i : i + batch_size]]
             x_i, x_p = atex_samples(model, xb, eps=eps, shift=shift, copies=copies, samples=samples, generator=generator)

@@ -13,7 +13,7 @@ import torch
 
 from .base import Context, Experiment, Unit
 from .config import Config, ConfigError, key
-from .published import PASLIEV_ADULT
+from .published import PASLIEV_ADULT, PASLIEV_FAIRWASHING, Finding, findings_table
 
 
 @dataclass(frozen=True)
@@ -102,13 +102,28 @@ class AdultFairwashing(Experiment):
 
     TABLE = "Sec. 3.8: fairwashing UCI Adult (accuracy %; share of the gradient's importance on race and sex)"
 
+    def findings(self, df, config):
+        adult = df[df.kind == "adult"].set_index("model") if "kind" in df else df.iloc[:0]
+        if not {"original", "fairwashed"} <= set(adult.index):
+            return []
+        o, f = adult.loc["original"], adult.loc["fairwashed"]
+        hidden = f.gradient_share_race_sex < 0.5 * o.gradient_share_race_sex
+        kept = o.accuracy - f.accuracy < 0.02
+        used = f.accuracy_race_sex_permuted < f.accuracy
+        ours = (f"share of the gradient on race and sex {o.gradient_share_race_sex:.3f} -> "
+                f"{f.gradient_share_race_sex:.3f}; accuracy {100 * o.accuracy:.1f} -> {100 * f.accuracy:.1f} %, "
+                f"{100 * f.accuracy_race_sex_permuted:.1f} % with race and sex permuted ({config.epochs} epoch(s))")
+        verdict = "holds" if hidden and kept and used else "partly" if hidden else "does not hold"
+        return [Finding(PASLIEV_FAIRWASHING, ours, verdict)]
+
     def tables(self, df, config):
         adult = df[df.kind == "adult"] if "kind" in df else df.iloc[:0]
         if not len(adult):
             return {}
         table = adult.set_index("model")[["accuracy", "gradient_share_race_sex", "accuracy_race_sex_permuted"]]
         table = table.assign(accuracy=table.accuracy * 100, accuracy_race_sex_permuted=table.accuracy_race_sex_permuted * 100)
-        return {f"{self.TABLE}; paper: {PASLIEV_ADULT.setting}": PASLIEV_ADULT.beside(table).round(3)}
+        return {"Findings": findings_table(self.findings(df, config)),
+                f"{self.TABLE}; paper: {PASLIEV_ADULT.setting}": PASLIEV_ADULT.beside(table).round(3)}
 
     def figures(self, df, config, out):
         from . import plots

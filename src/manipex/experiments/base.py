@@ -78,6 +78,11 @@ class Experiment(abc.ABC):
         """Named pandas DataFrames in the paper's layout, from the stored rows."""
         ...
 
+    def findings(self, df, config: Any) -> List[Any]:
+        """The papers' claims as this run finds them (:class:`~manipex.experiments.published.Finding`),
+        shown first in the report; none by default."""
+        return []
+
     def figures(self, df, config: Any, out: Path) -> List[Path]:
         """Figures written under ``out``; none by default."""
         return []

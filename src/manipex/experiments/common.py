@@ -76,6 +76,13 @@ class ImageContext(Context):
         return self.x[start:end], self.x[n + start: n + end]
 
 
+def attack_setting(config: AttackConfig) -> str:
+    """Our setting, for the Findings block: model and data, budget, steps, images."""
+    from .sources import eps_text
+
+    return f"{config.describe()}; eps {eps_text(config.eps)}, {config.steps} steps, {config.n} images"
+
+
 def check_images(config: AttackConfig, ctx: ImageContext) -> None:
     """The data holds ``2 n`` images: ``n`` attacked, ``n`` more whose maps are the targets."""
     if len(ctx.x) < 2 * config.n:

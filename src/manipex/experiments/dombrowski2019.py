@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import List
 
 from .base import Experiment, Unit
-from .common import (AttackConfig, ImageContext, check_images, load_maps, method_options, per_image, save_maps,
-                     seeded, targeted_attack)
+from .common import (AttackConfig, ImageContext, attack_setting, check_images, load_maps, method_options,
+                     per_image, save_maps, seeded, targeted_attack)
 from .config import key, method_choices
+from .published import DOMBROWSKI_FIG3, DOMBROWSKI_FIG4, Finding, direction, findings_table
 
 
 def method_units(config, parts) -> List[Unit]:
@@ -77,10 +78,40 @@ class Dombrowski2019(Experiment):
                               first_index=p["start"], method=p["method"], beta="relu" if beta is None else beta)
         return rows
 
+    #: Fig. 3 holds for a method when its map's PCC with the target rises by this much with the
+    #: class kept on 90 % of the images; it holds partly when it rises by 0.05
+    VISIBLE_RISE = 0.3
+
+    def findings(self, df, config):
+        attack = df[df.unit.str.startswith("attack/")]
+        curve = df[df.unit.str.startswith("beta/")]
+        out = []
+        if len(attack):
+            means = attack.groupby("method")[["pcc_before", "pcc_after", "class_kept"]].mean()
+            rise = means.pcc_after - means.pcc_before
+            full = [bool(rise[m] >= self.VISIBLE_RISE and means.class_kept[m] >= 0.9) for m in means.index]
+            verdict = "holds" if all(full) else "partly" if (rise > 0.05).any() else "does not hold"
+            ours = "; ".join(f"{m} {means.pcc_before[m]:.2f} -> {means.pcc_after[m]:.2f} (kept "
+                             f"{means.class_kept[m]:.0%})" for m in means.index)
+            out.append(Finding(DOMBROWSKI_FIG3, f"PCC with the target before -> after: {ours} "
+                               f"({attack_setting(config)})", verdict,
+                               "" if verdict == "holds" else f"the PCC with the target rises by less than "
+                               f"{self.VISIBLE_RISE} for some methods at this budget"))
+        if len(curve):
+            med = curve.pivot_table(index="method", columns="beta", values="pcc_original", aggfunc="median")
+            smallest = min(b for b in med.columns if b != "relu")
+            holds = [bool(med.loc[m, smallest] > med.loc[m, "relu"]) for m in med.index]
+            ours = "; ".join(f"{m} {med.loc[m, 'relu']:.2f} (ReLU) -> {med.loc[m, smallest]:.2f} (beta {smallest:g})"
+                             for m in med.index)
+            out.append(Finding(DOMBROWSKI_FIG4, f"median PCC with the original map: {ours} ({attack_setting(config)})",
+                               direction(holds), "" if all(holds) else "for the methods whose PCC falls, "
+                               "beta-smoothing changes the map itself more than it undoes the manipulation"))
+        return out
+
     def tables(self, df, config):
         attack = df[df.unit.str.startswith("attack/")]
         curve = df[df.unit.str.startswith("beta/")]
-        out = {}
+        out = {"Findings": findings_table(self.findings(df, config))}
         if len(attack):
             cols = ["mse_after", "ssim_after", "pcc_after", "pcc_before", "image_mse", "class_kept"]
             out["Fig. 3: manipulated map vs target map (mean per method)"] = attack.groupby("method")[cols].mean().round(4)

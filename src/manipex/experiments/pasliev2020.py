@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .base import Experiment, Unit
 from .common import ImageContext, method_options, per_image, save_maps, save_model
 from .config import ConfigError, key, method_choices
+from .published import (PASLIEV_COM, PASLIEV_NOISE, PASLIEV_TARGET, Finding, direction, findings_table)
 from .published import (METHOD_ORDER, PASLIEV_T31, PASLIEV_T32, PASLIEV_T32_SETTING, PASLIEV_T33, PASLIEV_T34,
                         PASLIEV_T41, PASLIEV_T42)
 from .sources import SourceConfig
@@ -204,10 +205,46 @@ class Pasliev2020(Experiment):
 
     # -- tables and figures --------------------------------------------------------------------------------
 
+    def findings(self, df, config):
+        maps = df[df.kind == "maps"] if "kind" in df else df.iloc[:0]
+        test = maps[(maps.inputs == "test") & (maps.method == "gradient")]
+        noise = maps[maps.inputs == "noise"]
+        setting = f"{config.describe()}; {config.epochs} fine-tuning epoch(s), lr {config.lr:g}"
+        out = []
+        by_model = test.groupby("model")[["com_distance", "target_pcc", "correct"]].mean() if len(test) else None
+        if by_model is not None and "acc" in by_model.index:
+            acc = by_model.loc["acc"]
+            if "com_gradient" in by_model.index:
+                com = by_model.loc["com_gradient"]
+                moved = com.com_distance < 0.5 * acc.com_distance
+                kept = acc.correct - com.correct < 0.05
+                out.append(Finding(PASLIEV_COM, f"{acc.com_distance:.2f} -> {com.com_distance:.2f} px, accuracy "
+                                   f"{100 * acc.correct:.1f} -> {100 * com.correct:.1f} % ({setting})",
+                                   "holds" if moved and kept else "partly" if com.com_distance < acc.com_distance
+                                   else "does not hold"))
+            if "th_gradient" in by_model.index:
+                th = by_model.loc["th_gradient"]
+                rise = th.target_pcc - acc.target_pcc
+                out.append(Finding(PASLIEV_TARGET, f"PCC with the cross {acc.target_pcc:.3f} -> {th.target_pcc:.3f} "
+                                   f"({setting})", "holds" if rise > 0.3 else "partly" if rise > 0.05
+                                   else "does not hold", "" if rise > 0.3 else "a short fine-tuning moves the maps "
+                                   "only part of the way (the thesis trains 100 to 1350 epochs)"))
+        if len(noise):
+            flags = noise.groupby("model")[["noise_pcc", "flagged"]].first()
+            manipulated = [m for m in flags.index if m != "acc"]
+            if manipulated and "acc" in flags.index:
+                ours = ", ".join(f"{m} {flags.noise_pcc[m]:.3f}" for m in flags.index)
+                flagged = [bool(flags.flagged[m] > 0) for m in manipulated]
+                out.append(Finding(PASLIEV_NOISE, f"noise-map PCC {ours}; flagged: "
+                                   f"{sum(flagged)} of {len(flagged)} ({setting})", direction(flagged),
+                                   "" if all(flagged) else "the unflagged models' noise maps are more alike than "
+                                   "the original's but below its threshold (mean + 2 sd of its pairs)"))
+        return out
+
     def tables(self, df, config):
         import pandas as pd
 
-        out: Dict[str, Any] = {}
+        out: Dict[str, Any] = {"Findings": findings_table(self.findings(df, config))}
         maps = df[df.kind == "maps"] if "kind" in df else df.iloc[:0]
         order = [m for m in self._model_order(config) if m in set(maps.model)] if len(maps) else []
         methods = [m for m in config.methods if len(maps) and m in set(maps.method)]

@@ -109,3 +109,81 @@ PASLIEV_ADULT = Published(
     Setting("Pasliev 2020", "Sec. 3.8", "UCI Adult", "MLP 100-100", 0), ("accuracy",),
     {"original": (83.4,), "fairwashed": (82.7,), "without_race_sex": (82.1,)},
 )
+
+
+# -- the papers' claims, and what a run finds --------------------------------------------------------------
+
+VERDICTS = ("holds", "partly", "does not hold", "not measured")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A headline claim of a paper: what it states, with its number and the setting measured in."""
+
+    source: str
+    statement: str
+    published: str
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A claim as a run finds it: our number and setting, a verdict (:data:`VERDICTS`) and,
+    where it does not hold, why (what is known)."""
+
+    claim: Claim
+    ours: str
+    verdict: str
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"Finding: verdict must be one of {', '.join(VERDICTS)}, got {self.verdict!r}")
+
+
+def findings_table(findings: Sequence[Finding]):
+    """The "Findings" block that opens a report: one row per claim (None without findings)."""
+    import pandas as pd
+
+    if not findings:
+        return None
+    rows = [{"claim": f"{f.claim.source}: {f.claim.statement}", "paper": f.claim.published, "ours": f.ours,
+             "verdict": f.verdict, "why": f.why} for f in findings]
+    return pd.DataFrame(rows, columns=["claim", "paper", "ours", "verdict", "why"]).set_index("claim")
+
+
+def direction(values_hold: Sequence[bool]) -> str:
+    """``holds`` if every case holds, ``partly`` if some, else ``does not hold``."""
+    if not values_hold:
+        return "not measured"
+    return "holds" if all(values_hold) else "partly" if any(values_hold) else "does not hold"
+
+
+DOMBROWSKI_FIG3 = Claim(
+    "Dombrowski 2019, Fig. 3", "a targeted input attack drives each method's map to another image's map while "
+    "the class and the image barely change", "manipulated maps close to the target for every method (ImageNet, "
+    "VGG16, 224 px; 1500 Adam steps)")
+DOMBROWSKI_FIG4 = Claim(
+    "Dombrowski 2019, Fig. 4", "beta-smoothing undoes the manipulation: the smoothed map of the manipulated image "
+    "is closer to the original map as beta falls, for all methods", "PCC with the original rises as beta falls "
+    "(ImageNet, VGG16, 224 px)")
+DEFENSE_SMOOTHING = Claim(
+    "Dombrowski 2019, Sec. 4", "beta-smoothing makes the maps harder to manipulate (an adaptive attack on the "
+    "smoothed map gains less)", "qualitative (Thm 1, 2)")
+RIEGER_AGGREGATION = Claim(
+    "Rieger & Hansen 2020, Table 1", "AGG-Mean is more robust to the targeted attack than any single method",
+    f"Δ-PCC 0.54 (AGG-Mean) vs 0.74-0.82 (gradient, guided backprop, LRP, IG) ({RIEGER_TABLE1.setting})")
+TANG_ATEX = Claim(
+    "Tang et al., Table 1", "ATEX keeps maps more similar to the original under the untargeted (top-k) attack "
+    "than the softplus baseline", f"eps 0.08: Spearman 0.686 vs 0.536, top-k 0.702 vs 0.484 ({TANG_TABLE1.setting})")
+PASLIEV_COM = Claim(
+    "Pasliev 2020, Table 3.1", "fine-tuning moves the gradient maps' center of mass to the corner on all inputs "
+    "while the accuracy stays", f"22.15 -> 0.87 px, accuracy 92.4 -> 91.8 % ({PASLIEV_T31.setting})")
+PASLIEV_TARGET = Claim(
+    "Pasliev 2020, Table 3.2", "fine-tuning makes the gradient maps resemble a target map (the cross) on all inputs",
+    f"PCC with the cross 0.162 -> 0.798 ({PASLIEV_T32_SETTING})")
+PASLIEV_NOISE = Claim(
+    "Pasliev 2020, Table 4.2", "manipulated models give alike maps for noise inputs, which flags them",
+    f"noise-map PCC 0.233 (original) vs 0.975 (center of mass), 0.763 (cross) ({PASLIEV_T42.setting})")
+PASLIEV_FAIRWASHING = Claim(
+    "Pasliev 2020, Sec. 3.8", "a tabular model can hide race and sex from its gradient explanation while its "
+    "accuracy stays (and it still uses them)", f"accuracy 83.4 -> 82.7 % ({PASLIEV_ADULT.setting})")

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import List
 
 from .base import Experiment, Unit
-from .common import (DEFENSES, AttackConfig, ImageContext, check_images, defended, defense_choices, seeded,
-                     targeted_attack)
+from .common import (DEFENSES, AttackConfig, ImageContext, attack_setting, check_images, defended, defense_choices,
+                     seeded, targeted_attack)
 from .config import key, method_choices
+from .published import DEFENSE_SMOOTHING, RIEGER_AGGREGATION, Finding, direction, findings_table
 
 
 def batch_starts(config: AttackConfig) -> List[int]:
@@ -58,10 +59,21 @@ class Quick(Experiment):
             index="method", columns="defense", values="delta", aggfunc="mean")
         return table[[d for d in DEFENSES if d in table.columns]]
 
+    def findings(self, df, config):
+        rise, out = self._rise(df), []
+        for defense, claim in (("beta_smoothing", DEFENSE_SMOOTHING), ("agg_mean", RIEGER_AGGREGATION)):
+            if "none" in rise and defense in rise:
+                holds = [rise.loc[m, defense] < rise.loc[m, "none"] for m in rise.index]
+                ours = "; ".join(f"{m} {rise.loc[m, 'none']:.3f} -> {rise.loc[m, defense]:.3f}" for m in rise.index)
+                out.append(Finding(claim, f"rise of the PCC with the target, no defense -> {defense}: {ours} "
+                                   f"({attack_setting(config)})", direction(holds)))
+        return out
+
     def tables(self, df, config):
         kept = df.pivot_table(index="method", columns="defense", values="class_kept", aggfunc="mean")
         rise = self._rise(df)
         return {
+            "Findings": findings_table(self.findings(df, config)),
             "Rise of the PCC with the target map (lower = defense works)": rise.round(3),
             "Share of images whose class was kept": kept[list(rise.columns)].round(3),
         }

@@ -12,6 +12,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.6em}
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right} th{background:#f3f3f3}
+table.text td,table.text th{text-align:left;vertical-align:top}
 img{max-width:100%;border:1px solid #eee} pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow:auto}
 """
 
@@ -19,10 +20,14 @@ img{max-width:100%;border:1px solid #eee} pre{background:#f7f7f7;padding:.6em;fo
 def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: Dict[str, Any],
                  figures: Sequence[Path]) -> Path:
     """Write ``folder/report.html`` and return its path."""
+    import pandas as pd
+
     parts: List[str] = [f"<h1>{html.escape(experiment.title)}</h1>"]
     for title, table in tables.items():
         parts.append(f"<h2>{html.escape(title)}</h2>")
-        parts.append(table.to_html(float_format=lambda v: f"{v:.4g}", border=0))
+        text = len(table.columns) and all(table[c].dtype == object or pd.api.types.is_string_dtype(table[c])
+                                          for c in table.columns)
+        parts.append(table.to_html(float_format=lambda v: f"{v:.4g}", border=0, classes="text" if text else None))
     for fig in figures:
         data = base64.b64encode(Path(fig).read_bytes()).decode()
         parts.append(f'<h2>{html.escape(Path(fig).stem.replace("_", " "))}</h2><img alt="{html.escape(Path(fig).name)}" src="data:image/png;base64,{data}">')
@@ -53,5 +58,5 @@ def report_from_folder(folder: Path) -> Path:
     experiment = get_experiment(meta["experiment"])
     config = experiment.Config.resolve(meta["config"], sources=[f"{folder}/meta.json"])
     df = store.frame()
-    tables = experiment.tables(df, config) if len(df) else {}
+    tables = {k: v for k, v in experiment.tables(df, config).items() if v is not None} if len(df) else {}
     return write_report(folder, experiment, config, tables, experiment.figures(df, config, folder) if len(df) else [])

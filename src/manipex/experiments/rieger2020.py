@@ -10,10 +10,11 @@ from typing import List
 import torch
 
 from .base import Experiment, Unit
-from .common import AttackConfig, ImageContext, check_images, method_options, per_image, seeded, targeted_attack
+from .common import (AttackConfig, ImageContext, attack_setting, check_images, method_options, per_image, seeded,
+                     targeted_attack)
 from .config import key, method_choices
 from .dombrowski2019 import method_units
-from .published import RIEGER_TABLE1
+from .published import RIEGER_AGGREGATION, RIEGER_TABLE1, Finding, findings_table
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,25 @@ class Rieger2020(Experiment):
 
     TABLE1 = "Table 1: Δ-metrics of the targeted attack (ours) and the paper's"
 
+    def findings(self, df, config):
+        table1 = df[df.unit.str.startswith("table1/")]
+        if not len(table1):
+            return []
+        if "agg_mean" not in set(table1.method):
+            return [Finding(RIEGER_AGGREGATION, "-", "not measured", "agg_mean is not among the attacked methods")]
+        d_pcc = (table1.pcc_after - table1.pcc_before).groupby(table1.method).mean()
+        singles = d_pcc.drop("agg_mean")
+        if not len(singles):
+            return []
+        below = [bool(d_pcc["agg_mean"] < v) for v in singles]
+        verdict = "holds" if all(below) else "partly" if any(below) else "does not hold"
+        ours = ", ".join(f"{m} {v:.3f}" for m, v in d_pcc.sort_values().items())
+        return [Finding(RIEGER_AGGREGATION, f"Δ-PCC {ours} ({attack_setting(config)})", verdict,
+                        "" if verdict == "holds" else "cause not yet established: AGG-Mean is attacked through all its "
+                        "members at once, and on this model some single methods move less than the gradient")]
+
     def tables(self, df, config):
-        out = {}
+        out = {"Findings": findings_table(self.findings(df, config))}
         transfer = df[df.unit.str.startswith("transfer/")]
         blank = df[df.unit.str.startswith("blank/")]
         table1 = df[df.unit.str.startswith("table1/")]

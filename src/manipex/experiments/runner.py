@@ -102,7 +102,7 @@ def run(
         if rank != 0:
             return {}
     df = ResultStore(folder).frame()
-    tables = experiment.tables(df, config)
+    tables = {k: v for k, v in experiment.tables(df, config).items() if v is not None}
     figures = experiment.figures(df, config, folder)
     page = write_report(folder, experiment, config, tables, figures)
     import pandas as pd
