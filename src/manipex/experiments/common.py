@@ -63,9 +63,9 @@ class ImageContext(Context):
 
     @classmethod
     def load(cls, config: SourceConfig, run: Context, *, n_train: Optional[int], n_eval: int, seed: int = 0,
-             **extra: Any) -> "ImageContext":
+             prepare: Optional[Callable[[nn.Module], nn.Module]] = None, **extra: Any) -> "ImageContext":
         source: ImageSource = load_source(config, run.device, n_train=n_train, n_eval=n_eval, seed=seed,
-                                          cache=Path(run.out) / "models" / "original.safetensors")
+                                          cache=Path(run.out) / "models" / "original.safetensors", prepare=prepare)
         return cls(out=run.out, device=run.device, progress=run.progress, model=source.model, x=source.test[0],
                    y=source.test[1], train=source.train, clamp=source.clamp, **extra)
 

@@ -30,7 +30,7 @@ import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -255,16 +255,21 @@ def _classes(config: SourceConfig, y: Tensor) -> int:
 
 
 def original_model(config: SourceConfig, train: Tuple[Tensor, Tensor], device: str,
-                   cache: Optional[Path] = None, seed: int = 0, labels: Optional[Tensor] = None) -> nn.Module:
+                   cache: Optional[Path] = None, seed: int = 0, labels: Optional[Tensor] = None,
+                   prepare: Optional[Callable[[nn.Module], nn.Module]] = None) -> nn.Module:
     """The configured model in eval mode on ``device``, without its input normalisation: the
     default MNIST-5k model, loaded from ``weights``, the factory's, or trained on ``train`` for
     ``train_epochs`` (seeded) and kept in ``cache`` (a ``.safetensors`` path) so that a resumed
     or sharded run trains it once. ``labels`` (default: ``train``'s) give the number of classes
-    where ``num_classes`` is 0."""
+    where ``num_classes`` is 0. ``prepare`` rewrites the model before it is trained here, and
+    after it is loaded (e.g. Tang's softplus models: the cache holds the weights)."""
     from .. import models
 
+    def ready(model: nn.Module) -> nn.Module:
+        return (prepare(model) if prepare is not None else model).to(device).eval()
+
     if config.is_default:
-        return models.load_default("mnist", progress=False).to(device).eval()
+        return ready(models.load_default("mnist", progress=False))
     num_classes = _classes(config, train[1] if labels is None else labels)
     if config.weights:
         path = Path(config.weights).expanduser()
@@ -276,14 +281,15 @@ def original_model(config: SourceConfig, train: Tuple[Tensor, Tensor], device: s
         except (ValueError, RuntimeError) as err:
             raise ConfigError(f"config key 'weights': {config.weights!r} does not fit architecture "
                               f"{config.arch!r}: {err}") from None
-        return model.to(device).eval()
+        return ready(model)
     if ":" in config.arch:
-        return build_model(config, num_classes).to(device).eval()
+        return ready(build_model(config, num_classes))
     if cache is not None and cache.exists():
-        return models.load(cache).to(device).eval()
+        return ready(models.load(cache))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(config, num_classes).to(device)
+        model = build_model(config, num_classes)
+        model = (prepare(model) if prepare is not None else model).to(device)
     norm = config.normalization()
     trained = _normalized(model, norm)
     models.train_classifier(trained, train[0].to(device), train[1].to(device), epochs=config.train_epochs,
@@ -301,11 +307,12 @@ def _normalized(model: nn.Module, norm) -> nn.Module:
 
 
 def load_source(config: SourceConfig, device: str, *, n_train: Optional[int], n_eval: int, seed: int = 0,
-                cache: Optional[Path] = None) -> ImageSource:
-    """Data and model of ``config``, checked against each other (``num_classes``, ``labels``)."""
+                cache: Optional[Path] = None, prepare: Optional[Callable[[nn.Module], nn.Module]] = None) -> ImageSource:
+    """Data and model of ``config``, checked against each other (``num_classes``, ``labels``);
+    ``prepare``: see :func:`original_model`."""
     train, test = load_images(config, n_train=n_train, n_eval=n_eval, seed=seed)
     labels = torch.cat([train[1], test[1]])
-    model = _normalized(original_model(config, train, device, cache=cache, seed=seed, labels=labels),
+    model = _normalized(original_model(config, train, device, cache=cache, seed=seed, labels=labels, prepare=prepare),
                         config.normalization())
     model.eval()
     try:
