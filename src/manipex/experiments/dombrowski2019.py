@@ -68,13 +68,16 @@ class Dombrowski2019(Experiment):
         res = manipulate_input(model, x, TargetImage(x_target), p["method"], method_options=opts, progress=False,
                                **attack)
         t = model(x).argmax(1)
-        rows = []
+        rows, relu_map = [], None
         for beta in [None] + list(config.betas):
             def heat(inputs):
                 return relevance(explain(model, inputs, p["method"], t, softplus_beta=beta, **opts))
 
-            adv = heat(res.x_adv)
-            rows += per_image({"pcc_target": pcc(adv, heat(x_target)), "pcc_original": pcc(adv, heat(x))},
+            adv, clean = heat(res.x_adv), heat(x)
+            relu_map = clean if beta is None else relu_map
+            # pcc_clean_relu: how much smoothing alone changes the map of the unattacked image
+            rows += per_image({"pcc_target": pcc(adv, heat(x_target)), "pcc_original": pcc(adv, clean),
+                               "pcc_clean_relu": pcc(clean, relu_map)},
                               first_index=p["start"], method=p["method"], beta="relu" if beta is None else beta)
         return rows
 
@@ -103,9 +106,19 @@ class Dombrowski2019(Experiment):
             holds = [bool(med.loc[m, smallest] > med.loc[m, "relu"]) for m in med.index]
             ours = "; ".join(f"{m} {med.loc[m, 'relu']:.2f} (ReLU) -> {med.loc[m, smallest]:.2f} (beta {smallest:g})"
                              for m in med.index)
+            why = ""
+            failing = [m for m, h in zip(med.index, holds) if not h]
+            if failing and "pcc_clean_relu" in curve:
+                own = curve[curve.beta == smallest].groupby("method").pcc_clean_relu.median()
+                why = (", ".join(f"{m}: the smoothed map of the unattacked image is itself only PCC {own[m]:.2f} with "
+                                 f"its ReLU map" for m in failing if m in own.index)
+                       + f" at beta {smallest:g}: smoothing changes the map more than it undoes the manipulation. "
+                       "Softplus passes log(2)/beta at z = 0, so LRP's z-rules spread relevance over units that ReLU "
+                       "switches off; Thm 2 (beta-smoothing = SmoothGrad in expectation) is about gradients")
+            elif failing:
+                why = "beta-smoothing changes the map itself more than it undoes the manipulation"
             out.append(Finding(DOMBROWSKI_FIG4, f"median PCC with the original map: {ours} ({attack_setting(config)})",
-                               direction(holds), "" if all(holds) else "for the methods whose PCC falls, "
-                               "beta-smoothing changes the map itself more than it undoes the manipulation"))
+                               direction(holds), why))
         return out
 
     def tables(self, df, config):
