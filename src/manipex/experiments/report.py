@@ -56,7 +56,9 @@ def report_from_folder(folder: Path) -> Path:
     if meta is None:
         raise ConfigError(f"{folder} is not a manipex run folder (no meta.json)")
     experiment = get_experiment(meta["experiment"])
-    config = experiment.Config.resolve(meta["config"], sources=[f"{folder}/meta.json"])
+    known = experiment.Config.fields()  # a folder of an older version may hold keys since removed
+    config = experiment.Config.resolve({k: v for k, v in meta["config"].items() if k in known},
+                                       sources=[f"{folder}/meta.json"])
     df = store.frame()
     tables = {k: v for k, v in experiment.tables(df, config).items() if v is not None} if len(df) else {}
     return write_report(folder, experiment, config, tables, experiment.figures(df, config, folder) if len(df) else [])
