@@ -65,8 +65,11 @@ class Quick(Experiment):
             if "none" in rise and defense in rise:
                 holds = [rise.loc[m, defense] < rise.loc[m, "none"] for m in rise.index]
                 ours = "; ".join(f"{m} {rise.loc[m, 'none']:.3f} -> {rise.loc[m, defense]:.3f}" for m in rise.index)
+                failing = [m for m, h in zip(rise.index, holds) if not h]
+                why = (f"not for {', '.join(failing)}: the adaptive attack on the defended map gains as much or more"
+                       if failing else "")
                 out.append(Finding(claim, f"rise of the PCC with the target, no defense -> {defense}: {ours} "
-                                   f"({attack_setting(config)})", direction(holds)))
+                                   f"({attack_setting(config)})", direction(holds), why))
         return out
 
     def tables(self, df, config):

@@ -42,6 +42,22 @@ def _distributed() -> tuple:
     return rank, world
 
 
+def _is_text(table) -> bool:
+    import pandas as pd
+
+    return len(table.columns) > 0 and all(table[c].dtype == object or pd.api.types.is_string_dtype(table[c])
+                                          for c in table.columns)
+
+
+def _text_table(table) -> str:
+    """A table of sentences (Findings, Verdict) as indented lines, not cut to the terminal's width."""
+    lines = []
+    for index, row in table.iterrows():
+        lines.append(f"- {index}")
+        lines += [f"    {column}: {value}" for column, value in row.items() if str(value)]
+    return "\n".join(lines)
+
+
 def environment(device: str) -> Dict[str, Any]:
     import manipex
 
@@ -110,6 +126,6 @@ def run(
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(f"\n{experiment.title}\n")
         for title, table in tables.items():
-            print(f"{title}\n{table}\n")
+            print(f"{title}\n{_text_table(table) if _is_text(table) else table}\n")
     print(f"results: {folder / 'results.jsonl'}\nreport:  {page}")
     return tables
