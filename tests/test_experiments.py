@@ -135,11 +135,11 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
             assert verdict["Pasliev 2020, Sec. 3.8"] == "holds"
         if name == "tang_atex":
             assert verdict["Tang et al., Table 1"] in ("holds", "partly")
-        if name == "dombrowski2019":  # Fig. 4 for the gradient; the smoothed clean map is measured too
+        if name == "dombrowski2019":  # Fig. 4 for the gradient; the smoothed maps' noise stability is measured
             assert verdict["Dombrowski 2019, Fig. 4"] == "holds"
             rows = ResultStore(tmp_path / name).frame()
             beta = rows[rows.unit.str.startswith("beta/")]
-            assert beta[beta.beta == "relu"].pcc_clean_relu.to_numpy() == pytest.approx(1.0)
+            assert ((beta.pcc_noise > 0.5) & (beta.pcc_noise <= 1.0 + 1e-6)).all()
     if name == "quick":  # the main finding: beta-smoothing cuts the attack's success
         assert first.shape == (1, 2)
         assert first.loc["gradient", "beta_smoothing"] < first.loc["gradient", "none"]
