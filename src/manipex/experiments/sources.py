@@ -77,8 +77,9 @@ def import_factory(spec: str):
     module_name, function_name = spec.split(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(f"config key 'arch': cannot import module {module_name!r} of factory {spec!r}: {err}") from None
+    except Exception as err:  # the user's module may fail in any way while it is imported
+        raise ConfigError(f"config key 'arch': cannot import module {module_name!r} of factory {spec!r}: "
+                          f"{type(err).__name__}: {err}") from None
     factory = getattr(module, function_name, None)
     if not callable(factory):
         raise ConfigError(f"config key 'arch': module {module_name!r} has no function {function_name!r}")
