@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", default="default",
                    help="the audited model: a .safetensors saved by manipex, a .pth state_dict (with --arch), or "
                         "'default' (the MNIST-5k model); a factory is given as --arch package.module:function")
-    p.add_argument("--data", dest="key_dataset", help="dataset: mnist5k (default), mnist, fashion_mnist, cifar10, "
+    p.add_argument("--data", dest="key_dataset", metavar="DATASET", help="dataset: mnist5k (default), mnist, fashion_mnist, cifar10, "
                    "image_folder")
     p.add_argument("--reference", action="append", metavar="TRUSTED",
                    help="a trusted clean model of the same kind (repeat; 3 or more give a calibrated test); "
