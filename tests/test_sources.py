@@ -219,3 +219,12 @@ def test_list_and_run_flags_come_from_the_typed_config(capsys, tmp_path):
     assert code == 0
     _, config = load_config("quick", None, {})
     assert config.n == 16  # defaults untouched by the run above
+
+
+def test_a_profile_sets_the_papers_protocol_and_keys_given_win():
+    _, paper = load_config("tang_atex", None, {"profile": "paper"})
+    assert (paper.atex_epochs, paper.steps) == (2, 200) and paper.atex_n >= 4000
+    _, mine = load_config("tang_atex", None, {"profile": "paper", "steps": 50})
+    assert (mine.atex_epochs, mine.steps) == (2, 50)
+    _, default = load_config("tang_atex", None, {})
+    assert (default.profile, default.atex_epochs, default.steps) == ("default", 1, 100)

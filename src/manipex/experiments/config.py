@@ -35,7 +35,7 @@ import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -148,7 +148,12 @@ class Config:
     :func:`key`) carry their type, default, help and bounds. The TOML template
     (:meth:`template`), the command line flags (:mod:`manipex.cli`) and the checks
     (:meth:`resolve`) are all derived from them. Subclasses add fields and may override
-    :meth:`check` for checks across keys or on the file system."""
+    :meth:`check` for checks across keys or on the file system.
+
+    ``PROFILES`` names sets of values (e.g. ``"paper"``: the paper's protocol) that a ``profile``
+    key selects; keys the user gives win over the profile's."""
+
+    PROFILES: ClassVar[Dict[str, Dict[str, Any]]] = {}
 
     @classmethod
     def fields(cls) -> Dict[str, Field]:
@@ -174,6 +179,7 @@ class Config:
         for messages about unknown keys."""
         fields = cls.fields()
         values = {name: f.default for name, f in fields.items()}
+        given = set()
         for i, layer in enumerate(layers):
             source = sources[i] if i < len(sources) else "config"
             for name, value in layer.items():
@@ -182,6 +188,10 @@ class Config:
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
                     raise ConfigError(f"{source}: unknown key {name!r}{hint}; valid keys: {', '.join(fields)}")
                 values[name] = fields[name].check(value)
+                given.add(name)
+        for name, value in cls.PROFILES.get(values.get("profile"), {}).items():
+            if name not in given:  # a profile sets the keys the user left alone
+                values[name] = value
         config = cls(**values)
         config.check()
         return config

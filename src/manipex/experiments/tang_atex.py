@@ -40,6 +40,11 @@ class TangConfig(SourceConfig):
     atex_n: int = key(2000, "ATEX training images", ge=1)
     examples: int = key(3, "images shown in the map figure", ge=0)
     seed: int = key(0, "seed", ge=0)
+    profile: str = key("default", "default: a fast run (about 1.5 min on 2 CPU cores); paper: Tang's protocol, 2 ATEX "
+                       "epochs on all training images and 200 attack steps (about 3.5 min); keys you set win",
+                       choices=("default", "paper"))
+
+    PROFILES = {"paper": {"atex_epochs": 2, "atex_n": 60000, "steps": 200}}
 
     @property
     def is_default(self) -> bool:
