@@ -83,11 +83,15 @@ def attack_setting(config: AttackConfig) -> str:
     return f"{config.describe()}; eps {eps_text(config.eps)}, {config.steps} steps, {config.n} images"
 
 
-def check_images(config: AttackConfig, ctx: ImageContext) -> None:
-    """The data holds ``2 n`` images: ``n`` attacked, ``n`` more whose maps are the targets."""
+def attack_context(config: AttackConfig, run: Context) -> ImageContext:
+    """The model and ``2 n`` images of an attack experiment: ``n`` attacked, ``n`` more whose maps
+    are the targets (training images only where the model is trained here)."""
+    ctx = ImageContext.load(config, run, n_train=None if config.trains_here else 0, n_eval=2 * config.n,
+                            seed=config.seed)
     if len(ctx.x) < 2 * config.n:
         raise ConfigError(f"config key 'n': {config.n} attacked images need {2 * config.n} images in split "
                           f"{config.split!r} (the others' maps are the targets), but it has {len(ctx.x)}")
+    return ctx
 
 
 # -- the defenses --------------------------------------------------------------------------------------

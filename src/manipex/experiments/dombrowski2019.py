@@ -9,7 +9,7 @@ from typing import List
 import torch
 
 from .base import Experiment, Unit
-from .common import (AttackConfig, ImageContext, attack_setting, check_images, load_maps, method_options,
+from .common import (AttackConfig, ImageContext, attack_context, attack_setting, load_maps, method_options,
                      per_image, save_maps, seeded, targeted_attack)
 from .config import key, method_choices
 from .published import DOMBROWSKI_FIG3, DOMBROWSKI_FIG4, Finding, direction, findings_table
@@ -42,10 +42,7 @@ class Dombrowski2019(Experiment):
         return method_units(config, [("attack", config.methods), ("beta", config.beta_methods)])
 
     def setup(self, config, run):
-        ctx = ImageContext.load(config, run, n_train=None if config.trains_here else 0, n_eval=2 * config.n,
-                                seed=config.seed)
-        check_images(config, ctx)
-        return ctx
+        return attack_context(config, run)
 
     def run_unit(self, unit, ctx, config):
         from ..attacks import manipulate_input

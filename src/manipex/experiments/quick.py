@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List
 
 from .base import Experiment, Unit
-from .common import (DEFENSES, AttackConfig, ImageContext, attack_setting, check_images, defended, defense_choices,
+from .common import (DEFENSES, AttackConfig, ImageContext, attack_context, attack_setting, defended, defense_choices,
                      seeded, targeted_attack)
 from .config import key, method_choices
 from .published import DEFENSE_SMOOTHING, RIEGER_AGGREGATION, Finding, direction, findings_table
@@ -39,9 +39,7 @@ class Quick(Experiment):
                 for m in config.methods for d in config.defenses for b in batch_starts(config)]
 
     def setup(self, config, run):
-        ctx = ImageContext.load(config, run, n_train=None if config.trains_here else 0, n_eval=2 * config.n, seed=config.seed)
-        check_images(config, ctx)
-        return ctx
+        return attack_context(config, run)
 
     def run_unit(self, unit, ctx, config):
         p = unit.params

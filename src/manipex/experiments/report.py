@@ -17,17 +17,22 @@ img{max-width:100%;border:1px solid #eee} pre{background:#f7f7f7;padding:.6em;fo
 """
 
 
+def is_text(table) -> bool:
+    """A table of sentences (Findings, Verdict): every column holds strings."""
+    import pandas as pd
+
+    return len(table.columns) > 0 and all(table[c].dtype == object or pd.api.types.is_string_dtype(table[c])
+                                          for c in table.columns)
+
+
 def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: Dict[str, Any],
                  figures: Sequence[Path]) -> Path:
     """Write ``folder/report.html`` and return its path."""
-    import pandas as pd
-
     parts: List[str] = [f"<h1>{html.escape(experiment.title)}</h1>"]
     for title, table in tables.items():
         parts.append(f"<h2>{html.escape(title)}</h2>")
-        text = len(table.columns) and all(table[c].dtype == object or pd.api.types.is_string_dtype(table[c])
-                                          for c in table.columns)
-        parts.append(table.to_html(float_format=lambda v: f"{v:.4g}", border=0, classes="text" if text else None))
+        parts.append(table.to_html(float_format=lambda v: f"{v:.4g}", border=0,
+                                   classes="text" if is_text(table) else None))
     for fig in figures:
         data = base64.b64encode(Path(fig).read_bytes()).decode()
         parts.append(f'<h2>{html.escape(Path(fig).stem.replace("_", " "))}</h2><img alt="{html.escape(Path(fig).name)}" src="data:image/png;base64,{data}">')

@@ -10,7 +10,7 @@ from typing import List
 import torch
 
 from .base import Experiment, Unit
-from .common import (AttackConfig, ImageContext, attack_setting, check_images, method_options, per_image, seeded,
+from .common import (AttackConfig, ImageContext, attack_context, attack_setting, method_options, per_image, seeded,
                      targeted_attack)
 from .config import key, method_choices
 from .dombrowski2019 import method_units
@@ -41,10 +41,7 @@ class Rieger2020(Experiment):
                                      ("blank", config.blank)])
 
     def setup(self, config, run):
-        ctx = ImageContext.load(config, run, n_train=None if config.trains_here else 0, n_eval=2 * config.n,
-                                seed=config.seed)
-        check_images(config, ctx)
-        return ctx
+        return attack_context(config, run)
 
     def run_unit(self, unit, ctx, config):
         from ..attacks import manipulate_input

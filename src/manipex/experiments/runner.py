@@ -18,7 +18,7 @@ import torch
 
 from .base import Context, get_experiment
 from .config import ConfigError, read_config
-from .report import write_report
+from .report import is_text, write_report
 from .store import ResultStore
 
 
@@ -40,13 +40,6 @@ def _distributed() -> tuple:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     return rank, world
-
-
-def _is_text(table) -> bool:
-    import pandas as pd
-
-    return len(table.columns) > 0 and all(table[c].dtype == object or pd.api.types.is_string_dtype(table[c])
-                                          for c in table.columns)
 
 
 def _text_table(table) -> str:
@@ -126,6 +119,6 @@ def run(
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(f"\n{experiment.title}\n")
         for title, table in tables.items():
-            print(f"{title}\n{_text_table(table) if _is_text(table) else table}\n")
+            print(f"{title}\n{_text_table(table) if is_text(table) else table}\n")
     print(f"results: {folder / 'results.jsonl'}\nreport:  {page}")
     return tables
