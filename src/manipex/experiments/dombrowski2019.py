@@ -27,6 +27,8 @@ class Dombrowski2019Config(AttackConfig):
                              "attacked methods", choices=method_choices)
     betas: List[float] = key([10.0, 3.0, 1.0], "beta values of the beta curve", gt=0)
     beta_methods: List[str] = key(["gradient", "lrp"], "methods of the beta curve", choices=method_choices)
+    budgets: List[float] = key([0.5, 1.0], "larger L-inf budgets at which the attack on each method is repeated, "
+                               "to show what the budget limits (empty: none)", gt=0, empty=True)
 
 
 class Dombrowski2019(Experiment):
@@ -39,7 +41,9 @@ class Dombrowski2019(Experiment):
     Context = ImageContext
 
     def units(self, config):
-        return method_units(config, [("attack", config.methods), ("beta", config.beta_methods)])
+        budget = [Unit(f"budget/{m}/{eps:g}/{b:05d}", {"kind": "budget", "method": m, "eps": eps, "start": b})
+                  for eps in config.budgets for m in config.methods for b in range(0, config.n, config.batch)]
+        return method_units(config, [("attack", config.methods), ("beta", config.beta_methods)]) + budget
 
     def setup(self, config, run):
         return attack_context(config, run)
@@ -54,7 +58,10 @@ class Dombrowski2019(Experiment):
         seeded(config.seed)
         x, x_target = ctx.images(config.n, p["start"], config.batch)
         opts = method_options(p["method"], config.ig_steps)
-        attack = dict(steps=config.steps, eps=config.eps, lr=config.lr, clamp=ctx.clamp)
+        attack = dict(steps=config.steps, eps=p.get("eps", config.eps), lr=config.lr, clamp=ctx.clamp)
+        if p["kind"] == "budget":
+            rows = targeted_attack(ctx.model, x, x_target, p["method"], opts, first_index=p["start"], **attack)[0]
+            return [{**row, "eps": p["eps"]} for row in rows]
         if p["kind"] == "attack":
             rows, res, r_target = targeted_attack(ctx.model, x, x_target, p["method"], opts, first_index=p["start"],
                                                   **attack)
@@ -95,17 +102,14 @@ class Dombrowski2019(Experiment):
         if len(attack):
             means = attack.groupby("method")[["pcc_before", "pcc_after", "class_kept"]].mean()
             rise = means.pcc_after - means.pcc_before
-            full = [bool(rise[m] >= self.VISIBLE_RISE and means.class_kept[m] >= 0.9) for m in means.index]
-            verdict = "holds" if all(full) else "partly" if (rise > 0.05).any() else "does not hold"
+            full = {m: bool(rise[m] >= self.VISIBLE_RISE and means.class_kept[m] >= 0.9) for m in means.index}
+            verdict = "holds" if all(full.values()) else "partly" if (rise > 0.05).any() else "does not hold"
             ours = "; ".join(f"{m} {means.pcc_before[m]:.2f} -> {means.pcc_after[m]:.2f} (kept "
                              f"{means.class_kept[m]:.0%})" for m in means.index)
+            failing = [m for m, ok in full.items() if not ok]
             out.append(Finding(DOMBROWSKI_FIG3, f"PCC with the target before -> after: {ours} "
                                f"({attack_setting(config)})", verdict,
-                               "" if verdict == "holds" else f"the PCC with the target rises by less than "
-                               f"{self.VISIBLE_RISE} for some methods; on the default MNIST-5k model the attack "
-                               "plateaus (measured for the gradient: 300 steps, lr 0.003, gamma 1 to 100, eps 0.5 or "
-                               "beta 10 -> 1000 all end at PCC 0.70-0.75); why this model resists is not yet "
-                               "established"))
+                               self._fig3_why(failing, means, self.by_budget(df, config)) if failing else ""))
         if len(curve):
             med = curve.pivot_table(index="method", columns="beta", values="pcc_original", aggfunc="median")
             smallest = min(b for b in med.columns if b != "relu")
@@ -128,13 +132,50 @@ class Dombrowski2019(Experiment):
                                direction(holds), why))
         return out
 
+    @staticmethod
+    def by_budget(df, config):
+        """Mean PCC of each method's manipulated map with the target, per budget (columns: the
+        attack's eps and the larger ``budgets``); None without budget rows."""
+        budget = df[df.unit.str.startswith("budget/")] if "unit" in df else df.iloc[:0]
+        attack = df[df.unit.str.startswith("attack/")]
+        if not len(budget) or not len(attack):
+            return None
+        rows = [attack.assign(eps=config.eps), budget]
+        import pandas as pd
+
+        table = pd.concat(rows).pivot_table(index="method", columns="eps", values="pcc_after", aggfunc="mean")
+        table.insert(0, "before", attack.groupby("method").pcc_before.mean())
+        return table.round(3)
+
+    def _fig3_why(self, failing, means, budgets) -> str:
+        rise = f"the PCC with the target rises by less than {self.VISIBLE_RISE} for {', '.join(failing)}"
+        if budgets is None:
+            return rise
+        largest = budgets.columns[-1]
+        reach = "; ".join(f"{m}: " + ", ".join(f"{budgets.loc[m, e]:.2f} at eps {e:g}" for e in budgets.columns[1:])
+                          for m in failing if m in budgets.index)
+        if all(m in budgets.index and budgets.loc[m, largest] - budgets.loc[m, "before"] >= self.VISIBLE_RISE
+               for m in failing):
+            return (f"{rise}; larger budgets reach the target ({reach}): these maps follow the input, and MNIST's "
+                    "strokes are 1 on a background of exact 0, so a perturbation of eps gives a background pixel at "
+                    "most eps of a stroke's input; on ImageNet photographs (the paper) no such floor exists")
+        return f"{rise}, also at larger budgets ({reach}): the attack plateaus below the target on this model"
+
     def tables(self, df, config):
         attack = df[df.unit.str.startswith("attack/")]
         curve = df[df.unit.str.startswith("beta/")]
         out = {"Findings": findings_table(self.findings(df, config))}
         if len(attack):
             cols = ["mse_after", "ssim_after", "pcc_after", "pcc_before", "image_mse", "class_kept"]
-            out["Fig. 3: manipulated map vs target map (mean per method)"] = attack.groupby("method")[cols].mean().round(4)
+            table = attack.groupby("method")[cols].mean()
+            # maps sum to 1, so their MSE is tiny (the paper's axis is in units of 1e-9 on 224 x 224)
+            table["mse_after"] *= 1e6
+            out["Fig. 3: manipulated map vs target map (mean per method)"] = table.rename(
+                columns={"mse_after": "mse_after (1e-6)"}).round(4)
+        budgets = self.by_budget(df, config)
+        if budgets is not None:
+            budgets.columns = ["before"] + [f"eps {e:g}" for e in budgets.columns[1:]]
+            out["Fig. 3 by budget: mean PCC with the target, before and after the attack"] = budgets
         if len(curve):
             out["Fig. 4: beta-smoothed maps of the manipulated image (median PCC)"] = curve.pivot_table(
                 index=["method", "beta"], values=["pcc_target", "pcc_original"], aggfunc="median").round(3)
