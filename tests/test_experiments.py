@@ -105,7 +105,7 @@ TINY_CONFIGS = {
     "rieger2020": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient", "lrp"], "transfer": ["gradient", "lrp"],
                    "blank": ["gradient"]},
     "dombrowski2019": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient", "lrp"], "beta_methods": ["gradient"],
-                       "betas": [1.0]},
+                       "betas": [1.0], "budgets": [0.5]},
     "tang_atex": {"n": 16, "batch": 16, "eps": [0.08], "steps": 30, "train_epochs": 2, "atex_n": 1000},
     "pasliev2020": {"epochs": 1, "n_train": 640, "n_eval": 32, "models": ["com_gradient", "th_gradient", "ipp_gradient"],
                     "methods": ["gradient", "lrp"], "noise_n": 8, "weight_noise": [0.0, 0.1], "examples": 1},
@@ -162,6 +162,9 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
         assert list(first.index) == ["gradient", "lrp"]
         assert (first["pcc_after"] > first["pcc_before"]).all()
         assert "fig3_maps.png" in page and "fig4_beta_curve.png" in page
+        budgets = tables["Fig. 3 by budget: mean PCC with the target, before and after the attack"]
+        assert list(budgets.columns) == ["before", "eps 0.2", "eps 0.5"]
+        assert budgets.loc["lrp", "eps 0.5"] > budgets.loc["lrp", "eps 0.2"] > budgets.loc["lrp", "before"]
         curve = tables["Fig. 4: beta-smoothed maps of the manipulated image (median PCC)"]
         assert curve.loc[("gradient", 1.0), "pcc_original"] > curve.loc[("gradient", "relu"), "pcc_original"]
     if name == "tang_atex":

@@ -18,7 +18,7 @@ from manipex.experiments.sources import SourceConfig
 TINY = {
     "quick": {"n": 2, "batch": 1, "steps": 2, "methods": ["gradient", "lrp"], "defenses": ["none", "agg_mean"]},
     "dombrowski2019": {"n": 2, "batch": 1, "steps": 2, "methods": ["lrp"], "beta_methods": ["gradient"],
-                       "betas": [1.0]},
+                       "betas": [1.0], "budgets": [0.5]},
     "rieger2020": {"n": 2, "batch": 1, "steps": 2, "methods": ["gradient"], "transfer": ["gradient", "lrp"],
                    "blank": ["lrp"]},
     "tang_atex": {"n": 2, "batch": 1, "eps": [0.05], "steps": 2, "train_epochs": 1, "atex_n": 16, "atex_epochs": 1,
