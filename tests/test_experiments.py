@@ -103,7 +103,7 @@ TINY_CONFIGS = {
               "betas": [3.0], "noise_n": 8, "weight_noise": [0.0, 0.1], "n_references": 1},
     "quick": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient"], "defenses": ["none", "beta_smoothing"]},
     "rieger2020": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient", "lrp"], "transfer": ["gradient", "lrp"],
-                   "blank": ["gradient"]},
+                   "blank": ["gradient"], "budgets": []},
     "dombrowski2019": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient", "lrp"], "beta_methods": ["gradient"],
                        "betas": [1.0], "budgets": [0.5]},
     "tang_atex": {"n": 16, "batch": 16, "eps": [0.08], "steps": 30, "train_epochs": 2, "atex_n": 1000},

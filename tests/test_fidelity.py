@@ -35,19 +35,24 @@ def test_beta_smoothing_makes_lrp_less_stable_and_the_gradient_about_as_stable(m
 
 
 def test_agg_mean_is_not_below_every_single_method_on_mnist(tmp_path):
-    """Rieger Table 1 holds only partly here: the adaptive attack raises AGG-Mean's PCC with its
+    """Rieger Table 1 holds only partly at eps 0.2: the adaptive attack raises AGG-Mean's PCC with its
     target less than the gradient's but more than guided backprop's and LRP's (measured at this
     budget, max-pools smoothed in the surrogate: LRP 0.198, guided backprop 0.209, AGG-Mean 0.226,
     gradient 0.302; with hard max-pools 0.177, 0.156, 0.174, 0.188)."""
     from manipex.experiments import run
 
-    tables = run("rieger2020", overrides={"n": 8, "batch": 8, "steps": 40, "transfer": [], "blank": [],
+    tables = run("rieger2020", overrides={"n": 8, "batch": 8, "steps": 40, "transfer": [], "blank": [], "budgets": [0.5],
                                           "methods": ["gradient", "guided_backprop", "lrp", "agg_mean"]},
                  out=tmp_path, quiet=True)
     findings = tables["Findings"]
     assert findings.verdict.tolist() == ["partly"] and "guided_backprop" in findings.why.iloc[0]
     d_pcc = next(v for k, v in tables.items() if k.startswith("Table 1"))["d_pcc"]
     assert d_pcc["guided_backprop"] < d_pcc["agg_mean"] < d_pcc["gradient"]
+    # at eps 0.5, where the input no longer pins LRP and guided backprop, AGG-Mean moves least
+    # (measured 0.299 vs gradient 0.324, guided backprop 0.319, LRP 0.324)
+    larger = tables["Table 1 by budget: Δ-PCC of the targeted attack"]["eps 0.5"]
+    assert larger["agg_mean"] < larger.drop("agg_mean").min()
+    assert larger["lrp"] > d_pcc["lrp"] + 0.08 and larger["guided_backprop"] > d_pcc["guided_backprop"] + 0.08
     assert d_pcc.to_dict() == pytest.approx({"guided_backprop": 0.209, "agg_mean": 0.226, "lrp": 0.198,
                                              "gradient": 0.302}, abs=0.02)
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .._registry import Registry
-from .base import Context
+from .base import Context, Unit
 from .config import ConfigError, key, method_choices
 from .sources import ImageSource, SourceConfig, load_source
 
@@ -80,7 +80,9 @@ def attack_setting(config: AttackConfig) -> str:
     """Our setting, for the Findings block: model and data, budget, steps, images."""
     from .sources import eps_text
 
-    return f"{config.describe()}; eps {eps_text(config.eps)}, {config.steps} steps, {config.n} images"
+    profile = getattr(config, "profile", "default")
+    return (f"{config.describe()}; eps {eps_text(config.eps)}, {config.steps} steps, {config.n} images"
+            + ("" if profile == "default" else f"; profile {profile}"))
 
 
 def attack_context(config: AttackConfig, run: Context) -> ImageContext:
@@ -179,6 +181,31 @@ def targeted_attack(model: nn.Module, x: Tensor, x_target: Tensor, method: str,
         "class_kept": res.class_kept.float(),
     }
     return per_image(cols, first_index=first_index, method=method, **(extra or {})), res, r_target
+
+
+def method_units(config: AttackConfig, parts) -> List[Unit]:
+    """Units ``kind/method/start`` for each ``(kind, methods)`` part and batch of images."""
+    return [Unit(f"{kind}/{m}/{b:05d}", {"kind": kind, "method": m, "start": b})
+            for kind, methods in parts for m in methods for b in range(0, config.n, config.batch)]
+
+
+def budget_units(config: AttackConfig, methods) -> List[Unit]:
+    """Units ``budget/method/eps/start``: the targeted attack repeated at each of ``config.budgets``
+    (larger L∞ budgets, to show what the budget limits)."""
+    return [Unit(f"budget/{m}/{eps:g}/{b:05d}", {"kind": "budget", "method": m, "eps": eps, "start": b})
+            for eps in config.budgets for m in methods for b in range(0, config.n, config.batch)]
+
+
+def by_budget(df, config: AttackConfig, main: str, value: str):
+    """Mean ``value`` per method (rows) and budget (columns: ``config.eps`` from the units whose
+    names start with ``main``, then each of the ``budget/`` units' eps); None without both."""
+    import pandas as pd
+
+    budget, first = df[df.unit.str.startswith("budget/")], df[df.unit.str.startswith(main)]
+    if not len(budget) or not len(first):
+        return None
+    return pd.concat([first.assign(eps=config.eps), budget]).pivot_table(index="method", columns="eps", values=value,
+                                                                         aggfunc="mean")
 
 
 def seeded(seed: int) -> None:

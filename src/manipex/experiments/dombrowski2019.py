@@ -8,17 +8,11 @@ from typing import List
 
 import torch
 
-from .base import Experiment, Unit
-from .common import (AttackConfig, ImageContext, attack_context, attack_setting, load_maps, method_options,
-                     per_image, save_maps, seeded, targeted_attack)
+from .base import Experiment
+from .common import (AttackConfig, ImageContext, attack_context, attack_setting, budget_units, by_budget, load_maps,
+                     method_options, method_units, per_image, save_maps, seeded, targeted_attack)
 from .config import key, method_choices
 from .published import DOMBROWSKI_FIG3, DOMBROWSKI_FIG4, Finding, direction, findings_table
-
-
-def method_units(config, parts) -> List[Unit]:
-    """Units ``kind/method/start`` for each ``(kind, methods)`` part and batch of images."""
-    return [Unit(f"{kind}/{m}/{b:05d}", {"kind": kind, "method": m, "start": b})
-            for kind, methods in parts for m in methods for b in range(0, config.n, config.batch)]
 
 
 @dataclass(frozen=True)
@@ -29,6 +23,11 @@ class Dombrowski2019Config(AttackConfig):
     beta_methods: List[str] = key(["gradient", "lrp"], "methods of the beta curve", choices=method_choices)
     budgets: List[float] = key([0.5, 1.0], "larger L-inf budgets at which the attack on each method is repeated, "
                                "to show what the budget limits (empty: none)", gt=0, empty=True)
+    profile: str = key("default", "default: a fast run (about 2.5 min on 2 CPU cores); paper: Dombrowski's protocol, "
+                       "100 images, up to 1500 attack steps and integrated gradients with 30 steps (PROFILE_TIME); keys "
+                       "you set win", choices=("default", "paper"))
+
+    PROFILES = {"paper": {"n": 100, "steps": 1500, "ig_steps": 30}}
 
 
 class Dombrowski2019(Experiment):
@@ -41,9 +40,8 @@ class Dombrowski2019(Experiment):
     Context = ImageContext
 
     def units(self, config):
-        budget = [Unit(f"budget/{m}/{eps:g}/{b:05d}", {"kind": "budget", "method": m, "eps": eps, "start": b})
-                  for eps in config.budgets for m in config.methods for b in range(0, config.n, config.batch)]
-        return method_units(config, [("attack", config.methods), ("beta", config.beta_methods)]) + budget
+        return (method_units(config, [("attack", config.methods), ("beta", config.beta_methods)])
+                + budget_units(config, config.methods))
 
     def setup(self, config, run):
         return attack_context(config, run)
@@ -134,18 +132,13 @@ class Dombrowski2019(Experiment):
 
     @staticmethod
     def by_budget(df, config):
-        """Mean PCC of each method's manipulated map with the target, per budget (columns: the
-        attack's eps and the larger ``budgets``); None without budget rows."""
-        budget = df[df.unit.str.startswith("budget/")] if "unit" in df else df.iloc[:0]
-        attack = df[df.unit.str.startswith("attack/")]
-        if not len(budget) or not len(attack):
-            return None
-        rows = [attack.assign(eps=config.eps), budget]
-        import pandas as pd
-
-        table = pd.concat(rows).pivot_table(index="method", columns="eps", values="pcc_after", aggfunc="mean")
-        table.insert(0, "before", attack.groupby("method").pcc_before.mean())
-        return table.round(3)
+        """Mean PCC of each method's manipulated map with the target: before, and after the
+        attack at each budget (config.eps, then the larger ``budgets``); None without budgets."""
+        table = by_budget(df, config, "attack/", "pcc_after")
+        if table is not None:
+            table.insert(0, "before", df[df.unit.str.startswith("attack/")].groupby("method").pcc_before.mean())
+            table = table.round(3)
+        return table
 
     def _fig3_why(self, failing, means, budgets) -> str:
         rise = f"the PCC with the target rises by less than {self.VISIBLE_RISE} for {', '.join(failing)}"

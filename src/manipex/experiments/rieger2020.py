@@ -9,11 +9,10 @@ from typing import List
 
 import torch
 
-from .base import Experiment, Unit
-from .common import (AttackConfig, ImageContext, attack_context, attack_setting, method_options, per_image, seeded,
-                     targeted_attack)
+from .base import Experiment
+from .common import (AttackConfig, ImageContext, attack_context, attack_setting, budget_units, by_budget,
+                     method_options, method_units, per_image, seeded, targeted_attack)
 from .config import key, method_choices
-from .dombrowski2019 import method_units
 from .published import RIEGER_AGGREGATION, RIEGER_TABLE1, Finding, findings_table
 
 
@@ -25,6 +24,13 @@ class Rieger2020Config(AttackConfig):
                               "methods of the transfer matrix (Fig. 2)", choices=method_choices, empty=True)
     blank: List[str] = key(["gradient", "guided_backprop", "lrp", "agg_mean"],
                            "methods of the blank-square attack (Table 4)", choices=method_choices, empty=True)
+    budgets: List[float] = key([0.5], "larger L-inf budgets at which Table 1 is repeated, to show what the budget "
+                               "limits (empty: none)", gt=0, empty=True)
+    profile: str = key("default", "default: a fast run (about RG_DEFAULT on 2 CPU cores); paper: Rieger's protocol "
+                       "(Dombrowski's), 100 images and up to 1500 attack steps (PROFILE_TIME); keys you set win",
+                       choices=("default", "paper"))
+
+    PROFILES = {"paper": {"n": 100, "steps": 1500}}
 
 
 class Rieger2020(Experiment):
@@ -37,8 +43,8 @@ class Rieger2020(Experiment):
     Context = ImageContext
 
     def units(self, config):
-        return method_units(config, [("table1", config.methods), ("transfer", config.transfer),
-                                     ("blank", config.blank)])
+        return (method_units(config, [("table1", config.methods), ("transfer", config.transfer),
+                                      ("blank", config.blank)]) + budget_units(config, config.methods))
 
     def setup(self, config, run):
         return attack_context(config, run)
@@ -53,10 +59,11 @@ class Rieger2020(Experiment):
         seeded(config.seed)
         x, x_target = ctx.images(config.n, p["start"], config.batch)
         model, method = ctx.model, p["method"]
-        attack = dict(steps=config.steps, eps=config.eps, lr=config.lr, clamp=ctx.clamp)
+        attack = dict(steps=config.steps, eps=p.get("eps", config.eps), lr=config.lr, clamp=ctx.clamp)
         options = method_options(method, config.ig_steps)
-        if p["kind"] == "table1":
-            return targeted_attack(model, x, x_target, method, options, first_index=p["start"], **attack)[0]
+        if p["kind"] in ("table1", "budget"):
+            rows = targeted_attack(model, x, x_target, method, options, first_index=p["start"], **attack)[0]
+            return [{**row, "eps": p["eps"]} for row in rows] if p["kind"] == "budget" else rows
         t = model(x).argmax(1)
 
         def heat(inputs, m):
@@ -103,10 +110,32 @@ class Rieger2020(Experiment):
         why = ""
         if verdict != "holds":
             sturdier = [m for m, v in singles.items() if v <= d_pcc["agg_mean"]]
-            why = (f"AGG-Mean lies between its members: {', '.join(sturdier)} already move(s) as little on their own, "
+            verb = "moves" if len(sturdier) == 1 else "move"
+            why = (f"AGG-Mean lies between its members: {', '.join(sturdier)} already {verb} as little on their own, "
                    "so averaging them with more fragile maps cannot beat them; on Rieger's ImageNet VGG16 every "
-                   "single method was fragile (Δ-PCC 0.74-0.82)")
+                   "single method was fragile (Δ-PCC 0.74-0.82)") + self._budget_why(df, config)
         return [Finding(RIEGER_AGGREGATION, f"Δ-PCC {ours} ({attack_setting(config)})", verdict, why)]
+
+    @staticmethod
+    def d_pcc_by_budget(df, config):
+        """Mean Δ-PCC per method (rows) and budget (columns); None without budget units."""
+        return by_budget(df.assign(d_pcc=df.get("pcc_after", 0) - df.get("pcc_before", 0)), config, "table1/",
+                         "d_pcc")
+
+    def _budget_why(self, df, config) -> str:
+        table = self.d_pcc_by_budget(df, config)
+        if table is None or "agg_mean" not in table.index:
+            return ""
+        parts = []
+        for eps in table.columns[1:]:
+            col = table[eps].dropna()
+            agg = col.pop("agg_mean")
+            above = ", ".join(f"{m} {v:.3f}" for m, v in col.items() if v > agg + 0.005)
+            rest = ", ".join(f"{m} {v:.3f}" for m, v in col.items() if v <= agg + 0.005)
+            parts.append(f"at eps {eps:g} AGG-Mean's Δ-PCC is {agg:.3f}" + (f", below {above}" if above else "")
+                         + (f"; level with or above {rest}" if rest else "; below every single method"))
+        return ("; at larger budgets, where the input no longer pins the input-shaped maps (LRP, guided backprop; "
+                "see dombrowski2019's budget table), the attack moves those more: " + "; ".join(parts)) if parts else ""
 
     def tables(self, df, config):
         out = {"Findings": findings_table(self.findings(df, config))}
@@ -120,6 +149,10 @@ class Rieger2020(Experiment):
             ours = table1.groupby("method")[["d_mse_1e-6", "d_pcc", "d_top10", "pcc_after", "top10_after",
                                              "class_kept"]].mean()
             out[f"{self.TABLE1} ({RIEGER_TABLE1.setting})"] = RIEGER_TABLE1.beside(ours).round(4)
+        budgets = self.d_pcc_by_budget(df, config)
+        if budgets is not None:
+            budgets.columns = [f"eps {e:g}" for e in budgets.columns]
+            out["Table 1 by budget: Δ-PCC of the targeted attack"] = budgets.round(3)
         if len(transfer):
             out["Fig. 2: transfer, rise of PCC with the target (rows attacked, columns evaluated)"] = transfer.pivot_table(
                 index="attacked", columns="evaluated", values="d_pcc", aggfunc="mean").round(3)
