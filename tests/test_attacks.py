@@ -199,8 +199,12 @@ def test_attack_stops_early_when_no_image_improves(setup):
     model, x = setup
     x = x[:8] * 0.9 + 0.05  # no exact zeros: a step of 1e-9 flips no max-pool tie
     res = manipulate_input(model, x[:4], TargetImage(x[4:8]), "gradient", steps=400, lr=1e-9, check_every=5,
-                           patience=3, progress=False)
+                           patience=3, beta=50.0, progress=False)
     assert res.steps_run == 15  # three checks without improvement
+    # not while beta grows: an image stopped at a small beta keeps an iterate of a far surrogate
+    grows = manipulate_input(model, x[:4], TargetImage(x[4:8]), "gradient", steps=40, lr=1e-9, check_every=5,
+                             patience=3, progress=False)
+    assert grows.steps_run == 40
     full = manipulate_input(model, x[:4], TargetImage(x[4:8]), "gradient", steps=30, lr=1e-9, check_every=5,
                             patience=None, progress=False)
     assert full.steps_run == 30

@@ -13,8 +13,9 @@ element-wise, so an image's result does not depend on the batch it is in.
 
 Defaults a user can trust: the budget is ``eps="auto"``, 10 % of the data range in L∞ (0.1 on
 [0, 1] images; pass ``eps=math.inf`` for an unbounded attack); ``success`` means the objective
-reached its documented threshold (:mod:`manipex.objectives`) with the class kept; the run stops
-early when no image's best class-keeping iterate has improved for ``patience`` checks.
+reached its documented threshold (:mod:`manipex.objectives`) with the class kept; with a fixed
+surrogate the run stops early when no image's best class-keeping iterate has improved for
+``patience`` checks.
 """
 from __future__ import annotations
 
@@ -250,7 +251,10 @@ def manipulate_input(
         revert: images whose predicted class changed anyway are returned unperturbed.
         patience: with ``keep_best``, an image whose best iterate has not improved (by 1e-4
             relative) for this many checks in a row stops moving, and the run stops when all
-            have; None: run all ``steps``.
+            have; None: run all ``steps``. Not while β grows (a ``(start, end)`` schedule): an
+            image stopped at a small β keeps an iterate made for a surrogate far from the model
+            (measured on MNIST-5k, gradient, 1500 steps: PCC with the target 0.80 with early
+            stopping, 0.85 without).
         progress: show a progress bar (on a terminal or in a notebook; never in logs).
 
     Returns:
@@ -280,6 +284,7 @@ def manipulate_input(
     if method_options.get("softplus_beta") is not None:
         beta = None  # the defended map is smooth already: attack exactly that map
 
+    growing = beta is not None and not isinstance(beta, (int, float)) and beta[0] != beta[1]  # run it to its end
     attacked, handle = (model, None) if beta is None else surgery.smooth_copy(
         model, _beta_at(beta, 0, steps), pools=smooth_pools)
     x_adv = x.clone().requires_grad_(True)
@@ -327,7 +332,7 @@ def manipulate_input(
         bar.set_postfix(loss=f"{history[-1]:.4g}", beta=f"{handle.beta:.3g}" if handle else "-", refresh=False)
         if keep_best and ((step + 1) % check_every == 0 or step == steps - 1):
             stalled = torch.where(check(x_adv.detach()), 0, stalled + 1)
-            if patience is not None:
+            if patience is not None and not growing:
                 active = stalled < patience
                 if not bool(active.any()):
                     break
