@@ -86,7 +86,8 @@ def test_torchrun_two_processes_match_one(tmp_path):
     pytest.importorskip("torch.distributed")
     # torchrun's own parser takes "--n..." for one of its options: pass settings with --set
     args = ["run", "rieger2020", "--quiet", "--set", "n=4", "--set", "batch=1", "--set", "steps=4",
-            "--set", 'methods=["gradient", "lrp"]', "--set", 'transfer=["gradient"]', "--set", 'blank=["lrp"]']
+            "--set", 'methods=["gradient", "lrp"]', "--set", 'transfer=["gradient"]', "--set", 'blank=["lrp"]',
+            "--set", "budgets=[]"]
     main(args + ["--out", str(tmp_path / "one")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
            "-m", "manipex.cli"] + args + ["--out", str(tmp_path / "two")]

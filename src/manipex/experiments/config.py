@@ -138,6 +138,12 @@ def key(default: Any, help: str = "", *, ge: Optional[float] = None, gt: Optiona
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def profile_key(default: str, paper: str):
+    """The ``profile`` key of an experiment with a ``PROFILES["paper"]``: ``default`` and ``paper``
+    say what each runs and how long it takes."""
+    return key("default", f"default: {default}; paper: {paper}; keys you set win", choices=("default", "paper"))
+
+
 _KINDS = {int: "int", float: "float", bool: "bool", str: "str", List[str]: "list[str]", List[float]: "list[float]",
           Optional[float]: "optional_float"}
 

@@ -11,7 +11,7 @@ import torch
 from .base import Experiment
 from .common import (AttackConfig, ImageContext, attack_context, attack_setting, budget_units, by_budget, load_maps,
                      method_options, method_units, per_image, save_maps, seeded, targeted_attack)
-from .config import key, method_choices
+from .config import key, method_choices, profile_key
 from .published import DOMBROWSKI_FIG3, DOMBROWSKI_FIG4, Finding, direction, findings_table
 
 
@@ -23,10 +23,9 @@ class Dombrowski2019Config(AttackConfig):
     beta_methods: List[str] = key(["gradient", "lrp"], "methods of the beta curve", choices=method_choices)
     budgets: List[float] = key([0.5, 1.0], "larger L-inf budgets at which the attack on each method is repeated, "
                                "to show what the budget limits (empty: none)", gt=0, empty=True)
-    profile: str = key("default", "default: a fast run (about 2.5 min on 2 CPU cores); paper: Dombrowski's protocol, "
-                       "100 images, up to 1500 attack steps, integrated gradients with 30 steps, no budget sweep (up "
-                       "to 3 h on 2 CPU cores: 0.5 s per step for the five methods on 8 images); keys you set win",
-                       choices=("default", "paper"))
+    profile: str = profile_key("a fast run (about 2.5 min on 2 CPU cores)", "Dombrowski's protocol, 100 images, "
+                               "1500 attack steps, integrated gradients with 30 steps, no budget sweep (about 3 h on 2 "
+                               "CPU cores: 0.5 s per step for the five methods on 8 images)")
 
     PROFILES = {"paper": {"n": 100, "steps": 1500, "ig_steps": 30, "budgets": []}}
 

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .base import Experiment, Unit
 from .common import ImageContext, method_options, per_image, save_maps, save_model
-from .config import ConfigError, key, method_choices
+from .config import ConfigError, key, method_choices, profile_key
 from .published import (PASLIEV_COM, PASLIEV_NOISE, PASLIEV_TARGET, Finding, direction, findings_table)
 from .published import (METHOD_ORDER, PASLIEV_T31, PASLIEV_T32, PASLIEV_T32_SETTING, PASLIEV_T33, PASLIEV_T34,
                         PASLIEV_T41, PASLIEV_T42)
@@ -65,6 +65,12 @@ class Pasliev2020Config(SourceConfig):
     save_models: bool = key(True, "keep every manipulated model as models/<unit>.safetensors (VGG16: 60 MB on "
                             "CIFAR-10, 528 MB on ImageNet)")
     seed: int = key(0, "seed", ge=0)
+    profile: str = profile_key("a fast run (about 2.5 min on 2 CPU cores)", "the thesis' optimiser, Adam lr 5e-5, "
+                               "batches of 256, 200 epochs (its F_com; F_th and F_ipp had 1050 and 1350) on all "
+                               "training images (about 2 h on 2 CPU cores: 6 s per model and epoch); the objectives' weights stay ours, the thesis' "
+                               "lambda are in other units")
+
+    PROFILES = {"paper": {"lr": 5e-5, "batch": 256, "epochs": 200, "n_train": 0}}
 
 
 @dataclass(kw_only=True)

@@ -12,7 +12,7 @@ import torch
 from .base import Experiment
 from .common import (AttackConfig, ImageContext, attack_context, attack_setting, budget_units, by_budget,
                      method_options, method_units, per_image, seeded, targeted_attack)
-from .config import key, method_choices
+from .config import key, method_choices, profile_key
 from .published import RIEGER_AGGREGATION, RIEGER_TABLE1, Finding, findings_table
 
 
@@ -26,10 +26,9 @@ class Rieger2020Config(AttackConfig):
                            "methods of the blank-square attack (Table 4)", choices=method_choices, empty=True)
     budgets: List[float] = key([0.5], "larger L-inf budgets at which Table 1 is repeated, to show what the budget "
                                "limits (empty: none)", gt=0, empty=True)
-    profile: str = key("default", "default: a fast run (about 3 min on 2 CPU cores); paper: Rieger's protocol "
-                       "(Dombrowski's), 100 images, up to 1500 attack steps, no budget sweep (up to 4 h on 2 CPU cores: "
-                       "0.7 s per step for Table 1, Fig. 2 and Table 4 on 8 images); keys you set win",
-                       choices=("default", "paper"))
+    profile: str = profile_key("a fast run (about 3 min on 2 CPU cores)", "Rieger's protocol (Dombrowski's), 100 "
+                               "images, 1500 attack steps, no budget sweep (about 4 h on 2 CPU cores: 0.7 s per step "
+                               "for Table 1, Fig. 2 and Table 4 on 8 images)")
 
     PROFILES = {"paper": {"n": 100, "steps": 1500, "budgets": []}}
 

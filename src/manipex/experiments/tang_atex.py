@@ -18,9 +18,8 @@ from torch import Tensor, nn
 
 from .base import Experiment, Unit
 from .common import ImageContext, load_model, per_image, save_maps, save_model
-from .config import key
+from .config import ConfigError, key, profile_key
 from .published import TANG_ATEX, TANG_TABLE1, Finding, findings_table
-from .config import ConfigError
 from .sources import MNIST_LIKE, SourceConfig
 
 
@@ -40,9 +39,8 @@ class TangConfig(SourceConfig):
     atex_n: int = key(2000, "ATEX training images", ge=1)
     examples: int = key(3, "images shown in the map figure", ge=0)
     seed: int = key(0, "seed", ge=0)
-    profile: str = key("default", "default: a fast run (about 1.5 min on 2 CPU cores); paper: Tang's protocol, 2 ATEX "
-                       "epochs on all training images and 200 attack steps (about 3.5 min); keys you set win",
-                       choices=("default", "paper"))
+    profile: str = profile_key("a fast run (about 1.5 min on 2 CPU cores)", "Tang's protocol, 2 ATEX epochs on all "
+                               "training images and 200 attack steps (about 3.5 min)")
 
     PROFILES = {"paper": {"atex_epochs": 2, "atex_n": 60000, "steps": 200}}
 
