@@ -137,6 +137,8 @@ def test_bad_attack_arguments(setup):
         manipulate_input(model, x[:2] + 2, obj)
     with pytest.raises(ValueError, match="NaN"):
         manipulate_input(model, x[:2] * float("nan"), obj)
+    with pytest.raises(TypeError, match="smooth_pools"):
+        manipulate_input(model, x[:2], obj, smooth_pools="yes")
 
 
 # --- defaults a user can trust: budget, success, early stopping, quiet progress ------------

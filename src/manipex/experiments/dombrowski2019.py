@@ -107,7 +107,7 @@ class Dombrowski2019(Experiment):
             failing = [m for m, ok in full.items() if not ok]
             out.append(Finding(DOMBROWSKI_FIG3, f"PCC with the target before -> after: {ours} "
                                f"({attack_setting(config)})", verdict,
-                               self._fig3_why(failing, means, self.by_budget(df, config)) if failing else ""))
+                               self._fig3_why(failing, self.budget_table(df, config)) if failing else ""))
         if len(curve):
             med = curve.pivot_table(index="method", columns="beta", values="pcc_original", aggfunc="median")
             smallest = min(b for b in med.columns if b != "relu")
@@ -131,7 +131,7 @@ class Dombrowski2019(Experiment):
         return out
 
     @staticmethod
-    def by_budget(df, config):
+    def budget_table(df, config):
         """Mean PCC of each method's manipulated map with the target: before, and after the
         attack at each budget (config.eps, then the larger ``budgets``); None without budgets."""
         table = by_budget(df, config, "attack/", "pcc_after")
@@ -140,7 +140,7 @@ class Dombrowski2019(Experiment):
             table = table.round(3)
         return table
 
-    def _fig3_why(self, failing, means, budgets) -> str:
+    def _fig3_why(self, failing, budgets) -> str:
         rise = f"the PCC with the target rises by less than {self.VISIBLE_RISE} for {', '.join(failing)}"
         if budgets is None:
             return rise
@@ -165,7 +165,7 @@ class Dombrowski2019(Experiment):
             table["mse_after"] *= 1e6
             out["Fig. 3: manipulated map vs target map (mean per method)"] = table.rename(
                 columns={"mse_after": "mse_after (1e-6)"}).round(4)
-        budgets = self.by_budget(df, config)
+        budgets = self.budget_table(df, config)
         if budgets is not None:
             budgets.columns = ["before"] + [f"eps {e:g}" for e in budgets.columns[1:]]
             out["Fig. 3 by budget: mean PCC with the target, before and after the attack"] = budgets
