@@ -58,8 +58,8 @@ class Dombrowski2019(Experiment):
         opts = method_options(p["method"], config.ig_steps)
         attack = dict(steps=config.steps, eps=p.get("eps", config.eps), lr=config.lr, clamp=ctx.clamp)
         if p["kind"] == "budget":
-            rows = targeted_attack(ctx.model, x, x_target, p["method"], opts, first_index=p["start"], **attack)[0]
-            return [{**row, "eps": p["eps"]} for row in rows]
+            return targeted_attack(ctx.model, x, x_target, p["method"], opts, first_index=p["start"],
+                                   extra={"eps": p["eps"]}, **attack)[0]
         if p["kind"] == "attack":
             rows, res, r_target = targeted_attack(ctx.model, x, x_target, p["method"], opts, first_index=p["start"],
                                                   **attack)

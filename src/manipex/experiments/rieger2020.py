@@ -62,8 +62,9 @@ class Rieger2020(Experiment):
         attack = dict(steps=config.steps, eps=p.get("eps", config.eps), lr=config.lr, clamp=ctx.clamp)
         options = method_options(method, config.ig_steps)
         if p["kind"] in ("table1", "budget"):
-            rows = targeted_attack(model, x, x_target, method, options, first_index=p["start"], **attack)[0]
-            return [{**row, "eps": p["eps"]} for row in rows] if p["kind"] == "budget" else rows
+            extra = {"eps": p["eps"]} if p["kind"] == "budget" else None
+            return targeted_attack(model, x, x_target, method, options, first_index=p["start"], extra=extra,
+                                   **attack)[0]
         t = model(x).argmax(1)
 
         def heat(inputs, m):
