@@ -2,6 +2,12 @@
 
 ``METRICS`` maps names of map-similarity metrics to :class:`Metric` records, for tables:
 ``higher_is_similar`` tells the direction. :func:`delta` is Rieger et al.'s Δ-metric.
+
+Every function checks its inputs the same way (:mod:`manipex.metrics._checks`): tensors of a
+floating dtype (``TypeError`` otherwise: integer or bool maps are refused, not rounded),
+non-empty batches ``(N, ...)`` without NaN or Inf, pairs of exactly the same shape (no
+broadcasting), a model in eval mode (``ValueError`` otherwise). float16/bfloat16 inputs are
+computed in float32, and the result is float32. Arguments are never changed.
 """
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ def delta(metric: str, target: Tensor, manipulated: Tensor, start: Tensor, **kwa
     How much closer (for similarity metrics: higher) the attack brought the map to the target
     than it was at the start; for ``mse`` a negative value means closer.
     """
+    if not isinstance(metric, str):
+        raise TypeError(f"delta: metric must be a metric name (str), got {type(metric).__name__}")
     if metric not in METRICS:
         raise ValueError(f"delta: unknown metric {metric!r}; available: {', '.join(METRICS)}")
     m = METRICS[metric]

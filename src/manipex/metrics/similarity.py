@@ -2,6 +2,10 @@
 
 Each function states its direction. They accept raw maps or normalised relevance maps
 (:func:`manipex.relevance`); the papers compare normalised ones.
+
+Inputs are checked by :mod:`manipex.metrics._checks`: both maps floating-point tensors of the
+same shape (never broadcast), non-empty, without NaN or Inf; float16/bfloat16 maps are
+computed, and returned, in float32.
 """
 from __future__ import annotations
 
@@ -11,19 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _pair(a: Tensor, b: Tensor, name: str) -> None:
-    if not isinstance(a, Tensor) or not isinstance(b, Tensor):
-        raise TypeError(f"{name}: both maps must be torch tensors")
-    if a.shape != b.shape:
-        raise ValueError(f"{name}: maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.dim() < 2 or a.shape[0] == 0:
-        raise ValueError(f"{name}: maps must be a non-empty batch (N, ...), got shape {tuple(a.shape)}")
+from ._checks import as_compute, check_batch, check_int, check_pair, check_real
 
 
 def mse(a: Tensor, b: Tensor) -> Tensor:
     """Mean squared difference per sample. Lower = more similar (0 for equal maps)."""
-    _pair(a, b, "mse")
+    a, b = check_pair(a, b, where="mse")
     return (a - b).pow(2).flatten(1).mean(1)
 
 
@@ -32,20 +29,33 @@ def pcc(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
 
     As numpy.corrcoef; Dombrowski et al. 2019 (Fig. 3) and Rieger et al. 2020 (Table 1).
     """
-    _pair(a, b, "pcc")
-    a, b = a.flatten(1), b.flatten(1)
+    a, b = check_pair(a, b, where="pcc")
+    eps = check_real(eps, where="pcc", name="eps", positive=True, allow_zero=False)
+    return _pcc(a.flatten(1), b.flatten(1), eps)
+
+
+def _pcc(a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """Pearson correlation of the rows of two checked ``(N, D)`` tensors."""
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
 def cosine(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     """Cosine similarity of the flattened maps per sample, in [-1, 1]. Higher = more similar."""
-    _pair(a, b, "cosine")
+    a, b = check_pair(a, b, where="cosine")
+    eps = check_real(eps, where="cosine", name="eps", positive=True, allow_zero=False)
     return F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1, eps=eps)
 
 
 def average_ranks(v: Tensor) -> Tensor:
-    """Ranks 1..D of each row, ties given their average rank (as scipy.stats.rankdata)."""
+    """Ranks 1..D of each row of ``v`` ``(N, D)``, ties given their average rank (as
+    scipy.stats.rankdata); in ``v``'s dtype, float32 for float16/bfloat16 (whose integers are
+    exact only up to 2048)."""
+    v = as_compute(check_batch(v, where="average_ranks", name="v", min_dim=2, max_dim=2))
+    return _average_ranks(v)
+
+
+def _average_ranks(v: Tensor) -> Tensor:
     n, d = v.shape
     sorted_v, order = v.sort(dim=1, stable=True)
     new_group = torch.ones_like(sorted_v, dtype=torch.bool)
@@ -65,8 +75,8 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 
     Higher = more similar. Tang et al. (ATEX) Tables 1-4. Not differentiable (ranks).
     """
-    _pair(a, b, "spearman")
-    return pcc(average_ranks(a.flatten(1)), average_ranks(b.flatten(1)))
+    a, b = check_pair(a, b, where="spearman")
+    return _pcc(_average_ranks(a.flatten(1)), _average_ranks(b.flatten(1)), 1e-12)
 
 
 def topk_intersection(a: Tensor, b: Tensor, k: int) -> Tensor:
@@ -75,18 +85,22 @@ def topk_intersection(a: Tensor, b: Tensor, k: int) -> Tensor:
     The top-k features of each map by value (Ghorbani et al. 2019; Tang et al. use k = 50).
     Ties at the k-th value are broken by position.
     """
-    _pair(a, b, "topk_intersection")
+    a, b = check_pair(a, b, where="topk_intersection")
     d = a[0].numel()
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= d:
-        raise ValueError(f"topk_intersection: k must be an int in [1, {d}], got {k!r}")
+    k = check_int(k, where="topk_intersection", name="k", low=1, high=d)
     ia = a.flatten(1).topk(k, dim=1).indices
     ib = b.flatten(1).topk(k, dim=1).indices
     ma = torch.zeros(a.shape[0], d, dtype=torch.bool, device=a.device).scatter_(1, ia, True)
     mb = torch.zeros_like(ma).scatter_(1, ib, True)
-    return (ma & mb).sum(1).to(a.dtype if a.is_floating_point() else torch.float32) / k
+    return (ma & mb).sum(1).to(a.dtype) / k
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The normalised 1-D Gaussian ``exp(-x^2 / (2 sigma^2))`` on ``size`` points centred at 0."""
+    size = check_int(size, where="gaussian_window", name="size", low=1)
+    sigma = check_real(sigma, where="gaussian_window", name="sigma", positive=True, allow_zero=False)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"gaussian_window: dtype must be a floating torch.dtype, got {dtype!r}")
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     return (g / g.sum()).to(dtype)
@@ -104,11 +118,13 @@ def ssim(
     ``(N, C, H, W)`` (mean over channels). ``L = data_range``; by default, per sample,
     ``max - min`` over both maps.
     """
-    _pair(a, b, "ssim")
+    a, b = check_pair(a, b, where="ssim", min_dim=3, max_dim=4)
+    window = check_int(window, where="ssim", name="window", low=1)
+    sigma = check_real(sigma, where="ssim", name="sigma", positive=True, allow_zero=False)
+    if data_range is not None:
+        data_range = check_real(data_range, where="ssim", name="data_range", positive=True, allow_zero=False)
     if a.dim() == 3:
         a, b = a.unsqueeze(1), b.unsqueeze(1)
-    if a.dim() != 4:
-        raise ValueError(f"ssim: maps must be (N, H, W) or (N, C, H, W), got {tuple(a.shape)}")
     if min(a.shape[-2:]) < window:
         raise ValueError(f"ssim: maps of size {tuple(a.shape[-2:])} are smaller than the {window}x{window} window")
     n, c = a.shape[:2]
@@ -116,7 +132,7 @@ def ssim(
         both = torch.cat([a.flatten(1), b.flatten(1)], 1)
         rng = (both.amax(1) - both.amin(1)).clamp(min=1e-12).reshape(n, 1, 1, 1)
     else:
-        rng = torch.as_tensor(float(data_range), dtype=a.dtype, device=a.device)
+        rng = torch.as_tensor(data_range, dtype=a.dtype, device=a.device)
     g = gaussian_window(window, sigma, a.dtype).to(a.device)
     kernel_h = g.reshape(1, 1, -1, 1).expand(c, 1, -1, 1)
     kernel_w = g.reshape(1, 1, 1, -1).expand(c, 1, 1, -1)
