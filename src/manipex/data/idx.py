@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ._common import (
     PathLike,
+    check_labels,
     check_split,
     existing_dir,
     find_file,
@@ -31,6 +32,12 @@ IMAGES_MAGIC = 0x00000803
 
 LABELS_MAGIC = 0x00000801
 """Magic number of an IDX label file (unsigned bytes, 1 dimension) = 2049."""
+
+NUM_CLASSES = 10
+"""Labels of MNIST and Fashion-MNIST are 0..9."""
+
+IMAGE_SIZE = (28, 28)
+"""Height and width of MNIST and Fashion-MNIST images."""
 
 _IDX_TYPES: dict[int, str] = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _PREFIX = {"train": "train", "test": "t10k"}
@@ -73,6 +80,15 @@ def read_idx(path: Path, expected_magic: int | None = None) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="))
 
 
+def root_contents(name: str = "mnist") -> str:
+    """What ``root`` must hold for dataset ``name``, for messages."""
+    return (
+        "the folder of train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte "
+        "and t10k-labels-idx1-ubyte (each optionally .gz), or torchvision's download folder "
+        f"holding {_TORCHVISION_SUBDIR.get(name, 'MNIST')}/raw"
+    )
+
+
 def _data_dir(root: Path, name: str, prefix: str) -> Path:
     """``root`` itself, or torchvision's ``root/<MNIST|FashionMNIST>/raw`` if the files are there."""
     raw = root / _TORCHVISION_SUBDIR[name] / "raw"
@@ -95,15 +111,23 @@ def load_idx_dataset(root: PathLike, split: str = "train", *, name: str = "mnist
 
     Raises:
         FileNotFoundError: if the directory or a file is missing (the path is named).
-        ValueError: on a bad split, a bad magic number or inconsistent files.
+        ValueError: on a bad split, ``root`` ``None``, a bad magic number, images that are not
+            28x28, an empty file, different numbers of images and labels, or a label outside
+            0..9 (the file is named).
     """
+    if not isinstance(name, str) or name not in _TORCHVISION_SUBDIR:
+        raise ValueError(f"load_idx_dataset: name must be one of {', '.join(_TORCHVISION_SUBDIR)}, got {name!r}")
     check_split(split, SPLITS, name)
     prefix = _PREFIX[split]
-    directory = _data_dir(existing_dir(root, name), name, prefix)
+    directory = _data_dir(existing_dir(root, name, root_contents(name)), name, prefix)
     image_path = find_file(directory, f"{prefix}-images-idx3-ubyte")
     label_path = find_file(directory, f"{prefix}-labels-idx1-ubyte")
     images = read_idx(image_path, IMAGES_MAGIC)
     labels = read_idx(label_path, LABELS_MAGIC)
+    if images.shape[1:] != IMAGE_SIZE:
+        raise ValueError(f"{image_path}: expected {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} images, got shape {images.shape}")
+    if len(images) == 0:
+        raise ValueError(f"{image_path}: holds no images")
     if len(images) != len(labels):
         raise ValueError(f"{image_path} holds {len(images)} images but {label_path} {len(labels)} labels")
-    return images_to_tensor(images[:, None]), labels_to_tensor(labels)
+    return images_to_tensor(images[:, None]), labels_to_tensor(check_labels(labels, NUM_CLASSES, label_path))

@@ -20,6 +20,12 @@ from ._common import PathLike, check_split, existing_dir, images_to_tensor, norm
 SPLITS = ("train", "val", "test", "all")
 """Splits offered by :func:`load_image_folder`."""
 
+ROOT_CONTENTS = (
+    "the folder of a class-per-folder image tree, root/<class>/<image> (classes sorted by name "
+    "get labels 0, 1, ...), optionally split into root/train, root/val and root/test"
+)
+"""What ``root`` must hold, for messages."""
+
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"})
 """File suffixes (lower case) read as images; other files are ignored."""
 
@@ -36,7 +42,7 @@ def split_dir(root: PathLike, split: str = "train") -> Path:
             or ``"train"`` is asked for while only other split directories exist.
     """
     check_split(split, SPLITS, "image_folder")
-    base = existing_dir(root, "image_folder")
+    base = existing_dir(root, "image_folder", ROOT_CONTENTS)
     if (base / split).is_dir():
         return base / split
     has_split_dirs = any((base / s).is_dir() for s in SPLITS if s != "all")
@@ -82,6 +88,21 @@ def _read_image(path: Path, size: int | None, crop: int | None) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
 
 
+def _channel_values(values: object, name: str) -> tuple[float, ...]:
+    """Three finite per-channel values (``std``: positive), from any sequence or array."""
+    try:
+        if isinstance(values, (str, bytes)):
+            raise TypeError
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"image_folder: {name} must be a sequence of 3 numbers, got {values!r}") from None
+    if array.shape != (3,):
+        raise ValueError(f"image_folder: {name} must hold 3 values (R, G, B), got shape {array.shape}")
+    if not np.isfinite(array).all() or (name == "std" and array.min() <= 0):
+        raise ValueError(f"image_folder: {name} must hold 3 finite values{' > 0' if name == 'std' else ''}, got {array.tolist()}")
+    return tuple(array.tolist())
+
+
 def load_image_folder(
     root: PathLike,
     split: str = "train",
@@ -108,13 +129,21 @@ def load_image_folder(
 
     Raises:
         FileNotFoundError: if the directory is missing or holds no images.
-        ValueError: if the images end up with different sizes (set ``size``/``crop``).
+        TypeError: if ``size``/``crop`` are not ints or ``None``, or ``mean``/``std`` not
+            sequences of numbers.
+        ValueError: if ``size``/``crop`` are below 1, ``mean``/``std`` do not hold 3 finite
+            values (``std`` > 0) or only one is given, or the images end up with different
+            sizes (set ``size``/``crop``).
     """
-    if (mean is None) != (std is None):
-        raise ValueError("give both mean and std, or neither")
     for arg, value in (("size", size), ("crop", crop)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"image_folder: {arg} must be an int (pixels) or None, got {type(value).__name__}")
         if value is not None and value < 1:
-            raise ValueError(f"{arg} must be a positive number of pixels or None, got {value}")
+            raise ValueError(f"image_folder: {arg} must be a positive number of pixels or None, got {value}")
+    if (mean is None) != (std is None):
+        raise ValueError("image_folder: give both mean and std, or neither")
+    if mean is not None and std is not None:
+        mean, std = _channel_values(mean, "mean"), _channel_values(std, "std")
     directory = split_dir(root, split)
     classes = find_classes(directory)
     files: list[tuple[Path, int]] = []

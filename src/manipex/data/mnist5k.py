@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._common import check_split, images_to_tensor, package_dir
+from ._common import check_labels, check_split, images_to_tensor, package_dir
 
 SPLITS = ("train", "test", "all")
 """Splits offered by :func:`load_mnist5k`."""
@@ -52,7 +52,7 @@ def _shuffled() -> tuple[Tensor, Tensor]:
     if table.shape != (5000, 785) or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
         raise ValueError(f"unexpected content in {mnist5k_path()}: shape {table.shape}")
     images = torch.from_numpy(table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28))
-    labels = torch.from_numpy(table[:, -1].copy())
+    labels = torch.from_numpy(check_labels(table[:, -1].copy(), 10, mnist5k_path()))
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(SEED))
     return images[order].contiguous(), labels[order].contiguous()
 
