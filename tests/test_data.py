@@ -64,6 +64,63 @@ def test_missing_file_is_named(name: str, expected: str, tmp_path: Path) -> None
         data.load(name, root=tmp_path)
 
 
+# --------------------------------------------------------------------------- argument checks of load
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("mnist", "train-images-idx3-ubyte"),
+        ("fashion_mnist", "FashionMNIST/raw"),
+        ("cifar10", "data_batch_1"),
+        ("image_folder", "class-per-folder"),
+    ],
+)
+@pytest.mark.parametrize("explicit_none", [False, True])
+def test_root_is_required_and_says_what_it_holds(name: str, expected: str, explicit_none: bool) -> None:
+    kwargs = {"root": None} if explicit_none else {}
+    with pytest.raises(ValueError) as info:
+        data.load(name, **kwargs)
+    message = str(info.value)
+    assert message.startswith(f"data.load({name!r}): root is required: the folder of") and expected in message
+
+
+@pytest.mark.parametrize(
+    "loader",
+    [data.load_cifar10, data.load_idx_dataset, data.load_image_folder],
+)
+def test_loaders_called_directly_without_root(loader) -> None:
+    with pytest.raises(ValueError, match="root is required: the folder of"):
+        loader(None)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "fragment"),
+    [
+        (lambda root: data.load(5), TypeError, "name must be a dataset name"),
+        (lambda root: data.load("imagenet"), ValueError, "unknown dataset 'imagenet'; available: adult"),
+        (lambda root: data.load("mnist5k", root=root), TypeError, "unknown argument 'root'; mnist5k takes no"),
+        (lambda root: data.load("mnist", root=root, n=5), TypeError, "unknown argument 'n'; mnist takes root"),
+        (lambda root: data.load("cifar10", root=root, size=32), TypeError, "unknown argument 'size'; cifar10 takes root"),
+        (lambda root: data.load("mnist", split=None, root=root), TypeError, "split must be a str"),
+        (lambda root: data.load("mnist", split="val", root=root), ValueError, "unknown split 'val'; valid splits: train, test"),
+        (lambda root: data.load("mnist", root=5), TypeError, "root must be a path"),
+        (lambda root: data.load("adult", root=3.0), TypeError, "root must be a path"),
+        (lambda root: data.load("cifar10", root=root / "a_file"), FileNotFoundError, "not a directory"),
+        (lambda root: data.load("image_folder", root=root, size="big"), TypeError, "size must be an int"),
+        (lambda root: data.load("image_folder", root=root, crop=0), ValueError, "crop must be a positive"),
+        (lambda root: data.load("image_folder", root=root, mean=(0.5, 0.5), std=(1, 1)), ValueError, "mean must hold 3"),
+        (lambda root: data.load("image_folder", root=root, mean=(0.5,) * 3, std=(1, 0, 1)), ValueError, "std must hold 3 finite values > 0"),
+        (lambda root: data.load("image_folder", root=root, mean="rgb", std=(1, 1, 1)), TypeError, "mean must be a sequence"),
+        (lambda root: data.load_idx_dataset(root, name="kmnist"), ValueError, "name must be one of"),
+    ],
+)
+def test_bad_arguments_of_load(call, error, fragment, tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(error, match=fragment):
+        call(tmp_path)
+
+
 # --------------------------------------------------------------------------- mnist5k
 
 
@@ -162,6 +219,24 @@ def test_idx_count_mismatch(tmp_path: Path) -> None:
     _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(2, np.uint8), gz=False)
     with pytest.raises(ValueError, match="labels"):
         data.load("mnist", root=tmp_path)
+
+
+def test_idx_labels_out_of_range_name_the_file(tmp_path: Path) -> None:
+    _write_mnist(tmp_path, "train", 3, gz=False, seed=5)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([1, 10, 2], np.uint8), gz=False)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: label 10 is out of range 0\.\.9"):
+        data.load("mnist", root=tmp_path)
+
+
+def test_idx_wrong_image_size_and_empty_files(tmp_path: Path) -> None:
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 32, 32), np.uint8), gz=False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(2, np.uint8), gz=False)
+    with pytest.raises(ValueError, match="28x28"):
+        data.load("mnist", split="test", root=tmp_path)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8), gz=False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, np.uint8), gz=False)
+    with pytest.raises(ValueError, match="no images"):
+        data.load("mnist", split="test", root=tmp_path)
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -437,3 +512,34 @@ def test_adult_embedded_copy_is_the_real_data_set(monkeypatch: pytest.MonkeyPatc
     assert x_train.shape == (30162, 12) and x_test.shape == (15060, 12)
     assert abs(y_train.float().mean().item() - 0.249) < 0.005
     assert torch.allclose(x_train[:, :5].mean(0), torch.zeros(5), atol=1e-4)
+
+@pytest.mark.parametrize(
+    ("batch", "fragment"),
+    [
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 99]}, r"label 99 is out of range 0\.\.9"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}, r"label -1 is out of range 0\.\.9"),
+        ({b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}, r"shape \(N, 3072\)"),
+        ({b"data": np.zeros(2 * 3072, np.uint8), b"labels": [0, 1]}, r"shape \(N, 3072\)"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1, 2]}, "expected 2 integer labels"),
+        ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "uint8"),
+        ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, "no images"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.0, 1.0]}, "integer labels"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [True, False]}, "integer labels"),
+        ({b"data": np.zeros((2, 3072), np.uint8)}, "no 'labels' entry"),
+    ],
+)
+def test_cifar10_bad_batches_name_the_file(batch: dict, fragment: str, tmp_path: Path) -> None:
+    (tmp_path / "test_batch").write_bytes(pickle.dumps(batch))
+    with pytest.raises(ValueError, match=fragment) as info:
+        data.load("cifar10", split="test", root=tmp_path)
+    assert str(tmp_path / "test_batch") in str(info.value)
+
+
+def test_cifar10_label_99_in_one_training_batch(tmp_path: Path) -> None:
+    for i in range(1, 6):
+        _write_cifar_batch(tmp_path / f"data_batch_{i}", 2, i)
+    (tmp_path / "data_batch_4").write_bytes(
+        pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [99, 99]})
+    )
+    with pytest.raises(ValueError, match=r"data_batch_4: label 99 is out of range 0\.\.9 \(2 of 2 labels"):
+        data.load("cifar10", root=tmp_path)

@@ -1,11 +1,36 @@
-"""Figures of explanation maps, in the layout of the papers (images as rows, methods as columns)."""
+"""Figures of explanation maps, in the layout of the papers (images as rows, methods as columns).
+
+Every figure manipex draws (here and in :mod:`manipex.experiments.plots`) is a
+:class:`matplotlib.figure.Figure` made and saved through matplotlib's object API: no pyplot, no
+``matplotlib.use``, so a notebook's backend, its open figures and pyplot's current figure are
+left as they were. The file format follows the path's suffix.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: Tuple[float, float], squeeze: bool = True, **kwargs):
+    """``(figure, axes)`` as ``pyplot.subplots`` returns them, but on a standalone
+    :class:`~matplotlib.figure.Figure` that pyplot does not know of (nothing global changes)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze, **kwargs)
+
+
+def _save(fig, path, *, dpi: int = 150, tight: bool = True, **layout) -> Path:
+    """Lay out (``tight_layout(**layout)``) and write ``fig`` to ``path`` (parent folders created)."""
+    if tight:
+        fig.tight_layout(**layout)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
 
 
 def map_grid(
@@ -23,14 +48,13 @@ def map_grid(
         heatmaps: method name -> normalised relevance maps ``(N, H, W)`` (:func:`manipex.relevance`).
         path: where to write (``.png``, ``.pdf`` or ``.svg``); parent folders are created.
         titles: optional per-row labels (e.g. the predicted class).
+        dpi: resolution of raster formats.
+
+    Returns:
+        ``path``. Drawn without pyplot: the caller's matplotlib backend and figures are untouched.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n, cols = images.shape[0], 1 + len(heatmaps)
-    fig, axes = plt.subplots(n, cols, figsize=(1.35 * cols, 1.45 * n), squeeze=False)
+    fig, axes = _subplots(n, cols, figsize=(1.35 * cols, 1.45 * n), squeeze=False)
     for i in range(n):
         img = images[i].detach().cpu()
         ax = axes[i][0]
@@ -52,9 +76,4 @@ def map_grid(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout(pad=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=dpi, pad=0.3)

@@ -322,16 +322,13 @@ class Audit(Experiment):
         return pd.DataFrame(rows, columns=["question", "finding"]).set_index("question")
 
     def figures(self, df, config, out):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from ..figures import _save, _subplots
 
         attack = _part(df, "attack")
         if not len(attack):
             return []
         objectives = [o for o in OBJECTIVES if o in set(attack.objective)]
-        fig, axes = plt.subplots(1, len(objectives), figsize=(3.4 * len(objectives), 2.8), squeeze=False)
+        fig, axes = _subplots(1, len(objectives), figsize=(3.4 * len(objectives), 2.8), squeeze=False)
         for ax, objective in zip(axes[0], objectives):
             part = attack[attack.objective == objective]
             for method, group in part.groupby("method", sort=False):
@@ -345,8 +342,4 @@ class Audit(Experiment):
             ax.set_ylabel("share attacked successfully")
             ax.set_title(f"{objective} attack, class kept", fontsize=9)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = Path(out) / "audit_success_vs_eps.png"
-        fig.savefig(path, dpi=150)
-        plt.close(fig)
-        return [path]
+        return [_save(fig, Path(out) / "audit_success_vs_eps.png", dpi=150)]

@@ -1,4 +1,8 @@
-"""Figures of the experiments, in the papers' styles (matplotlib, Agg backend, PNG)."""
+"""Figures of the experiments, in the papers' styles (matplotlib, PNG).
+
+Drawn with matplotlib's object API (:class:`~matplotlib.figure.Figure`), never pyplot: the
+caller's backend and open figures are left as they were (see :mod:`manipex.figures`).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,30 +10,32 @@ from typing import Dict
 
 from torch import Tensor
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ..figures import _save, _subplots
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    _plt().close(fig)
-    return path
+def grouped_bars(ax, table, *, width: float = 0.8) -> None:
+    """A grouped bar chart of a pandas DataFrame on ``ax``: one group per row (tick labelled
+    with the index), one bar per column (legend labelled with the column), the group
+    ``width`` wide, as ``table.plot.bar(ax=ax, width=width)`` draws it, without pyplot."""
+    k = max(1, len(table.columns))
+    w = width / k
+    for j, column in enumerate(table.columns):
+        offsets = [i - width / 2 + w * (j + 0.5) for i in range(len(table.index))]
+        ax.bar(offsets, table[column].to_numpy(dtype=float), width=w, label=str(column))
+    ax.set_xticks(range(len(table.index)), [str(i) for i in table.index])
+    ax.set_xlim(-0.5, len(table.index) - 0.5)
+    if table.index.name is not None:
+        ax.set_xlabel(str(table.index.name))
+    if len(table.columns):
+        ax.legend(title=None if table.columns.name is None else str(table.columns.name))
 
 
 def manipulation_grid(rows: Dict[str, Dict[str, Tensor]], path: Path) -> Path:
     """Dombrowski Fig. 2/3 layout: per method, original map, target map, manipulated map and
     the perturbation (amplified). ``rows``: method -> {"original", "target", "manipulated":
     (H, W) maps, "perturbation": (C, H, W)}."""
-    plt = _plt()
     cols = ("original", "target", "manipulated", "perturbation")
-    fig, axes = plt.subplots(len(rows), 4, figsize=(5.6, 1.45 * len(rows)), squeeze=False)
+    fig, axes = _subplots(len(rows), 4, figsize=(5.6, 1.45 * len(rows)), squeeze=False)
     for i, (method, maps) in enumerate(rows.items()):
         for j, key in enumerate(cols):
             ax = axes[i][j]
@@ -51,9 +57,8 @@ def manipulation_grid(rows: Dict[str, Dict[str, Tensor]], path: Path) -> Path:
 
 def beta_curve(df, path: Path) -> Path:
     """Dombrowski Fig. 4: median PCC of β-smoothed manipulated maps with target and original."""
-    plt = _plt()
     methods = sorted(df.method.unique())
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 2.6), squeeze=False)
+    fig, axes = _subplots(1, len(methods), figsize=(3.2 * len(methods), 2.6), squeeze=False)
     for ax, method in zip(axes[0], methods):
         part = df[df.method == method]
         betas = [b for b in part.beta.unique() if b != "relu"]
@@ -73,9 +78,8 @@ def beta_curve(df, path: Path) -> Path:
 
 def box_plot(df, column: str, by: str, path: Path, ylabel: str) -> Path:
     """Distribution of ``column`` per ``by`` (Dombrowski Fig. 3, Rieger Table 1 as boxes)."""
-    plt = _plt()
     groups = sorted(df[by].unique())
-    fig, ax = plt.subplots(figsize=(1.2 * len(groups) + 1.5, 2.8))
+    fig, ax = _subplots(figsize=(1.2 * len(groups) + 1.5, 2.8))
     ax.boxplot([df[df[by] == g][column].values for g in groups])
     ax.set_xticks(range(1, len(groups) + 1), [g.replace("_", "\n") for g in groups], fontsize=7)
     ax.set_ylabel(ylabel)
@@ -84,8 +88,7 @@ def box_plot(df, column: str, by: str, path: Path, ylabel: str) -> Path:
 
 def transfer_heatmap(matrix, path: Path, title: str) -> Path:
     """Rieger Fig. 2 as a matrix: rows attacked method, columns evaluated method."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.0 * len(matrix.columns) + 2, 0.8 * len(matrix) + 1.2))
+    fig, ax = _subplots(figsize=(1.0 * len(matrix.columns) + 2, 0.8 * len(matrix) + 1.2))
     im = ax.imshow(matrix.values, cmap="viridis")
     ax.set_xticks(range(len(matrix.columns)), [c.replace("_", "\n") for c in matrix.columns], fontsize=7)
     ax.set_yticks(range(len(matrix.index)), list(matrix.index), fontsize=7)
@@ -127,8 +130,7 @@ def _scatter_panels(points, path: Path, xlabel: str, ylabel: str, title: str, le
     """One row of three panels (top-10 %, PCC, MSE), one marker per series, dashed y = x."""
     import math
 
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(SCATTER_METRICS), figsize=(8.4, 2.8), squeeze=False)
+    fig, axes = _subplots(1, len(SCATTER_METRICS), figsize=(8.4, 2.8), squeeze=False)
     for ax, (col, label) in zip(axes[0], SCATTER_METRICS):
         values = [float(v) for x, y in points[col].values() for v in list(x) + list(y)]
         scale = 1.0  # MSE: plotted in units of a power of ten, named in the title
@@ -178,8 +180,7 @@ def robustness_scatter(table1_df, x_method: str, y_method: str, path: Path) -> P
 
 def training_curves(history, path: Path) -> Path:
     """Pasliev Fig. 3.4: classification and explanation loss per epoch, one line per model."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(7, 2.6))
+    fig, axes = _subplots(1, 2, figsize=(7, 2.6))
     for model, part in history.groupby("model", sort=False):
         part = part.sort_values("epoch")
         for ax, column in zip(axes, ("classification", "objective")):
@@ -197,9 +198,8 @@ def training_curves(history, path: Path) -> Path:
 
 def weight_noise_curves(rows, path: Path) -> Path:
     """Pasliev Fig. 4.4: accuracy and the manipulation's metric as weight noise grows."""
-    plt = _plt()
     kinds = list(dict.fromkeys(rows.objective))
-    fig, axes = plt.subplots(1, 1 + len(kinds), figsize=(3.2 * (1 + len(kinds)), 2.6), squeeze=False)
+    fig, axes = _subplots(1, 1 + len(kinds), figsize=(3.2 * (1 + len(kinds)), 2.6), squeeze=False)
     axes = axes[0]
     for (model, kind), part in rows.groupby(["model", "objective"], sort=False):
         part = part.sort_values("sigma")
@@ -221,10 +221,9 @@ def weight_noise_curves(rows, path: Path) -> Path:
 
 def feature_importance(rows, path: Path) -> Path:
     """Pasliev Figs. 3.14/3.15: mean normalised gradient importance per feature, per model."""
-    plt = _plt()
     table = rows.pivot_table(index="feature", columns="model", values="importance", sort=False)
-    fig, ax = plt.subplots(figsize=(0.5 * len(table) + 2.5, 3))
-    table.plot.bar(ax=ax, width=0.8)
+    fig, ax = _subplots(figsize=(0.5 * len(table) + 2.5, 3))
+    grouped_bars(ax, table, width=0.8)
     ax.set_ylabel("mean share of |gradient|")
     ax.set_xlabel("")
     ax.tick_params(axis="x", rotation=45, labelsize=7)
@@ -237,9 +236,8 @@ def feature_importance(rows, path: Path) -> Path:
 def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path) -> Path:
     """Mean of each metric against ``x``, one line per value of ``line``, one row of panels per
     value of ``panel_row`` (Tang et al., Tables 1-4 as curves over the budget ε)."""
-    plt = _plt()
     rows = list(dict.fromkeys(df[panel_row]))
-    fig, axes = plt.subplots(len(rows), len(metrics), figsize=(3 * len(metrics), 2.4 * len(rows)), squeeze=False)
+    fig, axes = _subplots(len(rows), len(metrics), figsize=(3 * len(metrics), 2.4 * len(rows)), squeeze=False)
     for i, row in enumerate(rows):
         part = df[df[panel_row] == row]
         for j, metric in enumerate(metrics):

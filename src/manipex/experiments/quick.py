@@ -80,20 +80,14 @@ class Quick(Experiment):
         }
 
     def figures(self, df, config, out):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from ..figures import _save, _subplots
+        from .plots import grouped_bars
 
         table = self._rise(df)
-        fig, ax = plt.subplots(figsize=(6.5, 3))
-        table.plot.bar(ax=ax, width=0.8)
+        fig, ax = _subplots(figsize=(6.5, 3))
+        grouped_bars(ax, table, width=0.8)
         ax.set_ylabel("rise of PCC with target")
         ax.set_xlabel("")
         ax.tick_params(axis="x", rotation=20)
         ax.legend(fontsize=7, title="defense", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        fig.tight_layout()
-        path = Path(out) / "quick_defenses.png"
-        fig.savefig(path, dpi=150)
-        plt.close(fig)
-        return [path]
+        return [_save(fig, Path(out) / "quick_defenses.png", dpi=150)]
