@@ -7,6 +7,7 @@ split picks one of them.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def load_image_folder(
             sizes (set ``size``/``crop``).
     """
     for arg, value in (("size", size), ("crop", crop)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)):
             raise TypeError(f"image_folder: {arg} must be an int (pixels) or None, got {type(value).__name__}")
         if value is not None and value < 1:
             raise ValueError(f"image_folder: {arg} must be a positive number of pixels or None, got {value}")
