@@ -14,9 +14,11 @@ from ..figures import _save, _subplots
 
 
 def grouped_bars(ax, table, *, width: float = 0.8) -> None:
-    """A grouped bar chart of a pandas DataFrame on ``ax``: one group per row (tick labelled
-    with the index), one bar per column (legend labelled with the column), the group
-    ``width`` wide, as ``table.plot.bar(ax=ax, width=width)`` draws it, without pyplot."""
+    """A grouped bar chart of a pandas DataFrame on ``ax``, without pyplot: one group per row
+    (tick labelled with the index, x label the index's name), one bar per column (legend
+    labelled with the column, titled with the columns' name), each group ``width`` wide. The
+    bars sit where ``table.plot.bar(ax=ax, width=width)`` puts them; tick labels are not
+    rotated (callers set the rotation)."""
     k = max(1, len(table.columns))
     w = width / k
     for j, column in enumerate(table.columns):
