@@ -45,8 +45,8 @@ def test_yaml_config_equals_the_toml_config(tmp_path, suffix):
 @pytest.mark.parametrize("text, value", [("5E-5", 5e-5), ("+2.5e+3", 2500.0), ("1e3", 1000.0),
                                          ("1.0e3", 1000.0), (".5e-2", 0.005), ("0.01", 0.01), ("1", 1.0)])
 def test_yaml_exponent_floats_are_numbers(tmp_path, text, value):
-    _, config = load_config(None, _write(tmp_path, "c.yaml", f"lr: {text}\n"), {})
-    assert config.lr == pytest.approx(value) and isinstance(config.lr, float)
+    _, config = load_config(None, _write(tmp_path, "c.yaml", f"softplus_beta: {text}\n"), {})
+    assert config.softplus_beta == pytest.approx(value) and isinstance(config.softplus_beta, float)
 
 
 def test_yaml_negative_exponent_float_is_read_and_then_refused_by_its_bound(tmp_path):

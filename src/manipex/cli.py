@@ -37,20 +37,15 @@ def _explain(args: argparse.Namespace) -> int:
     if args.n < 1:
         print("manipex explain: --n must be at least 1", file=sys.stderr)
         return 2
-    from manipex.experiments import ConfigError
     from manipex.experiments.common import method_options
     from manipex.experiments.sources import SourceConfig, load_source, require_model
 
     given = {"dataset": args.data, "root": args.root, "image_size": args.image_size, "normalize": args.normalize,
              "arch": args.arch, "split": args.split, "labels": args.labels,
              "weights": None if args.model == "default" else args.model}
-    try:
-        config = SourceConfig.resolve({k: v for k, v in given.items() if v is not None}, sources=["manipex explain"])
-        require_model(config, "explain")
-        source = load_source(config, "cpu", n_train=2000 if "pattern_attribution" in methods else 0, n_eval=args.n)
-    except ConfigError as err:
-        print(f"manipex explain: {err}", file=sys.stderr)
-        return 2
+    config = SourceConfig.resolve({k: v for k, v in given.items() if v is not None}, sources=["manipex explain"])
+    require_model(config, "explain")
+    source = load_source(config, "cpu", n_train=2000 if "pattern_attribution" in methods else 0, n_eval=args.n)
     model, (x, y), x_train = source.model, source.test, source.train[0]
     predicted = model(x).argmax(1)
     options = {m: method_options(m) for m in methods}
@@ -90,7 +85,7 @@ def _parse_value(text: str):
 
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # not TOML (tomllib.TOMLDecodeError), or beyond its limits: a string
         return text
 
 
@@ -136,6 +131,7 @@ def _run_parser(experiment) -> argparse.ArgumentParser:
                         help="any config key as TOML, e.g. --set methods='[\"lrp\"]'")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quiet", action="store_true", help="no progress bar (for CI and logs); tables still print")
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (for bug reports)")
     add_config_flags(parser, experiment.Config)
     return parser
 
@@ -145,38 +141,30 @@ def _device(name: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from manipex.experiments import ConfigError, get_experiment, run
-    from manipex.experiments.config import read_config
+    from manipex.experiments import ConfigError, run
+    from manipex.experiments.config import read_config, short
+    from manipex.experiments.runner import _experiment
 
     name = args.experiment
-    try:
-        if name is None and args.config_hint:
-            named = read_config(Path(args.config_hint)).get("experiment")
-            name = named if isinstance(named, str) else None
-        experiment = get_experiment(name or "quick")
-    except ConfigError as err:
-        print(f"manipex run: {err}", file=sys.stderr)
-        return 2
+    if name is None and args.config_hint:
+        named = read_config(Path(args.config_hint)).get("experiment")
+        name = named if isinstance(named, str) else None
+    experiment = _experiment(name or "quick")
     args = _run_parser(experiment).parse_args(args.rest)
     overrides = config_flags(args)
     for item in args.set or []:
         if "=" not in item:
-            print(f"manipex run: --set expects key=value, got {item!r}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"--set expects key=value, got {short(item)}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = _parse_value(value.strip())
     torch.set_num_threads(max(1, args.threads))
-    try:
-        run(experiment.name, config_file=args.config, overrides=overrides, out=args.out, device=_device(args.device),
-            quiet=args.quiet)
-    except ConfigError as err:
-        print(f"manipex run: {err}", file=sys.stderr)
-        return 2
+    run(experiment.name, config_file=args.config, overrides=overrides, out=args.out, device=_device(args.device),
+        quiet=args.quiet)
     return 0
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from manipex.experiments import ConfigError, run
+    from manipex.experiments import run
 
     overrides = config_flags(args)
     if args.model != "default":
@@ -184,25 +172,19 @@ def _audit(args: argparse.Namespace) -> int:
     if args.reference:
         overrides["references"] = list(overrides.get("references", [])) + args.reference
     torch.set_num_threads(max(1, args.threads))
-    try:
-        run("audit", overrides=overrides, out=args.out, device=_device(args.device), quiet=args.quiet)
-    except ConfigError as err:
-        print(f"manipex audit: {err}", file=sys.stderr)
-        return 2
+    run("audit", overrides=overrides, out=args.out, device=_device(args.device), quiet=args.quiet)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     import manipex
-    from manipex.experiments import EXPERIMENTS, ConfigError, get_experiment
+    from manipex.experiments import EXPERIMENTS
     from manipex.experiments.common import DEFENSES
 
     if args.experiment:
-        try:
-            exp = get_experiment(args.experiment)
-        except ConfigError as err:
-            print(f"manipex list: {err}", file=sys.stderr)
-            return 2
+        from manipex.experiments.runner import _experiment
+
+        exp = _experiment(args.experiment)
         print(exp.Config.template(exp.name, exp.title), end="")
         return 0
     print("experiments:")
@@ -219,18 +201,16 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from manipex.experiments import ConfigError, report_from_folder
+    from manipex.experiments import report_from_folder
 
-    try:
-        print(f"report: {report_from_folder(Path(args.folder))}")
-    except ConfigError as err:
-        print(f"manipex report: {err}", file=sys.stderr)
-        return 2
+    print(f"report: {report_from_folder(Path(args.folder))}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="manipex", description="Attack and defend explanation maps.")
+    parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (for bug reports; "
+                        "also MANIPEX_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("explain", help="figure grid of every method's map, on the default MNIST-5k model or yours")
     p.add_argument("model", nargs="?", default="default",
@@ -287,8 +267,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS = ("explain", "methods", "run", "audit", "list", "report")
+
+
+def _expected_errors() -> tuple:
+    """What a user's input can cause (a bad value, file or folder, a refused weights file, a
+    folder in use): one line and exit code 2. Anything else is a bug: exit code 1."""
+    from manipex.experiments.store import FolderInUseError
+
+    errors = [ValueError, TypeError, OSError, FolderInUseError]  # ConfigError and the checkpoint refusals are ValueErrors
+    try:
+        from safetensors import SafetensorError  # a damaged .safetensors file
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def _one_line(err: BaseException) -> str:
+    """An error as one line: an OSError as its reason and file, others as their message."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        text = f"{err.strerror}: {err.filename}" + (f" -> {err.filename2}" if err.filename2 is not None else "")
+    else:
+        text = str(err) or type(err).__name__
+    text = " ".join(text.split())
+    return text if len(text) <= 1000 else text[:1000] + f"... ({len(text)} chars)"
+
+
+def _show_warning(prefix: str):
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prefix}: warning: {_one_line(message if isinstance(message, Warning) else Warning(message))}",
+              file=sys.stderr)
+
+    return show
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """The command line; returns its exit code: 0 done, 2 a problem with the input (one line on
+    stderr, no traceback), 1 a bug (one line; ``--debug`` or ``MANIPEX_DEBUG=1`` re-raises it with
+    its traceback), 130 interrupted."""
+    import os
+    import warnings
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end] or os.environ.get("MANIPEX_DEBUG", "") not in ("", "0")
+    argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < end)]
+    command = argv[0] if argv and argv[0] in COMMANDS else ""
+    prefix = f"manipex {command}".rstrip()
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _show_warning(prefix)
+            # torch's note on a refused weights file's pickle protocol: the refusal itself is the message
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            kept = "; finished units are kept: the same command resumes the run" if command in ("run", "audit") else ""
+            print(f"{prefix}: interrupted{kept}", file=sys.stderr)
+            return 130
+        except Exception as err:
+            if debug:
+                raise
+            if isinstance(err, _expected_errors()):
+                print(f"{prefix}: {_one_line(err)}", file=sys.stderr)
+                return 2
+            print(f"{prefix}: unexpected error (a bug?): {type(err).__name__}: {_one_line(err)}; run with --debug "
+                  "for the traceback", file=sys.stderr)
+            return 1
+
+
+def _main(argv: List[str]) -> int:
     if argv and argv[0] == "run":  # the experiment's own flags are parsed by _run
         named = len(argv) > 1 and not argv[1].startswith("-")
         rest = argv[2:] if named else argv[1:]

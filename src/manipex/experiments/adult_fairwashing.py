@@ -21,11 +21,11 @@ class AdultConfig(Config):
     root: str = key("", "folder of adult.data and adult.test (empty: the copy shipped with manipex)")
     weights: str = key("", "the original classifier: a .safetensors saved by manipex for Adult's features; empty: "
                        "an MLP 100-100 trained here (Sec. 3.8)")
-    epochs: int = key(3, "epochs of the classifiers (Pasliev: 200)", ge=1)
-    finetune_epochs: int = key(0, "epochs of the fine-tuning (Pasliev: 100); 0: as many as epochs", ge=0)
-    lam: float = key(1.0, "weight of the hide-features objective", gt=0)
-    lr: float = key(1e-3, "Adam learning rate of the fine-tuning", gt=0)
-    seed: int = key(0, "seed", ge=0)
+    epochs: int = key(3, "epochs of the classifiers (Pasliev: 200)", ge=1, le=100_000)
+    finetune_epochs: int = key(0, "epochs of the fine-tuning (Pasliev: 100); 0: as many as epochs", ge=0, le=100_000)
+    lam: float = key(1.0, "weight of the hide-features objective", gt=0, le=1e6)
+    lr: float = key(1e-3, "Adam learning rate of the fine-tuning", gt=0, le=1)
+    seed: int = key(0, "seed", ge=0, le=2**32 - 1)
     profile: str = profile_key("a fast run (about 11 s on 2 CPU cores)", "Pasliev's Sec. 3.8, classifiers trained "
                                "200 epochs and fine-tuned 100 (about 5 min)")
 

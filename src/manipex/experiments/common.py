@@ -41,13 +41,13 @@ def method_options(method: str, ig_steps: Optional[int] = None) -> Dict[str, Any
 class AttackConfig(SourceConfig):
     """Keys of the input attacks on images (quick, dombrowski2019, rieger2020)."""
 
-    n: int = key(16, "number of images attacked", ge=1)
-    batch: int = key(8, "images per unit of work", ge=1)
-    steps: int = key(100, "attack steps", ge=1)
-    eps: float = key(0.2, "L-infinity budget in pixel units ([0, 1]; 8/255 = 0.031)", gt=0)
-    lr: float = key(0.01, "Adam step size", gt=0)
-    ig_steps: int = key(IG_STEPS, "integrated-gradients steps inside the attack", ge=1)
-    seed: int = key(0, "seed of every unit", ge=0)
+    n: int = key(16, "number of images attacked", ge=1, le=100_000)
+    batch: int = key(8, "images per unit of work", ge=1, le=100_000)
+    steps: int = key(100, "attack steps", ge=1, le=1_000_000)
+    eps: float = key(0.2, "L-infinity budget in pixel units ([0, 1]; 8/255 = 0.031)", gt=0, le=1)
+    lr: float = key(0.01, "Adam step size", gt=0, le=1)
+    ig_steps: int = key(IG_STEPS, "integrated-gradients steps inside the attack", ge=1, le=10_000)
+    seed: int = key(0, "seed of every unit", ge=0, le=2**32 - 1)
 
 
 @dataclass(kw_only=True)

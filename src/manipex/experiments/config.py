@@ -25,26 +25,79 @@ silently winning. An empty YAML file is an empty config.
 Each experiment's keys are the fields of its :class:`Config` dataclass, with types and bounds.
 Unknown keys, wrong types, values out of range, unknown methods, defenses or datasets fail with
 a :class:`ConfigError` that names the key, before any model is loaded.
+
+A config is small, and what reads it is bounded: a file over 1 MB (:data:`MAX_FILE_BYTES`), more
+than 10,000 values once YAML aliases are expanded (:data:`MAX_NODES`; a "billion laughs" file is
+refused before it is expanded), nesting deeper than :data:`MAX_DEPTH`, a NaN or infinite number,
+an integer beyond the key's bound (every integer key has one, :data:`MAX_INT` at most), a string
+over :data:`MAX_TEXT` characters and a list over :data:`MAX_ITEMS` items are refused with a
+:class:`ConfigError`. Messages quote a user's value cut to a few dozen characters
+(:func:`short`), and no message is longer than :data:`MAX_MESSAGE` characters.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
-import sys
+import reprlib
+import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+#: the largest config file read, in bytes
+MAX_FILE_BYTES = 1 << 20
+#: the most values (scalars, lists and tables, counted after YAML aliases are expanded) in a config file
+MAX_NODES = 10_000
+#: the deepest nesting of lists and tables in a config file (a config is a flat table of scalars and lists)
+MAX_DEPTH = 32
+#: the largest value of an integer key without a tighter upper bound
+MAX_INT = 2**31 - 1
+#: the longest string value (a path, a name), in characters
+MAX_TEXT = 4096
+#: the most items of a list value
+MAX_ITEMS = 1000
+#: the longest message of a :class:`ConfigError`, in characters
+MAX_MESSAGE = 960
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 6
+_REPR.maxlevel = 3
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (with the full length where it was cut):
+    what every message quotes of a user's value, however large or deeply nested the value is."""
+    if isinstance(value, str):
+        return _cut(repr(value), limit) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} chars)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an integer of {value.bit_length()} bits>"
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError, TypeError):  # an int beyond Python's digit limit, a broken __repr__
+        text = f"<a {type(value).__name__}>"
+    return _cut(text, limit)
 
 
 class ConfigError(ValueError):
-    """A configuration problem, naming the key."""
+    """A configuration problem, naming the key. Its message is at most :data:`MAX_MESSAGE`
+    characters long: a longer one keeps its beginning and its end."""
+
+    def __init__(self, message: Any = "", *args: Any) -> None:
+        text = str(message)
+        if len(text) > MAX_MESSAGE:
+            head, tail = MAX_MESSAGE - 240, 200
+            text = f"{text[:head]} ... ({len(text) - head - tail} chars cut) ... {text[-tail:]}"
+        super().__init__(text, *args)
 
 
 Choices = Union[Tuple[str, ...], Callable[[], Tuple[str, ...]], None]
@@ -56,7 +109,12 @@ class Field:
     from a field of a :class:`Config` dataclass: its ``kind`` (``int``, ``float``, ``bool``,
     ``str``, ``list[str]``, ``list[float]``, ``optional_float``), default, help, the allowed
     values of strings and the bounds of numbers (``ge``/``gt``/``le``/``lt``, for lists: of
-    every item)."""
+    every item).
+
+    Beyond the declared bounds, every key has these: numbers are finite (NaN and infinities are
+    refused), an integer is at most :data:`MAX_INT` where no tighter upper bound is declared, a
+    string is at most :data:`MAX_TEXT` characters without NUL, a list at most :data:`MAX_ITEMS`
+    items without repeats (a repeated method or budget would run the same units twice)."""
 
     name: str
     kind: str
@@ -70,19 +128,44 @@ class Field:
     empty: bool = False
 
     def bounds_text(self) -> str:
-        parts = [f">= {self.ge:g}" if self.ge is not None else "", f"> {self.gt:g}" if self.gt is not None else "",
-                 f"<= {self.le:g}" if self.le is not None else "", f"< {self.lt:g}" if self.lt is not None else ""]
+        parts = [f">= {_number(self.ge)}" if self.ge is not None else "",
+                 f"> {_number(self.gt)}" if self.gt is not None else "",
+                 f"<= {_number(self.le)}" if self.le is not None else "",
+                 f"< {_number(self.lt)}" if self.lt is not None else ""]
         return ", ".join(p for p in parts if p)
+
+    def _violated(self, v: float) -> Optional[str]:
+        """The bound that ``v`` breaks, as text, or None."""
+        if self.ge is not None and v < self.ge:
+            return f">= {_number(self.ge)}"
+        if self.gt is not None and v <= self.gt:
+            return f"> {_number(self.gt)}"
+        if self.le is not None and v > self.le:
+            return f"<= {_number(self.le)}"
+        if self.lt is not None and v >= self.lt:
+            return f"< {_number(self.lt)}"
+        if self.kind == "int" and self.le is None and self.lt is None and v > MAX_INT:
+            return f"<= {MAX_INT}"
+        return None
 
     def check(self, value: Any) -> Any:
         """``value`` converted to this key's type, or a :class:`ConfigError` naming the key."""
         key, kind = self.name, self.kind
 
-        def bad(expected: str) -> ConfigError:
-            return ConfigError(f"config key {key!r} must be {expected}, got {value!r} ({type(value).__name__})")
+        def bad(expected: str, shown: Any = value) -> ConfigError:
+            return ConfigError(f"config key {key!r} must be {expected}, got {short(shown)} ({type(shown).__name__})")
 
         def number(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        def real(v: Any) -> float:
+            try:
+                out = float(v)
+            except OverflowError:  # an integer beyond any float
+                out = math.inf
+            if not math.isfinite(out):
+                raise bad("a finite number", v)
+            return out
 
         if kind == "int":
             if not isinstance(value, int) or isinstance(value, bool):
@@ -90,17 +173,18 @@ class Field:
         elif kind == "float":
             if not number(value):
                 raise bad("a number")
-            value = float(value)
+            value = real(value)
         elif kind == "optional_float":
             if value is not None and not number(value):
                 raise bad("a number")
-            value = None if value is None else float(value)
+            value = None if value is None else real(value)
         elif kind == "bool":
             if not isinstance(value, bool):
                 raise bad("true or false")
         elif kind == "str":
             if not isinstance(value, str):
                 raise bad("a string")
+            self._check_text(value)
         elif kind in ("list[str]", "list[float]"):
             strings = kind == "list[str]"
             what = "strings" if strings else "numbers"
@@ -109,21 +193,56 @@ class Field:
                 raise bad(f"a list of {what}")
             if not value and not self.empty:
                 raise bad(f"a non-empty list of {what}")
-            value = list(value) if strings else [float(v) for v in value]
+            if len(value) > MAX_ITEMS:
+                raise ConfigError(f"config key {key!r}: a list of at most {MAX_ITEMS} items, got {len(value)}")
+            if strings:
+                for v in value:
+                    self._check_text(v)
+            value = list(value) if strings else [real(v) for v in value]
+            seen = set()
+            for v in value:
+                if v in seen:
+                    raise ConfigError(f"config key {key!r} lists {short(v)} twice")
+                seen.add(v)
         else:  # pragma: no cover - a Config with an unsupported annotation fails at its definition
             raise TypeError(f"config key {key!r}: unsupported kind {kind!r}")
         items = value if isinstance(value, list) else [value]
         if self.choices is not None:
             for v in items:
                 if v not in self.choices:
-                    raise ConfigError(f"config key {key!r}: unknown value {v!r}; choose from {', '.join(self.choices)}")
+                    raise ConfigError(f"config key {key!r}: unknown value {short(v)}; {_choose_from(v, self.choices)}")
         for v in items:
             if not number(v):
                 continue
-            if (self.ge is not None and v < self.ge) or (self.gt is not None and v <= self.gt) or (
-                    self.le is not None and v > self.le) or (self.lt is not None and v >= self.lt):
-                raise ConfigError(f"config key {key!r} must be {self.bounds_text()}, got {v!r}")
+            broken = self._violated(v)
+            if broken is not None:
+                whole = self.bounds_text()
+                also = f" (allowed: {whole})" if whole and whole != broken else ""
+                raise ConfigError(f"config key {key!r} must be {broken}, got {short(v)}{also}")
         return value
+
+    def _check_text(self, text: str) -> None:
+        if len(text) > MAX_TEXT:
+            raise ConfigError(f"config key {self.name!r}: a string of at most {MAX_TEXT} characters, got "
+                              f"{short(text, 40)}")
+        if "\0" in text:
+            raise ConfigError(f"config key {self.name!r}: a string without NUL characters, got {short(text, 40)}")
+
+
+def _number(v: float) -> str:
+    """A bound as text: integers in full (2147483647, not 2.14748e+09), others with %g."""
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e15):
+        return str(int(v))
+    return f"{v:g}"
+
+
+def _choose_from(value: Any, choices: Sequence[str]) -> str:
+    """``choose from a, b, c``, or for a long list the closest ones and how many there are."""
+    if len(choices) <= 16:
+        return f"choose from {', '.join(choices)}"
+    close = difflib.get_close_matches(value, list(choices), n=3) if isinstance(value, str) and len(value) < 200 else []
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"{hint}{len(choices)} values: {', '.join(choices[:8])}, ..."
 
 
 def key(default: Any, help: str = "", *, ge: Optional[float] = None, gt: Optional[float] = None,
@@ -188,18 +307,29 @@ class Config:
         given = set()
         for i, layer in enumerate(layers):
             source = sources[i] if i < len(sources) else "config"
+            if not isinstance(layer, Mapping):
+                raise ConfigError(f"{source}: a table of keys and values is needed, got a {type(layer).__name__}")
             for name, value in layer.items():
+                if not isinstance(name, str):
+                    raise ConfigError(f"{source}: keys are names (strings), got {short(name)} "
+                                      f"({type(name).__name__}); valid keys: {', '.join(fields)}")
                 if name not in fields:
-                    close = difflib.get_close_matches(name, list(fields), n=1)
+                    close = difflib.get_close_matches(name, list(fields), n=1) if len(name) < 200 else []
                     hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ConfigError(f"{source}: unknown key {name!r}{hint}; valid keys: {', '.join(fields)}")
+                    raise ConfigError(f"{source}: unknown key {short(name, 60)}{hint}; valid keys: {', '.join(fields)}")
                 values[name] = fields[name].check(value)
                 given.add(name)
         for name, value in cls.PROFILES.get(values.get("profile"), {}).items():
             if name not in given:  # a profile sets the keys the user left alone
                 values[name] = value
         config = cls(**values)
-        config.check()
+        try:
+            config.check()
+        except ConfigError:
+            raise
+        except (OSError, RuntimeError, ValueError) as err:  # a file-system probe that failed, e.g. ~nosuchuser/x
+            raise ConfigError(f"config: a check of the keys failed: {type(err).__name__}: {_cut(str(err), 300)}") \
+                from None
         return config
 
     def check(self) -> None:
@@ -215,11 +345,11 @@ class Config:
         out = []
         for name in list(mine) + [k for k in stored if k not in mine]:
             if name not in stored:
-                out.append(f"{name!r} is new (now {mine[name]!r})")
+                out.append(f"{short(name)} is new (now {short(mine[name], 60)})")
             elif name not in mine:
-                out.append(f"{name!r} is no longer a key (stored {stored[name]!r})")
+                out.append(f"{short(name)} is no longer a key (stored {short(stored[name], 60)})")
             elif stored[name] != mine[name]:
-                out.append(f"{name!r} was {stored[name]!r}, now {mine[name]!r}")
+                out.append(f"{name!r} was {short(stored[name], 60)}, now {short(mine[name], 60)}")
         return out
 
     @classmethod
@@ -240,26 +370,128 @@ class Config:
         return "\n".join(lines) + "\n"
 
 
-def read_toml(path: Path) -> Dict[str, Any]:
-    """The table of a TOML file (``experiment = "..."`` may name the experiment)."""
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of a config file, at most :data:`MAX_FILE_BYTES` of them."""
+    name = short(str(path), 200)
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        raise ConfigError(f"config file {name} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {name} is a folder, not a file") from None
+    except OSError as err:
+        raise ConfigError(f"config file {name} cannot be read: {err.strerror or err}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"config file {name} is larger than {MAX_FILE_BYTES // 1024} KB; a config is a small "
+                          "table of keys")
+    return data
+
+
+def _walk_limits(root: Any, children: Callable[[Any], Iterable[Any]]) -> Optional[str]:
+    """What is wrong with a graph of values (``children`` gives a value's parts) as a config:
+    more than :data:`MAX_NODES` values once shared parts are counted each time they are used,
+    nesting deeper than :data:`MAX_DEPTH`, or a value that contains itself; None if nothing.
+    Iterative, and linear in the number of distinct values (sizes of shared parts are kept)."""
+    size: Dict[int, int] = {}
+    depth: Dict[int, int] = {}
+    open_: set = set()
+    stack: List[Tuple[Any, bool]] = [(root, False)]
+    while stack:
+        value, leaving = stack.pop()
+        ident = id(value)
+        if leaving:
+            parts = list(children(value))
+            size[ident] = 1 + sum(size[id(p)] for p in parts)
+            depth[ident] = 1 + max((depth[id(p)] for p in parts), default=0)
+            open_.discard(ident)
+            if size[ident] > MAX_NODES:
+                return f"it holds more than {MAX_NODES} values (counting each use of a YAML alias); a config is a " \
+                       "flat table of keys"
+            if depth[ident] > MAX_DEPTH:
+                return f"it is nested more than {MAX_DEPTH} levels deep; a config is a flat table of keys"
+            continue
+        if ident in size:
+            continue
+        if ident in open_:
+            return "a value contains itself (a recursive YAML alias)"
+        open_.add(ident)
+        stack.append((value, True))
+        stack.extend((p, False) for p in children(value))
+    return None
+
+
+def _data_parts(value: Any) -> Iterable[Any]:
+    if isinstance(value, dict):
+        return [x for kv in value.items() for x in kv]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return list(value)
+    return ()
+
+
+def _parsed(path: Path, data: Any) -> Dict[str, Any]:
+    """``data`` read from ``path``, checked to be a table of bounded size."""
+    problem = _walk_limits(data, _data_parts)
+    if problem:
+        raise ConfigError(f"config file {short(str(path), 200)} is refused: {problem}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {short(str(path), 200)} must hold a mapping of keys to values at top level, "
+                          f"got a {type(data).__name__}")
+    return data
+
+
+def read_toml(path: Path) -> Dict[str, Any]:
+    """The table of a TOML file (``experiment = "..."`` may name the experiment)."""
+    name = short(str(path), 200)
+    raw = _read_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {name} is not valid TOML: not UTF-8 text (byte {err.start})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+        raise ConfigError(f"config file {name} is not valid TOML: {_cut(str(err), 300)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {name} is refused: it is nested too deeply") from None
+    except ValueError as err:  # e.g. an integer of more than 4300 digits
+        raise ConfigError(f"config file {name} is not valid TOML: {_cut(str(err), 200)}") from None
+    return _parsed(path, data)
 
 
 # YAML 1.2 / TOML exponent floats that YAML 1.1 (PyYAML) leaves as strings: 1e-3, 5E-5, 2.5e3, .5e-2.
 _EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
 
+class _Refused(Exception):
+    """A YAML document refused before it is constructed (see :func:`_walk_limits`)."""
+
+
+def _node_parts(node: Any) -> Iterable[Any]:
+    value = getattr(node, "value", None)
+    if not isinstance(value, list):  # a scalar
+        return ()
+    return [x for item in value for x in (item if isinstance(item, tuple) else (item,))]
+
+
 def _yaml_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """``yaml.SafeLoader`` that reads plain ``1e-3`` as a float and rejects duplicate keys."""
+        """``yaml.SafeLoader`` that reads plain ``1e-3`` as a float, rejects duplicate keys, and
+        refuses a document whose expanded size or depth is beyond a config's before building it
+        (aliases and merge keys are expanded only then)."""
+
+        def get_single_data(self):
+            node = self.get_single_node()
+            if node is None:
+                return None
+            problem = _walk_limits(node, _node_parts)
+            if problem:
+                raise _Refused(problem)
+            return self.construct_document(node)
 
         def construct_mapping(self, node, deep=False):
             seen = set()
@@ -275,7 +507,7 @@ def _yaml_loader():
                 if duplicate:
                     mark = key_node.start_mark
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", mark)
+                        None, None, f"duplicate key {short(key, 60)}", mark)
             return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
@@ -285,11 +517,10 @@ def _yaml_loader():
 def read_yaml(path: Path) -> Dict[str, Any]:
     """The mapping of a YAML file, read with safe-load rules (see the module docstring)."""
     yaml, Loader = _yaml_loader()
+    name = short(str(path), 200)
+    raw = _read_bytes(path)
     try:
-        with open(path, "rb") as f:
-            data = yaml.load(f, Loader=Loader)  # noqa: S506 -- Loader is a yaml.SafeLoader
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        data = yaml.load(raw, Loader=Loader)  # noqa: S506 -- Loader is a yaml.SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -297,13 +528,15 @@ def read_yaml(path: Path) -> Dict[str, Any]:
         context, cmark = getattr(err, "context", None), getattr(err, "context_mark", None)
         if context and cmark is not None and cmark is not mark:
             problem += f" ({context} at line {cmark.line + 1})"
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values at top level, "
-                          f"got a {type(data).__name__}")
-    return data
+        raise ConfigError(f"config file {name} is not valid YAML{where}: {_cut(str(problem), 300)}") from None
+    except _Refused as err:
+        raise ConfigError(f"config file {name} is refused: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {name} is refused: it is nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:  # a value YAML's constructors fail on: 2001-13-45, 10**5000
+        raise ConfigError(f"config file {name} is not valid YAML: {type(err).__name__}: {_cut(str(err), 200)}") \
+            from None
+    return _parsed(path, data)
 
 
 _READERS = {".toml": read_toml, ".yaml": read_yaml, ".yml": read_yaml}
@@ -314,7 +547,7 @@ def read_config(path: Path) -> Dict[str, Any]:
     path = Path(path)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
-        raise ConfigError(f"config file {str(path)!r}: unknown suffix {path.suffix!r}; "
+        raise ConfigError(f"config file {short(str(path), 200)}: unknown suffix {short(path.suffix, 40)}; "
                           f"use one of {', '.join(_READERS)}")
     return reader(path)
 

@@ -19,10 +19,10 @@ from .published import DOMBROWSKI_FIG3, DOMBROWSKI_FIG4, Finding, direction, fin
 class Dombrowski2019Config(AttackConfig):
     methods: List[str] = key(["gradient", "grad_x_input", "integrated_gradients", "guided_backprop", "lrp"],
                              "attacked methods", choices=method_choices)
-    betas: List[float] = key([10.0, 3.0, 1.0], "beta values of the beta curve", gt=0)
+    betas: List[float] = key([10.0, 3.0, 1.0], "beta values of the beta curve", gt=0, le=10_000)
     beta_methods: List[str] = key(["gradient", "lrp"], "methods of the beta curve", choices=method_choices)
     budgets: List[float] = key([0.5, 1.0], "larger L-inf budgets at which the attack on each method is repeated, "
-                               "to show what the budget limits (empty: none)", gt=0, empty=True)
+                               "to show what the budget limits (empty: none)", gt=0, le=1, empty=True)
     profile: str = profile_key("a fast run (about 2.5 min on 2 CPU cores)", "Dombrowski's protocol, 100 images, "
                                "1500 attack steps, integrated gradients with 30 steps, no budget sweep (about 3 h on 2 "
                                "CPU cores: 0.5 s per step for the five methods on 8 images)")

@@ -50,21 +50,21 @@ class Pasliev2020Config(SourceConfig):
                             "target), ipp (cross, identical probabilities), fc (cross, classifier frozen)",
                             choices=_model_choices, empty=True)
     methods: List[str] = key(list(METHOD_ORDER), "methods every model is evaluated with", choices=method_choices)
-    n_train: int = key(4000, "training images of the fine-tuning (0: all)", ge=0)
-    n_eval: int = key(200, "held-out images of the tables", ge=2)
-    epochs: int = key(3, "fine-tuning epochs (Pasliev: 100 to 1350)", ge=1)
-    batch: int = key(64, "fine-tuning batch size (Pasliev: 256)", ge=1)
-    lr: float = key(1e-3, "Adam learning rate (Pasliev: 5e-5, over hundreds of epochs)", gt=0)
-    lam_com: float = key(0.03, "weight of the center-of-mass objective (squared pixels)", gt=0)
-    lam_target: float = key(1.0, "weight of the target-map objective (maps rescaled to mean 1)", gt=0)
-    ig_steps: int = key(8, "integrated-gradients steps, in training (Pasliev: 8) and evaluation", ge=1)
-    noise_n: int = key(64, "noise inputs N(0, 1) of Tables 4.1 and 4.2", ge=2)
+    n_train: int = key(4000, "training images of the fine-tuning (0: all)", ge=0, le=10_000_000)
+    n_eval: int = key(200, "held-out images of the tables", ge=2, le=1_000_000)
+    epochs: int = key(3, "fine-tuning epochs (Pasliev: 100 to 1350)", ge=1, le=100_000)
+    batch: int = key(64, "fine-tuning batch size (Pasliev: 256)", ge=1, le=100_000)
+    lr: float = key(1e-3, "Adam learning rate (Pasliev: 5e-5, over hundreds of epochs)", gt=0, le=1)
+    lam_com: float = key(0.03, "weight of the center-of-mass objective (squared pixels)", gt=0, le=1e6)
+    lam_target: float = key(1.0, "weight of the target-map objective (maps rescaled to mean 1)", gt=0, le=1e6)
+    ig_steps: int = key(8, "integrated-gradients steps, in training (Pasliev: 8) and evaluation", ge=1, le=10_000)
+    noise_n: int = key(64, "noise inputs N(0, 1) of Tables 4.1 and 4.2", ge=2, le=100_000)
     weight_noise: List[float] = key([0.0, 0.25, 0.5, 1.0],
-                                    "weight noise, relative to each tensor's spread (Sec. 4.2, Fig. 4.4)", ge=0)
-    examples: int = key(2, "held-out images shown in the heatmap figure", ge=0)
+                                    "weight noise, relative to each tensor's spread (Sec. 4.2, Fig. 4.4)", ge=0, le=100)
+    examples: int = key(2, "held-out images shown in the heatmap figure", ge=0, le=100)
     save_models: bool = key(True, "keep every manipulated model as models/<unit>.safetensors (VGG16: 60 MB on "
                             "CIFAR-10, 528 MB on ImageNet)")
-    seed: int = key(0, "seed", ge=0)
+    seed: int = key(0, "seed", ge=0, le=2**32 - 1)
     profile: str = profile_key("a fast run (about 2.5 min on 2 CPU cores)", "the thesis' optimiser, Adam lr 5e-5, "
                                "batches of 256, 200 epochs (its F_com; F_th and F_ipp had 1050 and 1350) on all "
                                "training images (about 2 h on 2 CPU cores: 6 s per model and epoch); the objectives' weights stay ours, the thesis' "

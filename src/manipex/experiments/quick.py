@@ -22,8 +22,8 @@ class QuickConfig(AttackConfig):
     methods: List[str] = key(["gradient", "grad_x_input", "integrated_gradients", "guided_backprop", "lrp"],
                              "attacked methods", choices=method_choices)
     defenses: List[str] = key(list(DEFENSES), "defenses (none: the method as is)", choices=defense_choices)
-    softplus_beta: float = key(1.0, "beta of beta-smoothing", gt=0)
-    smoothgrad_samples: int = key(5, "SmoothGrad samples", ge=1)
+    softplus_beta: float = key(1.0, "beta of beta-smoothing", gt=0, le=10_000)
+    smoothgrad_samples: int = key(5, "SmoothGrad samples", ge=1, le=10_000)
 
 
 class Quick(Experiment):

@@ -25,7 +25,7 @@ class Rieger2020Config(AttackConfig):
     blank: List[str] = key(["gradient", "guided_backprop", "lrp", "agg_mean"],
                            "methods of the blank-square attack (Table 4)", choices=method_choices, empty=True)
     budgets: List[float] = key([0.5], "larger L-inf budgets at which Table 1 is repeated, to show what the budget "
-                               "limits (empty: none)", gt=0, empty=True)
+                               "limits (empty: none)", gt=0, le=1, empty=True)
     profile: str = profile_key("a fast run (about 3 min on 2 CPU cores)", "Rieger's protocol (Dombrowski's), 100 "
                                "images, 1500 attack steps, no budget sweep (about 4 h on 2 CPU cores: 0.7 s per step "
                                "for Table 1, Fig. 2 and Table 4 on 8 images)")

@@ -12,14 +12,21 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from .base import Context, get_experiment
-from .config import ConfigError, read_config
-from .report import is_text, write_report
-from .store import ResultStore
+from .base import EXPERIMENTS, Context, get_experiment
+from .config import ConfigError, read_config, short
+from .report import damaged_note, is_text, write_report
+from .store import DamagedMetaError, ResultStore
+
+
+def _experiment(name: Any):
+    """The experiment registered as ``name``, or a :class:`ConfigError` quoting it briefly."""
+    if not isinstance(name, str) or name not in EXPERIMENTS.names():
+        raise ConfigError(f"unknown experiment {short(name, 60)}; available: {', '.join(EXPERIMENTS.names())}")
+    return get_experiment(name)
 
 
 def load_config(name: Optional[str], path: Optional[os.PathLike], overrides: Mapping[str, Any]):
@@ -27,19 +34,63 @@ def load_config(name: Optional[str], path: Optional[os.PathLike], overrides: Map
     table: Dict[str, Any] = dict(read_config(Path(path))) if path else {}
     named = table.pop("experiment", None)
     if named is not None and not isinstance(named, str):
-        raise ConfigError("config key 'experiment' must be a string")
+        raise ConfigError(f"config key 'experiment' must be a string, got {short(named)}")
     if name and named and name != named:
-        raise ConfigError(f"config file is for experiment {named!r}, not {name!r}")
-    experiment = get_experiment(name or named or "quick")
+        raise ConfigError(f"config file is for experiment {short(named, 60)}, not {short(name, 60)}")
+    experiment = _experiment(name or named or "quick")
     config = experiment.Config.resolve(table, overrides,
-                                       sources=[f"config {path}" if path else "config", "command line"])
+                                       sources=[f"config {short(str(path), 200)}" if path else "config",
+                                                "command line"])
     return experiment, config
 
 
-def _distributed() -> tuple:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+def _distributed() -> Tuple[int, int]:
+    """``(rank, world size)`` from torchrun's ``RANK`` and ``WORLD_SIZE``."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise ConfigError(f"RANK and WORLD_SIZE must be integers, got RANK={short(os.environ.get('RANK'))} "
+                          f"WORLD_SIZE={short(os.environ.get('WORLD_SIZE'))}") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} and WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
     return rank, world
+
+
+def _check_device(device: str) -> None:
+    if not isinstance(device, str):
+        raise ConfigError(f"--device must be a string, got {short(device)}")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device: unknown device {short(device, 60)}; use cpu, cuda, cuda:N or auto") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available")
+
+
+def _make_folder(folder: Path) -> List[Path]:
+    """Create the run folder; the folders this created (deepest first), to remove if the run
+    stores nothing. A :class:`ConfigError` where ``--out`` is a file or cannot be written."""
+    created = []
+    for path in [folder, *folder.parents]:
+        if os.path.lexists(path):
+            if not path.is_dir():
+                raise ConfigError(f"--out: {path} is a file, not a folder")
+            break
+        created.append(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out: cannot create the run folder {folder}: {err.strerror or err}") from None
+    return created
+
+
+def _remove_empty(folders: List[Path]) -> None:
+    for path in folders:
+        try:
+            path.rmdir()
+        except OSError:  # not empty: something was kept there
+            return
 
 
 def _text_table(table) -> str:
@@ -71,30 +122,62 @@ def run(
 
     ``quiet`` hides the progress bar (for CI and logs); the tables are always printed.
 
-    The config is validated before any work. Finished units already in the store are skipped.
+    The config is validated before any work, the model and data are loaded and checked before
+    ``meta.json`` is written. Finished units already in the store are skipped. One run writes a
+    folder (its shard under torchrun) at a time: another one raises
+    :class:`~manipex.experiments.store.FolderInUseError` at once.
     """
     experiment, config = load_config(name, config_file, overrides or {})
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
+    _check_device(device)
     rank, world = _distributed()
     folder = Path(out) / experiment.name
+    created = _make_folder(folder)
     store = ResultStore(folder, rank)
-    old = store.meta()
-    if old is not None and store.done():  # a folder without a finished unit holds nothing to protect
-        changed = config.differences(old.get("config", {}))
+    lock = store.lock()
+    try:
+        try:
+            lock.acquire()
+        except OSError as err:
+            raise ConfigError(f"--out: cannot write in the run folder {folder}: {err.strerror or err}") from None
+        return _run_locked(experiment, config, store, folder, rank, world, device, quiet)
+    finally:
+        lock.release()
+        if not store.shards():  # a run that stored nothing leaves no empty folders behind
+            _remove_empty(created)
+
+
+def _run_locked(experiment, config, store: ResultStore, folder: Path, rank: int, world: int, device: str,
+                quiet: bool) -> Dict[str, Any]:
+    done = store.done()
+    try:
+        old = store.meta()
+    except DamagedMetaError:
+        if done:
+            raise
+        old = None  # a folder without a finished unit holds nothing to protect
+    if old is not None and done:
+        changed = config.differences(old["config"])
         if changed:
             raise ConfigError(f"{folder} holds a run with another config: " + "; ".join(changed)
                               + ". Use another --out, delete the folder, or run with the stored config")
-    if rank == 0:
-        store.write_meta({"experiment": experiment.name, "config": config.to_dict(), "seed": getattr(config, "seed", None),
-                          "environment": environment(device), "world_size": world, "started": time.time()})
     units = experiment.units(config)[rank::world]
-    done = store.done()
     todo = [u for u in units if u.id not in done]
     from .._progress import progress_bar
 
+    # the model and data are loaded (and checked against the config: images in the split, classes)
+    # before meta.json is written: a run refused there leaves the folder as it was
+    try:
+        ctx = experiment.setup(config, Context(out=folder, device=device, progress=not quiet)) if todo else None
+    except Exception as err:
+        if type(err).__name__ != "SafetensorError":  # safetensors' own error: not a ValueError
+            raise
+        weights = getattr(config, "weights", "")
+        which = f"config key 'weights' ({short(weights, 200)}) or a model" if weights else "a model"
+        raise ConfigError(f"{which} in {folder / 'models'} is not a readable .safetensors file: {err}") from None
+    if rank == 0:
+        store.write_meta({"experiment": experiment.name, "config": config.to_dict(), "seed": getattr(config, "seed", None),
+                          "environment": environment(device), "world_size": world, "started": time.time()})
     if todo:
-        ctx = experiment.setup(config, Context(out=folder, device=device, progress=not quiet))
         bar = progress_bar(total=len(units), initial=len(units) - len(todo), desc=experiment.name, unit="unit",
                            enabled=not quiet)
         for unit in todo:
@@ -110,10 +193,10 @@ def run(
         dist.barrier()
         if rank != 0:
             return {}
-    df = ResultStore(folder).frame()
+    df = store.frame()  # every shard
     tables = {k: v for k, v in experiment.tables(df, config).items() if v is not None}
     figures = experiment.figures(df, config, folder)
-    page = write_report(folder, experiment, config, tables, figures)
+    page = write_report(folder, experiment, config, tables, figures, notes=damaged_note(store))
     import pandas as pd
 
     with pd.option_context("display.width", 160, "display.max_columns", 20):
@@ -121,4 +204,7 @@ def run(
         for title, table in tables.items():
             print(f"{title}\n{_text_table(table) if is_text(table) else table}\n")
     print(f"results: {folder / 'results.jsonl'}\nreport:  {page}")
+    if store.damaged:
+        print(f"damaged: {len(store.damaged)} line(s) of the results skipped ({store.damaged_text()}); their units "
+              "were run again")
     return tables

@@ -97,7 +97,7 @@ class SourceConfig(Config):
     split: str = key("test", "split whose images are attacked and evaluated (training uses train; an image "
                      "folder without splits is split by a seeded permutation)", choices=("test", "val", "train"))
     image_size: int = key(224, "image_folder: images are resized (shorter side x 256/224) and center-cropped to "
-                          "this size", ge=8)
+                          "this size", ge=8, le=4096)
     labels: str = key("given", "labels for training and accuracy: given (the dataset's), or predicted (the model's "
                       "classes, e.g. for a subset of ImageNet's class folders)", choices=("given", "predicted"))
     weights: str = key("", "the model's weights: a .safetensors saved by manipex (records its architecture), or a "
@@ -107,11 +107,11 @@ class SourceConfig(Config):
                     "runs that code); auto: the checkpoint's own, else mnist_cnn for MNIST-like data and vgg16 for "
                     "CIFAR-10 and image folders")
     num_classes: int = key(0, "the model's classes; 0: from the data (1000 for image_folder with predicted labels)",
-                           ge=0)
+                           ge=0, le=100_000)
     normalize: str = key("auto", "normalisation the weights expect, applied by a layer in front of the model: "
                          "auto (imagenet for image_folder, else none), none, imagenet, cifar10, or 'mean/std' "
                          "per channel such as '0.5,0.5,0.5/0.25,0.25,0.25'")
-    train_epochs: int = key(3, "epochs to train a model here when no weights are given", ge=1)
+    train_epochs: int = key(3, "epochs to train a model here when no weights are given", ge=1, le=10_000)
 
     def check(self) -> None:
         super().check()

@@ -27,18 +27,18 @@ from .sources import MNIST_LIKE, SourceConfig
 class TangConfig(SourceConfig):
     arch: str = key("auto", "the base model: a zoo architecture or a factory package.module:function; auto: the "
                     "checkpoint's own, else Tang's CNN (atex_cnn) trained here on MNIST-like data, vgg16 otherwise")
-    n: int = key(32, "test images attacked", ge=1)
-    batch: int = key(32, "images per unit", ge=1)
-    eps: List[float] = key([0.02, 0.04, 0.08], "L-infinity budgets in pixel units", gt=0)
-    steps: int = key(100, "signed attack steps (Tang: 200)", ge=1)
-    lr: float = key(0.01, "signed step size", gt=0)
-    k: int = key(50, "top-k of the untargeted attack and metric (pixels)", ge=1)
+    n: int = key(32, "test images attacked", ge=1, le=100_000)
+    batch: int = key(32, "images per unit", ge=1, le=100_000)
+    eps: List[float] = key([0.02, 0.04, 0.08], "L-infinity budgets in pixel units", gt=0, le=1)
+    steps: int = key(100, "signed attack steps (Tang: 200)", ge=1, le=1_000_000)
+    lr: float = key(0.01, "signed step size", gt=0, le=1)
+    k: int = key(50, "top-k of the untargeted attack and metric (pixels)", ge=1, le=4096 * 4096)
     softplus_beta: float = key(10.0, "beta of the softplus activations every model is trained and attacked with "
-                               "(Tang Sec. 4.3; the baseline [8])", gt=0)
-    atex_epochs: int = key(1, "ATEX epochs (Tang: 2)", ge=1)
-    atex_n: int = key(2000, "ATEX training images", ge=1)
-    examples: int = key(3, "images shown in the map figure", ge=0)
-    seed: int = key(0, "seed", ge=0)
+                               "(Tang Sec. 4.3; the baseline [8])", gt=0, le=10_000)
+    atex_epochs: int = key(1, "ATEX epochs (Tang: 2)", ge=1, le=10_000)
+    atex_n: int = key(2000, "ATEX training images", ge=1, le=10_000_000)
+    examples: int = key(3, "images shown in the map figure", ge=0, le=100)
+    seed: int = key(0, "seed", ge=0, le=2**32 - 1)
     profile: str = profile_key("a fast run (about 1.5 min on 2 CPU cores)", "Tang's protocol, 2 ATEX epochs on all "
                                "training images and 200 attack steps (about 3.5 min)")
 
