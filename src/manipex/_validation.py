@@ -5,12 +5,121 @@ value) with a message that names the argument, and never changes its arguments.
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+import math
+import weakref
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 TargetLike = Union[None, int, Tensor]
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: no message echoes an unbounded value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def check_real(value: Any, *, where: str, name: str, ge: Optional[float] = None, gt: Optional[float] = None,
+               le: Optional[float] = None, lt: Optional[float] = None, allow_none: bool = False,
+               allow_inf: bool = False) -> Optional[float]:
+    """``value`` as a float: a real number (not a bool), finite unless ``allow_inf``, inside the
+    bounds; ``None`` passes when ``allow_none``. NaN never passes (``nan > 0`` is False, so a
+    check written as ``value <= 0`` would let it through)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.requires_grad:
+        value = value.item()
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        kind = "None or a number" if allow_none else "a number"
+        raise TypeError(f"{where}: {name} must be {kind}, got {short(value)} ({type(value).__name__})")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not allow_inf):
+        raise ValueError(f"{where}: {name} must be a finite number, got {value!r}")
+    bounds = [(ge, ">=", value >= (ge or 0)), (gt, ">", value > (gt or 0)),
+              (le, "<=", value <= (le or 0)), (lt, "<", value < (lt or 0))]
+    for bound, op, ok in bounds:
+        if bound is not None and not ok:
+            raise ValueError(f"{where}: {name} must be {op} {bound:g}, got {value!r}")
+    return value
+
+
+def check_int(value: Any, *, where: str, name: str, ge: Optional[int] = None, le: Optional[int] = None,
+              allow_none: bool = False) -> Optional[int]:
+    """``value`` as an int (not a bool, not a float) inside ``[ge, le]``; ``None`` when ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        kind = "None or an int" if allow_none else "an int"
+        raise TypeError(f"{where}: {name} must be {kind}, got {short(value)} ({type(value).__name__})")
+    if ge is not None and value < ge:
+        raise ValueError(f"{where}: {name} must be >= {ge}, got {value}")
+    if le is not None and value > le:
+        raise ValueError(f"{where}: {name} must be <= {le}, got {value}")
+    return value
+
+
+def check_bool(value: Any, *, where: str, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {name} must be True or False, got {short(value)}")
+    return value
+
+
+def check_choice(value: Any, choices, *, where: str, name: str) -> Any:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {', '.join(map(repr, choices))}, got {short(value)}")
+    return value
+
+
+def check_autograd(where: str) -> None:
+    """Maps are gradients: refuse to start under ``torch.inference_mode()``, where autograd is off
+    and no tensor made can ever be differentiated (``torch.no_grad()`` is fine: it is lifted)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{where}: explanation maps need autograd, which torch.inference_mode() switches off; "
+            "call it outside inference mode (under torch.no_grad() it works: manipex turns gradients "
+            "back on where it needs them)"
+        )
+
+
+#: model -> the (tensor, version) pairs last found finite: attacks call a method at every step,
+#: and an unchanged model need not be scanned again (every in-place change bumps ``_version``).
+_CHECKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def check_parameters(model: nn.Module, *, where: str) -> None:
+    """Every floating parameter and buffer of ``model`` is finite and usable by autograd: one
+    NaN weight turns every map into NaN, silently. Names the first bad tensor. A model whose
+    tensors have not changed since they were last found finite is not scanned again (a
+    change through ``p.data``, which autograd does not count, is not seen then)."""
+    tensors = [("parameter", name, t) for name, t in model.named_parameters()]
+    tensors += [("buffer", name, t) for name, t in model.named_buffers() if t.is_floating_point()]
+    stamp = tuple((id(t), t._version) for _, _, t in tensors)
+    if _CHECKED.get(model) == stamp:
+        return
+    for kind, name, t in tensors:
+        if t.is_inference():
+            raise RuntimeError(f"{where}: the model's {kind} {name!r} was created under torch.inference_mode() "
+                               "and cannot take part in autograd; create or load the model outside inference mode")
+    flags = [torch.isfinite(t).all() for _, _, t in tensors if t.is_floating_point() and t.numel()]
+    if flags and not bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+        for kind, name, t in tensors:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise ValueError(f"{where}: the model's {kind} {name!r} holds {bad} NaN or Inf values; "
+                                 "every map of this model would be NaN")
+    _CHECKED[model] = stamp
+
+
+def check_dtype_match(model: nn.Module, x: Tensor, *, where: str, name: str = "x") -> None:
+    """``x`` has the dtype of the model's floating parameters (a float64 model with float32
+    inputs, or float16 inputs with a float32 model, fails deep inside a layer otherwise)."""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) == 1 and x.dtype not in dtypes:
+        (dtype,) = dtypes
+        raise TypeError(f"{where}: {name} has dtype {x.dtype} but the model's parameters are {dtype}; "
+                        f"convert one of them (e.g. {name}.to({dtype}) or model.to({x.dtype}))")
 
 
 def check_model(model: object, *, where: str) -> nn.Module:
@@ -71,23 +180,76 @@ def check_target(target: TargetLike, n: int, *, where: str) -> Optional[Tensor]:
     )
 
 
-def check_output(out: Tensor, n: int, *, where: str) -> Tensor:
-    """The model must map a batch of ``n`` inputs to logits of shape ``(n, K)``."""
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != n:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"{where}: the model must return logits of shape (N, classes) = ({n}, K), got {shape}")
+def describe(value: Any) -> str:
+    """What a model returned, in words: ``a tensor of shape (4, 10)``, ``a tuple of 2 tensors``."""
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        kinds = {type(v).__name__ for v in value}
+        what = "tensors" if kinds == {"Tensor"} else "items"
+        return f"a {type(value).__name__} of {len(value)} {what}"
+    if isinstance(value, dict):
+        return f"a dict with keys {short(sorted(map(str, value)), 60)}"
+    return f"a {type(value).__name__}"
+
+
+def check_output(out: Any, n: Optional[int], *, where: str) -> Tensor:
+    """The model must map a batch of ``n`` inputs to one logits tensor of shape ``(n, K)``."""
+    if not isinstance(out, Tensor) or out.dim() != 2 or (n is not None and out.shape[0] != n):
+        hint = ""
+        if isinstance(out, (tuple, list, dict)):
+            hint = ("; wrap the model in a module whose forward returns only the logits, "
+                    "e.g. out[0] or out['logits']")
+        expected = "(N, classes)" if n is None else f"(N, classes) = ({n}, K)"
+        raise ValueError(f"{where}: the model must return one logits tensor of shape {expected}, "
+                         f"but it returned {describe(out)}{hint}")
+    if not out.is_floating_point():
+        raise TypeError(f"{where}: the model must return floating logits, got dtype {out.dtype}")
     return out
 
 
-def check_target_range(target: Tensor, num_classes: int, *, where: str) -> None:
+def forward(model: nn.Module, x: Tensor, *, where: str) -> Tensor:
+    """``model(x)``, checked to be one logits tensor ``(N, K)``; an error the model raises about
+    the input's shape or dtype is said to be one (:func:`translate_runtime_error`)."""
+    try:
+        out = model(x)
+    except RuntimeError as err:
+        clear = translate_runtime_error(err, x, where=where)
+        if clear is err:
+            raise
+        raise clear from err
+    return check_output(out, x.shape[0], where=where)
+
+
+#: Fragments of RuntimeError messages that are about the shape or dtype of the input.
+_SHAPE_OR_DTYPE = ("shape", "size", "dtype", "type", "dimension", "channels", "mat1", "mat2",
+                   "expected", "must match", "not implemented for")
+
+
+def translate_runtime_error(err: RuntimeError, x: Tensor, *, where: str) -> BaseException:
+    """The error to raise for ``err``, which the model raised on ``x``: out of memory passes
+    with advice, an error recognisably about the input's shape or dtype becomes a ValueError
+    that says so, and anything else passes as it is."""
+    text = str(err)
+    if isinstance(err, torch.OutOfMemoryError) or "out of memory" in text.lower():
+        err.add_note(f"{where}: a batch of {x.shape[0]} inputs did not fit in memory; explain fewer "
+                     "inputs at a time, or lower the method's batch_size option where it has one")
+        return err
+    if any(fragment in text.lower() for fragment in _SHAPE_OR_DTYPE):
+        return ValueError(f"{where}: the model raised an error on x of shape {tuple(x.shape)} and dtype "
+                          f"{x.dtype}; check that x has the shape and dtype the model expects. {text[:500]}")
+    return err
+
+
+def check_target_range(target: Tensor, num_classes: int, *, where: str, what: str = "target") -> None:
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
         bad = target[(target < 0) | (target >= num_classes)][0].item()
-        raise ValueError(f"{where}: target {bad} is out of range for a model with {num_classes} classes")
+        raise ValueError(f"{where}: {what} {bad} is out of range for a model with {num_classes} classes")
 
 
 def select_target(out: Tensor, target: Optional[Tensor], *, where: str) -> Tensor:
     """Class indices for logits ``out``: ``target`` checked against ``out``, or the arg-max."""
-    check_output(out, out.shape[0], where=where)
+    check_output(out, out.shape[0] if isinstance(out, Tensor) else None, where=where)
     if target is None:
         return out.argmax(dim=1)
     target = target.to(out.device)
@@ -103,5 +265,5 @@ def predicted_target(model: nn.Module, x: Tensor, target: Optional[Tensor], *, w
     so skipping the graph here changes no derivative.
     """
     with torch.no_grad():
-        out = check_output(model(x), x.shape[0], where=where)
+        out = forward(model, x, where=where)
     return select_target(out, target, where=where)

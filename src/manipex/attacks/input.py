@@ -27,7 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import surgery
-from .._validation import TargetLike, check_input, check_model, check_target, predicted_target
+from .._validation import (TargetLike, check_autograd, check_bool, check_choice, check_dtype_match, check_input,
+                           check_int, check_model, check_parameters, check_real, check_target, predicted_target,
+                           short)
 from ..explainers import explain, get_explainer, relevance
 from ..metrics import class_agreement, output_change
 from ..objectives import Objective
@@ -110,7 +112,14 @@ def _bounds(value: Optional[Tuple[Bound, Bound]], x: Tensor) -> Optional[Tuple[T
         raise ValueError("manipulate_input: clamp must be None or a pair (low, high)")
     out = []
     for v in value:
-        t = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+        if isinstance(v, bool) or not isinstance(v, (int, float, list, tuple, Tensor)):
+            raise TypeError(f"manipulate_input: clamp bounds must be numbers, sequences or tensors, got {short(v)}")
+        try:
+            t = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"manipulate_input: clamp bound {short(v)} is not a number or a sequence of numbers") from None
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"manipulate_input: clamp bounds must be finite, got {short(v)}")
         if t.dim() == 1 and x.dim() > 2 and t.shape[0] == x.shape[1]:  # per channel
             t = t.reshape(-1, *([1] * (x.dim() - 2)))
         try:
@@ -160,37 +169,32 @@ def _budget(eps: Union[float, str], norm: str, bounds) -> float:
                          "range) or eps=math.inf for an unbounded attack")
     if isinstance(eps, str):
         if eps != "auto":
-            raise ValueError(f"{where}: eps must be a positive number, math.inf or 'auto', got {eps!r}")
+            raise ValueError(f"{where}: eps must be a positive number, math.inf or 'auto', got {short(eps)}")
         if norm != "linf" or bounds is None:
             raise ValueError(f"{where}: eps='auto' is 10 % of the data range in L-infinity and needs "
                              "norm='linf' and clamp=(low, high); pass eps explicitly")
         return AUTO_EPS_FRACTION * float((bounds[1] - bounds[0]).max())
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-        raise ValueError(f"{where}: eps must be a positive number, math.inf or 'auto', got {eps!r}")
+        raise ValueError(f"{where}: eps must be a positive number, math.inf or 'auto', got {short(eps)}")
     return float(eps)
 
 
-def _check_options(steps, lr, gamma, beta, optimizer, norm, check_every, patience) -> None:
+def _check_options(steps, lr, gamma, beta, optimizer, norm, check_every, patience, flags) -> None:
     where = "manipulate_input"
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"{where}: steps must be a positive int, got {steps!r}")
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise ValueError(f"{where}: lr must be positive, got {lr!r}")
-    if not isinstance(gamma, (int, float)) or gamma < 0:
-        raise ValueError(f"{where}: gamma must be non-negative, got {gamma!r}")
-    if optimizer not in ("adam", "sign"):
-        raise ValueError(f"{where}: optimizer must be 'adam' or 'sign', got {optimizer!r}")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"{where}: norm must be 'linf' or 'l2', got {norm!r}")
-    if not isinstance(check_every, int) or check_every < 1:
-        raise ValueError(f"{where}: check_every must be a positive int, got {check_every!r}")
-    if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
-        raise ValueError(f"{where}: patience must be None or a positive int, got {patience!r}")
-    betas = [] if beta is None else [beta] if isinstance(beta, (int, float)) else list(beta)
-    if (beta is not None and not isinstance(beta, (int, float)) and len(betas) != 2) or any(
-        not isinstance(b, (int, float)) or b <= 0 for b in betas
-    ):
-        raise ValueError(f"{where}: beta must be None, a positive number or a pair (start, end), got {beta!r}")
+    check_int(steps, where=where, name="steps", ge=1)
+    check_real(lr, where=where, name="lr", gt=0)
+    check_real(gamma, where=where, name="gamma", ge=0)
+    check_choice(optimizer, ("adam", "sign"), where=where, name="optimizer")
+    check_choice(norm, ("linf", "l2"), where=where, name="norm")
+    check_int(check_every, where=where, name="check_every", ge=1)
+    check_int(patience, where=where, name="patience", ge=1, allow_none=True)
+    for name, value in flags.items():
+        check_bool(value, where=where, name=name)
+    pair = isinstance(beta, (tuple, list)) and len(beta) == 2
+    if beta is not None and not pair and (not isinstance(beta, (int, float)) or isinstance(beta, bool)):
+        raise ValueError(f"{where}: beta must be None, a positive number or a pair (start, end), got {short(beta)}")
+    for b in (beta if pair else [] if beta is None else [beta]):
+        check_real(b, where=where, name="beta", gt=0)
 
 
 def manipulate_input(
@@ -265,9 +269,13 @@ def manipulate_input(
     check_input(x, where=where)
     if not isinstance(objective, Objective):
         raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got {type(objective).__name__}")
-    _check_options(steps, lr, gamma, beta, optimizer, norm, check_every, patience)
-    if not isinstance(smooth_pools, bool):
-        raise TypeError(f"{where}: smooth_pools must be True or False, got {smooth_pools!r}")
+    _check_options(steps, lr, gamma, beta, optimizer, norm, check_every, patience,
+                   {"smooth_pools": smooth_pools, "keep_best": keep_best, "revert": revert, "progress": progress})
+    check_autograd(where)
+    check_parameters(model, where=where)
+    check_dtype_match(model, x, where=where)
+    if method_options is not None and not isinstance(method_options, dict):
+        raise TypeError(f"{where}: method_options must be None or a dict, got {type(method_options).__name__}")
     method_options = dict(method_options or {})
     get_explainer(method, **method_options)  # unknown method or option: fail before any work
     bounds = _bounds(clamp, x)

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import surgery
-from .._validation import check_input, check_model
+from .._validation import (check_autograd, check_bool, check_choice, check_dtype_match, check_input, check_int,
+                           check_model, check_parameters, check_real, check_target_range, forward, short)
 from ..explainers import explain, get_explainer, relevance
 from ..objectives import Objective
 
@@ -51,6 +52,52 @@ def _trainable_names(model: nn.Module, trainable: Optional[Sequence[str]]) -> Li
     if unknown:
         raise ValueError(f"manipulate_model: no parameter named {unknown[0]!r}; parameters: {', '.join(names)}")
     return chosen
+
+
+def _check_data(data: Any, where: str) -> Tuple[Tensor, Tensor]:
+    """``data`` as ``(x, y)``: a float batch and ``N`` integer labels (their range is checked
+    against the model's outputs once it has run)."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{where}: data must be a pair (x, y) of tensors, got {type(data).__name__}")
+    x, y = data
+    check_input(x, where=where)
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{where}: labels y must be a tensor of N class indices, got {type(y).__name__}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{where}: labels y must hold integer class indices, got dtype {y.dtype}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"{where}: labels y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    return x, y.long()
+
+
+#: Marks a checkpoint written by :func:`manipulate_model`, so that no other file is ever overwritten.
+CHECKPOINT_FORMAT = "manipex.manipulate_model/1"
+
+
+def _read_checkpoint(path: Path, key: str, where: str) -> Optional[Dict[str, Any]]:
+    """The state saved at ``path`` by an earlier run with the same settings (``key``), or None
+    when there is no file yet. Any other file is refused and left as it is: it may be the
+    user's own weights."""
+    if path.is_dir():
+        raise ValueError(f"{where}: checkpoint {str(path)!r} is a folder; pass a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(path.parent, os.W_OK):
+        raise PermissionError(f"{where}: cannot write the checkpoint in {str(path.parent)!r}")
+    if not path.exists():
+        return None
+    refuse = (f"{where}: checkpoint {str(path)!r} exists and is not a manipulate_model checkpoint; it is left "
+              "untouched. Pass a new path (or delete the file if it is yours to delete)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
+    except Exception:  # noqa: BLE001 -- garbage, pickled code, or another format: all refused alike
+        raise ValueError(refuse) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or not {
+            "key", "model", "optimizer", "epoch", "history"} <= set(state):
+        raise ValueError(refuse)
+    if state["key"] != key:
+        raise ValueError(f"{where}: checkpoint {str(path)!r} holds a run with other settings (method, objective, "
+                         "schedule or data); pass another path, or delete it to start over")
+    return state
 
 
 def _config_key(**config: Any) -> str:
@@ -104,48 +151,49 @@ def manipulate_model(
     """
     where = "manipulate_model"
     check_model(model, where=where)
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{where}: data must be a pair (x, y) of tensors")
-    x, y = data
-    check_input(x, where=where)
-    if not isinstance(y, Tensor) or y.shape != (x.shape[0],) or y.is_floating_point():
-        raise ValueError(f"{where}: y must be N integer labels, got {getattr(y, 'shape', type(y))}")
+    x, y = _check_data(data, where)
     if not isinstance(objective, Objective):
         raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got {type(objective).__name__}")
-    if classification not in CLASSIFICATION_TERMS:
-        raise ValueError(f"{where}: classification must be one of {CLASSIFICATION_TERMS}, got {classification!r}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-    if lr <= 0 or lam < 0:
-        raise ValueError(f"{where}: lr must be positive and lam non-negative")
+    check_choice(classification, CLASSIFICATION_TERMS, where=where, name="classification")
+    check_int(epochs, where=where, name="epochs", ge=1)
+    check_int(batch_size, where=where, name="batch_size", ge=1)
+    check_int(seed, where=where, name="seed", ge=0, le=2**63 - 1)
+    check_real(lr, where=where, name="lr", gt=0)
+    check_real(lam, where=where, name="lam", ge=0)
+    check_real(beta, where=where, name="beta", gt=0, allow_none=True)
+    check_bool(progress, where=where, name="progress")
     if gamma is None:
         gamma = 1.0 if classification == "cross_entropy" else 10.0
-    if gamma < 0:
-        raise ValueError(f"{where}: gamma must be non-negative, got {gamma!r}")
+    check_real(gamma, where=where, name="gamma", ge=0)
+    check_autograd(where)
+    check_parameters(model, where=where)
+    check_dtype_match(model, x, where=where)
+    if method_options is not None and not isinstance(method_options, dict):
+        raise TypeError(f"{where}: method_options must be None or a dict, got {type(method_options).__name__}")
     method_options = dict(method_options or {})
     get_explainer(method, **method_options)
     names = _trainable_names(model, trainable)
+    with torch.no_grad():  # class indices of the original model: constants of the objective
+        logits = [forward(model, b, where=where) for b in x.split(512)]
+    check_target_range(y, logits[0].shape[1], where=where, what="label")
+    targets = torch.cat([out.argmax(1) for out in logits])
+    key = _config_key(method=method, options=method_options, classification=classification, gamma=gamma, lam=lam,
+                      epochs=epochs, lr=lr, batch_size=batch_size, beta=beta, trainable=names, seed=seed,
+                      n=x.shape[0], objective=type(objective).__name__)
+    path = Path(checkpoint) if checkpoint is not None else None
+    state = _read_checkpoint(path, key, where) if path is not None else None
 
     work = surgery.softplus_copy(model, beta) if beta is not None else copy.deepcopy(model)
     params = dict(work.named_parameters())
     for n, p in params.items():
         p.requires_grad_(n in names)
     optimizer = torch.optim.Adam([params[n] for n in names], lr=lr)
-    with torch.no_grad():  # class indices of the original model: constants of the objective
-        targets = torch.cat([model(b).argmax(1) for b in x.split(512)])
     history: List[Dict[str, float]] = []
     start_epoch = 0
-    path = Path(checkpoint) if checkpoint is not None else None
-    key = _config_key(method=method, options=method_options, classification=classification, gamma=gamma, lam=lam,
-                      epochs=epochs, lr=lr, batch_size=batch_size, beta=beta, trainable=names, seed=seed,
-                      n=x.shape[0], objective=type(objective).__name__)
-    if path is not None and path.exists():
-        state = torch.load(path, weights_only=True)
-        if state.get("key") == key:
-            work.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, history = int(state["epoch"]), list(state["history"])
+    if state is not None:
+        work.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
 
     from .._progress import progress_bar
 
@@ -182,10 +230,9 @@ def manipulate_model(
             bar.set_postfix(epoch=epoch + 1, cls=f"{cls.item():.3g}", obj=f"{expl.item():.3g}", refresh=False)
         history.append({"epoch": epoch + 1, **totals})
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            torch.save({"key": key, "model": work.state_dict(), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1, "history": history}, tmp)
+            torch.save({"format": CHECKPOINT_FORMAT, "key": key, "model": work.state_dict(),
+                        "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history}, tmp)
             os.replace(tmp, path)
     bar.close()
 
@@ -223,12 +270,27 @@ def evaluate_manipulation(
 
     from ..models import accuracy
 
-    x, y = data
-    check_input(x, where="evaluate_manipulation")
+    where = "evaluate_manipulation"
+    check_model(original, where=f"{where}: original")
+    check_model(manipulated, where=f"{where}: manipulated")
+    x, y = _check_data(data, where)
+    if not isinstance(objective, Objective):
+        raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got {type(objective).__name__}")
+    if isinstance(methods, str) or not isinstance(methods, (list, tuple)) or not methods:
+        raise TypeError(f"{where}: methods must be a non-empty sequence of method names, got {short(methods)}")
+    if method_options is not None and not isinstance(method_options, dict):
+        raise TypeError(f"{where}: method_options must be None or a dict of method -> options")
     method_options = method_options or {}
+    for method in methods:
+        get_explainer(method, **method_options.get(method, {}))  # unknown names or options: before any work
+    check_int(batch_size, where=where, name="batch_size", ge=1)
     with torch.no_grad():  # evaluation only
-        p_orig = torch.cat([original(b).softmax(1) for b in x.split(batch_size)])
-        p_new = torch.cat([manipulated(b).softmax(1) for b in x.split(batch_size)])
+        p_orig = torch.cat([forward(original, b, where=where).softmax(1) for b in x.split(batch_size)])
+        p_new = torch.cat([forward(manipulated, b, where=where).softmax(1) for b in x.split(batch_size)])
+    if p_new.shape != p_orig.shape:
+        raise ValueError(f"{where}: the two models have different numbers of classes "
+                         f"({p_orig.shape[1]} and {p_new.shape[1]})")
+    check_target_range(y, p_orig.shape[1], where=where, what="label")
     target = p_orig.argmax(1)
     rows = {}
     for method in methods:

@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_model
+from .._validation import check_input, check_int, check_model, check_real, forward, short
 from ..explainers import explain, relevance
 from ..metrics import pcc
 from ..objectives import Objective
@@ -41,11 +41,32 @@ def noise_maps(
     """Normalised maps ``(n, ...)`` of ``n`` noise inputs ``N(0, 1)`` of ``input_shape``, each
     explaining the class the model predicts (Pasliev 2020, Sec. 4.1). The noise is drawn on
     the CPU from ``seed``, so every device sees the same inputs."""
-    check_model(model, where="noise_maps")
-    param = next(model.parameters())
+    where = "noise_maps"
+    check_model(model, where=where)
+    shape = check_input_shape(input_shape, where=where)
+    check_int(n, where=where, name="n", ge=1)
+    check_int(seed, where=where, name="seed", ge=0, le=2**63 - 1)
+    if method_options is not None and not isinstance(method_options, dict):
+        raise TypeError(f"{where}: method_options must be None or a dict, got {type(method_options).__name__}")
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype, device = (param.dtype, param.device) if param is not None else (torch.get_default_dtype(), "cpu")
     g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((n,) + tuple(input_shape), generator=g, dtype=param.dtype).to(param.device)
+    noise = torch.randn((n,) + shape, generator=g, dtype=dtype).to(device)
     return relevance(explain(model, noise, method, **(method_options or {})))
+
+
+def check_input_shape(input_shape: Any, *, where: str) -> Tuple[int, ...]:
+    """The shape of one input without the batch axis, e.g. ``(1, 28, 28)``: positive ints."""
+    if isinstance(input_shape, torch.Size):
+        input_shape = tuple(input_shape)
+    if (not isinstance(input_shape, (tuple, list)) or not input_shape
+            or any(not isinstance(d, int) or isinstance(d, bool) for d in input_shape)):
+        raise TypeError(f"{where}: input_shape must be the shape of one input as a tuple of ints, e.g. (1, 28, 28), "
+                        f"got {short(input_shape)}")
+    if any(d < 1 for d in input_shape) or math.prod(input_shape) > 2**28:
+        raise ValueError(f"{where}: input_shape must hold positive sizes of at most 2**28 values in all, "
+                         f"got {short(tuple(input_shape))}")
+    return tuple(input_shape)
 
 
 def pairwise_pcc(r: Tensor) -> Tensor:
@@ -69,14 +90,18 @@ def noise_map_similarity(
     Higher = the maps look alike whatever the input (a sign of manipulation; Pasliev 2020,
     Table 4.2).
     """
-    if n < 2:
-        raise ValueError("noise_map_similarity: n must be at least 2")
+    check_int(n, where="noise_map_similarity", name="n", ge=2)
     return pairwise_pcc(noise_maps(model, input_shape, method, n=n, seed=seed, method_options=method_options))
 
 
 def similarity_threshold(reference_sims: Tensor, margin: float = 2.0) -> float:
     """``mean + margin * sd`` of a trusted model's pairwise noise-map PCCs
     (:func:`noise_map_similarity`): what a typical single pair of a clean model reaches."""
+    margin = check_real(margin, where="similarity_threshold", name="margin", ge=0)
+    if not isinstance(reference_sims, Tensor) or reference_sims.numel() < 2:
+        raise ValueError("similarity_threshold: reference_sims must be a tensor of at least 2 pairwise PCCs")
+    if not bool(torch.isfinite(reference_sims).all()):
+        raise ValueError("similarity_threshold: reference_sims contains NaN or Inf values")
     return reference_sims.mean().item() + margin * reference_sims.std().item()
 
 
@@ -182,14 +207,21 @@ def detect_manipulation(
     (gradient) and 0.105 +- 0.018 (LRP); manipulated towards a corner (center of mass, 2 epochs)
     0.81 and 0.59.
     """
+    where = "detect_manipulation"
+    check_model(model, where=where)
+    if isinstance(references, nn.Module) or not isinstance(references, (list, tuple)):
+        raise TypeError(f"{where}: references must be a list of trusted models, got {type(references).__name__}")
     if not references:
-        raise ValueError("detect_manipulation: give at least one reference model the auditor trusts")
-    if not isinstance(alpha, float) or not 0 < alpha < 1:
-        raise ValueError(f"detect_manipulation: alpha must be a float in (0, 1), got {alpha!r}")
+        raise ValueError(f"{where}: give at least one reference model the auditor trusts")
+    for i, ref in enumerate(references):
+        check_model(ref, where=f"{where}: references[{i}]")
+    check_input_shape(input_shape, where=where)
+    check_real(alpha, where=where, name="alpha", gt=0, lt=1)
+    margin = check_real(margin, where=where, name="margin", ge=0)
     kwargs = dict(n=n, seed=seed, method_options=method_options)
-    score = noise_map_similarity(model, input_shape, method, **kwargs).mean().item()
+    score = _finite_score(noise_map_similarity(model, input_shape, method, **kwargs), "the model")
     sims = [noise_map_similarity(ref, input_shape, method, **kwargs) for ref in references]
-    refs = tuple(s.mean().item() for s in sims)
+    refs = tuple(_finite_score(s, f"reference {i}") for i, s in enumerate(sims))
     k = len(refs)
     if k >= 3:
         p_value, threshold, test = prediction_interval_test(score, refs, alpha)
@@ -197,6 +229,16 @@ def detect_manipulation(
     threshold = max(similarity_threshold(s, margin) for s in sims)
     return DetectionReport(score, threshold, score > threshold, refs, method, None, alpha,
                            f"mean + {margin:g} sd of a reference's pairs (uncalibrated)")
+
+
+def _finite_score(sims: Tensor, who: str) -> float:
+    """The mean pairwise PCC, refused when not finite: a NaN score must never read as "no
+    evidence of manipulation" (constant maps have no PCC)."""
+    score = sims.mean().item()
+    if not math.isfinite(score):
+        raise ValueError(f"detect_manipulation: the noise-map similarity of {who} is {score}: its maps of noise "
+                         "inputs are constant or not finite, so the test cannot decide")
+    return score
 
 
 def prediction_interval_test(score: float, reference_scores: Sequence[float], alpha: float = 0.05):
@@ -221,6 +263,10 @@ def with_weight_noise(model: nn.Module, sigma: float, seed: int = 0) -> nn.Modul
     """A copy of ``model`` with ``N(0, (sigma * std(W))^2)`` noise added to every weight tensor
     (relative to its own spread; Pasliev 2020, Sec. 4.2). The noise is drawn on the CPU from
     ``seed``, so every device sees the same copy."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"with_weight_noise: model must be a torch.nn.Module, got {type(model).__name__}")
+    check_real(sigma, where="with_weight_noise", name="sigma", ge=0)
+    check_int(seed, where="with_weight_noise", name="seed", ge=0, le=2**63 - 1)
     noisy = copy.deepcopy(model)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # perturbing the weights of a copy, nothing is differentiated
@@ -249,9 +295,23 @@ def weight_noise_test(
 
     from ..models import accuracy
 
+    where = "weight_noise_test"
+    check_model(model, where=where)
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{where}: data must be a pair (x, y) of tensors, got {type(data).__name__}")
     x, y = data
+    check_input(x, where=where)
+    if not isinstance(y, Tensor) or y.shape != (x.shape[0],) or y.is_floating_point():
+        raise ValueError(f"{where}: y must be {x.shape[0]} integer labels, got {short(getattr(y, 'shape', y))}")
+    if not isinstance(objective, Objective):
+        raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got {type(objective).__name__}")
+    if isinstance(sigmas, (int, float)) or not isinstance(sigmas, (list, tuple)) or not sigmas:
+        raise TypeError(f"{where}: sigmas must be a non-empty sequence of noise scales, got {short(sigmas)}")
+    for sigma in sigmas:
+        check_real(sigma, where=where, name="each of sigmas", ge=0)
     opts = dict(method_options or {})
-    target = model(x).argmax(1)
+    with torch.no_grad():
+        target = forward(model, x, where=where).argmax(1)
     rows = {}
     for sigma in sigmas:
         noisy = with_weight_noise(model, sigma, seed)

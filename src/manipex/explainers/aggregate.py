@@ -15,16 +15,23 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import predicted_target
+from .._validation import check_real, predicted_target, short
 from .base import Explainer, explain_many, get_explainer, relevance
 
 
 def _specs(methods, where):
-    if isinstance(methods, str) or not methods:
-        raise ValueError(f"{where}: methods must be a non-empty list of method names or (name, options)")
+    expected = "a non-empty list of method names or (name, options) pairs"
+    if isinstance(methods, str) or not isinstance(methods, (list, tuple)) or not methods:
+        raise ValueError(f"{where}: methods must be {expected}, got {short(methods)}")
     specs = []
     for spec in methods:
-        name, opts = (spec, {}) if isinstance(spec, str) else tuple(spec)
+        if isinstance(spec, str):
+            name, opts = spec, {}
+        elif (isinstance(spec, (list, tuple)) and len(spec) == 2 and isinstance(spec[0], str)
+              and isinstance(spec[1], dict)):
+            name, opts = spec
+        else:
+            raise TypeError(f"{where}: methods must be {expected}; the item {short(spec)} is neither")
         if name in ("agg_mean", "agg_var"):
             raise ValueError(f"{where}: an aggregate cannot contain {name!r}")
         get_explainer(name, **opts)  # validates the name and options now
@@ -36,7 +43,9 @@ class AggregateExplainer(Explainer):
     options = {"methods": ("gradient", "guided_backprop", "lrp"), "var_constant": 10.0}
 
     def validate_options(self):
-        self.specs = _specs(self.config["methods"], f"explain(method={self.name!r})")
+        where = f"explain(method={self.name!r})"
+        self.specs = _specs(self.config["methods"], where)
+        check_real(self.config["var_constant"], where=where, name="var_constant", ge=0)
 
     def member_heatmaps(self, model, x, target, create_graph) -> torch.Tensor:
         target = predicted_target(model, x, target, where=f"explain(method={self.name!r})")

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from .._registry import Registry
-from .._validation import TargetLike, check_input, check_model, check_target
+from .._validation import (TargetLike, check_autograd, check_dtype_match, check_input, check_model, check_parameters,
+                           check_target, translate_runtime_error)
 
 _REGISTRY: Registry[Type["Explainer"]] = Registry("method")
 
@@ -29,14 +30,18 @@ COMMON_OPTIONS: Dict[str, Any] = {"softplus_beta": None}
 class Explainer(abc.ABC):
     """Base of all explanation methods.
 
-    Subclasses set ``name``, ``options`` (every accepted keyword with its default) and
-    ``differentiable_input`` (False where the map is not a smooth function of the input), and
-    implement :meth:`attribute`.
+    Subclasses set ``name``, ``options`` (every accepted keyword with its default),
+    ``differentiable_input`` (False where the map is not a smooth function of the input) and
+    ``needs_autograd``, and implement :meth:`attribute`; :meth:`validate_options` checks the
+    options (with :func:`manipex._validation.check_real` and its kin) when the method is made.
     """
 
     name: ClassVar[str] = ""
     options: ClassVar[Mapping[str, Any]] = {}
     differentiable_input: ClassVar[bool] = True
+    #: False where the map needs no gradient (occlusion): it then also works under
+    #: ``torch.inference_mode()`` unless ``create_graph`` is asked for.
+    needs_autograd: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -89,17 +94,25 @@ class Explainer(abc.ABC):
         where = f"explain(method={self.name!r})"
         check_model(model, where=where)
         check_input(x, where=where)
+        if not isinstance(create_graph, bool):
+            raise TypeError(f"{where}: create_graph must be True or False, got {create_graph!r}")
+        if self.needs_autograd or create_graph:
+            check_autograd(where)
+        check_parameters(model, where=where)
+        check_dtype_match(model, x, where=where)
         resolved = check_target(target, x.shape[0], where=where)
         if resolved is not None:
             resolved = resolved.to(x.device)
+        if x.is_inference():  # made under inference_mode: a normal tensor with the same values
+            x = x.clone()
         with torch.enable_grad():  # maps are gradients: also under a caller's no_grad()
             try:
                 h = self.compute(model, x, resolved, create_graph)
             except RuntimeError as err:  # e.g. a conv net given (N, H, W) instead of (N, C, H, W)
-                raise ValueError(
-                    f"{where}: the model raised an error on x of shape {tuple(x.shape)} and dtype "
-                    f"{x.dtype}; check that x has the shape and dtype the model expects. {err}"
-                ) from err
+                clear = translate_runtime_error(err, x, where=where)
+                if clear is err:
+                    raise
+                raise clear from err
         return h if create_graph else h.detach()
 
 

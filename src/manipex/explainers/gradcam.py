@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import select_target
+from .._validation import select_target, short
 from .base import Explainer, requires_grad_input
 
 
@@ -31,7 +31,7 @@ def find_layers(model: nn.Module, layer: Optional[Union[str, nn.Module]], where:
             return [model.get_submodule(layer)]
         except AttributeError:
             names = [n for n, _ in model.named_modules() if n]
-            raise ValueError(f"{where}: the model has no layer {layer!r}; layers: {', '.join(names[:20])}") from None
+            raise ValueError(f"{where}: the model has no layer {short(layer)}; layers: {', '.join(names[:20])}") from None
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
             raise ValueError(f"{where}: layer {type(layer).__name__} is not a submodule of the model")

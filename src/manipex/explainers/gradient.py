@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._validation import predicted_target, select_target
+from .._validation import check_choice, check_int, check_real, predicted_target, select_target
 from .base import Explainer, requires_grad_input
 
 
@@ -106,12 +106,11 @@ class IntegratedGradients(Explainer):
     options = {"steps": 50, "baseline": 0.0, "rule": "riemann_right", "batch_size": None}
 
     def validate_options(self):
-        c = self.config
-        if not isinstance(c["steps"], int) or isinstance(c["steps"], bool) or c["steps"] < 1:
-            raise ValueError(f"explain(method='integrated_gradients'): steps must be a positive int, got {c['steps']!r}")
-        if c["rule"] not in RULES:
-            raise ValueError(f"explain(method='integrated_gradients'): rule must be one of {RULES}, got {c['rule']!r}")
+        c, where = self.config, "explain(method='integrated_gradients')"
+        check_int(c["steps"], where=where, name="steps", ge=1)
+        check_choice(c["rule"], RULES, where=where, name="rule")
         check_batch_size(c["batch_size"], self.name)
+        check_baseline(c["baseline"], where)
 
     def attribute(self, model, x, target, create_graph):
         where = "explain(method='integrated_gradients')"
@@ -134,8 +133,7 @@ class IntegratedGradients(Explainer):
 
 
 def check_batch_size(batch_size: Optional[int], method: str) -> None:
-    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"explain(method={method!r}): batch_size must be None or a positive int, got {batch_size!r}")
+    check_int(batch_size, where=f"explain(method={method!r})", name="batch_size", ge=1, allow_none=True)
 
 
 def chunk_length(batch_size: Optional[int], n: int, copies: int) -> int:
@@ -143,6 +141,18 @@ def chunk_length(batch_size: Optional[int], n: int, copies: int) -> int:
     if batch_size is None:
         return copies
     return max(1, min(copies, batch_size // n))
+
+
+def check_baseline(baseline: object, where: str) -> None:
+    """A baseline option is a finite float or a finite floating tensor (its shape is checked
+    against ``x`` by :func:`broadcast_baseline`)."""
+    if isinstance(baseline, Tensor):
+        if not baseline.is_floating_point():
+            raise TypeError(f"{where}: baseline must be a float or a floating tensor, got dtype {baseline.dtype}")
+        if not bool(torch.isfinite(baseline).all()):
+            raise ValueError(f"{where}: baseline contains NaN or Inf values")
+        return
+    check_real(baseline, where=where, name="baseline")
 
 
 def broadcast_baseline(baseline: object, x: Tensor, where: str) -> Tensor:

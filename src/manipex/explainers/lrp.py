@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .._validation import short
 from .composites import Composite, composites, get_composite
 from .propagation import PropagationExplainer
 from .rules import check_number
@@ -57,8 +58,16 @@ class LRP(PropagationExplainer):
         if abs(c["alpha"] - c["beta"] - 1) > 1e-9:
             raise ValueError(f"{where}: alpha - beta must be 1 (conservation), got alpha={c['alpha']}, beta={c['beta']}")
         for key in ("low", "high"):
-            if not isinstance(c[key], (int, float, Tensor)) or isinstance(c[key], bool):
-                raise TypeError(f"{where}: {key} must be a float or a tensor, got {type(c[key]).__name__}")
+            value = c[key]
+            if not isinstance(value, (int, float, Tensor)) or isinstance(value, bool):
+                raise TypeError(f"{where}: {key} must be a float or a tensor, got {type(value).__name__}")
+            if isinstance(value, Tensor) and not value.is_floating_point():
+                raise TypeError(f"{where}: {key} must be a floating tensor, got dtype {value.dtype}")
+            if not bool(torch.isfinite(torch.as_tensor(value)).all()):
+                raise ValueError(f"{where}: {key} must be finite, got {short(value)}")
+        if not isinstance(c["low"], Tensor) and not isinstance(c["high"], Tensor) and not c["low"] < c["high"]:
+            raise ValueError(f"{where}: low must be below high (the input domain of zB), got low={c['low']}, "
+                             f"high={c['high']}")
 
     def attribute(self, model, x, target, create_graph):
         low, high = self.bounds(x, model)
@@ -83,6 +92,8 @@ class LRP(PropagationExplainer):
                     f"explain(method='lrp'): {key} of shape {tuple(b.shape)} does not broadcast to one "
                     f"input of shape {tuple(x.shape[1:])}"
                 ) from None
+        if bool((out[0] >= out[1]).any()):
+            raise ValueError("explain(method='lrp'): low must be below high everywhere (the input domain of zB)")
         if norm is not None:
             out = [norm(b).detach() for b in out]
         return out[0], out[1]

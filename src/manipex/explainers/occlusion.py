@@ -13,9 +13,9 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._validation import predicted_target
+from .._validation import check_int, predicted_target, short
 from .base import Explainer
-from .gradient import broadcast_baseline
+from .gradient import broadcast_baseline, check_baseline
 
 Size = Union[int, Sequence[int]]
 
@@ -43,6 +43,19 @@ class Occlusion(Explainer):
     name = "occlusion"
     options = {"window": 4, "stride": 2, "baseline": 0.0, "batch_size": 256}
     differentiable_input = False
+    needs_autograd = False
+
+    def validate_options(self):
+        where = "explain(method='occlusion')"
+        for key in ("window", "stride"):
+            value = self.config[key]
+            values = [value] if isinstance(value, int) else value if isinstance(value, (list, tuple)) else None
+            if values is None or not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1
+                                                   for v in values):
+                raise ValueError(f"{where}: {key} must be a positive int or a sequence of positive ints, "
+                                 f"got {short(value)}")
+        check_int(self.config["batch_size"], where=where, name="batch_size", ge=1)
+        check_baseline(self.config["baseline"], where)
 
     def attribute(self, model, x, target, create_graph):
         where = "explain(method='occlusion')"
@@ -52,8 +65,6 @@ class Occlusion(Explainer):
         if any(w > s for w, s in zip(window, spatial)):
             raise ValueError(f"{where}: window {window} is larger than the input's spatial size {tuple(spatial)}")
         batch_size = self.config["batch_size"]
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"{where}: batch_size must be a positive int, got {batch_size!r}")
         baseline = broadcast_baseline(self.config["baseline"], x, where)
         target = predicted_target(model, x, target, where=where)
         starts = list(itertools.product(*(range(0, s - w + 1, st) for s, w, st in zip(spatial, window, stride))))

@@ -25,11 +25,13 @@ and put it in a :class:`~manipex.explainers.composites.Composite`.
 from __future__ import annotations
 
 import abc
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from .._validation import short
 from .graph import Record
 
 Relevances = Union[Tensor, Sequence[Tensor]]
@@ -47,8 +49,9 @@ def stabilize(z: Tensor, eps: float) -> Tensor:
 
 
 def check_number(rule: str, key: str, value: object, minimum: float = 0.0) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= minimum:
-        raise ValueError(f"{rule}: {key} must be a number >= {minimum}, got {value!r}")
+    """``value`` as a finite float ``>= minimum`` (NaN and Inf refused), naming ``rule`` and ``key``."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not minimum <= value < math.inf:
+        raise ValueError(f"{rule}: {key} must be a finite number >= {minimum}, got {short(value)}")
     return float(value)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import predicted_target
+from .._validation import check_bool, check_int, check_real, predicted_target
 from .base import Explainer, get_explainer
 from .gradient import check_batch_size, chunk_length
 
@@ -41,11 +41,14 @@ class SmoothGrad(Explainer):
         c, where = self.config, "explain(method='smoothgrad')"
         if c["base"] == "smoothgrad":
             raise ValueError(f"{where}: base cannot be 'smoothgrad' itself")
+        if c["base_options"] is not None and not isinstance(c["base_options"], dict):
+            raise TypeError(f"{where}: base_options must be None or a dict of the base method's options, "
+                            f"got {type(c['base_options']).__name__}")
         self.base = get_explainer(c["base"], **(c["base_options"] or {}))
-        if not isinstance(c["samples"], int) or isinstance(c["samples"], bool) or c["samples"] < 1:
-            raise ValueError(f"{where}: samples must be a positive int, got {c['samples']!r}")
-        if not isinstance(c["sigma"], (int, float)) or isinstance(c["sigma"], bool) or c["sigma"] < 0:
-            raise ValueError(f"{where}: sigma must be a non-negative number, got {c['sigma']!r}")
+        check_int(c["samples"], where=where, name="samples", ge=1)
+        check_real(c["sigma"], where=where, name="sigma", ge=0)
+        check_bool(c["relative"], where=where, name="relative")
+        check_int(c["seed"], where=where, name="seed", ge=0, le=2**63 - 1, allow_none=True)
         check_batch_size(c["batch_size"], self.name)
 
     def attribute(self, model, x, target, create_graph):
