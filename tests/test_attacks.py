@@ -98,6 +98,22 @@ def test_batching_is_exact(setup):
         assert torch.allclose(single.metric_after, batch.metric_after[i : i + 1], atol=1e-9)
 
 
+@pytest.mark.parametrize("method, objective, optimizer", [("lrp", CenterOfMass(), "sign"),
+                                                         ("smoothgrad", TopKSuppression(k=20), "adam")])
+def test_an_image_alone_and_in_a_batch_agree_in_float64(setup, method, objective, optimizer):
+    """The README's promise: no image's result depends on the others of its batch (early stop,
+    kept iterate, SmoothGrad's noise), up to float64 rounding."""
+    model, x = setup
+    model, x = copy.deepcopy(model).double(), x[:3].double()
+    options = {"samples": 3, "seed": 0} if method == "smoothgrad" else {}
+    settings = dict(steps=8, eps=0.1, lr=0.01, optimizer=optimizer, check_every=2, patience=1, progress=False,
+                    method_options=options)
+    batch = manipulate_input(model, x, copy.copy(objective), method, **settings)
+    single = manipulate_input(model, x[1:2], copy.copy(objective), method, **settings)
+    assert (batch.x_adv[1:2] - x[1:2]).abs().max() > 1e-3  # the image did move
+    assert torch.allclose(single.x_adv, batch.x_adv[1:2], atol=1e-9)
+
+
 def test_adaptive_attack_on_smoothgrad_and_aggregates_runs(setup):
     model, x = setup
     for method, opts in [("smoothgrad", {"samples": 4, "seed": 0, "batch_size": 8}), ("agg_mean", {})]:
