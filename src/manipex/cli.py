@@ -275,7 +275,10 @@ def _expected_errors() -> tuple:
     folder in use): one line and exit code 2. Anything else is a bug: exit code 1."""
     from manipex.experiments.store import FolderInUseError
 
-    errors = [ValueError, TypeError, OSError, FolderInUseError]  # ConfigError and the checkpoint refusals are ValueErrors
+    import pickle
+
+    # ConfigError and the checkpoint refusals are ValueErrors; an empty or cut weights file: EOFError, UnpicklingError
+    errors = [ValueError, TypeError, OSError, FolderInUseError, EOFError, pickle.UnpicklingError]
     try:
         from safetensors import SafetensorError  # a damaged .safetensors file
 
@@ -316,7 +319,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < end)]
     command = argv[0] if argv and argv[0] in COMMANDS else ""
     prefix = f"manipex {command}".rstrip()
+    from manipex.experiments.store import DamagedResultsWarning
+
     with warnings.catch_warnings():
+        warnings.simplefilter("always", DamagedResultsWarning)  # each command reports the damage it finds
         if not debug:
             warnings.showwarning = _show_warning(prefix)
             # torch's note on a refused weights file's pickle protocol: the refusal itself is the message

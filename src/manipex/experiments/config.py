@@ -514,11 +514,33 @@ def _yaml_loader():
     return yaml, Loader
 
 
+# quoted strings, comments, and the brackets of YAML flow collections
+_YAML_FLOW = re.compile(rb'"(?:[^"\\]|\\.)*"?|\'(?:[^\']|\'\')*\'?|(?:^|(?<=\s))#[^\n]*|[\[\]{}]', re.M | re.S)
+
+
+def _flow_too_deep(raw: bytes) -> bool:
+    """Whether ``[`` and ``{`` outside quotes and comments nest deeper than :data:`MAX_DEPTH`: a
+    quick look before PyYAML, whose parser slows down with depth and recurses per level."""
+    depth = 0
+    for match in _YAML_FLOW.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        elif token in (b"]", b"}"):
+            depth = max(0, depth - 1)
+    return False
+
+
 def read_yaml(path: Path) -> Dict[str, Any]:
     """The mapping of a YAML file, read with safe-load rules (see the module docstring)."""
     yaml, Loader = _yaml_loader()
     name = short(str(path), 200)
     raw = _read_bytes(path)
+    if _flow_too_deep(raw):
+        raise ConfigError(f"config file {name} is refused: it is nested more than {MAX_DEPTH} levels deep; a config "
+                          "is a flat table of keys")
     try:
         data = yaml.load(raw, Loader=Loader)  # noqa: S506 -- Loader is a yaml.SafeLoader
     except yaml.YAMLError as err:
@@ -533,7 +555,8 @@ def read_yaml(path: Path) -> Dict[str, Any]:
         raise ConfigError(f"config file {name} is refused: {err}") from None
     except RecursionError:
         raise ConfigError(f"config file {name} is refused: it is nested too deeply") from None
-    except (ValueError, TypeError, OverflowError) as err:  # a value YAML's constructors fail on: 2001-13-45, 10**5000
+    except Exception as err:  # PyYAML's constructors fail in many ways on odd values: !!timestamp x (AttributeError),
+        # !!bool maybe (KeyError), !!float with no value (IndexError), 2001-13-45 and a 5000-digit integer (ValueError)
         raise ConfigError(f"config file {name} is not valid YAML: {type(err).__name__}: {_cut(str(err), 200)}") \
             from None
     return _parsed(path, data)

@@ -8,6 +8,7 @@ the sharding nor on interruptions.
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import sys
 import time
@@ -168,6 +169,11 @@ def _run_locked(experiment, config, store: ResultStore, folder: Path, rank: int,
     # before meta.json is written: a run refused there leaves the folder as it was
     try:
         ctx = experiment.setup(config, Context(out=folder, device=device, progress=not quiet)) if todo else None
+    except (EOFError, pickle.UnpicklingError) as err:  # a weights file that is empty or cut short
+        weights = getattr(config, "weights", "")
+        which = f"config key 'weights': {short(weights, 200)}" if weights else f"a model file in {folder / 'models'}"
+        raise ConfigError(f"{which} cannot be read ({type(err).__name__}: {str(err) or 'the file ends too early'})") \
+            from None
     except Exception as err:
         if type(err).__name__ != "SafetensorError":  # safetensors' own error: not a ValueError
             raise

@@ -319,7 +319,7 @@ class FolderLock:
             who = f"pid {info['pid']}"
             host = info.get("host")
             if isinstance(host, str) and host != socket.gethostname():
-                who += f" on host {short(host, 60)}"
+                who += f" on host {host[:60]}"
         return FolderInUseError(f"{self.folder} is being written by another manipex run ({who}); wait for it or use "
                                 "another --out")
 
