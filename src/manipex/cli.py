@@ -32,7 +32,10 @@ def _explain(args: argparse.Namespace) -> int:
     methods = args.methods or sorted(manipex.methods(), key=lambda m: (m not in DISPLAY_ORDER, DISPLAY_ORDER.index(m) if m in DISPLAY_ORDER else 0, m))
     unknown = [m for m in methods if m not in manipex.methods()]
     if unknown:
-        print(f"manipex explain: unknown method {unknown[0]!r}; available: {', '.join(manipex.methods())}", file=sys.stderr)
+        from manipex.experiments.config import short
+
+        print(f"manipex explain: unknown method {short(unknown[0])}; available: {', '.join(manipex.methods())}",
+              file=sys.stderr)
         return 2
     if args.n < 1:
         print("manipex explain: --n must be at least 1", file=sys.stderr)
