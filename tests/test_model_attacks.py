@@ -90,6 +90,28 @@ def test_interrupted_run_resumes_to_the_same_model(mnist, tmp_path, monkeypatch)
         assert torch.equal(p, q)
 
 
+@pytest.mark.parametrize("content", ["state_dict", "garbage", "pickle", "other_settings"])
+def test_a_checkpoint_path_holding_another_file_is_refused_and_left_untouched(mnist, tmp_path, content):
+    """A user's own weights at the checkpoint path must never be overwritten (issue 12)."""
+    model, (x, y), _ = mnist
+    data = (x[:64], y[:64])
+    path = tmp_path / "my_weights.pt"
+    if content == "state_dict":
+        torch.save(model.state_dict(), path)
+    elif content == "garbage":
+        path.write_bytes(b"\x00not a checkpoint" * 10)
+    elif content == "pickle":
+        import pickle
+
+        path.write_bytes(pickle.dumps({"key": "x", "model": {}, "optimizer": {}, "epoch": 1, "history": []}))
+    else:  # a manipulate_model checkpoint of another run
+        manipulate_model(model, data, CORNER, "gradient", lam=0.03, epochs=1, checkpoint=path, progress=False)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="other settings" if content == "other_settings" else "not a manipulate_model"):
+        manipulate_model(model, data, CORNER, "gradient", lam=0.5, epochs=1, checkpoint=path, progress=False)
+    assert path.read_bytes() == before
+
+
 def _protected_mask():
     mask = torch.zeros(12, dtype=torch.bool)
     mask[sum(adult_protected_indices().values(), [])] = True

@@ -113,9 +113,15 @@ def check_parameters(model: nn.Module, *, where: str) -> None:
 
 
 def check_dtype_match(model: nn.Module, x: Tensor, *, where: str, name: str = "x") -> None:
-    """``x`` has the dtype of the model's floating parameters (a float64 model with float32
-    inputs, or float16 inputs with a float32 model, fails deep inside a layer otherwise)."""
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    """``x`` has the dtype and device of the model's floating parameters (a float64 model with
+    float32 inputs, or float16 inputs with a float32 model, fails deep inside a layer
+    otherwise). A model spread over several dtypes or devices is left to itself."""
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    devices = {p.device for p in params}
+    if len(devices) == 1 and x.device not in devices:
+        raise ValueError(f"{where}: {name} is on {x.device} but the model's parameters are on "
+                         f"{next(iter(devices))}; move one of them (e.g. {name}.to({str(next(iter(devices)))!r}))")
+    dtypes = {p.dtype for p in params}
     if len(dtypes) == 1 and x.dtype not in dtypes:
         (dtype,) = dtypes
         raise TypeError(f"{where}: {name} has dtype {x.dtype} but the model's parameters are {dtype}; "
@@ -178,6 +184,35 @@ def check_target(target: TargetLike, n: int, *, where: str) -> Optional[Tensor]:
     raise TypeError(
         f"{where}: target must be None, an int or a tensor of class indices, got {type(target).__name__}"
     )
+
+
+def check_call(model: object, x: object, *, where: str, autograd: bool = True, name: str = "x") -> Tensor:
+    """The checks of every entry point that runs ``model`` on a batch ``x``, before any work:
+    the model (eval mode, finite parameters), the batch (float, non-empty, finite), matching
+    dtypes, and autograd available when the work needs gradients."""
+    check_model(model, where=where)
+    check_input(x, where=where, name=name)
+    if autograd:
+        check_autograd(where)
+    check_parameters(model, where=where)
+    check_dtype_match(model, x, where=where, name=name)
+    return x
+
+
+def check_labelled_data(data: Any, *, where: str) -> "tuple[Tensor, Tensor]":
+    """``data`` as ``(x, y)``: a float batch and ``N`` integer labels as a LongTensor (their
+    range is checked against the model's outputs with :func:`check_target_range`)."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise TypeError(f"{where}: data must be a pair (x, y) of tensors, got {type(data).__name__}")
+    x, y = data
+    check_input(x, where=where)
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{where}: labels y must be a tensor of N class indices, got {type(y).__name__}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"{where}: labels y must hold integer class indices, got dtype {y.dtype}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"{where}: labels y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    return x, y.long()
 
 
 def describe(value: Any) -> str:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import TargetLike, check_input, check_model, check_target, predicted_target
+from ._validation import TargetLike, check_call, check_int, check_real, check_target, predicted_target, short
 
 
 def _shape_operator(model: nn.Module, x: Tensor, k: Tensor):
@@ -59,8 +59,9 @@ def principal_curvature(
     everywhere and the curvature sits in the kinks.
     """
     where = "principal_curvature"
-    check_model(model, where=where)
-    check_input(x, where=where)
+    check_call(model, x, where=where)
+    check_int(iters, where=where, name="iters", ge=1)
+    check_int(seed, where=where, name="seed", ge=0, le=2**63 - 1)
     k = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
     n, d = x.shape[0], x[0].numel()
     m = min(iters, d)
@@ -131,7 +132,14 @@ def curvature_vs_beta(model: nn.Module, x: Tensor, betas: Sequence[float] = (1.0
 
     from .surgery import softplus
 
-    k = predicted_target(model, x, check_target(target, x.shape[0], where="curvature_vs_beta"), where="curvature_vs_beta")
+    where = "curvature_vs_beta"
+    check_call(model, x, where=where)
+    if isinstance(betas, (int, float)) or not isinstance(betas, (list, tuple)) or not betas:
+        raise TypeError(f"{where}: betas must be a non-empty sequence of softplus betas, got {short(betas)}")
+    for beta in betas:
+        check_real(beta, where=where, name="each of betas", gt=0)
+    check_int(iters, where=where, name="iters", ge=1)
+    k = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
     rows = {}
     for beta in betas:
         with softplus(model, beta):

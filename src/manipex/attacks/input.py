@@ -31,9 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import surgery
-from .._validation import (TargetLike, check_autograd, check_bool, check_choice, check_dtype_match, check_input,
-                           check_int, check_model, check_parameters, check_real, check_target, predicted_target,
-                           short)
+from .._validation import (TargetLike, check_bool, check_call, check_choice, check_int, check_real, check_target,
+                           predicted_target, short)
 from ..explainers import explain, get_explainer, relevance
 from ..metrics import class_agreement, output_change
 from ..objectives import Objective
@@ -269,15 +268,11 @@ def manipulate_input(
         :class:`InputAttackResult`.
     """
     where = "manipulate_input"
-    check_model(model, where=where)
-    check_input(x, where=where)
+    check_call(model, x, where=where)
     if not isinstance(objective, Objective):
         raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got {type(objective).__name__}")
     _check_options(steps, lr, gamma, beta, optimizer, norm, check_every, patience,
                    {"smooth_pools": smooth_pools, "keep_best": keep_best, "revert": revert, "progress": progress})
-    check_autograd(where)
-    check_parameters(model, where=where)
-    check_dtype_match(model, x, where=where)
     if method_options is not None and not isinstance(method_options, dict):
         raise TypeError(f"{where}: method_options must be None or a dict, got {type(method_options).__name__}")
     method_options = dict(method_options or {})

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import surgery
-from .._validation import (check_autograd, check_bool, check_choice, check_dtype_match, check_input, check_int,
-                           check_model, check_parameters, check_real, check_target_range, forward, short)
+from .._validation import (check_bool, check_call, check_choice, check_int, check_labelled_data, check_model,
+                           check_real, check_target_range, forward, short)
 from ..explainers import explain, get_explainer, relevance
 from ..objectives import Objective
 
@@ -52,22 +52,6 @@ def _trainable_names(model: nn.Module, trainable: Optional[Sequence[str]]) -> Li
     if unknown:
         raise ValueError(f"manipulate_model: no parameter named {unknown[0]!r}; parameters: {', '.join(names)}")
     return chosen
-
-
-def _check_data(data: Any, where: str) -> Tuple[Tensor, Tensor]:
-    """``data`` as ``(x, y)``: a float batch and ``N`` integer labels (their range is checked
-    against the model's outputs once it has run)."""
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{where}: data must be a pair (x, y) of tensors, got {type(data).__name__}")
-    x, y = data
-    check_input(x, where=where)
-    if not isinstance(y, Tensor):
-        raise TypeError(f"{where}: labels y must be a tensor of N class indices, got {type(y).__name__}")
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"{where}: labels y must hold integer class indices, got dtype {y.dtype}")
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"{where}: labels y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
-    return x, y.long()
 
 
 #: Marks a checkpoint written by :func:`manipulate_model`, so that no other file is ever overwritten.
@@ -151,7 +135,7 @@ def manipulate_model(
     """
     where = "manipulate_model"
     check_model(model, where=where)
-    x, y = _check_data(data, where)
+    x, y = check_labelled_data(data, where=where)
     if not isinstance(objective, Objective):
         raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got {type(objective).__name__}")
     check_choice(classification, CLASSIFICATION_TERMS, where=where, name="classification")
@@ -165,9 +149,7 @@ def manipulate_model(
     if gamma is None:
         gamma = 1.0 if classification == "cross_entropy" else 10.0
     check_real(gamma, where=where, name="gamma", ge=0)
-    check_autograd(where)
-    check_parameters(model, where=where)
-    check_dtype_match(model, x, where=where)
+    check_call(model, x, where=where)
     if method_options is not None and not isinstance(method_options, dict):
         raise TypeError(f"{where}: method_options must be None or a dict, got {type(method_options).__name__}")
     method_options = dict(method_options or {})
@@ -271,9 +253,9 @@ def evaluate_manipulation(
     from ..models import accuracy
 
     where = "evaluate_manipulation"
-    check_model(original, where=f"{where}: original")
-    check_model(manipulated, where=f"{where}: manipulated")
-    x, y = _check_data(data, where)
+    x, y = check_labelled_data(data, where=where)
+    check_call(original, x, where=f"{where}: original")
+    check_call(manipulated, x, where=f"{where}: manipulated")
     if not isinstance(objective, Objective):
         raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got {type(objective).__name__}")
     if isinstance(methods, str) or not isinstance(methods, (list, tuple)) or not methods:

@@ -6,7 +6,8 @@ from typing import Any, Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
-from ..explainers import explain, relevance
+from .._validation import check_call, check_target, predicted_target, short
+from ..explainers import explain, get_explainer, relevance
 from ..objectives import Objective
 from .input import manipulate_input
 
@@ -30,9 +31,21 @@ def transfer_matrix(
     """
     import pandas as pd
 
+    where = "transfer_matrix"
+    check_call(model, x, where=where)
+    for name, names in (("methods", methods), ("eval_methods", eval_methods)):
+        if names is None and name == "eval_methods":
+            continue
+        if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+            raise TypeError(f"{where}: {name} must be a non-empty sequence of method names, got {short(names)}")
+    if method_options is not None and not isinstance(method_options, dict):
+        raise TypeError(f"{where}: method_options must be None or a dict of method -> options")
     eval_methods = list(eval_methods or methods)
     method_options = method_options or {}
+    for method in list(methods) + eval_methods:
+        get_explainer(method, **method_options.get(method, {}))  # unknown names or options: before any work
     target = attack_options.pop("target", None)
+    t = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
     rows = {}
     for a in methods:
         result = manipulate_input(model, x, copy.deepcopy(objective), a, target=target,
@@ -40,7 +53,6 @@ def transfer_matrix(
         row = {}
         for b in eval_methods:
             opts = method_options.get(b, {})
-            t = model(x).argmax(1) if target is None else target
 
             def fn(inputs: Tensor, b: str = b, opts: Dict = opts) -> Tensor:
                 return relevance(explain(model, inputs, b, t, **opts))

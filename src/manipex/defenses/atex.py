@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_input, check_model
+from .._validation import check_bool, check_call, check_int, check_real, forward
 from ..explainers import explain
 
 
@@ -101,14 +101,17 @@ def atex_finetune(
         lr, batch_size, epochs: Adam schedule. seed: sampling and batch order.
     """
     where = "atex_finetune"
-    check_model(model, where=where)
-    check_input(x, where=where)
+    check_call(model, x, where=where)
     for name, value in (("copies", copies), ("samples", samples), ("batch_size", batch_size), ("epochs", epochs)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+        check_int(value, where=where, name=name, ge=1)
     for name, value in (("eps", eps), ("temperature", temperature), ("lr", lr)):
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise ValueError(f"{where}: {name} must be positive, got {value!r}")
+        check_real(value, where=where, name=name, gt=0)
+    check_real(alpha, where=where, name="alpha", ge=0)
+    check_real(shift, where=where, name="shift", gt=0, allow_none=True)
+    check_int(seed, where=where, name="seed", ge=0, le=2**63 - 1)
+    check_bool(progress, where=where, name="progress")
+    with torch.no_grad():
+        forward(model, x[:1], where=where)  # a model that fails on x, or returns no logits: before training
     shift = 4 * eps if shift is None else shift
     student = copy.deepcopy(model)
     for p in student.parameters():

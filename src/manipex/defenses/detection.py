@@ -23,7 +23,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_input, check_int, check_model, check_real, forward, short
+from .._validation import (check_call, check_int, check_labelled_data, check_model, check_real, check_target_range,
+                           forward, short)
 from ..explainers import explain, relevance
 from ..metrics import pcc
 from ..objectives import Objective
@@ -297,12 +298,8 @@ def weight_noise_test(
 
     where = "weight_noise_test"
     check_model(model, where=where)
-    if not isinstance(data, (tuple, list)) or len(data) != 2:
-        raise TypeError(f"{where}: data must be a pair (x, y) of tensors, got {type(data).__name__}")
-    x, y = data
-    check_input(x, where=where)
-    if not isinstance(y, Tensor) or y.shape != (x.shape[0],) or y.is_floating_point():
-        raise ValueError(f"{where}: y must be {x.shape[0]} integer labels, got {short(getattr(y, 'shape', y))}")
+    x, y = check_labelled_data(data, where=where)
+    check_call(model, x, where=where)
     if not isinstance(objective, Objective):
         raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got {type(objective).__name__}")
     if isinstance(sigmas, (int, float)) or not isinstance(sigmas, (list, tuple)) or not sigmas:
@@ -311,7 +308,9 @@ def weight_noise_test(
         check_real(sigma, where=where, name="each of sigmas", ge=0)
     opts = dict(method_options or {})
     with torch.no_grad():
-        target = forward(model, x, where=where).argmax(1)
+        logits = forward(model, x, where=where)
+    check_target_range(y, logits.shape[1], where=where, what="label")
+    target = logits.argmax(1)
     rows = {}
     for sigma in sigmas:
         noisy = with_weight_noise(model, sigma, seed)

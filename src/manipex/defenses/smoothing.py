@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
+from .._validation import check_call, check_input, check_real, predicted_target, short
 from ..attacks import manipulate_input
 from ..explainers import explain, relevance
 from ..metrics import pcc
@@ -43,9 +44,18 @@ def beta_sweep(
     """
     import pandas as pd
 
+    where = "beta_sweep"
+    check_call(model, x, where=where)
+    check_input(x_target, where=where, name="x_target")
+    if x_target.shape != x.shape:
+        raise ValueError(f"{where}: x_target must have x's shape {tuple(x.shape)}, got {tuple(x_target.shape)}")
+    if isinstance(betas, (int, float)) or not isinstance(betas, (list, tuple)) or not betas:
+        raise TypeError(f"{where}: betas must be a non-empty sequence of softplus betas or None, got {short(betas)}")
+    for beta in betas:
+        check_real(beta, where=where, name="each of betas", gt=0, allow_none=True)
     opts = dict(method_options or {})
     result = manipulate_input(model, x, TargetImage(x_target), method, method_options=opts, **attack_options)
-    target = model(x).argmax(1)
+    target = predicted_target(model, x, None, where=where)
     rows = {}
     for beta in betas:
         def heat(inputs: Tensor) -> Tensor:

@@ -17,8 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .._registry import Registry
-from .._validation import (TargetLike, check_autograd, check_dtype_match, check_input, check_model, check_parameters,
-                           check_target, translate_runtime_error)
+from .._validation import TargetLike, check_call, check_target, translate_runtime_error
 
 _REGISTRY: Registry[Type["Explainer"]] = Registry("method")
 
@@ -92,14 +91,9 @@ class Explainer(abc.ABC):
         self, model: nn.Module, x: Tensor, target: TargetLike = None, *, create_graph: bool = False
     ) -> Tensor:
         where = f"explain(method={self.name!r})"
-        check_model(model, where=where)
-        check_input(x, where=where)
         if not isinstance(create_graph, bool):
             raise TypeError(f"{where}: create_graph must be True or False, got {create_graph!r}")
-        if self.needs_autograd or create_graph:
-            check_autograd(where)
-        check_parameters(model, where=where)
-        check_dtype_match(model, x, where=where)
+        check_call(model, x, where=where, autograd=self.needs_autograd or create_graph)
         resolved = check_target(target, x.shape[0], where=where)
         if resolved is not None:
             resolved = resolved.to(x.device)

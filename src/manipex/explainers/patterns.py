@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_input, check_model
+from .._validation import check_autograd, check_call, check_input, check_model, check_parameters, translate_runtime_error
 from .graph import Graph, Layer, model_graph
 from .propagation import PropagationExplainer
 from .rules import vjp
@@ -81,11 +81,16 @@ def fit_patterns(
     Returns:
         :class:`Patterns`, to pass as ``explain(model, x, "pattern_attribution", patterns=...)``.
     """
-    check_model(model, where="fit_patterns")
+    where = "fit_patterns"
+    check_model(model, where=where)
+    if isinstance(data, Tensor):
+        check_call(model, data, where=where, name="data")
+    else:
+        check_autograd(where)  # patterns made under inference_mode could not enter a map's graph later
+        check_parameters(model, where=where)
     graph = model_graph(model, "pattern_attribution")
     rectified = {layer.node: _feeds_rectifier(graph, layer) for layer in graph.layers.values() if _is_patterned(layer)}
     if isinstance(data, Tensor):
-        check_input(data, where="fit_patterns", name="data")
         batches: Iterable = data.split(batch_size)
     else:
         batches = data
@@ -94,7 +99,17 @@ def fit_patterns(
     with torch.no_grad():  # fitting is estimation, not part of any differentiated map
         for batch in batches:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            _, records = graph.forward(x)
+            if not isinstance(x, Tensor):
+                raise TypeError(f"{where}: data must be a tensor or an iterable of tensors or (x, y) batches, "
+                                f"got a batch of type {type(x).__name__}")
+            check_input(x, where=where, name="a batch of data")
+            try:
+                _, records = graph.forward(x)
+            except RuntimeError as err:
+                clear = translate_runtime_error(err, x, where=where)
+                if clear is err:
+                    raise
+                raise clear from err
             for record in records:
                 layer = record.layer
                 if not _is_patterned(layer):

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_model, check_output
+from .._validation import check_dtype_match, check_model, forward
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 """Floating dtypes that metrics compute in float32."""
@@ -146,25 +146,9 @@ def model_outputs(model: object, x: object, x_adv: object, *, where: str) -> Tup
     x_adv = check_batch(x_adv, where=where, name="x_adv")
     _check_alike(x, x_adv, where=where, names=("x", "x_adv"))
     for name, t in (("x", x), ("x_adv", x_adv)):
-        _check_matches_model(model, t, where=where, name=name)
+        check_dtype_match(model, t, where=where, name=name)
     with torch.no_grad():
-        out = check_output(model(x), x.shape[0], where=where)
-        out_adv = check_output(model(x_adv), x.shape[0], where=where)
+        out, out_adv = forward(model, x, where=where), forward(model, x_adv, where=where)
     check_finite(out, where=where, name="the model's output at x")
     check_finite(out_adv, where=where, name="the model's output at x_adv")
     return out, out_adv
-
-
-def _check_matches_model(model: nn.Module, x: Tensor, *, where: str, name: str) -> None:
-    """``x`` on the device and in the floating dtype of the model's parameters, when all the
-    parameters agree on them (a model spread over devices or dtypes is left to itself)."""
-    params = [p for p in model.parameters() if p.is_floating_point()]
-    devices = {p.device for p in params}
-    dtypes = {p.dtype for p in params}
-    if len(devices) == 1 and x.device not in devices:
-        raise ValueError(f"{where}: {name} is on {x.device} but the model's parameters are on {next(iter(devices))}")
-    if len(dtypes) == 1 and x.dtype not in dtypes:
-        raise TypeError(
-            f"{where}: {name} has dtype {x.dtype} but the model's parameters are {next(iter(dtypes))}; "
-            "convert one of them"
-        )
