@@ -452,3 +452,29 @@ def test_the_table_is_large():
     cases = (len(ENTRY_POINTS) * (len(MODEL_KINDS) + len(X_KINDS)) + takes_target * len(TARGET_KINDS)
              + 3 * len(LABEL_KINDS) + len(ENTRY_POINTS) + len(MODEL_ONLY) * (len(MODEL_KINDS) - 1) + len(OPTIONS))
     assert cases >= 200, cases
+
+
+class Raises(nn.Module):
+    """A model whose forward raises ``error`` (after a first layer, as a real failure would)."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.layer = nn.Linear(784, 10)
+        self.error = error
+
+    def forward(self, x):
+        self.layer(x.flatten(1))
+        raise self.error
+
+
+@pytest.mark.parametrize("method", ["gradient", "smoothgrad", "integrated_gradients", "occlusion"])
+def test_out_of_memory_passes_with_advice_and_other_errors_pass_unchanged(base, method):
+    x = base[1]
+    oom = Raises(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")).eval()
+    with pytest.raises(torch.OutOfMemoryError) as info:
+        manipex.explain(oom, x, method)
+    assert any("batch" in note for note in getattr(info.value, "__notes__", []))
+    bug = Raises(RuntimeError("the user's own assertion failed")).eval()
+    with pytest.raises(RuntimeError, match="the user's own assertion failed") as info:
+        manipex.explain(bug, x, method)
+    assert "check that x has the shape" not in str(info.value)  # not relabelled as a shape problem
