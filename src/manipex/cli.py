@@ -295,6 +295,8 @@ def _one_line(err: BaseException) -> str:
     """An error as one line: an OSError as its reason and file, others as their message."""
     if isinstance(err, OSError) and err.strerror and err.filename is not None:
         text = f"{err.strerror}: {err.filename}" + (f" -> {err.filename2}" if err.filename2 is not None else "")
+    elif isinstance(err, EOFError) and not str(err):
+        text = "EOFError: a file ends too early (is it empty or cut short?)"
     else:
         text = str(err) or type(err).__name__
     text = " ".join(text.split())

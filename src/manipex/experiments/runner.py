@@ -86,6 +86,18 @@ def _make_folder(folder: Path) -> List[Path]:
     return created
 
 
+def _unreadable(err: Exception, config: Any, folder: Path) -> Exception:
+    """``err`` as a :class:`ConfigError` naming the config's files where it is a model file that
+    cannot be read (empty or cut short: ``EOFError``, ``UnpicklingError``; a damaged
+    ``.safetensors``: safetensors' own error, which is no ``ValueError``); else ``err`` itself."""
+    if not isinstance(err, (EOFError, pickle.UnpicklingError)) and type(err).__name__ != "SafetensorError":
+        return err
+    files = [f"'{k}' ({short(getattr(config, k), 200)})" for k in ("weights", "references") if getattr(config, k, None)]
+    where = "config key " + " or ".join(files) if files else f"a model file in {folder / 'models'}"
+    why = str(err) or "the file ends too early: is it empty or cut short?"
+    return ConfigError(f"{where}: a weights file cannot be read ({type(err).__name__}: {why})")
+
+
 def _remove_empty(folders: List[Path]) -> None:
     for path in folders:
         try:
@@ -169,17 +181,8 @@ def _run_locked(experiment, config, store: ResultStore, folder: Path, rank: int,
     # before meta.json is written: a run refused there leaves the folder as it was
     try:
         ctx = experiment.setup(config, Context(out=folder, device=device, progress=not quiet)) if todo else None
-    except (EOFError, pickle.UnpicklingError) as err:  # a weights file that is empty or cut short
-        weights = getattr(config, "weights", "")
-        which = f"config key 'weights': {short(weights, 200)}" if weights else f"a model file in {folder / 'models'}"
-        raise ConfigError(f"{which} cannot be read ({type(err).__name__}: {str(err) or 'the file ends too early'})") \
-            from None
     except Exception as err:
-        if type(err).__name__ != "SafetensorError":  # safetensors' own error: not a ValueError
-            raise
-        weights = getattr(config, "weights", "")
-        which = f"config key 'weights' ({short(weights, 200)}) or a model" if weights else "a model"
-        raise ConfigError(f"{which} in {folder / 'models'} is not a readable .safetensors file: {err}") from None
+        raise _unreadable(err, config, folder) from None
     if rank == 0:
         store.write_meta({"experiment": experiment.name, "config": config.to_dict(), "seed": getattr(config, "seed", None),
                           "environment": environment(device), "world_size": world, "started": time.time()})
@@ -188,7 +191,11 @@ def _run_locked(experiment, config, store: ResultStore, folder: Path, rank: int,
                            enabled=not quiet)
         for unit in todo:
             bar.set_postfix_str(unit.id, refresh=False)
-            store.append(unit.id, experiment.run_unit(unit, ctx, config))
+            try:
+                rows = experiment.run_unit(unit, ctx, config)
+            except Exception as err:
+                raise _unreadable(err, config, folder) from None
+            store.append(unit.id, rows)
             bar.update(1)
         bar.close()
     if world > 1:
