@@ -21,7 +21,7 @@ from manipex.defenses import atex_finetune, beta_sweep, detect_manipulation, noi
 from manipex.defenses.detection import with_weight_noise
 from manipex.geometry import curvature_vs_beta, principal_curvature
 from manipex.metrics import class_agreement, output_change
-from manipex.objectives import CenterOfMass, TargetImage
+from manipex.objectives import CenterOfMass, HideFeatures, RegionHighlight, TargetImage, TargetMap, TopKSuppression
 
 N = 4
 
@@ -432,6 +432,24 @@ OPTIONS = [
     ("beta_sweep x_target shape", lambda m, x, c: beta_sweep(m, x, x[:2], **ATTACK), ValueError, "x_target"),
     ("beta_sweep betas nan", lambda m, x, c: beta_sweep(m, x, c["x_target"], betas=[nan], **ATTACK), ValueError,
      "betas"),
+    # objectives
+    ("TargetMap nan", lambda m, x, c: manipulate_input(m, x, TargetMap(torch.full((N, 28, 28), nan)), **ATTACK),
+     ValueError, "NaN"),
+    ("TargetMap zero", lambda m, x, c: manipulate_input(m, x, TargetMap(torch.zeros(N, 28, 28)), **ATTACK),
+     ValueError, "zero everywhere"),
+    ("TargetMap integer", lambda m, x, c: TargetMap(torch.ones(N, 28, 28, dtype=torch.long)), TypeError, "float"),
+    ("TargetImage nan", lambda m, x, c: manipulate_input(m, x, TargetImage(c["x_target"] * nan), **ATTACK),
+     ValueError, "NaN"),
+    ("CenterOfMass point nan", lambda m, x, c: CenterOfMass((nan, 0.0)), ValueError, "point"),
+    ("CenterOfMass point string", lambda m, x, c: CenterOfMass("corner"), TypeError, "point"),
+    ("TopKSuppression k 0", lambda m, x, c: TopKSuppression(0), ValueError, "k"),
+    ("TopKSuppression k too large", lambda m, x, c: manipulate_input(m, x, TopKSuppression(10**6), **ATTACK),
+     ValueError, "exceeds"),
+    ("RegionHighlight mask of 2s", lambda m, x, c: RegionHighlight(torch.full((28, 28), 2.0)), ValueError, "0/1"),
+    ("RegionHighlight empty mask", lambda m, x, c: RegionHighlight(torch.zeros(28, 28)), ValueError, "no feature"),
+    ("RegionHighlight mask shape", lambda m, x, c: manipulate_input(
+        m, x, RegionHighlight(torch.ones(5, 5)), **ATTACK), ValueError, "mask"),
+    ("HideFeatures mask list", lambda m, x, c: HideFeatures([1, 0]), TypeError, "mask"),
     ("transfer methods string", lambda m, x, c: transfer_matrix(m, x, CenterOfMass(), "gradient", **ATTACK),
      TypeError, "methods"),
     ("transfer unknown method", lambda m, x, c: transfer_matrix(m, x, CenterOfMass(), ["gradient", "nope"],
@@ -478,3 +496,8 @@ def test_out_of_memory_passes_with_advice_and_other_errors_pass_unchanged(base, 
     with pytest.raises(RuntimeError, match="the user's own assertion failed") as info:
         manipex.explain(bug, x, method)
     assert "check that x has the shape" not in str(info.value)  # not relabelled as a shape problem
+
+
+def test_a_numpy_integer_target_is_a_class_index(base):
+    model, x, _, _ = base
+    assert torch.equal(manipex.explain(model, x, "gradient", np.int64(3)), manipex.explain(model, x, "gradient", 3))

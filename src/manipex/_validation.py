@@ -6,6 +6,7 @@ value) with a message that names the argument, and never changes its arguments.
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 from typing import Any, Optional, Union
 
@@ -169,8 +170,8 @@ def check_target(target: TargetLike, n: int, *, where: str) -> Optional[Tensor]:
         return None
     if isinstance(target, bool):
         raise TypeError(f"{where}: target must be None, an int or a tensor of class indices, got bool")
-    if isinstance(target, int):
-        return torch.full((n,), target, dtype=torch.long)
+    if isinstance(target, numbers.Integral):  # an int, or a NumPy integer such as y[i] of an array
+        return torch.full((n,), int(target), dtype=torch.long)
     if isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
             raise TypeError(f"{where}: target must hold integer class indices, got dtype {target.dtype}")

@@ -39,6 +39,7 @@ from typing import Callable, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from ._validation import short
 from .metrics import center_of_mass, mass_in, pcc, topk_intersection
 
 ExplainFn = Callable[[Tensor], Tensor]  # inputs -> normalised relevance maps
@@ -129,6 +130,12 @@ class TargetMap(Objective):
     def __init__(self, target: Tensor) -> None:
         if not isinstance(target, Tensor) or not target.is_floating_point():
             raise TypeError("TargetMap: target must be a float tensor of maps")
+        if target.dim() < 2 or target.shape[0] == 0:
+            raise ValueError(f"TargetMap: target must be a batch of maps (N, ...), got shape {tuple(target.shape)}")
+        if not bool(torch.isfinite(target).all()):
+            raise ValueError("TargetMap: target contains NaN or Inf values")
+        if bool((target.flatten(1).abs().sum(1) == 0).any()):
+            raise ValueError("TargetMap: a target map is zero everywhere; it has no shape to drive a map to")
         t = target.abs()
         self.target = t / (t.flatten(1).sum(1).reshape(-1, *([1] * (t.dim() - 1))) + 1e-12)
 
@@ -224,7 +231,15 @@ class CenterOfMass(Objective):
     """
 
     def __init__(self, point: Union[None, Sequence[float], Tensor] = None) -> None:
-        self.point = None if point is None else torch.as_tensor(point, dtype=torch.float32)
+        if point is not None:
+            try:
+                point = torch.as_tensor(point, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise TypeError(f"CenterOfMass: point must be a sequence of coordinates, got {short(point)}") from None
+            if point.dim() != 1 or point.numel() == 0 or not bool(torch.isfinite(point).all()):
+                raise ValueError(f"CenterOfMass: point must be finite coordinates, one per map axis, e.g. (0, 0); "
+                                 f"got {short(point.tolist())}")
+        self.point = point
         self.start_com: Optional[Tensor] = None
         self.metric_name = "com_distance_to_point" if point is not None else "com_shift"
         self.metric_higher_is_better = point is None
@@ -264,11 +279,20 @@ class CenterOfMass(Objective):
         return self._inherit(out)
 
 
+def _check_mask(mask: object, name: str) -> Tensor:
+    """A region: a tensor of 0/1 (or bool) values, not empty (broadcast to the maps later)."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name}: mask must be a tensor (bool or 0/1) of the map's shape, got {type(mask).__name__}")
+    if mask.numel() == 0 or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name}: mask must hold only 0/1 (or bool) values, and at least one")
+    if not bool(mask.bool().any()):
+        raise ValueError(f"{name}: mask selects no feature")
+    return mask
+
+
 class _Region(Objective):
     def __init__(self, mask: Tensor) -> None:
-        if not isinstance(mask, Tensor):
-            raise TypeError(f"{type(self).__name__}: mask must be a tensor (bool or 0/1) of the map's shape")
-        self.mask = mask.float()
+        self.mask = _check_mask(mask, type(self).__name__).float()
 
     def _mask(self, r: Tensor) -> Tensor:
         m = self.mask.to(r)
@@ -330,9 +354,7 @@ class HideFeatures(Objective):
     metric_name, metric_higher_is_better = "mass_in_region", False
 
     def __init__(self, mask: Tensor) -> None:
-        if not isinstance(mask, Tensor):
-            raise TypeError("HideFeatures: mask must be a tensor (bool or 0/1) of the map's shape")
-        self.mask = mask.bool()
+        self.mask = _check_mask(mask, "HideFeatures").bool()
         self.target: Optional[Tensor] = None
 
     def prepare(self, explain_fn, x, r_start):
