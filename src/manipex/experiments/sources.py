@@ -27,6 +27,7 @@ when the model is loaded, before any unit runs, with errors that name the key.
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .config import Config, ConfigError, key
+from .config import Config, ConfigError, key, short
 
 IMAGE_DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "image_folder")
 MNIST_LIKE = ("mnist5k", "mnist", "fashion_mnist")
@@ -58,11 +59,11 @@ def _parse_normalize(text: str):
     try:
         mean, std = (tuple(float(v) for v in part.split(",")) for part in text.split("/"))
     except ValueError:
-        raise ConfigError(f"config key 'normalize': unknown value {text!r}; choose from auto, "
+        raise ConfigError(f"config key 'normalize': unknown value {short(text)}; choose from auto, "
                           f"{', '.join(NORMALIZATIONS)}, or per-channel 'mean/std' such as "
                           "'0.5,0.5,0.5/0.25,0.25,0.25'") from None
-    if len(mean) != len(std) or any(s <= 0 for s in std):
-        raise ConfigError(f"config key 'normalize': {text!r} needs as many means as positive stds")
+    if len(mean) != len(std) or not all(0 < s < math.inf for s in std) or not all(math.isfinite(m) for m in mean):
+        raise ConfigError(f"config key 'normalize': {short(text)} needs as many finite means as positive finite stds")
     return mean, std
 
 
