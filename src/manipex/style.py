@@ -1,0 +1,77 @@
+"""manipex's house style for figures: one colour per method, defense and model in every figure,
+colour-blind-safe palettes, readable font sizes, and the formats every figure is written in.
+
+Every figure is drawn on a standalone :class:`matplotlib.figure.Figure` (no pyplot); the style is
+applied inside :func:`styled`, which sets matplotlib's rcParams only for the duration of one
+drawing function and puts them back, so a user's notebook settings are left as they were.
+
+Palette: Okabe & Ito (2008), "Color Universal Design", eight colours distinguishable under the
+common forms of colour blindness. Sequential maps use ``magma`` (perceptually uniform), signed
+maps ``RdBu_r`` with limits symmetric about zero.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, Tuple, TypeVar
+
+#: Okabe-Ito colours (black last: kept for reference lines)
+PALETTE: Tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+
+#: Fixed colours of the names manipex draws, so that a method, defense or model has the same
+#: colour in every figure. Names not listed get a colour from a stable hash of the name.
+FIXED: Dict[str, str] = {
+    # explanation methods
+    "gradient": PALETTE[0], "grad_x_input": PALETTE[1], "integrated_gradients": PALETTE[2],
+    "guided_backprop": PALETTE[3], "lrp": PALETTE[4], "pattern_attribution": PALETTE[5],
+    "smoothgrad": PALETTE[6], "gradcam": "#999999", "occlusion": "#8C510A",
+    "agg_mean": "#332288", "agg_var": "#882255",
+    # defenses
+    "none": "#555555", "beta_smoothing": PALETTE[1], "agg": "#332288",
+    # models
+    "original": "#555555", "manipulated": PALETTE[3], "atex": PALETTE[2], "clean": "#555555",
+}
+
+#: Colour maps: relevance (non-negative), signed maps (symmetric limits), inputs.
+CMAP_ABSOLUTE = "magma"
+CMAP_SIGNED = "RdBu_r"
+CMAP_INPUT = "gray"
+
+#: Formats every experiment figure is written in (the report shows the PNG and links the others).
+FORMATS: Tuple[str, ...] = ("png", "pdf", "svg")
+
+#: rcParams of the house style: readable sizes at a column width of about 3.3 inches.
+RC: Dict[str, Any] = {
+    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8,
+    "legend.fontsize": 8, "legend.title_fontsize": 8, "figure.titlesize": 10,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+    "axes.prop_cycle": None,  # set below from PALETTE
+    "savefig.bbox": "tight", "pdf.fonttype": 42, "svg.fonttype": "none",
+}
+
+
+def color_for(name: str) -> str:
+    """The colour of ``name`` (a method, defense or model) in every manipex figure."""
+    if name in FIXED:
+        return FIXED[name]
+    return PALETTE[sum(map(ord, str(name))) % (len(PALETTE) - 1)]  # stable across runs (no hash seed)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def styled(function: F) -> F:
+    """Run a drawing function with the house style's rcParams, restored afterwards."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+        from cycler import cycler
+
+        rc = {**RC, "axes.prop_cycle": cycler(color=list(PALETTE))}
+        with matplotlib.rc_context(rc):
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+__all__ = ["PALETTE", "FIXED", "CMAP_ABSOLUTE", "CMAP_SIGNED", "CMAP_INPUT", "FORMATS", "RC", "color_for", "styled"]
