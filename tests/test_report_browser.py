@@ -44,7 +44,7 @@ def test_report_is_self_contained(tmp_path):
     imgs = re.findall(r"<img\b[^>]*>", page)
     assert len(imgs) == 1 and 'src="data:image/png;base64,' in imgs[0]
     assert "transfer_matrix.png" not in re.sub(r'alt="[^"]*"', "", page)  # not linked by path
-    assert TABLE_TITLE in page and "<table" in page and CELL in page and "0.01235" in page
+    assert TABLE_TITLE in page and "<table" in page and CELL in page and "0.0123" in page
     # titles and cells are escaped, not markup
     assert "&lt;b&gt;gradient&lt;/b&gt;" in page and "<b>gradient" not in page
     assert "Fake &lt;experiment&gt; &amp; β" in page
@@ -75,6 +75,6 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = done.stdout
     assert done.returncode == 0 and dom, f"{browser} failed ({done.returncode}): {done.stderr[-2000:]}"
     assert TABLE_TITLE in dom  # utf-8 decoded by the browser: the Δ survives
-    assert "<table" in dom and CELL in dom and "0.01235" in dom
+    assert "<table" in dom and CELL in dom and "0.0123" in dom
     assert re.search(r'<img\b[^>]*src="data:image/png;base64,', dom)
     assert "&lt;b&gt;gradient&lt;/b&gt;" in dom  # shown as text, not parsed as markup

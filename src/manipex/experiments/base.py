@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Mapping, Type
+from typing import Any, ClassVar, Dict, List, Mapping, Tuple, Type
 
 from .._registry import Registry
 from .config import Config, ConfigError
@@ -53,6 +53,10 @@ class Experiment(abc.ABC):
     title: ClassVar[str] = ""
     Config: ClassVar[Type[Config]] = Config
     Context: ClassVar[Type[Context]] = Context
+    #: The report's ``(heading, caption)`` of each figure (by file stem) and table (by title): what
+    #: it shows and how to read it (which direction is better). A key may hold one ``*`` (fnmatch);
+    #: its match fills ``{}`` in the heading and caption. Every figure must have one (tested).
+    captions: ClassVar[Dict[str, Tuple[str, str]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;color:#222}
-h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.6em}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;padding:0 1em;color:#222}
+h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.6em} h1,h2,p{overflow-wrap:anywhere}
+p.caption{margin:.2em 0 .5em;color:#444;font-size:.9em;max-width:60em}
+div.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right} th{background:#f3f3f3}
-table.text td,table.text th{text-align:left;vertical-align:top}
-img{max-width:100%;border:1px solid #eee} pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow:auto}
+th,td{border:1px solid #ccc;padding:.25em .6em;vertical-align:top} th{background:#f3f3f3}
+.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums} .txt{text-align:left}
+td.txt{min-width:8em;max-width:32em;overflow-wrap:anywhere}
+div.published{border-left:4px solid #0072b2;background:#f6f9fc;padding:.2em 1em;margin:1em 0}
+div.published p{margin:.3em 0;font-size:.9em}
+img{max-width:100%;height:auto;border:1px solid #eee}
+pre{background:#f7f7f7;padding:.6em;font-size:.8em;white-space:pre-wrap;overflow-wrap:anywhere}
+dl.run{display:grid;grid-template-columns:max-content auto;gap:.2em 1em;font-size:.9em} dl.run dt{font-weight:600}
+dl.run dd{margin:0;overflow-wrap:anywhere}
 """
 
 
@@ -27,6 +35,179 @@ def is_text(table) -> bool:
                                           for c in table.columns)
 
 
+# -- numbers ---------------------------------------------------------------------------------------------
+
+MISSING = "–"
+
+
+def _is_number(v: Any) -> bool:
+    import numbers
+
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    import math
+
+    return _is_number(v) and math.isfinite(float(v))
+
+
+def format_column(values: Sequence[Any], name: str = "") -> List[str]:
+    """The cells of one numeric column as text, formatted from the column's magnitude: integers
+    as integers; decimals enough for three significant digits of the smallest value (at most 4),
+    or scientific notation (``3.20e-07``) when the values are tiny or huge or span too many
+    decades; a column named ``... (%)`` with one decimal. Never ``-0``; missing values as ``–``."""
+    import math
+
+    nums = [float(v) for v in values if _finite(v)]
+    nonzero = [abs(v) for v in nums if v != 0]
+
+    def clean(text: str) -> str:  # -0, -0.000, -0.00e+00 -> without the sign
+        return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+    if name.endswith("(%)"):
+        fmt = "{:.1f}"
+    elif all(v == int(v) and abs(v) < 1e15 for v in nums):
+        fmt = "{:.0f}"
+    elif not nonzero:
+        fmt = "{:.0f}"
+    else:
+        big, small = max(nonzero), min(nonzero)
+        if big >= 1e6 or big < 1e-3 or 2 - math.floor(math.log10(small)) > 4 and big / small > 1e3:
+            fmt = "{:.2e}"
+        else:
+            fmt = "{:.%df}" % max(0, min(4, 2 - math.floor(math.log10(small))))
+    out = []
+    for v in values:
+        if _finite(v):
+            out.append(clean(fmt.format(float(v) + 0.0)))
+        elif _is_number(v) and not math.isnan(float(v)):
+            out.append(str(float(v)))  # inf
+        elif v is None or _is_number(v) or (isinstance(v, float) and math.isnan(v)):
+            out.append(MISSING)
+        else:
+            out.append(str(v))
+    return out
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    import math
+
+    present = [v for v in values if not (v is None or (isinstance(v, float) and math.isnan(v)))]
+    return bool(present) and all(_is_number(v) for v in present)
+
+
+def _label(key: Any) -> str:
+    if isinstance(key, tuple):
+        return " / ".join(str(k) for k in key if str(k) != "")
+    return "" if key is None else str(key)
+
+
+def table_html(table) -> str:
+    """An HTML table: index levels as left-hand header columns, each column formatted by
+    :func:`format_column`; numbers right-aligned, text left-aligned and wrapped; in a box that
+    scrolls horizontally by itself when the table is wider than the page."""
+    import pandas as pd
+
+    index = table.index
+    names = [_label(n) if n is not None else "" for n in index.names]
+    index_cols = [[k[i] if isinstance(k, tuple) else k for k in index] for i in range(index.nlevels)]
+    if index.nlevels == 1 and not names[0] and isinstance(index, pd.RangeIndex):
+        index_cols, names = [], []  # a plain 0..n-1 index says nothing
+    columns = [(names[i], index_cols[i], True) for i in range(len(index_cols))]
+    columns += [(_label(c), list(table[c]) if not isinstance(table[c], pd.DataFrame) else list(table[c].iloc[:, 0]),
+                 False) for c in table.columns]
+    rendered = []
+    for name, values, is_index in columns:
+        values = [v.item() if hasattr(v, "item") and not isinstance(v, str) else v for v in values]
+        if _numeric(values):
+            rendered.append((name, format_column(values, name), "num", is_index))
+        else:
+            rendered.append((name, [MISSING if v is None or v != v else str(v) for v in values], "txt", is_index))
+    head = "".join(f'<th class="{kind}">{html.escape(name)}</th>' for name, _, kind, _ in rendered)
+    body = []
+    for r in range(len(table)):
+        cells = []
+        for name, cells_text, kind, is_index in rendered:
+            tag = "th" if is_index else "td"
+            cells.append(f'<{tag} class="{kind}">{html.escape(cells_text[r])}</{tag}>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>' + "".join(body)
+            + "</tbody></table></div>")
+
+
+# -- headings and captions -------------------------------------------------------------------------------
+
+def stem_words(stem: str) -> str:
+    """The fallback heading of a figure nobody captioned: its file stem in words."""
+    words = stem.replace("_", " ").strip()
+    return words[:1].upper() + words[1:]
+
+
+def caption_for(experiment: Any, key: str):
+    """``(heading, caption)`` declared by ``experiment.captions`` for a figure's file stem or a
+    table's title: an exact key first, then a key with ``*`` (fnmatch), whose match fills ``{}``
+    in the heading and caption (underscores as spaces). None if nothing is declared."""
+    import fnmatch
+
+    captions = getattr(experiment, "captions", None) or {}
+    if key in captions:
+        return captions[key]
+    for pattern, (heading, caption) in captions.items():
+        if "*" in pattern and fnmatch.fnmatchcase(key, pattern):
+            prefix, _, suffix = pattern.partition("*")
+            rest = key[len(prefix):len(key) - len(suffix) if suffix else None].replace("_", " ")
+            return heading.replace("{}", rest), caption.replace("{}", rest)
+    return None
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+def human_time(seconds: float) -> str:
+    """A Unix time as ``2026-11-24 08:30 UTC``."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(float(seconds), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as ``4 min 12 s`` (``1 h 3 min``, ``0.4 s``)."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    s = int(round(seconds))
+    h, m, s = s // 3600, s // 60 % 60, s % 60
+    if h:
+        return f"{h} h {m} min"
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
+def run_html(folder: Path, meta: Dict[str, Any]) -> str:
+    """The run's facts (not its configuration, which has its own block): start time and run
+    time in human form, seed, processes, environment."""
+    rows = [("experiment", meta.get("experiment"))]
+    started = meta.get("started")
+    if _finite(started):
+        rows.append(("started", human_time(started)))
+        results = sorted(Path(folder).glob("results*.jsonl"))
+        if results:
+            last = max(p.stat().st_mtime for p in results)
+            rows.append(("run time", human_duration(last - started) + " (to the last result written)"))
+    for key in ("seed", "world_size"):
+        if meta.get(key) is not None:
+            rows.append(("processes" if key == "world_size" else key, meta[key]))
+    env = meta.get("environment")
+    if isinstance(env, dict):
+        rows += [(str(k), v) for k, v in env.items()]
+    elif env is not None:
+        rows.append(("environment", env))
+    rows += [(str(k), v) for k, v in meta.items()
+             if k not in ("experiment", "started", "seed", "world_size", "environment", "config")]
+    return '<dl class="run">' + "".join(
+        f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(v if isinstance(v, str) else json.dumps(v))}</dd>"
+        for k, v in rows) + "</dl>"
+
+
 def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: Dict[str, Any],
                  figures: Sequence[Path], notes: Sequence[str] = ()) -> Path:
     """Write ``folder/report.html`` and return its path; ``notes`` (e.g. damaged result lines
@@ -35,18 +216,24 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
     if notes:
         parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     for title, table in tables.items():
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        parts.append(table.to_html(float_format=lambda v: f"{v:.4g}", border=0,
-                                   classes="text" if is_text(table) else None))
+        parts.append(_block(experiment, title, table_html(table), getattr(table, "attrs", None) or {}))
     for fig in figures:
         data = base64.b64encode(Path(fig).read_bytes()).decode()
-        parts.append(f'<h2>{html.escape(Path(fig).stem.replace("_", " "))}</h2><img alt="{html.escape(Path(fig).name)}" src="data:image/png;base64,{data}">')
+        img = f'<img alt="{html.escape(Path(fig).name)}" src="data:image/png;base64,{data}">'
+        parts.append(_block(experiment, Path(fig).stem, img, {}, figure=True))
     values = config.to_dict() if hasattr(config, "to_dict") else config
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(values, indent=2)) + "</pre>")
     meta = folder / "meta.json"
     if meta.is_file():
         text = meta.read_bytes()[:1 << 20].decode("utf-8", errors="replace")
-        parts.append("<h2>Run</h2><pre>" + html.escape(text) + "</pre>")
+        try:
+            facts = json.loads(text)
+        except ValueError:
+            facts = None
+        if isinstance(facts, dict):  # its config is the block above: not printed twice
+            parts.append("<h2>Run</h2>" + run_html(folder, facts))
+        else:
+            parts.append("<h2>Run</h2><pre>" + html.escape(text) + "</pre>")
     page = ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>" + html.escape(experiment.title)
             + f"</title><style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")
     path = folder / "report.html"
@@ -60,6 +247,22 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _block(experiment: Any, key: str, body: str, attrs: Dict[str, Any], figure: bool = False) -> str:
+    """A heading, its caption and ``body``; a table of published numbers (``attrs["published"]``:
+    the paper's setting) in a box of its own, with our setting and how the two differ."""
+    found = caption_for(experiment, key)
+    heading, caption = found if found else (stem_words(key) if figure else key, "")
+    out = f"<h2>{html.escape(heading)}</h2>"
+    if caption:
+        out += f'<p class="caption">{html.escape(caption)}</p>'
+    if attrs.get("published"):
+        lines = [("Paper's setting", attrs.get("published")), ("Our setting", attrs.get("ours")),
+                 ("How they differ", attrs.get("differs"))]
+        return ('<div class="published">' + out + "".join(f"<p><b>{k}:</b> {html.escape(str(v))}</p>"
+                                                          for k, v in lines if v) + body + "</div>")
+    return out + body
 
 
 def damaged_note(store: Any) -> List[str]:
