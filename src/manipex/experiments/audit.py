@@ -277,8 +277,10 @@ class Audit(Experiment):
                 detection.set_index("method")[cols].round(4))
         noise = _part(df, "weight_noise")
         if len(noise):
-            tables["(d) Weight noise: noise-map similarity and accuracy"] = noise.pivot_table(
-                index="sigma", columns="method", values=["similarity", "accuracy"], aggfunc="mean").round(4)
+            table = noise.assign(**{"accuracy (%)": noise.accuracy * 100}).pivot_table(
+                index="sigma", columns="method", values=["similarity", "accuracy (%)"], aggfunc="mean").round(4)
+            table.columns = [f"{value} {method}" for value, method in table.columns]
+            tables["(d) Weight noise: noise-map similarity and accuracy"] = table
         tables["Verdict"] = self.verdict(attack, defense, curvature, detection, config)
         return tables
 
@@ -322,24 +324,35 @@ class Audit(Experiment):
         return pd.DataFrame(rows, columns=["question", "finding"]).set_index("question")
 
     def figures(self, df, config, out):
-        from ..figures import _save, _subplots
+        from ..figures import _subplots
+        from .plots import CI_TEXT, _line_with_interval, _single_x, legend_outside, n_text, save_figure, styled, summarize
 
         attack = _part(df, "attack")
         if not len(attack):
             return []
-        objectives = [o for o in OBJECTIVES if o in set(attack.objective)]
-        fig, axes = _subplots(1, len(objectives), figsize=(3.4 * len(objectives), 2.8), squeeze=False)
-        for ax, objective in zip(axes[0], objectives):
-            part = attack[attack.objective == objective]
-            for method, group in part.groupby("method", sort=False):
-                means = group.groupby("eps")["success"].mean().sort_index()
-                ax.plot(means.index, means.values, marker="o", ms=4, label=method)
-            ax.set_ylim(-0.03, 1.03)
-            ax.set_xlabel("eps (L-infinity, pixels in [0, 1])")
-            top = ax.secondary_xaxis("top", functions=(lambda e: e * 255, lambda v: v / 255))
-            top.set_xlabel("eps x 255", fontsize=7)
-            top.tick_params(labelsize=7)
-            ax.set_ylabel("share attacked successfully")
-            ax.set_title(f"{objective} attack, class kept", fontsize=9)
-            ax.legend(fontsize=7)
-        return [_save(fig, Path(out) / "audit_success_vs_eps.png", dpi=150)]
+
+        @styled
+        def draw():
+            objectives = [o for o in OBJECTIVES if o in set(attack.objective)]
+            fig, axes = _subplots(1, len(objectives), figsize=(3.4 * len(objectives) + 1.6, 3.0), squeeze=False)
+            counts = []
+            for ax, objective in zip(axes[0], objectives):
+                part = attack[attack.objective == objective]
+                for method, group in part.groupby("method", sort=False):
+                    eps = sorted(group.eps.unique())
+                    stats = [summarize(group[group.eps == e]["success"]) for e in eps]
+                    counts += [s[3] for s in stats]
+                    _line_with_interval(ax, eps, stats, method)
+                _single_x(ax, part.eps)
+                ax.set_ylim(-0.03, 1.03)
+                ax.set_xlabel("eps (L-infinity, pixels in [0, 1])")
+                top = ax.secondary_xaxis("top", functions=(lambda e: e * 255, lambda v: v / 255))
+                top.set_xlabel("eps x 255", fontsize=7)
+                top.tick_params(labelsize=7)
+                ax.set_ylabel("share attacked successfully, class kept\n(higher = less trustworthy)")
+                ax.set_title(f"{objective} attack")
+            legend_outside(axes[0][-1], title="method")
+            fig.suptitle(f"input manipulation: success against the budget ({CI_TEXT}; {n_text(counts)})")
+            return save_figure(fig, Path(out) / "audit_success_vs_eps.png")
+
+        return [draw()]

@@ -33,7 +33,7 @@ from .common import ImageContext, method_options, per_image, save_maps, save_mod
 from .config import ConfigError, key, method_choices, profile_key
 from .published import (PASLIEV_COM, PASLIEV_NOISE, PASLIEV_TARGET, Finding, direction, findings_table)
 from .published import (METHOD_ORDER, PASLIEV_T31, PASLIEV_T32, PASLIEV_T32_SETTING, PASLIEV_T33, PASLIEV_T34,
-                        PASLIEV_T41, PASLIEV_T42)
+                        PASLIEV_T41, PASLIEV_T42, with_setting)
 from .sources import SourceConfig
 
 KINDS = ("com", "th", "ipp", "fc")
@@ -247,6 +247,11 @@ class Pasliev2020(Experiment):
                                    "the original's but below its threshold (mean + 2 sd of its pairs)"))
         return out
 
+    T31 = "Table 3.1: center-of-mass distance to the corner (pixels) of every method's maps"
+    T32 = "Table 3.2: maps vs the cross target"
+    T41 = "Table 4.1: gradient maps of noise inputs N(0, 1)"
+    T42 = "Table 4.2: similarity of the maps of noise inputs, and detection (F_acc as the trusted model)"
+
     def tables(self, df, config):
         import pandas as pd
 
@@ -259,30 +264,38 @@ class Pasliev2020(Experiment):
         def mean_by_model(part, columns):
             return part.groupby("model")[columns].mean().reindex([m for m in order if m in set(part.model)])
 
+        compare = "the direction of each change from acc, not the values"
+        mse_raw = {"target_mse_1e6": "target_mse"}  # the paper's MSE x1e6, in ours' unit (raw) below
+
+        def published(table, **kwargs):
+            pub = table.table(config, compare, rows=kwargs.pop("rows", None), rename={"accuracy": "accuracy (%)",
+                                                                                   **mse_raw})
+            if "target_mse" in pub:
+                pub["target_mse"] = pub["target_mse"] * 1e-6
+            pub.index.name = "model"
+            return pub
+
         if len(test):
-            test = test.assign(accuracy=test.correct * 100, target_mse_1e6=test.target_mse * 1e6)
+            test = test.assign(**{"accuracy (%)": test.correct * 100})
             com = [m for m in order if m == "acc" or m.startswith("com_")]
             t31 = test[test.model.isin(com)].pivot_table(index="model", columns="method", values="com_distance")
             t31 = t31.reindex(index=com, columns=methods)
-            t31.insert(0, "accuracy", mean_by_model(test[test.method == methods[0]], ["accuracy"])["accuracy"])
-            out["Table 3.1: center-of-mass distance to the corner (pixels) of every method's maps (lower = "
-                f"manipulated); paper: {PASLIEV_T31.setting}"] = PASLIEV_T31.beside(t31).round(3)
+            t31.insert(0, "accuracy (%)", mean_by_model(test[test.method == methods[0]], ["accuracy (%)"])["accuracy (%)"])
+            out[self.T31] = t31.round(3)
+            out[self.T31 + " as published"] = published(PASLIEV_T31)
             th = [m for m in order if m == "acc" or m.startswith("th_")]
             part = test[test.model.isin(th)]
-            metrics = ["accuracy", "target_mse_1e6", "target_pcc", "target_ssim"]
-            t32 = part.melt(id_vars=["model", "method"], value_vars=metrics, var_name="metric")
-            t32 = t32.pivot_table(index=["model", "metric"], columns="method", values="value", sort=False)
-            t32 = t32.reindex(columns=methods)
-            published = {(mod, metric): [PASLIEV_T32[mod][m][i] if m in PASLIEV_T32[mod] else None for m in methods]
-                         for mod in PASLIEV_T32 for i, metric in enumerate(metrics)}
-            published = pd.DataFrame.from_dict(published, orient="index", columns=[f"paper_{m}" for m in methods])
-            published.index = pd.MultiIndex.from_tuples(published.index, names=["model", "metric"])
-            t32 = t32.join(published, how="left")
-            t32 = t32.reindex([k for mod in th for k in t32.index if k[0] == mod])
-            out["Table 3.2: maps vs the cross target (MSE x1e6 lower, PCC and SSIM higher = manipulated); "
-                f"paper: {PASLIEV_T32_SETTING}"] = t32.round(3)
-            cols = ["accuracy", "classification_loss", "target_mse_1e6", "target_pcc", "target_ssim"]
-            for kind, title, published, columns in (
+            metrics = ["accuracy (%)", "target_mse", "target_pcc", "target_ssim"]
+            t32 = part.groupby(["model", "method"])[metrics].mean()
+            t32 = t32.reindex([(mod, m) for mod in th for m in methods if (mod, m) in t32.index])
+            out[self.T32] = t32
+            pub32 = pd.DataFrame.from_dict({(mod, m): list(v) for mod in PASLIEV_T32 for m, v in PASLIEV_T32[mod].items()},
+                                           orient="index", columns=metrics)
+            pub32.index = pd.MultiIndex.from_tuples(pub32.index, names=["model", "method"])
+            pub32["target_mse"] = pub32["target_mse"] * 1e-6  # published x1e6
+            out[self.T32 + " as published"] = with_setting(pub32, PASLIEV_T32_SETTING, config, compare)
+            cols = ["accuracy (%)", "classification_loss", "target_mse", "target_pcc", "target_ssim"]
+            for kind, title, table, columns in (
                 ("ipp", "Table 3.3: identical prediction probabilities", PASLIEV_T33, cols),
                 ("fc", "Table 3.4: classifier frozen", PASLIEV_T34, [c for c in cols if c != "classification_loss"]),
             ):
@@ -291,18 +304,17 @@ class Pasliev2020(Experiment):
                     if method not in methods:
                         continue
                     chosen = [m for m in order if m in ("acc", f"th_{method}", name)]
-                    table = mean_by_model(test[(test.method == method) & test.model.isin(chosen)], columns)
+                    out[f"{title} ({method.replace('_', ' ')} maps vs the cross)"] = mean_by_model(
+                        test[(test.method == method) & test.model.isin(chosen)], columns)
                     if method == "gradient":
-                        table = published.beside(table)
-                    out[f"{title} ({method.replace('_', ' ')} maps vs the cross)"] = table.round(4)
+                        out[f"{title} as published"] = published(table)
         if len(noise):
-            noise = noise.assign(target_mse_1e6=noise.target_mse * 1e6)
-            t41 = mean_by_model(noise, ["com_distance", "target_mse_1e6", "target_pcc", "target_ssim"])
-            out[f"Table 4.1: gradient maps of noise inputs N(0, 1); paper: {PASLIEV_T41.setting}"] = \
-                PASLIEV_T41.beside(t41).round(3)
+            t41 = mean_by_model(noise, ["com_distance", "target_mse", "target_pcc", "target_ssim"])
+            out[self.T41] = t41
+            out[self.T41 + " as published"] = published(PASLIEV_T41)
             t42 = noise.groupby("model")[["noise_pcc", "threshold", "flagged"]].first().reindex(t41.index)
-            out["Table 4.2: similarity of the maps of noise inputs, and detection (F_acc as the trusted model)"] = \
-                PASLIEV_T42.beside(t42).round(3)
+            out[self.T42] = t42.round(3)
+            out[self.T42 + " as published"] = published(PASLIEV_T42)
         return out
 
     def figures(self, df, config, out):
@@ -322,12 +334,17 @@ class Pasliev2020(Experiment):
             for i in range(min(config.examples, len(maps[order[0]]["input"]))):
                 image = maps[order[0]]["input"][i]
                 heat = {k: torch.stack([maps[m][k][i] for m in order]) for k in methods}
-                paths.append(map_grid(image.expand(len(order), *image.shape), heat,
-                                      Path(out) / f"fig3_heatmaps_{i}.png", titles=[m.replace("_", " ") for m in order]))
+                paths.append(plots.each_format(
+                    lambda p, image=image, heat=heat: map_grid(image.expand(len(order), *image.shape), heat, p,
+                                                               titles=[m.replace("_", " ") for m in order]),
+                    Path(out) / f"fig3_heatmaps_{i}.png"))
         history = df[df.kind == "history"]
         if len(history):
-            paths.append(plots.training_curves(history, Path(out) / "fig3_4_training.png"))
+            paths.append(plots.training_curves(history, Path(out) / "fig3_4_training.png",
+                                               n=config.n_train or None))
         noise = df[df.kind == "weight_noise"]
         if len(noise):
-            paths.append(plots.weight_noise_curves(noise, Path(out) / "fig4_4_weight_noise.png"))
+            held_out = df[(df.kind == "maps") & (df.get("inputs") == "test")] if "inputs" in df else df.iloc[:0]
+            n = int(held_out.groupby("model").image.nunique().max()) if len(held_out) and "image" in held_out else None
+            paths.append(plots.weight_noise_curves(noise, Path(out) / "fig4_4_weight_noise.png", n=n))
         return paths

@@ -11,97 +11,260 @@ from typing import Dict
 from torch import Tensor
 
 from ..figures import _save, _subplots
+from ..style import FORMATS, color_for, styled
+
+#: Where every legend of an experiment figure goes: right of its axes, outside the data.
+LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
+#: Text of the intervals drawn where values are aggregated over images or models.
+CI_TEXT = "error bars: 95 % bootstrap interval"
 
 
-def grouped_bars(ax, table, *, width: float = 0.8) -> None:
+def legend_outside(ax, **kwargs):
+    """A legend right of ``ax``, outside its data area (``tight_layout`` makes room for it);
+    None when nothing on ``ax`` is labelled."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return None
+    return ax.legend(handles, labels, **{**LEGEND_OUTSIDE, **kwargs})
+
+
+def save_figure(fig, path, *, dpi: int = 150, **layout) -> Path:
+    """Lay out ``fig`` and write it as ``path`` and, next to it, in every other format of
+    :data:`manipex.style.FORMATS` (``path.with_suffix``); returns ``path`` (the PNG the report
+    embeds)."""
+    path = Path(path)
+    _save(fig, path, dpi=dpi, **layout)
+    for fmt in FORMATS:
+        other = path.with_suffix(f".{fmt}")
+        if other != path:
+            _save(fig, other, dpi=dpi, tight=False)
+    return path
+
+
+def each_format(draw, path) -> Path:
+    """Call ``draw(p)`` (a function writing one figure file, e.g. :func:`manipex.figures.map_grid`)
+    for ``path`` and for ``path`` in each other format of :data:`manipex.style.FORMATS`; returns
+    ``path``."""
+    path = Path(path)
+    draw(path)
+    for fmt in FORMATS:
+        if path.with_suffix(f".{fmt}") != path:
+            draw(path.with_suffix(f".{fmt}"))
+    return path
+
+
+def bootstrap_ci(values, statistic: str = "mean", *, resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0):
+    """Percentile bootstrap interval ``(low, high)`` of the mean (or ``"median"``) of ``values``:
+    ``resamples`` resamples with replacement, seeded (the same numbers give the same interval).
+    Non-finite values are left out; one value gives a zero-width interval, none gives NaNs."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    if len(v) == 1:
+        return float(v[0]), float(v[0])
+    stat = np.median if statistic == "median" else np.mean
+    draws = stat(v[np.random.default_rng(seed).integers(0, len(v), (resamples, len(v)))], axis=1)
+    low, high = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(low), float(high)
+
+
+def summarize(values, statistic: str = "mean"):
+    """``(centre, low, high, n)``: the mean (or median) of ``values``, its 95 % bootstrap
+    interval and the number of finite values."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    centre = float((np.median if statistic == "median" else np.mean)(v)) if len(v) else float("nan")
+    low, high = bootstrap_ci(v, statistic)
+    return centre, low, high, int(len(v))
+
+
+def n_text(counts, what: str = "images") -> str:
+    """``"n = 16 images"`` (or ``"n = 4-16 images"`` where groups differ) for group sizes ``counts``."""
+    counts = sorted({int(c) for c in counts}) or [0]
+    return f"n = {counts[0]} {what}" if len(counts) == 1 else f"n = {counts[0]}-{counts[-1]} {what} per point"
+
+
+def _pretty(name) -> str:
+    return str(name).replace("_", " ")
+
+
+def _line_with_interval(ax, xs, stats, name, *, label=None, ms: float = 4):
+    """A line of centres (marker at each point) in ``name``'s colour with its intervals as error
+    bars; ``stats``: ``(centre, low, high, n)`` per x."""
+    import numpy as np
+
+    colour = color_for(str(name))
+    centre = np.array([s[0] for s in stats], dtype=float)
+    low = np.array([s[1] for s in stats], dtype=float)
+    high = np.array([s[2] for s in stats], dtype=float)
+    ax.plot(xs, centre, marker="o", ms=ms, color=colour, label=_pretty(name) if label is None else label)
+    if len(centre) and np.isfinite(low).any():
+        ax.errorbar(xs, centre, yerr=[np.clip(centre - low, 0, None), np.clip(high - centre, 0, None)], fmt="none",
+                    ecolor=colour, elinewidth=0.8, capsize=2)
+
+
+def _single_x(ax, xs) -> None:
+    """A sensible x range where there is one x value only (otherwise matplotlib's default)."""
+    values = sorted(set(float(x) for x in xs))
+    if len(values) == 1:
+        v = values[0]
+        half = 0.5 if v == int(v) else (abs(v) * 0.5 or 0.5)
+        ax.set_xlim(v - half, v + half)
+        ax.set_xticks([v])
+
+
+def grouped_bars(ax, table, *, width: float = 0.8, low=None, high=None) -> None:
     """A grouped bar chart of a pandas DataFrame on ``ax``, without pyplot: one group per row
-    (tick labelled with the index, x label the index's name), one bar per column (legend
-    labelled with the column, titled with the columns' name), each group ``width`` wide. The
-    bars sit where ``table.plot.bar(ax=ax, width=width)`` puts them; tick labels are not
-    rotated (callers set the rotation)."""
+    (tick labelled with the index, x label the index's name), one bar per column in the
+    column's colour (:func:`manipex.style.color_for`; legend labelled with the column, titled
+    with the columns' name, outside the data), each group ``width`` wide. ``low``/``high``
+    (DataFrames shaped like ``table``): intervals drawn as error bars. The bars sit where
+    ``table.plot.bar(ax=ax, width=width)`` puts them; tick labels are not rotated (callers set
+    the rotation)."""
+    import numpy as np
+
     k = max(1, len(table.columns))
     w = width / k
     for j, column in enumerate(table.columns):
         offsets = [i - width / 2 + w * (j + 0.5) for i in range(len(table.index))]
-        ax.bar(offsets, table[column].to_numpy(dtype=float), width=w, label=str(column))
+        heights = table[column].to_numpy(dtype=float)
+        ax.bar(offsets, heights, width=w, label=str(column), color=color_for(str(column)))
+        if low is not None and high is not None:
+            lo = low[column].reindex(table.index).to_numpy(dtype=float)
+            hi = high[column].reindex(table.index).to_numpy(dtype=float)
+            ax.errorbar(offsets, heights, yerr=[np.clip(heights - lo, 0, None), np.clip(hi - heights, 0, None)],
+                        fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
     ax.set_xticks(range(len(table.index)), [str(i) for i in table.index])
     ax.set_xlim(-0.5, len(table.index) - 0.5)
     if table.index.name is not None:
         ax.set_xlabel(str(table.index.name))
     if len(table.columns):
-        ax.legend(title=None if table.columns.name is None else str(table.columns.name))
+        legend_outside(ax, title=None if table.columns.name is None else str(table.columns.name))
 
 
+def aggregate(df, index: str, columns: str, value: str, statistic: str = "mean"):
+    """``(centre, low, high, n)``: four DataFrames (rows ``index``, columns ``columns``) of the
+    mean (or median) of ``value`` per cell, its 95 % bootstrap interval and the cell's count."""
+    import pandas as pd
+
+    cells = {key: summarize(group[value], statistic) for key, group in df.groupby([index, columns], sort=False)}
+    frames = []
+    for i in range(4):
+        frame = pd.Series({k: v[i] for k, v in cells.items()}, dtype=float).unstack()
+        frame.index.name, frame.columns.name = index, columns
+        frames.append(frame)
+    return tuple(frames)
+
+
+@styled
 def manipulation_grid(rows: Dict[str, Dict[str, Tensor]], path: Path) -> Path:
-    """Dombrowski Fig. 2/3 layout: per method, original map, target map, manipulated map and
-    the perturbation (amplified). ``rows``: method -> {"original", "target", "manipulated":
-    (H, W) maps, "perturbation": (C, H, W)}."""
+    """Dombrowski Fig. 2/3 layout: one row per method; columns: original map, target map,
+    manipulated map (:func:`manipex.figures.draw_map`, absolute view, 0 .. 99th percentile) and
+    the perturbation ``x_adv - x`` summed over channels (signed, limits symmetric at its largest
+    magnitude, so nothing saturates), each with a colour bar. ``rows``: method -> {"original",
+    "target", "manipulated": (H, W) or (C, H, W) maps, "perturbation": (C, H, W) or (H, W)}.
+    Writes ``path`` and the other formats of :data:`manipex.style.FORMATS` next to it."""
+    from ..figures import draw_map, save_figure, wrap_title
+
     cols = ("original", "target", "manipulated", "perturbation")
-    fig, axes = _subplots(len(rows), 4, figsize=(5.6, 1.45 * len(rows)), squeeze=False)
+    fig, axes = _subplots(len(rows), 4, figsize=(7.4, 0.4 + 1.55 * len(rows)), squeeze=False, layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
     for i, (method, maps) in enumerate(rows.items()):
         for j, key in enumerate(cols):
             ax = axes[i][j]
-            m = maps[key].detach().cpu()
             if key == "perturbation":
-                m = m.sum(0) if m.dim() == 3 else m
-                lim = float(m.abs().max()) or 1.0
-                ax.imshow(m.numpy(), cmap="seismic", vmin=-lim, vmax=lim)
+                draw_map(ax, maps[key], sign="signed", percentile=100.0, label="x_adv - x")
             else:
-                ax.imshow(m.numpy(), cmap="hot", vmin=0, vmax=float(m.flatten().quantile(0.99)) or None)
-            ax.set_xticks([])
-            ax.set_yticks([])
+                draw_map(ax, maps[key], sign="absolute", label="relevance" if key == "manipulated" else "")
             if i == 0:
                 ax.set_title(f"{key} map" if key != "perturbation" else key, fontsize=7)
             if j == 0:
-                ax.set_ylabel(method.replace("_", " "), fontsize=7)
-    return _save(fig, path)
+                ax.set_ylabel(wrap_title(method), fontsize=7)
+    return save_figure(fig, path, formats=FORMATS)
 
 
+BETA_PANELS = (("pcc_target", "median PCC of h(x_adv) with target map\n(higher = manipulation survives)"),
+               ("pcc_original", "median PCC of h(x_adv) with original map\n(higher = original map recovered)"))
+
+
+@styled
 def beta_curve(df, path: Path) -> Path:
-    """Dombrowski Fig. 4: median PCC of β-smoothed manipulated maps with target and original."""
+    """Dombrowski Fig. 4: median PCC of the β-smoothed manipulated maps with the target (left)
+    and with the original map (right) against β, one line per method in its colour with 95 %
+    bootstrap intervals of the median; dotted: the same method with ReLU."""
     methods = sorted(df.method.unique())
-    fig, axes = _subplots(1, len(methods), figsize=(3.2 * len(methods), 2.6), squeeze=False)
-    for ax, method in zip(axes[0], methods):
-        part = df[df.method == method]
-        betas = [b for b in part.beta.unique() if b != "relu"]
-        betas = sorted(float(b) for b in betas)
-        for column, label in (("pcc_target", "h(x_adv) & h_t"), ("pcc_original", "h(x_adv) & h(x)")):
-            med = [part[part.beta.astype(str) == str(b)][column].median() for b in betas]
-            ax.plot(betas, med, marker="o", label=label)
-            ax.axhline(part[part.beta == "relu"][column].median(), ls=":", lw=0.8, color=ax.lines[-1].get_color())
+    fig, axes = _subplots(1, len(BETA_PANELS), figsize=(7.6, 2.9), squeeze=False)
+    counts = []
+    for ax, (column, ylabel) in zip(axes[0], BETA_PANELS):
+        for method in methods:
+            part = df[df.method == method]
+            betas = sorted(float(b) for b in part.beta.unique() if str(b) != "relu")
+            stats = [summarize(part[part.beta.astype(str) == str(b)][column], "median") for b in betas]
+            counts += [s[3] for s in stats]
+            _line_with_interval(ax, betas, stats, method)
+            relu = part[part.beta.astype(str) == "relu"][column]
+            if len(relu):
+                ax.axhline(float(relu.median()), ls=":", lw=1.0, color=color_for(method))
         ax.set_xscale("log")
         ax.invert_xaxis()
-        ax.set_xlabel("β (dotted: ReLU)")
-        ax.set_ylabel("median PCC")
-        ax.set_title(method.replace("_", " "), fontsize=9)
-        ax.legend(fontsize=7)
-    return _save(fig, path)
+        ax.set_xlabel("β of the softplus (log scale, smoother to the right)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{'target' if column == 'pcc_target' else 'original'} map; dotted: ReLU")
+    legend_outside(axes[0][-1], title="method")
+    fig.suptitle(f"β-smoothing of the manipulated maps ({n_text(counts)}; {CI_TEXT} of the median)")
+    return save_figure(fig, path)
 
 
-def box_plot(df, column: str, by: str, path: Path, ylabel: str) -> Path:
-    """Distribution of ``column`` per ``by`` (Dombrowski Fig. 3, Rieger Table 1 as boxes)."""
+@styled
+def box_plot(df, column: str, by: str, path: Path, ylabel: str, *, title: str = "", xlabel: str = "") -> Path:
+    """Distribution of ``column`` per ``by`` (Dombrowski Fig. 3, Rieger Table 1 as boxes): boxes
+    the inter-quartile range in each group's colour, whiskers 1.5 IQR, the count under each."""
     groups = sorted(df[by].unique())
-    fig, ax = _subplots(figsize=(1.2 * len(groups) + 1.5, 2.8))
-    ax.boxplot([df[df[by] == g][column].values for g in groups])
-    ax.set_xticks(range(1, len(groups) + 1), [g.replace("_", "\n") for g in groups], fontsize=7)
+    values = [df[df[by] == g][column].dropna().to_numpy(dtype=float) for g in groups]
+    fig, ax = _subplots(figsize=(1.2 * len(groups) + 2.0, 3.0))
+    boxes = ax.boxplot(values, patch_artist=True, medianprops={"color": "black"})
+    for patch, group in zip(boxes["boxes"], groups):
+        patch.set_facecolor(color_for(str(group)))
+        patch.set_alpha(0.8)
+    ax.set_xticks(range(1, len(groups) + 1), [f"{_pretty(g)}\n(n = {len(v)})" for g, v in zip(groups, values)],
+                  fontsize=7)
+    ax.set_xlabel(xlabel or _pretty(by))
     ax.set_ylabel(ylabel)
-    return _save(fig, path)
+    ax.set_title(title or f"{ylabel.split('(')[0].strip()} per {_pretty(by)}\n"
+                          f"(boxes: inter-quartile range, whiskers: 1.5 IQR; {n_text(map(len, values))})")
+    return save_figure(fig, path)
 
 
-def transfer_heatmap(matrix, path: Path, title: str) -> Path:
-    """Rieger Fig. 2 as a matrix: rows attacked method, columns evaluated method."""
-    fig, ax = _subplots(figsize=(1.0 * len(matrix.columns) + 2, 0.8 * len(matrix) + 1.2))
-    im = ax.imshow(matrix.values, cmap="viridis")
+@styled
+def transfer_heatmap(matrix, path: Path, title: str, *, label: str = "", n=None) -> Path:
+    """Rieger Fig. 2 as a matrix: rows attacked method, columns evaluated method, the value in
+    each cell; ``label`` names the values (colour bar), ``n`` the images averaged per cell."""
+    import numpy as np
+
+    fig, ax = _subplots(figsize=(1.0 * len(matrix.columns) + 2.6, 0.8 * len(matrix) + 1.6))
+    values = matrix.values.astype(float)
+    im = ax.imshow(values, cmap="viridis")
     ax.set_xticks(range(len(matrix.columns)), [c.replace("_", "\n") for c in matrix.columns], fontsize=7)
-    ax.set_yticks(range(len(matrix.index)), list(matrix.index), fontsize=7)
+    ax.set_yticks(range(len(matrix.index)), [_pretty(i) for i in matrix.index], fontsize=7)
+    ax.grid(False)
+    finite = values[np.isfinite(values)]
+    middle = (finite.min() + finite.max()) / 2 if len(finite) else 0.0
     for i in range(len(matrix.index)):
         for j in range(len(matrix.columns)):
-            ax.text(j, i, f"{matrix.values[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
-    ax.set_xlabel("evaluated with")
-    ax.set_ylabel("attacked")
-    ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    return _save(fig, path)
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if values[i, j] > middle else "white")
+    ax.set_xlabel("evaluated with (method)")
+    ax.set_ylabel("attacked (method)")
+    ax.set_title(title + (f"\n(mean over {n_text([n] if np.isscalar(n) else n)})" if n is not None else ""))
+    bar = fig.colorbar(im, ax=ax, shrink=0.8)
+    bar.set_label(label or title, fontsize=7)
+    return save_figure(fig, path)
 
 
 SCATTER_METRICS = (("top10_after", "top-10 % intersection"), ("pcc_after", "PCC"), ("mse_after", "MSE"))
@@ -128,32 +291,45 @@ def _scatter_points(df, attacked: str):
             for col, _ in SCATTER_METRICS}
 
 
+#: Axis label of each scatter metric, with its direction (MSE is a distance: lower = closer).
+SCATTER_AXIS = {"top10_after": "top-10 % intersection with target (higher = closer)",
+                "pcc_after": "PCC with target map (higher = closer)",
+                "mse_after": "MSE to target map (lower = closer)"}
+
+
+@styled
 def _scatter_panels(points, path: Path, xlabel: str, ylabel: str, title: str, legend: bool = True) -> Path:
-    """One row of three panels (top-10 %, PCC, MSE), one marker per series, dashed y = x."""
+    """One row of three panels (top-10 %, PCC, MSE), one point per image in its series' colour
+    (:func:`manipex.style.color_for`), dashed y = x. ``xlabel``/``ylabel`` hold ``{metric}``,
+    filled in per panel with the metric's label and direction."""
     import math
 
-    fig, axes = _subplots(1, len(SCATTER_METRICS), figsize=(8.4, 2.8), squeeze=False)
+    fig, axes = _subplots(1, len(SCATTER_METRICS), figsize=(9.6, 3.2), squeeze=False)
+    counts = set()
     for ax, (col, label) in zip(axes[0], SCATTER_METRICS):
         values = [float(v) for x, y in points[col].values() for v in list(x) + list(y)]
-        scale = 1.0  # MSE: plotted in units of a power of ten, named in the title
+        axis = SCATTER_AXIS.get(col, label)
+        scale = 1.0  # MSE: plotted in units of a power of ten, named on the axes
         if col == "mse_after" and values and max(map(abs, values)) > 0:
             scale = 10.0 ** math.floor(math.log10(max(map(abs, values))))
-            label = f"{label} (×{scale:.0e})" if scale != 1.0 else label
+            if scale != 1.0:
+                axis = axis.replace("(", f"(×{scale:.0e}; ", 1)
         for j, (series, (x, y)) in enumerate(points[col].items()):
-            ax.scatter(x / scale, y / scale, s=10, marker=_MARKERS[j % len(_MARKERS)], alpha=0.8,
-                       label=series.replace("_", " "))
+            counts.add(len(x))
+            ax.scatter(x / scale, y / scale, s=12, marker=_MARKERS[j % len(_MARKERS)], alpha=0.8,
+                       color=color_for(str(series)), label=_pretty(series))
         if values:
             lo, hi = min(values) / scale, max(values) / scale
             pad = 0.05 * (hi - lo) or 0.05 * (abs(hi) or 1.0)
             ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", lw=0.8, color="grey")
-        ax.set_title(label, fontsize=8)
-        ax.set_xlabel(xlabel, fontsize=7)
-        ax.set_ylabel(ylabel, fontsize=7)
+        ax.set_title(label)
+        ax.set_xlabel(xlabel.format(metric=axis), fontsize=7)
+        ax.set_ylabel(ylabel.format(metric=axis), fontsize=7)
         ax.tick_params(labelsize=6)
     if legend:
-        axes[0][0].legend(fontsize=6, title="y:", title_fontsize=6)
-    fig.suptitle(title, fontsize=8)
-    return _save(fig, path)
+        legend_outside(axes[0][-1], title="y: evaluated with")
+    fig.suptitle(f"{title}\n(one point per image, {n_text(counts or [0])})")
+    return save_figure(fig, path)
 
 
 def transfer_scatter(transfer_df, attacked: str, path: Path) -> Path:
@@ -162,9 +338,9 @@ def transfer_scatter(transfer_df, attacked: str, path: Path) -> Path:
     the diagonal for top-k and PCC (above for MSE): the attack transfers poorly."""
     return _scatter_panels(
         _scatter_points(transfer_df, attacked), path,
-        f"{attacked.replace('_', ' ')} (attacked)\nsimilarity to target",
-        "other method: similarity to target",
-        f"attack on {attacked.replace('_', ' ')} evaluated with other methods (dashed: y = x)")
+        f"{_pretty(attacked)} (attacked) map:\n{{metric}}",
+        "other method's map of x_adv:\n{metric}",
+        f"attack on {_pretty(attacked)} evaluated with other methods (dashed: y = x)")
 
 
 def robustness_scatter(table1_df, x_method: str, y_method: str, path: Path) -> Path:
@@ -175,79 +351,122 @@ def robustness_scatter(table1_df, x_method: str, y_method: str, path: Path) -> P
     points = {col: {y_method: _paired(table1_df, "method", x_method, y_method, col)} for col, _ in SCATTER_METRICS}
     return _scatter_panels(
         points, path,
-        f"{x_method.replace('_', ' ')} attacked\nsimilarity to target",
-        f"{y_method.replace('_', ' ')} attacked: similarity to target",
-        "each method attacked individually (dashed: y = x; lower top-k/PCC = more robust)", legend=False)
+        f"{_pretty(x_method)} attacked:\n{{metric}}",
+        f"{_pretty(y_method)} attacked:\n{{metric}}",
+        f"each method attacked individually (dashed: y = x; {_pretty(y_method)} more robust below it for "
+        "top-k and PCC, above it for MSE)", legend=False)
 
 
-def training_curves(history, path: Path) -> Path:
-    """Pasliev Fig. 3.4: classification and explanation loss per epoch, one line per model."""
-    fig, axes = _subplots(1, 2, figsize=(7, 2.6))
+def _epoch_axis(ax, epochs) -> None:
+    """Integer epoch ticks; one epoch: a single tick in the middle of a unit-wide range."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _single_x(ax, epochs)
+    ax.set_xlabel("epoch of fine-tuning")
+
+
+@styled
+def training_curves(history, path: Path, *, n=None) -> Path:
+    """Pasliev Fig. 3.4: classification and explanation loss per epoch, one line (with markers)
+    per model in its colour; ``n``: the training images (stated in the title)."""
+    fig, axes = _subplots(1, 2, figsize=(7.6, 2.8))
     for model, part in history.groupby("model", sort=False):
         part = part.sort_values("epoch")
         for ax, column in zip(axes, ("classification", "objective")):
-            ax.plot(part.epoch, part[column], marker="o", ms=3, label=model.replace("_", " "))
-    from matplotlib.ticker import MaxNLocator
+            ax.plot(part.epoch, part[column], marker="o", ms=4, color=color_for(str(model)), label=_pretty(model))
+    for ax, column, title in zip(axes, ("classification", "objective"),
+                                 ("classification term", "explanation objective")):
+        _epoch_axis(ax, history.epoch)
+        ax.set_title(title)
+        log = bool((history[column] > 0).all())
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylabel(f"{title} per epoch\n({'log scale, ' if log else ''}lower = closer to the aim)")
+    legend_outside(axes[1], title="model")
+    fig.suptitle("fine-tuning of the manipulated models"
+                 + (f" ({n_text([n], 'training images')})" if n else ""))
+    return save_figure(fig, path)
 
-    for ax, title in zip(axes, ("classification term", "explanation objective")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.set_title(title, fontsize=9)
-        ax.set_yscale("log")
-    axes[1].legend(fontsize=6)
-    return _save(fig, path)
+
+#: Axis labels of the weight-noise metrics (Pasliev Sec. 4.2), with their units and direction.
+NOISE_METRICS = {
+    "com_distance_to_point": "centre of mass of the map to the corner\n(pixels; lower = more manipulated)",
+    "com_shift": "shift of the map's centre of mass\n(pixels; higher = more manipulated)",
+    "pcc_target": "PCC of the map with the cross target\n(higher = more manipulated)",
+}
+NOISE_TITLES = {"com": "center of mass to the corner", "th": "cross target"}
 
 
-def weight_noise_curves(rows, path: Path) -> Path:
-    """Pasliev Fig. 4.4: accuracy and the manipulation's metric as weight noise grows."""
+@styled
+def weight_noise_curves(rows, path: Path, *, n=None) -> Path:
+    """Pasliev Fig. 4.4: accuracy and the manipulation's metric (mean over ``n`` held-out
+    images) as weight noise grows, one line per model in its colour."""
     kinds = list(dict.fromkeys(rows.objective))
-    fig, axes = _subplots(1, 1 + len(kinds), figsize=(3.2 * (1 + len(kinds)), 2.6), squeeze=False)
+    fig, axes = _subplots(1, 1 + len(kinds), figsize=(3.0 * (1 + len(kinds)) + 1.6, 2.9), squeeze=False)
     axes = axes[0]
     for (model, kind), part in rows.groupby(["model", "objective"], sort=False):
         part = part.sort_values("sigma")
-        label = model.replace("_", " ")
+        colour, label = color_for(str(model)), _pretty(model)
         if kind == next(k for k in kinds if k in set(rows[rows.model == model].objective)):
-            axes[0].plot(part.sigma, part.accuracy, marker="o", ms=3, label=label)
+            axes[0].plot(part.sigma, part.accuracy, marker="o", ms=4, color=colour, label=label)
         ax = axes[1 + kinds.index(kind)]
-        ax.plot(part.sigma, part.metric, marker="o", ms=3, label=label)
-        ax.set_ylabel(part.metric_name.iloc[0].replace("_", " "), fontsize=8)
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=6)
-    for ax, title in zip(axes, ["accuracy"] + [{"com": "center of mass to the corner", "th": "cross target"}.get(k, k)
-                                               for k in kinds]):
-        ax.set_xlabel("weight noise σ (× sd of each tensor)", fontsize=8)
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=6)
-    return _save(fig, path)
+        ax.plot(part.sigma, part.metric, marker="o", ms=4, color=colour, label=label)
+        name = str(part.metric_name.iloc[0])
+        ax.set_ylabel(NOISE_METRICS.get(name, f"{_pretty(name)}\n(mean over images)"))
+    axes[0].set_ylabel("accuracy (share of images correct)")
+    for ax, title in zip(axes, ["accuracy"] + [NOISE_TITLES.get(k, k) for k in kinds]):
+        ax.set_xlabel("weight noise σ (× sd of each tensor)")
+        ax.set_title(title)
+        _single_x(ax, rows.sigma)
+    legend_outside(axes[-1], title="model")
+    fig.suptitle("manipulated models under weight noise"
+                 + (f" (means over {n_text([n], 'held-out images')}, one noise draw per σ)" if n else ""))
+    return save_figure(fig, path)
 
 
-def feature_importance(rows, path: Path) -> Path:
-    """Pasliev Figs. 3.14/3.15: mean normalised gradient importance per feature, per model."""
+@styled
+def feature_importance(rows, path: Path, *, n=None) -> Path:
+    """Pasliev Figs. 3.14/3.15: mean normalised gradient importance per feature, one bar per
+    model in its colour; ``n``: the images averaged (stated in the title)."""
     table = rows.pivot_table(index="feature", columns="model", values="importance", sort=False)
-    fig, ax = _subplots(figsize=(0.5 * len(table) + 2.5, 3))
+    table.columns.name = "model"
+    fig, ax = _subplots(figsize=(0.5 * len(table) + 3.4, 3.4))
     grouped_bars(ax, table, width=0.8)
-    ax.set_ylabel("mean share of |gradient|")
-    ax.set_xlabel("")
+    ax.set_ylabel("mean share of |gradient|\n(higher = feature used more)")
+    ax.set_xlabel("feature")
     ax.tick_params(axis="x", rotation=45, labelsize=7)
     for label in ax.get_xticklabels():
         label.set_horizontalalignment("right")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    ax.set_title("gradient importance per feature"
+                 + (f" (mean over {n_text([n], 'test rows')})" if n else " (mean over the test rows)"))
+    return save_figure(fig, path)
 
 
-def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path) -> Path:
-    """Mean of each metric against ``x``, one line per value of ``line``, one row of panels per
-    value of ``panel_row`` (Tang et al., Tables 1-4 as curves over the budget ε)."""
+@styled
+def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path, *, labels=None, xlabel: str = "",
+                  title: str = "") -> Path:
+    """Mean of each metric against ``x`` with 95 % bootstrap intervals over the rows (images),
+    one line per value of ``line`` in its colour, one row of panels per value of ``panel_row``
+    (Tang et al., Tables 1-4 as curves over the budget ε). ``labels``: metric -> y label."""
+    labels = dict(labels or {})
     rows = list(dict.fromkeys(df[panel_row]))
-    fig, axes = _subplots(len(rows), len(metrics), figsize=(3 * len(metrics), 2.4 * len(rows)), squeeze=False)
+    fig, axes = _subplots(len(rows), len(metrics), figsize=(3.0 * len(metrics) + 1.6, 2.7 * len(rows)),
+                          squeeze=False)
+    counts = []
     for i, row in enumerate(rows):
         part = df[df[panel_row] == row]
         for j, metric in enumerate(metrics):
             ax = axes[i][j]
             for name, group in part.groupby(line, sort=False):
-                means = group.groupby(x)[metric].mean().sort_index()
-                ax.plot(means.index, means.values, marker="o", ms=3, label=str(name))
-            ax.set_xlabel(x)
-            ax.set_title(f"{row}: {metric}", fontsize=8)
-            ax.legend(fontsize=6)
-    return _save(fig, path)
+                xs = sorted(group[x].unique())
+                stats = [summarize(group[group[x] == v][metric]) for v in xs]
+                counts += [s[3] for s in stats]
+                _line_with_interval(ax, xs, stats, name)
+            _single_x(ax, part[x])
+            ax.set_xlabel(xlabel or _pretty(x))
+            ax.set_ylabel(labels.get(metric, f"mean {_pretty(metric)}"))
+            ax.set_title(f"{_pretty(row)}: {_pretty(metric)}")
+        legend_outside(axes[i][-1], title=_pretty(line))
+    fig.suptitle(f"{title + ' ' if title else ''}(means, {CI_TEXT}; {n_text(counts)})")
+    return save_figure(fig, path)

@@ -80,14 +80,23 @@ class Quick(Experiment):
         }
 
     def figures(self, df, config, out):
-        from ..figures import _save, _subplots
-        from .plots import grouped_bars
+        from ..figures import _subplots
+        from .plots import CI_TEXT, aggregate, grouped_bars, n_text, save_figure, styled
 
-        table = self._rise(df)
-        fig, ax = _subplots(figsize=(6.5, 3))
-        grouped_bars(ax, table, width=0.8)
-        ax.set_ylabel("rise of PCC with target")
-        ax.set_xlabel("")
-        ax.tick_params(axis="x", rotation=20)
-        ax.legend(fontsize=7, title="defense", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        return [_save(fig, Path(out) / "quick_defenses.png", dpi=150)]
+        @styled
+        def draw():
+            rise = self._rise(df)
+            mean, low, high, n = aggregate(df.assign(delta=df.pcc_after - df.pcc_before), "method", "defense",
+                                           "delta")
+            mean, low, high = (t.reindex(index=rise.index, columns=rise.columns) for t in (mean, low, high))
+            fig, ax = _subplots(figsize=(7.4, 3.2))
+            grouped_bars(ax, mean, width=0.8, low=low, high=high)
+            ax.axhline(0.0, color="black", lw=0.6)
+            ax.set_ylabel("rise of PCC with target map\n(after − before; higher = more manipulated)")
+            ax.set_xlabel("explanation method (attacked adaptively through the defense)")
+            ax.set_xticks(range(len(mean.index)), [m.replace("_", "\n") for m in mean.index])
+            ax.set_title(f"targeted attack per method and defense: mean rise\n({CI_TEXT}; "
+                         f"{n_text(n.stack().dropna())})")
+            return save_figure(fig, Path(out) / "quick_defenses.png")
+
+        return [draw()]
