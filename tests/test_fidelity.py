@@ -46,7 +46,7 @@ def test_agg_mean_is_not_below_every_single_method_on_mnist(tmp_path):
                  out=tmp_path, quiet=True)
     findings = tables["Findings"]
     assert findings.verdict.tolist() == ["partly"] and "guided_backprop" in findings.why.iloc[0]
-    d_pcc = next(v for k, v in tables.items() if k.startswith("Table 1"))["d_pcc"]
+    d_pcc = next(v for k, v in tables.items() if k.startswith("Table 1"))["Δ-PCC"]
     assert d_pcc["guided_backprop"] < d_pcc["agg_mean"] < d_pcc["gradient"]
     # at eps 0.5, where the input no longer pins LRP and guided backprop, AGG-Mean moves least
     # (measured 0.299 vs gradient 0.324, guided backprop 0.319, LRP 0.324)

@@ -89,6 +89,31 @@ class Audit(Experiment):
 
     name = "audit"
     title = "Audit: can this model's explanations be trusted?"
+    captions = {
+        "Verdict": ("Verdict", "The audit's answers in words, from the tables below."),
+        "(a) Input manipulation*": (
+            "(a) Can the maps be manipulated through the input?",
+            "Share (0-1) of images attacked successfully with the class kept, per method and objective (rows) and "
+            "budget eps (columns). Higher = less trustworthy."),
+        "(b) Defenses under the adaptive targeted attack*": (
+            "(b) Which defense holds?",
+            "Rise of the PCC with the target under an attack that sees the defense, per method (rows) and defense "
+            "(columns). Lower = the defense holds."),
+        "(c) Largest principal curvature*": (
+            "(c) Curvature of the decision surface (Dombrowski Thm 1)",
+            "Median largest principal curvature per softplus beta. Lower = maps harder to manipulate."),
+        "(d) Noise-input similarity against the references*": (
+            "(d) Was the model itself manipulated?",
+            "Similarity of the maps of noise inputs (score) against reference models of the same kind: threshold, "
+            "p-value (small = unusual) and the decision (1 = manipulated)."),
+        "(d) Weight noise: noise-map similarity and accuracy": (
+            "(d) Weight noise",
+            "Per weight-noise level sigma: noise-map similarity per method and accuracy in %. A manipulation that "
+            "vanishes with small noise while the accuracy stays is suspicious."),
+        "audit_success_vs_eps": ("Input manipulation: success against the budget",
+                                 "Share of images attacked successfully (class kept) per method, as eps grows, per "
+                                 "attack objective. Higher curves = less trustworthy explanations."),
+    }
     Config = AuditConfig
     Context = AuditContext
 

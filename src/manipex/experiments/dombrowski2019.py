@@ -36,6 +36,33 @@ class Dombrowski2019(Experiment):
 
     name = "dombrowski2019"
     title = "Dombrowski et al. 2019: explanations can be manipulated (targeted attack; beta-smoothing)"
+    captions = {
+        "Findings": ("What this run finds", "The paper's claims, the published numbers, ours in this run's setting, "
+                     "and a verdict; 'why' says what is known where a claim does not hold."),
+        "Fig. 3: manipulated map vs target map (mean per method)": (
+            "Fig. 3: how close the manipulated maps come to their targets",
+            "Per explanation method: MSE, SSIM and PCC of the manipulated map with the target map (lower MSE, "
+            "higher SSIM/PCC = manipulated more), the PCC before the attack, the image's own MSE change (lower = "
+            "less visible) and the share of images whose class was kept."),
+        "Fig. 3 by budget: mean PCC with the target, before and after the attack": (
+            "Fig. 3 by budget: PCC with the target at each eps",
+            "Mean PCC of each method's map with the target before the attack and after it at each budget eps "
+            "(pixels in [0, 1]). Higher = the attack reaches the target better."),
+        "Fig. 4: beta-smoothed maps of the manipulated image (median PCC)": (
+            "Fig. 4: beta-smoothing undoes the manipulation",
+            "Median PCC of the beta-smoothed map of the manipulated image with the target map (lower = better "
+            "defended) and with the original map (higher = better recovered), per method and beta ('relu': no "
+            "smoothing)."),
+        "fig3_pcc_gain_boxes": ("Fig. 3: rise of the PCC with the target per method",
+                                "Box plots over images of the PCC with the target map after the attack minus before. "
+                                "Higher = the map was manipulated more."),
+        "fig3_maps": ("Fig. 3: original, manipulated and target maps",
+                      "Per method (rows): the original image's map, the manipulated image's map, the target map and "
+                      "the perturbation. A successful attack makes the second look like the third."),
+        "fig4_beta_curve": ("Fig. 4: similarity against the smoothing parameter beta",
+                            "PCC of the smoothed manipulated map with the original map and with the target as beta "
+                            "falls (more smoothing). Rising similarity to the original = the defense works."),
+    }
     Config = Dombrowski2019Config
     Context = ImageContext
 

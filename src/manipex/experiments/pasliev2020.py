@@ -86,6 +86,47 @@ class Pasliev2020(Experiment):
 
     name = "pasliev2020"
     title = "Pasliev 2020: training networks with manipulated explanations"
+    captions = {
+        "Findings": ("What this run finds", "The thesis's claims, the published numbers, ours in this run's setting, "
+                     "and a verdict; 'why' says what is known where a claim does not hold."),
+        "Table 3.1: center-of-mass distance to the corner (pixels) of every method's maps": (
+            "Table 3.1: centre-of-mass manipulation",
+            "Distance in pixels of each method's map's centre of mass to the corner (0, 0), per model (rows: acc = "
+            "original, com_<m> = fine-tuned against method m), and accuracy in %. Lower distance = manipulated."),
+        "Table 3.2: maps vs the cross target": (
+            "Table 3.2: target-map manipulation (the cross)",
+            "Per model and method: accuracy in %, MSE to the cross (lower = manipulated), PCC and SSIM with the "
+            "cross (higher = manipulated). th_<m> is fine-tuned towards the cross for method m."),
+        "Table 3.3: identical prediction probabilities (* maps vs the cross)": (
+            "Table 3.3: identical prediction probabilities ({})",
+            "The ipp model keeps the original softmax (classification_loss: MSE to it, lower = closer) while its "
+            "maps move to the cross (lower MSE, higher PCC/SSIM = manipulated)."),
+        "Table 3.4: classifier frozen (* maps vs the cross)": (
+            "Table 3.4: classifier layers frozen ({})",
+            "Only the feature layers fine-tuned: accuracy in %, MSE (lower) and PCC/SSIM (higher) with the cross = "
+            "manipulated."),
+        "Table 4.1: gradient maps of noise inputs N(0, 1)": (
+            "Table 4.1: maps of noise inputs",
+            "Gradient maps of Gaussian-noise inputs per model: a manipulated model shows its manipulation here too "
+            "(small centre-of-mass distance, high PCC with the cross)."),
+        "Table 4.2: similarity of the maps of noise inputs, and detection (F_acc as the trusted model)": (
+            "Table 4.2: detecting manipulated models from noise inputs",
+            "Mean PCC between the maps of noise inputs (higher = suspiciously alike), the threshold set on the "
+            "trusted original model, and whether the model is flagged (1 = flagged)."),
+        "* as published": ("{} as published (Pasliev 2020)",
+                           "The thesis's numbers in its own setting (MSE in the same unit as ours). Compare the "
+                           "direction of each change from acc, not the values."),
+        "fig3_heatmaps_*": ("Fig. 3: maps of each model, example {}",
+                            "One test image's maps (rows: method) for every model (columns: acc = original, then the "
+                            "manipulated models). Manipulated models should show their target (corner, cross)."),
+        "fig3_4_training": ("Training curves of the manipulation",
+                            "Classification and explanation loss per fine-tuning step of each manipulated model. Both "
+                            "falling = the manipulation is learned while the accuracy is kept."),
+        "fig4_4_weight_noise": ("Fig. 4.4: maps and accuracy under weight noise",
+                                "As Gaussian noise is added to the weights (x), the manipulation's own metric and the "
+                                "accuracy per model. A manipulation that vanishes before the accuracy falls can be "
+                                "detected this way."),
+    }
     Config = Pasliev2020Config
     Context = PaslievContext
 

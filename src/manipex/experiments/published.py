@@ -49,6 +49,70 @@ class Published:
         """``ours`` joined (left) with the published columns."""
         return ours.join(self.frame(prefix, columns), how="left")
 
+    def table(self, config: Any = None, compare: str = "the order of the rows", columns: Optional[Sequence[str]] = None,
+              rows: Optional[Sequence[Any]] = None, rename: Optional[Mapping[str, str]] = None):
+        """The published numbers as a block of their own (never in a column beside ours): a
+        DataFrame whose ``attrs`` carry the paper's setting, ours (from ``config``) and one line
+        on how they differ (:func:`difference`); the report shows them above the table."""
+        df = self.frame("", columns)
+        if rows is not None:
+            df = df.reindex([r for r in rows if r in df.index])
+        if rename:
+            df = df.rename(columns=dict(rename))
+        return with_setting(df, self.setting, config, compare)
+
+
+def with_setting(df, setting: "Setting", config: Any = None, compare: str = "the order of the rows"):
+    """``df`` marked as published numbers measured in ``setting`` (see :meth:`Published.table`)."""
+    df.attrs.update(published=str(setting), ours=our_setting(config) if config is not None else "",
+                    differs=difference(setting, config, compare) if config is not None else "")
+    return df
+
+
+_DATASET_NAMES = {"mnist5k": "MNIST-5k", "mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
+                  "image_folder": "an image folder", "adult": "UCI Adult"}
+_SIZES = {"mnist5k": 28, "mnist": 28, "fashion_mnist": 28, "cifar10": 32}
+
+
+def _ours(config: Any) -> Tuple[str, str, int]:
+    """(dataset, model, image size) of a run's config."""
+    dataset = getattr(config, "dataset", "adult")
+    arch = getattr(config, "arch", "")
+    if arch in ("", "auto"):
+        arch = config.auto_arch() if hasattr(config, "auto_arch") else "MLP"
+    model = {"mnist_cnn": "CNN", "atex_cnn": "ATEX CNN", "vgg16_cifar": "VGG16", "vgg16": "VGG16",
+             "tabular_mlp": "MLP"}.get(arch, arch)
+    if getattr(config, "weights", ""):
+        model += " (user's weights)"
+    size = _SIZES.get(dataset, getattr(config, "image_size", 0) if dataset != "adult" else 0)
+    return _DATASET_NAMES.get(dataset, dataset), model, size
+
+
+def our_setting(config: Any) -> str:
+    """Our setting in the words of :class:`Setting`: dataset, model, image size, eps."""
+    from .sources import eps_text
+
+    dataset, model, size = _ours(config)
+    eps = getattr(config, "eps", None)
+    return (f"{dataset}, {model}" + (f", {size} px" if size else "")
+            + (f", eps {', '.join(eps_text(e) for e in eps) if isinstance(eps, (list, tuple)) else eps_text(eps)}"
+               if eps not in (None, [], ()) else ""))
+
+
+def difference(setting: "Setting", config: Any, compare: str = "the order of the rows") -> str:
+    """One line: where our setting differs from the paper's, and what that implies."""
+    dataset, model, size = _ours(config)
+    def side(d, m, px):
+        return f"{d} {f'{px}×{px} ' if px else ''}{m}"
+    same_data = dataset.split("-")[0].lower() == setting.dataset.split("-")[0].lower()
+    same_model = model.split(" ")[0].lower() == setting.model.split(" ")[0].lower()
+    if same_data and same_model and size == setting.image_size:
+        return (f"same dataset and model ({side(dataset, model, size)}): values comparable, up to training runs, "
+                "budget and the number of images")
+    return (f"{side(dataset, model, size)} vs {setting.dataset} {setting.model}"
+            + (f" {setting.image_size} px" if setting.image_size else "")
+            + f": absolute values are not comparable; compare {compare}")
+
 
 RIEGER_TABLE1 = Published(
     Setting("Rieger & Hansen 2020", "Table 1", "ImageNet", "VGG16", 224),

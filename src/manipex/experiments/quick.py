@@ -31,6 +31,21 @@ class Quick(Experiment):
 
     name = "quick"
     title = "Quick benchmark: targeted attacks against explanation methods and defenses"
+    captions = {
+        "Findings": ("What this run finds", "The papers' claims, their published numbers, ours in this run's setting, "
+                     "and a verdict; 'why' says what is known where a claim does not hold."),
+        "Rise of the PCC with the target map (lower = defense works)": (
+            "How far the attack moves each map towards its target, per defense",
+            "Mean rise of the Pearson correlation (PCC) between the attacked image's map and the target map "
+            "(after − before), rows: explanation method, columns: defense. Lower is better: the defense works."),
+        "Share of images whose class was kept": (
+            "Share of attacked images whose class was kept",
+            "Fraction (0-1) of attacked images the model still gives their original class. 1 = the attack changed "
+            "only the explanation, as it intends."),
+        "quick_defenses": ("Attack success per method and defense",
+                           "Bars: mean rise of the PCC with the target map per explanation method (groups) and "
+                           "defense (colours), with confidence intervals. Lower bars = the defense holds better."),
+    }
     Config = QuickConfig
     Context = ImageContext
 

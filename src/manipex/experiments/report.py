@@ -56,7 +56,7 @@ def format_column(values: Sequence[Any], name: str = "") -> List[str]:
     """The cells of one numeric column as text, formatted from the column's magnitude: integers
     as integers; decimals enough for three significant digits of the smallest value (at most 4),
     or scientific notation (``3.20e-07``) when the values are tiny or huge or span too many
-    decades; a column named ``... (%)`` with one decimal. Never ``-0``; missing values as ``–``."""
+    decades; a column whose name holds ``(%)`` with one decimal. Never ``-0``; missing values as ``–``."""
     import math
 
     nums = [float(v) for v in values if _finite(v)]
@@ -65,7 +65,7 @@ def format_column(values: Sequence[Any], name: str = "") -> List[str]:
     def clean(text: str) -> str:  # -0, -0.000, -0.00e+00 -> without the sign
         return text[1:] if text.startswith("-") and float(text) == 0 else text
 
-    if name.endswith("(%)"):
+    if "(%)" in name:
         fmt = "{:.1f}"
     elif all(v == int(v) and abs(v) < 1e15 for v in nums):
         fmt = "{:.0f}"
@@ -132,7 +132,8 @@ def table_html(table) -> str:
             tag = "th" if is_index else "td"
             cells.append(f'<{tag} class="{kind}">{html.escape(cells_text[r])}</{tag}>')
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>' + "".join(body)
+    kind = "dataframe text" if is_text(table) else "dataframe"
+    return (f'<div class="scroll"><table class="{kind}"><thead><tr>{head}</tr></thead><tbody>' + "".join(body)
             + "</tbody></table></div>")
 
 

@@ -39,6 +39,43 @@ class Rieger2020(Experiment):
 
     name = "rieger2020"
     title = "Rieger & Hansen 2020: aggregation as a defense (Table 1)"
+    captions = {
+        "Findings": ("What this run finds", "The paper's claims, the published numbers, ours in this run's setting, "
+                     "and a verdict; 'why' says what is known where a claim does not hold."),
+        "Table 1: Δ-metrics of the targeted attack": (
+            "Table 1: how much the targeted attack moves each method's map (ours)",
+            "Per method: change (after − before) of the MSE (lower = closer to target), PCC and top-10 overlap "
+            "(higher = closer) between the map and the target map; PCC and top-10 after; share of images whose "
+            "class was kept. A robust method has Δ-PCC and Δ-top-10 near 0."),
+        "Table 1 as published": (
+            "Table 1 as published (Rieger & Hansen 2020)",
+            "The paper's Δ-metrics in its own setting, Δ-MSE in the same unit as ours. Compare which methods move "
+            "most, not the values."),
+        "Table 1 by budget: Δ-PCC of the targeted attack": (
+            "Table 1 by budget: Δ-PCC at each eps",
+            "Mean rise of the PCC with the target per method (rows) and budget eps (columns). Lower = more robust."),
+        "Fig. 2: transfer, rise of PCC with the target (rows attacked, columns evaluated)": (
+            "Fig. 2: does an attack on one method transfer to another?",
+            "Rise of the PCC with the target for the method attacked (rows) as seen by each method evaluated "
+            "(columns). A large diagonal and small off-diagonal = the attack transfers poorly."),
+        "Table 4: blank-square attack (share of the square's relevance kept; map preserved)": (
+            "Table 4: blank-square attack",
+            "Relevance inside the blanked square before and after, the share kept (higher = the square still "
+            "shows), whether the rest of the map was preserved, and the share of images whose class was kept."),
+        "table1_d_pcc_boxes": ("Table 1: Δ-PCC per method, over images",
+                               "Box plots of the rise of the PCC with the target map per attacked method. Lower = "
+                               "more robust; AGG-Mean should sit lowest if aggregation defends."),
+        "fig2_transfer": ("Fig. 2: transfer of the attack between methods",
+                          "Heat map of the mean rise of the PCC with the target: rows attacked, columns evaluated. "
+                          "Darker = more manipulated."),
+        "fig2_transfer_scatter_*": ("Fig. 2: transfer of the attack on {}",
+                                    "Per image: the PCC with the target after attacking {} (x) against the same "
+                                    "for the other methods (y). Points under the diagonal = the attack transfers "
+                                    "poorly."),
+        "fig5_agg_mean_vs_*": ("Fig. 5: AGG-Mean against {}",
+                               "Per image: the rise of the PCC with the target for {} (x) and for AGG-Mean (y). "
+                               "Points under the diagonal = AGG-Mean is more robust."),
+    }
     Config = Rieger2020Config
     Context = ImageContext
 

@@ -64,6 +64,27 @@ class TangATEX(Experiment):
 
     name = "tang_atex"
     title = "Tang et al.: ATEX against explanation manipulation (Tables 1-4)"
+    captions = {
+        "Findings": ("What this run finds", "The paper's claims, the published numbers, ours in this run's setting, "
+                     "and a verdict; 'why' says what is known where a claim does not hold."),
+        "untargeted attack: similarity of the attacked map to the original (higher = more robust)": (
+            "Table 1: untargeted (top-k) attack, ours",
+            "Per budget eps (rows) and model (atex, softplus): Spearman rank correlation, top-k intersection and "
+            "SSIM of the attacked map with the original map (higher = more robust), and accuracy in %."),
+        "targeted attack: similarity of the attacked map to the original (higher = more robust)": (
+            "Targeted (region) attack, ours",
+            "As Table 1 for the targeted attack: similarity of the attacked map with the original (higher = more "
+            "robust), and accuracy in %."),
+        "Table 1 (untargeted attack) as published": (
+            "Table 1 as published (Tang et al.)",
+            "The paper's numbers in its own setting. Compare the gap between ATEX and softplus, not the values."),
+        "tables_metrics_vs_eps": ("Map similarity against the attack budget",
+                                  "Spearman, top-k and SSIM of the attacked map with the original, per model, as the "
+                                  "budget eps grows. Higher curves = more robust; ATEX should lie above softplus."),
+        "fig3_maps": ("Fig. 3: maps before and after the attack",
+                      "Softplus and ATEX maps of the same images, clean and attacked at the largest eps. A robust "
+                      "model's attacked map looks like its clean map."),
+    }
     Config = TangConfig
     Context = TangContext
 
