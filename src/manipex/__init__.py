@@ -10,6 +10,7 @@ from importlib import import_module
 from typing import Any
 
 from .explainers import explain, fit_patterns, methods, relevance
+from .figures import plot_maps
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'manipex' has no attribute {name!r}")
 
 
-__all__ = ["explain", "relevance", "methods", "fit_patterns", "__version__"]
+__all__ = ["explain", "relevance", "methods", "fit_patterns", "plot_maps", "__version__"]

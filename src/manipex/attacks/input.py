@@ -106,6 +106,17 @@ class InputAttackResult:
             "l2": l2(self.x, self.x_adv).cpu().numpy(),
         })
 
+    def plot(self, n: int = 4, *, sign: str = "absolute"):
+        """A figure of the attack (:func:`manipex.figures.input_attack_figure`): one row per image
+        (the first ``n``); columns: original input, its map, manipulated input, its map and the
+        perturbation ``x_adv - x`` (signed, symmetric limits), each map with a colour bar; titles
+        give ``metric_name`` before/after and whether the class was kept. ``sign``: the view of
+        the stored maps (normalised relevance, non-negative; see :func:`manipex.figures.draw_map`).
+        Returns the :class:`~matplotlib.figure.Figure`, not saved."""
+        from ..figures import input_attack_figure
+
+        return input_attack_figure(self, n, sign=sign)
+
 
 def _bounds(value: Optional[Tuple[Bound, Bound]], x: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
     """The valid range as tensors broadcast to one input (per channel when given per channel)."""

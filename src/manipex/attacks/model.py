@@ -232,6 +232,14 @@ class ModelEvaluation:
     table: Any
     summary: Dict[str, float]
 
+    def plot(self):
+        """A bar chart of the objective's metric per method, original vs manipulated model
+        (:func:`manipex.figures.evaluation_figure`): accuracies in the title, legend outside the
+        bars. Returns the :class:`~matplotlib.figure.Figure`, not saved."""
+        from ..figures import evaluation_figure
+
+        return evaluation_figure(self)
+
 
 def evaluate_manipulation(
     original: nn.Module,
