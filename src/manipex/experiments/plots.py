@@ -19,13 +19,17 @@ LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxe
 CI_TEXT = "error bars: 95 % bootstrap interval"
 
 
-def legend_outside(ax, **kwargs):
-    """A legend right of ``ax``, outside its data area (``tight_layout`` makes room for it);
-    None when nothing on ``ax`` is labelled."""
-    handles, labels = ax.get_legend_handles_labels()
-    if not handles:
+def legend_outside(ax, *, source=None, **kwargs):
+    """A legend right of ``ax``, outside its data area (``tight_layout`` makes room for it), of
+    what is labelled on ``ax`` or, given ``source`` (axes), on any of them (each label once);
+    None when nothing is labelled."""
+    entries = {}
+    for each in (source if source is not None else [ax]):
+        for handle, label in zip(*each.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if not entries:
         return None
-    return ax.legend(handles, labels, **{**LEGEND_OUTSIDE, **kwargs})
+    return ax.legend(list(entries.values()), list(entries), **{**LEGEND_OUTSIDE, **kwargs})
 
 
 def save_figure(fig, path, *, dpi: int = 150, **layout) -> Path:
@@ -163,13 +167,14 @@ def aggregate(df, index: str, columns: str, value: str, statistic: str = "mean")
 
 
 @styled
-def manipulation_grid(rows: Dict[str, Dict[str, Tensor]], path: Path) -> Path:
+def manipulation_grid(rows: Dict[str, Dict[str, Tensor]], path: Path, *, formats=None) -> Path:
     """Dombrowski Fig. 2/3 layout: one row per method; columns: original map, target map,
     manipulated map (:func:`manipex.figures.draw_map`, absolute view, 0 .. 99th percentile) and
     the perturbation ``x_adv - x`` summed over channels (signed, limits symmetric at its largest
     magnitude, so nothing saturates), each with a colour bar. ``rows``: method -> {"original",
     "target", "manipulated": (H, W) or (C, H, W) maps, "perturbation": (C, H, W) or (H, W)}.
-    Writes ``path`` and the other formats of :data:`manipex.style.FORMATS` next to it."""
+    Writes ``path`` (its suffix's format) and each of ``formats`` (e.g.
+    :data:`manipex.style.FORMATS`) next to it; :func:`each_format` calls it once per format."""
     from ..figures import draw_map, save_figure, wrap_title
 
     cols = ("original", "target", "manipulated", "perturbation")
@@ -186,11 +191,11 @@ def manipulation_grid(rows: Dict[str, Dict[str, Tensor]], path: Path) -> Path:
                 ax.set_title(f"{key} map" if key != "perturbation" else key, fontsize=7)
             if j == 0:
                 ax.set_ylabel(wrap_title(method), fontsize=7)
-    return save_figure(fig, path, formats=FORMATS)
+    return save_figure(fig, path, formats=formats)
 
 
-BETA_PANELS = (("pcc_target", "median PCC of h(x_adv) with target map\n(higher = manipulation survives)"),
-               ("pcc_original", "median PCC of h(x_adv) with original map\n(higher = original map recovered)"))
+BETA_PANELS = (("pcc_target", "median PCC with target map\n(higher = manipulation survives)"),
+               ("pcc_original", "median PCC with original map\n(higher = original recovered)"))
 
 
 @styled
@@ -199,7 +204,7 @@ def beta_curve(df, path: Path) -> Path:
     and with the original map (right) against β, one line per method in its colour with 95 %
     bootstrap intervals of the median; dotted: the same method with ReLU."""
     methods = sorted(df.method.unique())
-    fig, axes = _subplots(1, len(BETA_PANELS), figsize=(7.6, 2.9), squeeze=False)
+    fig, axes = _subplots(1, len(BETA_PANELS), figsize=(8.0, 3.2), squeeze=False)
     counts = []
     for ax, (column, ylabel) in zip(axes[0], BETA_PANELS):
         for method in methods:
@@ -213,11 +218,12 @@ def beta_curve(df, path: Path) -> Path:
                 ax.axhline(float(relu.median()), ls=":", lw=1.0, color=color_for(method))
         ax.set_xscale("log")
         ax.invert_xaxis()
-        ax.set_xlabel("β of the softplus (log scale, smoother to the right)")
+        ax.set_xlabel("β of the softplus (log scale;\nsmoother to the right)")
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{'target' if column == 'pcc_target' else 'original'} map; dotted: ReLU")
-    legend_outside(axes[0][-1], title="method")
-    fig.suptitle(f"β-smoothing of the manipulated maps ({n_text(counts)}; {CI_TEXT} of the median)")
+        ax.set_title(f"smoothed map of x_adv vs {'target' if column == 'pcc_target' else 'original'} map\n"
+                     "(dotted: the same method with ReLU)")
+    legend_outside(axes[0][-1], source=axes[0], title="method")
+    fig.suptitle(f"β-smoothing of the manipulated maps\n({n_text(counts)}; {CI_TEXT} of the median)")
     return save_figure(fig, path)
 
 
@@ -379,11 +385,12 @@ def training_curves(history, path: Path, *, n=None) -> Path:
                                  ("classification term", "explanation objective")):
         _epoch_axis(ax, history.epoch)
         ax.set_title(title)
-        log = bool((history[column] > 0).all())
+        values = history[column].to_numpy(dtype=float)
+        log = bool((values > 0).all() and values.max() > 10 * values.min())  # log only over a decade or more
         if log:
             ax.set_yscale("log")
         ax.set_ylabel(f"{title} per epoch\n({'log scale, ' if log else ''}lower = closer to the aim)")
-    legend_outside(axes[1], title="model")
+    legend_outside(axes[1], source=axes, title="model")
     fig.suptitle("fine-tuning of the manipulated models"
                  + (f" ({n_text([n], 'training images')})" if n else ""))
     return save_figure(fig, path)
@@ -419,7 +426,7 @@ def weight_noise_curves(rows, path: Path, *, n=None) -> Path:
         ax.set_xlabel("weight noise σ (× sd of each tensor)")
         ax.set_title(title)
         _single_x(ax, rows.sigma)
-    legend_outside(axes[-1], title="model")
+    legend_outside(axes[-1], source=axes, title="model")
     fig.suptitle("manipulated models under weight noise"
                  + (f" (means over {n_text([n], 'held-out images')}, one noise draw per σ)" if n else ""))
     return save_figure(fig, path)
@@ -451,7 +458,7 @@ def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path, *,
     (Tang et al., Tables 1-4 as curves over the budget ε). ``labels``: metric -> y label."""
     labels = dict(labels or {})
     rows = list(dict.fromkeys(df[panel_row]))
-    fig, axes = _subplots(len(rows), len(metrics), figsize=(3.0 * len(metrics) + 1.6, 2.7 * len(rows)),
+    fig, axes = _subplots(len(rows), len(metrics), figsize=(3.4 * len(metrics) + 1.6, 2.8 * len(rows)),
                           squeeze=False)
     counts = []
     for i, row in enumerate(rows):
@@ -467,6 +474,6 @@ def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path, *,
             ax.set_xlabel(xlabel or _pretty(x))
             ax.set_ylabel(labels.get(metric, f"mean {_pretty(metric)}"))
             ax.set_title(f"{_pretty(row)}: {_pretty(metric)}")
-        legend_outside(axes[i][-1], title=_pretty(line))
+        legend_outside(axes[i][-1], source=axes[i], title=_pretty(line))
     fig.suptitle(f"{title + ' ' if title else ''}(means, {CI_TEXT}; {n_text(counts)})")
     return save_figure(fig, path)

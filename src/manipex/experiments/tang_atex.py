@@ -191,8 +191,8 @@ class TangATEX(Experiment):
     def figures(self, df, config, out):
         from . import plots
 
-        labels = {"spearman": "Spearman rank corr., attacked\nvs original map (higher = more robust)",
-                  "topk": "top-k intersection, attacked\nvs original map (higher = more robust)",
+        labels = {"spearman": "Spearman, attacked vs original map\n(higher = more robust)",
+                  "topk": "top-k intersection with original\n(higher = more robust)",
                   "ssim": "SSIM, attacked vs original map\n(higher = more robust)"}
         paths = [plots.metric_curves(df, "eps", "model", ["spearman", "topk", "ssim"], "attack",
                                      Path(out) / "tables_metrics_vs_eps.png", labels=labels,
@@ -206,10 +206,10 @@ class TangATEX(Experiment):
             from ..figures import map_grid
 
             maps = {m: load_file(str(p)) for m, p in found.items()}
-            # short titles on separate lines: four columns of 1.35 inches leave no room for one long line
-            columns = {"softplus\n(clean)": maps["softplus"]["before"], "ATEX\n(clean)": maps["atex"]["before"],
-                       f"softplus,\nattacked\n(ε = {eps:g})": maps["softplus"]["after"],
-                       f"ATEX,\nattacked\n(ε = {eps:g})": maps["atex"]["after"]}
+            # short titles (map_grid wraps them to its columns): "ε=0.08" is kept on one line
+            columns = {"softplus (clean)": maps["softplus"]["before"], "ATEX (clean)": maps["atex"]["before"],
+                       f"softplus attacked (ε={eps:g})": maps["softplus"]["after"],
+                       f"ATEX attacked (ε={eps:g})": maps["atex"]["after"]}
             paths.append(plots.each_format(lambda p: map_grid(maps["atex"]["input"], columns, p),
                                            Path(out) / "fig3_maps.png"))
         return paths
