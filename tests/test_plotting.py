@@ -198,6 +198,7 @@ def test_manipulation_grid_has_colour_bars_and_an_unsaturated_perturbation(tmp_p
                 "perturbation": torch.randn(3, 8, 8)} for m in ("gradient", "integrated_gradients")}
     path = plots.manipulation_grid(rows, tmp_path / "fig3.png")
     assert path.read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "fig3.pdf").exists()  # one format per call (plots.each_format calls it per format)
     (fig,) = drawn
     maps = _heatmaps(fig)
     assert len(maps) == 2 * 4 and all(im.colorbar is not None for im in maps)
@@ -207,3 +208,12 @@ def test_manipulation_grid_has_colour_bars_and_an_unsaturated_perturbation(tmp_p
         lo, hi = im.get_clim()
         assert lo == -hi and hi == pytest.approx(rows[method]["perturbation"].sum(0).abs().max().item())
     assert all(im.get_clim()[0] == 0 for im in maps if im not in signed)
+
+
+def test_manipulation_grid_writes_the_formats_asked_for(tmp_path: Path) -> None:
+    rows = {"lrp": {"original": torch.rand(8, 8), "target": torch.rand(8, 8), "manipulated": torch.rand(8, 8),
+                    "perturbation": torch.randn(1, 8, 8)}}
+    path = plots.manipulation_grid(rows, tmp_path / "fig3.png", formats=style.FORMATS)
+    assert all(path.with_suffix(f".{f}").stat().st_size > 0 for f in style.FORMATS)
+    each = plots.each_format(lambda p: plots.manipulation_grid(rows, p), tmp_path / "each" / "fig3.png")
+    assert all(each.with_suffix(f".{f}").stat().st_size > 0 for f in style.FORMATS)
