@@ -396,7 +396,7 @@ def evaluation_figure(evaluation):
     direction = table.attrs.get("higher_is_better")
     ylabel = metric.replace("_", " ")
     if direction is not None:
-        ylabel += " (higher = more manipulated)" if direction else " (lower = more manipulated)"
+        ylabel += "\n(higher = more manipulated)" if direction else "\n(lower = more manipulated)"
     ax.set_ylabel(ylabel)
     ax.set_xlabel("explanation method")
     acc_o, acc_m = summary.get("accuracy_original"), summary.get("accuracy_manipulated")
