@@ -27,7 +27,8 @@ def test_format_column_picks_notation_from_the_magnitude():
     assert format_column([0.123]) == ["0.123"]
     assert format_column([3, 12, -4]) == ["3", "12", "-4"] and format_column([1.0, 0.0]) == ["1", "0"]
     assert format_column([92.46, 5.0], "accuracy (%)") == ["92.5", "5.0"]
-    assert format_column([float("nan"), None, 0.5]) == ["–", "–", "0.500"]
+    assert format_column([float("nan"), None, 0.5]) == ["–", "–", "0.5"]
+    assert format_column([0.02, 0.08]) == ["0.02", "0.08"] and format_column([0.05, 0.0291]) == ["0.0500", "0.0291"]
     for cell in format_column([-1e-12, 1e-12]) + format_column([-0.0004, 0.9]):
         assert float(cell) != 0 or not cell.startswith("-")
 

@@ -323,7 +323,7 @@ class Pasliev2020(Experiment):
             t31 = t31.reindex(index=com, columns=methods)
             t31.insert(0, "accuracy (%)", mean_by_model(test[test.method == methods[0]], ["accuracy (%)"])["accuracy (%)"])
             out[self.T31] = t31.round(3)
-            out[self.T31 + " as published"] = published(PASLIEV_T31)
+            out["Table 3.1 as published"] = published(PASLIEV_T31)
             th = [m for m in order if m == "acc" or m.startswith("th_")]
             part = test[test.model.isin(th)]
             metrics = ["accuracy (%)", "target_mse", "target_pcc", "target_ssim"]
@@ -334,7 +334,7 @@ class Pasliev2020(Experiment):
                                            orient="index", columns=metrics)
             pub32.index = pd.MultiIndex.from_tuples(pub32.index, names=["model", "method"])
             pub32["target_mse"] = pub32["target_mse"] * 1e-6  # published x1e6
-            out[self.T32 + " as published"] = with_setting(pub32, PASLIEV_T32_SETTING, config, compare)
+            out["Table 3.2 as published"] = with_setting(pub32, PASLIEV_T32_SETTING, config, compare)
             cols = ["accuracy (%)", "classification_loss", "target_mse", "target_pcc", "target_ssim"]
             for kind, title, table, columns in (
                 ("ipp", "Table 3.3: identical prediction probabilities", PASLIEV_T33, cols),
@@ -348,14 +348,14 @@ class Pasliev2020(Experiment):
                     out[f"{title} ({method.replace('_', ' ')} maps vs the cross)"] = mean_by_model(
                         test[(test.method == method) & test.model.isin(chosen)], columns)
                     if method == "gradient":
-                        out[f"{title} as published"] = published(table)
+                        out[f"{title.split(':')[0]} as published"] = published(table)
         if len(noise):
             t41 = mean_by_model(noise, ["com_distance", "target_mse", "target_pcc", "target_ssim"])
             out[self.T41] = t41
-            out[self.T41 + " as published"] = published(PASLIEV_T41)
+            out["Table 4.1 as published"] = published(PASLIEV_T41)
             t42 = noise.groupby("model")[["noise_pcc", "threshold", "flagged"]].first().reindex(t41.index)
             out[self.T42] = t42.round(3)
-            out[self.T42 + " as published"] = published(PASLIEV_T42)
+            out["Table 4.2 as published"] = published(PASLIEV_T42)
         return out
 
     def figures(self, df, config, out):

@@ -54,7 +54,8 @@ def _finite(v: Any) -> bool:
 
 def format_column(values: Sequence[Any], name: str = "") -> List[str]:
     """The cells of one numeric column as text, formatted from the column's magnitude: integers
-    as integers; decimals enough for three significant digits of the smallest value (at most 4),
+    as integers; decimals enough for three significant digits of the smallest value (at most 4, fewer
+    where every value has fewer),
     or scientific notation (``3.20e-07``) when the values are tiny or huge or span too many
     decades; a column whose name holds ``(%)`` with one decimal. Never ``-0``; missing values as ``–``."""
     import math
@@ -76,7 +77,11 @@ def format_column(values: Sequence[Any], name: str = "") -> List[str]:
         if big >= 1e6 or big < 1e-3 or 2 - math.floor(math.log10(small)) > 4 and big / small > 1e3:
             fmt = "{:.2e}"
         else:
-            fmt = "{:.%df}" % max(0, min(4, 2 - math.floor(math.log10(small))))
+            most = max(0, min(4, 2 - math.floor(math.log10(small))))
+            # no trailing zeros every cell shares (eps 0.08, not 0.0800); one count of decimals per column
+            fewest = next(d for d in range(most + 1) if d == most or all(abs(v - round(v, d)) <= 1e-9 * max(1, abs(v))
+                                                                          for v in nums))
+            fmt = "{:.%df}" % fewest
     out = []
     for v in values:
         if _finite(v):
