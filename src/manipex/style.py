@@ -53,7 +53,8 @@ def color_for(name: str) -> str:
     """The colour of ``name`` (a method, defense or model) in every manipex figure."""
     if name in FIXED:
         return FIXED[name]
-    return PALETTE[sum(map(ord, str(name))) % (len(PALETTE) - 1)]  # stable across runs (no hash seed)
+    strong = PALETTE[:6]  # not the pale yellow (weak on white) nor black (reference lines)
+    return strong[sum(map(ord, str(name))) % len(strong)]  # stable across runs (no hash seed)
 
 
 F = TypeVar("F", bound=Callable[..., Any])
