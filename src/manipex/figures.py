@@ -79,7 +79,8 @@ def wrap_title(name: str, width: int = 12) -> str:
     """A column title from a method name, on several lines when long
     (``"integrated_gradients"`` -> ``"integrated\\ngradients"``), so that titles do not run
     into each other."""
-    return textwrap.fill(str(name).replace("_", " "), width=width, break_long_words=False) or str(name)
+    lines = [textwrap.fill(line.replace("_", " "), width=width, break_long_words=False) for line in str(name).split("\n")]
+    return "\n".join(lines) or str(name)  # explicit line breaks are kept
 
 
 def _to_2d(m: Tensor, sign: str) -> Tensor:
