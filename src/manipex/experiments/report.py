@@ -17,7 +17,7 @@ div.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:.9em;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:.25em .6em;vertical-align:top} th{background:#f3f3f3}
 .num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums} .txt{text-align:left}
-td.txt{min-width:8em;max-width:32em;overflow-wrap:anywhere}
+td.txt{min-width:8em;max-width:32em;overflow-wrap:anywhere} thead th.num,thead th.txt{white-space:normal}
 div.published{border-left:4px solid #0072b2;background:#f6f9fc;padding:.2em 1em;margin:1em 0}
 div.published p{margin:.3em 0;font-size:.9em}
 img{max-width:100%;height:auto;border:1px solid #eee}
