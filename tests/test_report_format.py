@@ -40,6 +40,13 @@ def test_table_html_aligns_numbers_right_and_text_left():
     assert '<th class="txt">lrp</th>' in page and '<td class="num">3.20e-07</td>' in page
     assert '<td class="num">0.00e+00</td>' in page and not re.search(r">-0[.<]", page)
     assert '<td class="num">4</td>' in page
+    wide = pd.DataFrame([[0.5, 90.0, 1e-8]], columns=pd.MultiIndex.from_tuples(
+        [("spearman", "atex"), ("accuracy (%)", "atex"), ("mse", "atex")]), index=pd.Index([0.08], name="eps"))
+    page = table_html(wide)
+    assert ">spearman / atex<" in page and '<td class="num">90.0</td>' in page and ">1.00e-08<" in page
+    assert '<th class="num">0.08</th>' in page
+    twice = pd.DataFrame([[1, "a"]], columns=["x", "x"])  # duplicate names: each column its own
+    assert '<td class="num">1</td><td class="txt">a</td>' in table_html(twice)
 
 
 def _folder_with_meta(tmp_path, started):

@@ -31,8 +31,8 @@ def is_text(table) -> bool:
     """A table of sentences (Findings, Verdict): every column holds strings."""
     import pandas as pd
 
-    return len(table.columns) > 0 and all(table[c].dtype == object or pd.api.types.is_string_dtype(table[c])
-                                          for c in table.columns)
+    columns = [table.iloc[:, i] for i in range(table.shape[1])]  # by position: names may repeat
+    return len(columns) > 0 and all(c.dtype == object or pd.api.types.is_string_dtype(c) for c in columns)
 
 
 # -- numbers ---------------------------------------------------------------------------------------------
@@ -120,8 +120,7 @@ def table_html(table) -> str:
     if index.nlevels == 1 and not names[0] and isinstance(index, pd.RangeIndex):
         index_cols, names = [], []  # a plain 0..n-1 index says nothing
     columns = [(names[i], index_cols[i], True) for i in range(len(index_cols))]
-    columns += [(_label(c), list(table[c]) if not isinstance(table[c], pd.DataFrame) else list(table[c].iloc[:, 0]),
-                 False) for c in table.columns]
+    columns += [(_label(c), list(table.iloc[:, i]), False) for i, c in enumerate(table.columns)]
     rendered = []
     for name, values, is_index in columns:
         values = [v.item() if hasattr(v, "item") and not isinstance(v, str) else v for v in values]
