@@ -95,15 +95,16 @@ class Audit(Experiment):
             "(a) Can the maps be manipulated through the input?",
             "Share (0-1) of images attacked successfully with the class kept, per method and objective (rows) and "
             "budget eps (columns). Higher = less trustworthy."),
-        "(b) Defenses under the adaptive targeted attack*": (
-            "(b) Which defense holds?",
-            "Rise of the PCC with the target under an attack that sees the defense, per method (rows) and defense "
-            "(columns). Lower = the defense holds."),
+        "(b) Defenses under the adaptive targeted attack at eps = *: rise of the PCC with the target (lower = the "
+        "defense holds)": (
+            "(b) Which defense holds? (adaptive attack, eps = {})",
+            "Rise of the PCC with the target under an attack that sees the defense, at eps = {}, per method (rows) "
+            "and defense (columns). Lower = the defense holds."),
         "(c) Largest principal curvature*": (
             "(c) Curvature of the decision surface (Dombrowski Thm 1)",
             "Median largest principal curvature per softplus beta. Lower = maps harder to manipulate."),
-        "(d) Noise-input similarity against the references*": (
-            "(d) Was the model itself manipulated?",
+        "(d) Noise-input similarity against the references (alpha = *)": (
+            "(d) Was the model itself manipulated? (alpha = {})",
             "Similarity of the maps of noise inputs (score) against reference models of the same kind: threshold, "
             "p-value (small = unusual) and the decision (1 = manipulated)."),
         "(d) Weight noise: noise-map similarity and accuracy": (
