@@ -57,8 +57,10 @@ class Dombrowski2019(Experiment):
                                 "Box plots over images of the PCC with the target map after the attack minus before. "
                                 "Higher = the map was manipulated more."),
         "fig3_maps": ("Fig. 3: original, manipulated and target maps",
-                      "Per method (rows): the original image's map, the target map, the manipulated image's map and "
-                      "the perturbation (x_adv − x). A successful attack makes the third look like the second."),
+                      "Rows: per method, a typical example (PCC with the target closest to the median) and the best "
+                      "one, labelled with their PCC; columns: the original image's map, the target map, the "
+                      "manipulated image's map and the perturbation (x_adv − x). A successful attack makes the "
+                      "manipulated map look like the target."),
         "fig4_beta_curve": ("Fig. 4: similarity against the smoothing parameter beta",
                             "PCC of the smoothed manipulated map with the original map and with the target as beta "
                             "falls (more smoothing). Rising similarity to the original = the defense works."),
