@@ -213,7 +213,11 @@ class Dombrowski2019(Experiment):
         for method in [m for m in config.methods if m in set(attack.method)]:
             saved = [load_maps(path) for path in sorted((out / "maps").glob(f"attack_{method}_*.safetensors"))]
             saved = [s for s in saved if s is not None and "pcc_after" in s]
-            if not saved:
+            if not saved:  # a folder of an earlier version: one example per method, its PCC unknown
+                old = load_maps(out / "maps" / f"attack_{method}.safetensors")
+                if old is not None:
+                    rows[f"{method}\nexample"] = {k: old[k][0] for k in ("original", "manipulated", "target",
+                                                                         "perturbation")}
                 continue
             maps = {k: torch.cat([s[k] for s in saved]) for k in saved[0]}
             median = float(attack[attack.method == method].pcc_after.median())
