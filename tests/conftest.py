@@ -9,6 +9,8 @@ concatenation). Every one exists in a ReLU and a Softplus(β) version, in float6
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,11 @@ from torch import nn
 
 import manipex
 from manipex.models.densenet import DenseNet
+
+# experiments' figures as PNG only (PDF and SVG quadruple a report's drawing time); the formats
+# themselves are tested in test_experiment_figures.py and test_plotting.py. Inherited by the CLI
+# runs the tests start.
+os.environ.setdefault("MANIPEX_FIGURE_FORMATS", "png")
 from manipex.models.resnet import BasicBlock, Bottleneck, ResNet
 
 torch.set_num_threads(2)

@@ -17,6 +17,12 @@ from manipex.experiments import plots  # noqa: E402
 from manipex.experiments.audit import Audit  # noqa: E402
 from manipex.experiments.quick import Quick  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def every_format(monkeypatch):
+    """The suite writes PNG only (conftest); here every format is checked."""
+    monkeypatch.setenv("MANIPEX_FIGURE_FORMATS", ",".join(style.FORMATS))
+
 RNG = np.random.default_rng(0)
 N = 6  # images per group
 
@@ -246,3 +252,13 @@ def test_bootstrap_interval_is_seeded_and_contains_the_mean():
     centre, low, high, n = plots.summarize([1.0, 2.0, float("nan"), 3.0], "median")
     assert centre == 2.0 and n == 3 and low <= 2.0 <= high
     assert plots.n_text([4, 4]) == "n = 4 images" and plots.n_text([2, 4]) == "n = 2-4 images per point"
+
+
+def test_figure_formats_follow_the_environment(monkeypatch):
+    monkeypatch.setenv("MANIPEX_FIGURE_FORMATS", "svg")
+    assert style.figure_formats() == ("png", "svg")  # the PNG the report embeds, always
+    monkeypatch.delenv("MANIPEX_FIGURE_FORMATS")
+    assert style.figure_formats() == style.FORMATS
+    monkeypatch.setenv("MANIPEX_FIGURE_FORMATS", "gif")
+    with pytest.raises(ValueError, match="gif"):
+        style.figure_formats()

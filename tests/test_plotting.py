@@ -210,7 +210,8 @@ def test_manipulation_grid_has_colour_bars_and_an_unsaturated_perturbation(tmp_p
     assert all(im.get_clim()[0] == 0 for im in maps if im not in signed)
 
 
-def test_manipulation_grid_writes_the_formats_asked_for(tmp_path: Path) -> None:
+def test_manipulation_grid_writes_the_formats_asked_for(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MANIPEX_FIGURE_FORMATS", ",".join(style.FORMATS))  # the suite writes PNG only
     rows = {"lrp": {"original": torch.rand(8, 8), "target": torch.rand(8, 8), "manipulated": torch.rand(8, 8),
                     "perturbation": torch.randn(1, 8, 8)}}
     path = plots.manipulation_grid(rows, tmp_path / "fig3.png", formats=style.FORMATS)

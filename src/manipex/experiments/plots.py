@@ -11,7 +11,7 @@ from typing import Dict
 from torch import Tensor
 
 from ..figures import _save, _subplots
-from ..style import FORMATS, color_for, styled
+from ..style import color_for, figure_formats, styled
 
 #: Where every legend of an experiment figure goes: right of its axes, outside the data.
 LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
@@ -34,11 +34,11 @@ def legend_outside(ax, *, source=None, **kwargs):
 
 def save_figure(fig, path, *, dpi: int = 150, **layout) -> Path:
     """Lay out ``fig`` and write it as ``path`` and, next to it, in every other format of
-    :data:`manipex.style.FORMATS` (``path.with_suffix``); returns ``path`` (the PNG the report
+    :func:`manipex.style.figure_formats` (``path.with_suffix``); returns ``path`` (the PNG the report
     embeds)."""
     path = Path(path)
     _save(fig, path, dpi=dpi, **layout)
-    for fmt in FORMATS:
+    for fmt in figure_formats():
         other = path.with_suffix(f".{fmt}")
         if other != path:
             _save(fig, other, dpi=dpi, tight=False)
@@ -47,11 +47,11 @@ def save_figure(fig, path, *, dpi: int = 150, **layout) -> Path:
 
 def each_format(draw, path) -> Path:
     """Call ``draw(p)`` (a function writing one figure file, e.g. :func:`manipex.figures.map_grid`)
-    for ``path`` and for ``path`` in each other format of :data:`manipex.style.FORMATS`; returns
+    for ``path`` and for ``path`` in each other format of :func:`manipex.style.figure_formats`; returns
     ``path``."""
     path = Path(path)
     draw(path)
-    for fmt in FORMATS:
+    for fmt in figure_formats():
         if path.with_suffix(f".{fmt}") != path:
             draw(path.with_suffix(f".{fmt}"))
     return path

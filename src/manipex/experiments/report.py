@@ -225,6 +225,10 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
     for fig in figures:
         data = base64.b64encode(Path(fig).read_bytes()).decode()
         img = f'<img alt="{html.escape(Path(fig).name)}" src="data:image/png;base64,{data}">'
+        others = [Path(fig).with_suffix(f".{fmt}") for fmt in ("pdf", "svg")]
+        links = " · ".join(f'<a href="{html.escape(o.name)}">{o.suffix[1:].upper()}</a>' for o in others if o.exists())
+        if links:
+            img += f'<p class="caption">also as {links} (beside report.html)</p>'
         parts.append(_block(experiment, Path(fig).stem, img, {}, figure=True))
     values = config.to_dict() if hasattr(config, "to_dict") else config
     parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(values, indent=2)) + "</pre>")
