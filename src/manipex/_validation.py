@@ -1,7 +1,9 @@
 """Input checks shared by every public entry point.
 
 Every check raises ``TypeError`` (wrong kind of object) or ``ValueError`` (right kind, bad
-value) with a message that names the argument, and never changes its arguments.
+value) with a message that names the argument, and never changes its arguments; the one
+exception is :func:`check_autograd`, a ``RuntimeError`` (the state of torch, not an argument).
+:func:`check_call` groups the checks of every entry point that runs a model on a batch.
 """
 from __future__ import annotations
 
