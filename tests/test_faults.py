@@ -520,7 +520,8 @@ def _toml_scalar(rng: random.Random) -> str:
     ])()
 
 
-def _toml_value(rng: random.Random, depth: int = 0) -> str:
+def _value(rng: random.Random, scalar, pair: str, depth: int = 0) -> str:
+    """A random value in TOML (``pair`` " = ") or YAML flow style (": "), built from ``scalar``."""
     r = rng.random()
     if r < 0.05:
         k = rng.choice([40, 300, 1200])
@@ -528,10 +529,14 @@ def _toml_value(rng: random.Random, depth: int = 0) -> str:
     if r < 0.08 and depth == 0:  # long: more values than a config may hold
         return "[" + ", ".join(str(rng.randint(0, 9)) for _ in range(rng.choice([1000, 12000]))) + "]"
     if r < 0.3 and depth < 4:
-        return "[" + ", ".join(_toml_value(rng, depth + 1) for _ in range(rng.choice([0, 1, 2, 5]))) + "]"
+        return "[" + ", ".join(_value(rng, scalar, pair, depth + 1) for _ in range(rng.choice([0, 1, 2, 5]))) + "]"
     if r < 0.35 and depth < 4:
-        return "{" + ", ".join(f"k{i} = {_toml_value(rng, depth + 1)}" for i in range(rng.randint(0, 3))) + "}"
-    return _toml_scalar(rng)
+        return "{" + ", ".join(f"k{i}{pair}{_value(rng, scalar, pair, depth + 1)}" for i in range(rng.randint(0, 3))) + "}"
+    return scalar(rng)
+
+
+def _toml_value(rng: random.Random) -> str:
+    return _value(rng, _toml_scalar, " = ")
 
 
 def _yaml_scalar(rng: random.Random) -> str:
@@ -547,18 +552,8 @@ def _yaml_scalar(rng: random.Random) -> str:
     ])()
 
 
-def _yaml_value(rng: random.Random, depth: int = 0) -> str:
-    r = rng.random()
-    if r < 0.05:
-        k = rng.choice([40, 300, 1200])
-        return "[" * k + "1" + "]" * k
-    if r < 0.08 and depth == 0:  # long: more values than a config may hold
-        return "[" + ", ".join(str(rng.randint(0, 9)) for _ in range(rng.choice([1000, 12000]))) + "]"
-    if r < 0.3 and depth < 4:
-        return "[" + ", ".join(_yaml_value(rng, depth + 1) for _ in range(rng.choice([0, 1, 2, 5]))) + "]"
-    if r < 0.35 and depth < 4:
-        return "{" + ", ".join(f"k{i}: {_yaml_value(rng, depth + 1)}" for i in range(rng.randint(0, 3))) + "}"
-    return _yaml_scalar(rng)
+def _yaml_value(rng: random.Random) -> str:
+    return _value(rng, _yaml_scalar, ": ")
 
 
 def _laughs(rng: random.Random, merge: bool) -> str:

@@ -39,24 +39,13 @@ def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: Tuple[float, float], s
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze, **kwargs)
 
 
-def _save(fig, path, *, dpi: int = 150, tight: bool = True, **layout) -> Path:
-    """Lay out (``tight_layout(**layout)``) and write ``fig`` to ``path`` (parent folders created).
-    A figure with its own layout engine (``layout="constrained"``) keeps it."""
-    if tight and fig.get_layout_engine() is None:
-        fig.tight_layout(**layout)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
-
-
-def save_figure(fig, path, *, formats: Optional[Iterable[str]] = None, dpi: int = 150) -> Path:
+def save_figure(fig, path, *, formats: Optional[Iterable[str]] = None, dpi: int = 150, pad: float = 0.3) -> Path:
     """Write ``fig`` to ``path`` in the format of its suffix (PNG when it has none), and also in
     every format of ``formats`` (e.g. :data:`manipex.style.FORMATS`) next to it, with the same
     stem. Parent folders are created. Returns the path of the first file (``path``).
 
     A figure with a layout engine (``layout="constrained"``) is laid out when written; one
-    without is laid out with ``tight_layout`` first."""
+    without is laid out with ``tight_layout(pad=pad)`` first."""
     path = Path(path)
     if not path.suffix:
         path = path.with_suffix(".png")
@@ -65,7 +54,7 @@ def save_figure(fig, path, *, formats: Optional[Iterable[str]] = None, dpi: int 
         if f not in FORMATS:
             raise ValueError(f"save_figure: format {f!r} is not one of {FORMATS}")
     if fig.get_layout_engine() is None:
-        fig.tight_layout(pad=0.3)
+        fig.tight_layout(pad=pad)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     for f in extra:

@@ -10,7 +10,7 @@ from typing import Dict
 
 from torch import Tensor
 
-from ..figures import _save, _subplots
+from ..figures import _subplots
 from ..style import color_for, figure_formats, styled
 
 #: Where every legend of an experiment figure goes: right of its axes, outside the data.
@@ -32,17 +32,12 @@ def legend_outside(ax, *, source=None, **kwargs):
     return ax.legend(list(entries.values()), list(entries), **{**LEGEND_OUTSIDE, **kwargs})
 
 
-def save_figure(fig, path, *, dpi: int = 150, **layout) -> Path:
-    """Lay out ``fig`` and write it as ``path`` and, next to it, in every other format of
-    :func:`manipex.style.figure_formats` (``path.with_suffix``); returns ``path`` (the PNG the report
-    embeds)."""
-    path = Path(path)
-    _save(fig, path, dpi=dpi, **layout)
-    for fmt in figure_formats():
-        other = path.with_suffix(f".{fmt}")
-        if other != path:
-            _save(fig, other, dpi=dpi, tight=False)
-    return path
+def save_figure(fig, path, *, dpi: int = 150) -> Path:
+    """:func:`manipex.figures.save_figure` in every format of :func:`manipex.style.figure_formats`
+    (matplotlib's default layout padding); returns ``path`` (the PNG the report embeds)."""
+    from ..figures import save_figure as save
+
+    return save(fig, path, formats=figure_formats(), dpi=dpi, pad=1.08)
 
 
 def each_format(draw, path) -> Path:
