@@ -169,7 +169,7 @@ def _check(fig, path: Path, *, n: int, what: str = "images", colours=True):
 
 
 CASES = {
-    "quick": lambda tmp: Quick().figures(_quick(), None, tmp),
+    "quick": lambda tmp: Quick().figures(_quick(), Quick.Config(), tmp),
     "audit": lambda tmp: Audit().figures(_audit(), None, tmp),
     "beta_curve": lambda tmp: [plots.beta_curve(_beta(), tmp / "beta.png")],
     "box_plot": lambda tmp: [plots.box_plot(_quick().query("defense == 'none'").assign(gain=lambda d: d.pcc_after - d.pcc_before), "gain",

@@ -144,6 +144,16 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
     if name == "quick":  # the main finding: beta-smoothing cuts the attack's success
         assert first.shape == (1, 2)
         assert first.loc["gradient", "beta_smoothing"] < first.loc["gradient", "none"]
+        from manipex.experiments.quick import Quick
+
+        config = Quick.Config(**TINY_CONFIGS[name])
+        grid = Quick().example_rows(ResultStore(tmp_path / name).frame(), config, tmp_path / name)
+        labels = list(grid)  # the typical and the best image of the undefended attack, each under both defenses
+        assert labels[0].startswith("gradient\ntypical") and len(labels) in (1, 2)
+        titles = [p.title for p in grid[labels[0]]]
+        assert titles[:4] == ["input", "manipulated input\n(eps 0.2)", "original map", "target map"]
+        assert titles[4:] == ["shown after attack:\nno defense", "shown after attack:\nβ-smoothing"]
+        assert "quick_maps.png" in page
     if name == "rieger2020":
         assert {"Δ-PCC", "Δ-MSE"} <= set(first.columns) and list(first.index) == ["gradient", "lrp"]
         assert (first["Δ-PCC"] > 0).all() and "ImageNet, VGG16, 224 px" in tables["Table 1 as published"].attrs["published"]
@@ -163,6 +173,19 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
         assert list(first.index) == ["gradient", "lrp"]
         assert (first["pcc_after"] > first["pcc_before"]).all()
         assert "fig3_maps.png" in page and "fig4_beta_curve.png" in page
+        from manipex.experiments.dombrowski2019 import Dombrowski2019
+
+        config = Dombrowski2019.Config(**TINY_CONFIGS[name])
+        rows = ResultStore(tmp_path / name).frame()
+        grid = Dombrowski2019().example_rows(rows[rows.unit.str.startswith("attack/")], config, tmp_path / name)
+        assert [k.split("\n")[0] for k in grid][:1] == ["gradient"] and {k.split("\n")[1] for k in grid} <= {
+            "typical", "best"}
+        for label, panels in grid.items():  # the same image at eps 0.2 and, in the last column, at eps 0.5
+            assert [p.title for p in panels][-2:] == ["manipulated map\neps 0.2", "manipulated map\neps 0.5"]
+            index = int(label.rsplit(" ", 1)[1])
+            budget = rows[(rows.unit.str.startswith("budget/")) & (rows.method == label.split("\n")[0])
+                          & (rows.image == index)]
+            assert panels[-1].note == f"PCC {budget.pcc_after.item():.2f}"
         budgets = tables["Fig. 3 by budget: mean PCC with the target, before and after the attack"]
         assert list(budgets.columns) == ["before", "eps 0.2", "eps 0.5"]
         assert budgets.loc["lrp", "eps 0.5"] > budgets.loc["lrp", "eps 0.2"] > budgets.loc["lrp", "before"]
@@ -192,6 +215,24 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
         adult = first
         assert adult.loc["fairwashed", "gradient_share_race_sex"] < 0.5 * adult.loc["original", "gradient_share_race_sex"]
         assert "fig3_14_adult_importance.png" in page
+
+
+def test_examples_keep_the_first_images_and_pick_the_typical_and_the_best(tmp_path):
+    from manipex.experiments.common import EXAMPLE_IMAGES, load_examples, pick_examples, save_examples
+
+    x = torch.rand(4, 1, 4, 4)
+    before, after = torch.tensor([0.8, 0.1, 0.2, 0.1]), torch.tensor([0.9, 0.5, 0.3, 0.8])  # rises .1 .4 .1 .7
+    save_examples(tmp_path, 0, {"input": x, "pcc_before": before, "pcc_after": after})
+    save_examples(tmp_path, EXAMPLE_IMAGES - 1, {"input": x[:3], "pcc_before": before[:3], "pcc_after": before[:3]})
+    save_examples(tmp_path, EXAMPLE_IMAGES, {"input": x, "pcc_before": before, "pcc_after": after})  # beyond: none
+    kept = load_examples(tmp_path)
+    assert sorted(kept) == [0, 1, 2, 3, EXAMPLE_IMAGES - 1]
+    assert torch.equal(kept[2]["input"], x[2]) and "index" not in kept[2]
+    # the median rise of all attacked images is 0.425: the kept image closest to it, and the largest rise
+    assert pick_examples([0.1, 0.4, 0.1, 0.7, 0.45, 0.5], kept) == [("typical", 1), ("best", 3)]
+    assert pick_examples([0.7], kept) == [("typical", 3)]  # the best is the typical one: shown once
+    assert pick_examples([], kept) == [] and pick_examples([0.1], {}) == []
+    assert load_examples(tmp_path / "missing") == {}
 
 
 def test_rieger_scatter_plots_take_the_right_columns(tmp_path):

@@ -65,7 +65,7 @@ def test_drawing_leaves_backend_and_user_figures_unchanged(user_state, tmp_path:
         plots.feature_importance(features, tmp_path / "features.png"),
         plots.transfer_heatmap(pd.DataFrame(np.eye(2), index=["a", "b"], columns=["a", "b"]),
                                tmp_path / "heat.png", "t"),
-        *Quick().figures(quick, None, tmp_path),
+        *Quick().figures(quick, Quick.Config(), tmp_path),
         *Audit().figures(audit, None, tmp_path),
     ]
     after = _state()
@@ -80,8 +80,8 @@ def test_drawing_leaves_backend_and_user_figures_unchanged(user_state, tmp_path:
 
 def test_every_plot_of_the_experiments_leaves_the_state_unchanged(user_state, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    grid = {m: {"original": torch.rand(8, 8), "target": torch.rand(8, 8), "manipulated": torch.rand(8, 8),
-                "perturbation": torch.randn(3, 8, 8)} for m in ("gradient", "lrp")}
+    grid = {m: [plots.Panel("input", torch.rand(1, 8, 8), "input"), plots.Panel("map", torch.rand(8, 8)),
+                plots.Panel("perturbation", torch.randn(3, 8, 8), "signed")] for m in ("gradient", "lrp")}
     beta = pd.DataFrame({"method": ["gradient"] * 3, "beta": pd.Series([1.0, 3.0, "relu"], dtype=object),
                          "pcc_target": rng.random(3), "pcc_original": rng.random(3)})
     curves = pd.DataFrame({"eps": [0.04, 0.08] * 2, "model": ["atex"] * 2 + ["softplus"] * 2,

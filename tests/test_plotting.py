@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,6 +186,14 @@ def test_map_grid_writes_every_format_asked_for(tmp_path: Path) -> None:
         figures.map_grid(images, maps, tmp_path / "bad.png", formats=("jpeg2000",))
 
 
+def _grid_rows(methods=("gradient", "integrated_gradients"), channels=3):
+    return {m: [plots.Panel("input", torch.rand(channels, 8, 8), "input"),
+                plots.Panel("manipulated input", torch.rand(1, 8, 8), "input"),
+                plots.Panel("original map", torch.rand(8, 8), note="PCC 0.10"),
+                plots.Panel("manipulated map", torch.rand(8, 8), note="PCC 0.90"),
+                plots.Panel("perturbation", torch.randn(3, 8, 8), "signed")] for m in methods}
+
+
 def test_manipulation_grid_has_colour_bars_and_an_unsaturated_perturbation(tmp_path: Path, monkeypatch) -> None:
     drawn = []
     original = figures.save_figure
@@ -194,27 +203,58 @@ def test_manipulation_grid_has_colour_bars_and_an_unsaturated_perturbation(tmp_p
         return original(fig, path, **kwargs)
 
     monkeypatch.setattr(figures, "save_figure", spy)
-    rows = {m: {"original": torch.rand(8, 8), "target": torch.rand(8, 8), "manipulated": torch.rand(8, 8),
-                "perturbation": torch.randn(3, 8, 8)} for m in ("gradient", "integrated_gradients")}
+    rows = _grid_rows()
     path = plots.manipulation_grid(rows, tmp_path / "fig3.png")
     assert path.read_bytes().startswith(b"\x89PNG")
     assert not (tmp_path / "fig3.pdf").exists()  # one format per call (plots.each_format calls it per format)
     (fig,) = drawn
-    maps = _heatmaps(fig)
-    assert len(maps) == 2 * 4 and all(im.colorbar is not None for im in maps)
-    signed = [im for im in maps if im.get_cmap().name == style.CMAP_SIGNED]
+    images = [im for _, im in _images(fig)]
+    assert len(images) == 2 * 5
+    # every map has a colour bar, so has a grey input (its pixel scale); an RGB input has none
+    grey = [im for im in images if im.get_array().ndim == 2]
+    assert len(grey) == 2 * 4 and all(im.colorbar is not None for im in grey)
+    assert all(im.colorbar is None for im in images if im.get_array().ndim == 3)
+    signed = [im for im in images if im.get_cmap().name == style.CMAP_SIGNED]
     assert len(signed) == 2
     for im, method in zip(signed, rows):
         lo, hi = im.get_clim()
-        assert lo == -hi and hi == pytest.approx(rows[method]["perturbation"].sum(0).abs().max().item())
-    assert all(im.get_clim()[0] == 0 for im in maps if im not in signed)
+        assert lo == -hi and hi == pytest.approx(rows[method][-1].data.sum(0).abs().max().item())
+    maps = [im for im in grey if im.get_cmap().name == style.CMAP_ABSOLUTE]
+    assert len(maps) == 2 * 2 and all(im.get_clim()[0] == 0 for im in maps)
+    # column titles on the first row, notes under the panels, the row label at the left
+    axes = [im.axes for im in images]
+    assert [ax.get_title() for ax in axes[:5]] == [p.title for p in rows["gradient"]]
+    assert [ax.get_xlabel() for ax in axes[:5]] == ["", "", "PCC 0.10", "PCC 0.90", ""]
+    assert axes[0].get_ylabel() == "gradient" and "integrated" in axes[5].get_ylabel()
+
+
+def test_manipulation_grid_rows_of_unequal_length_and_bad_kinds(tmp_path: Path) -> None:
+    rows = _grid_rows(("gradient",))
+    rows["short"] = rows["gradient"][:2]
+    assert plots.manipulation_grid(rows, tmp_path / "ragged.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="panel kind"):
+        plots.manipulation_grid({"x": [plots.Panel("t", torch.rand(8, 8), "heat")]}, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="no rows"):
+        plots.manipulation_grid({}, tmp_path / "none.png")
 
 
 def test_manipulation_grid_writes_the_formats_asked_for(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MANIPEX_FIGURE_FORMATS", ",".join(style.FORMATS))  # the suite writes PNG only
-    rows = {"lrp": {"original": torch.rand(8, 8), "target": torch.rand(8, 8), "manipulated": torch.rand(8, 8),
-                    "perturbation": torch.randn(1, 8, 8)}}
+    rows = _grid_rows(("lrp",), channels=1)
     path = plots.manipulation_grid(rows, tmp_path / "fig3.png", formats=style.FORMATS)
     assert all(path.with_suffix(f".{f}").stat().st_size > 0 for f in style.FORMATS)
     each = plots.each_format(lambda p: plots.manipulation_grid(rows, p), tmp_path / "each" / "fig3.png")
     assert all(each.with_suffix(f".{f}").stat().st_size > 0 for f in style.FORMATS)
+
+
+def test_dodged_lines_spread_around_their_x_and_stay_inside_the_axis() -> None:
+    xs = [0.02, 0.04, 0.08]
+    shifted = [plots.dodged(xs, k, 3) for k in range(3)]
+    assert np.allclose(shifted[1], xs)  # the middle line stays
+    assert np.allclose(shifted[0] - xs, -(shifted[2] - xs)) and np.all(shifted[2] > xs)
+    assert np.all(shifted[2] - shifted[0] <= 0.2 * 0.02 + 1e-12)  # 20 % of the smallest gap
+    assert np.allclose(plots.dodged(xs, 0, 1), xs)  # one line: not moved
+    log = [plots.dodged([1.0, 10.0], k, 2, log=True) for k in range(2)]
+    assert np.allclose(np.log10(log[1]) - np.log10(log[0]), 0.2)  # on a log axis, in decades
+    one = [plots.dodged([0.08], k, 2)[0] for k in range(2)]
+    assert 0.04 < one[0] < 0.08 < one[1] < 0.12  # within the half-width _single_x gives one x

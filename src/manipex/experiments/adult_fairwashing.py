@@ -109,7 +109,7 @@ class AdultFairwashing(Experiment):
         names = adult_feature_names()
         for label, m in (("original", model), ("fairwashed", washed)):
             r = relevance(explain(m, xt, "gradient")).detach()
-            rows.append({"kind": "adult", "model": label, "accuracy": accuracy(m, xt, yt),
+            rows.append({"kind": "adult", "model": label, "test_rows": len(xt), "accuracy": accuracy(m, xt, yt),
                          "gradient_share_race_sex": r[:, mask].sum(1).mean().item(),
                          "accuracy_race_sex_permuted": accuracy(m, torch.where(mask, xt[perm], xt), yt)})
             rows += [{"kind": "adult_feature", "model": label, "feature": f, "importance": v}
@@ -156,4 +156,8 @@ class AdultFairwashing(Experiment):
         from . import plots
 
         features = df[df.kind == "adult_feature"] if "kind" in df else df.iloc[:0]
-        return [plots.feature_importance(features, Path(out) / "fig3_14_adult_importance.png")] if len(features) else []
+        if not len(features):
+            return []
+        counts = df[df.kind == "adult"].test_rows.dropna() if "test_rows" in df else []
+        return [plots.feature_importance(features, Path(out) / "fig3_14_adult_importance.png",
+                                         n=int(counts.iloc[0]) if len(counts) else None)]

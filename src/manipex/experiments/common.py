@@ -156,10 +156,12 @@ def per_image(columns: Mapping[str, Tensor], *, first_index: int = 0, **common: 
 
 def targeted_attack(model: nn.Module, x: Tensor, x_target: Tensor, method: str,
                     options: Optional[Dict[str, Any]] = None, *, first_index: int,
-                    extra: Optional[Dict[str, Any]] = None, **attack: Any):
+                    extra: Optional[Dict[str, Any]] = None, examples: Optional[Path] = None, **attack: Any):
     """Targeted attack (Dombrowski's setting: the target is another image's map): ``(rows,
     result, target maps)``, one row per image with the papers' map metrics (target vs
-    manipulated, before and after) and image metrics."""
+    manipulated, before and after) and image metrics. With ``examples`` (a folder), the images
+    among the first :data:`EXAMPLE_IMAGES` keep their inputs and maps there
+    (:func:`save_examples`)."""
     from ..attacks import manipulate_input
     from ..explainers import explain, relevance
     from ..metrics import image_mse, linf, mse, pcc, ssim, topk_intersection
@@ -180,6 +182,10 @@ def targeted_attack(model: nn.Module, x: Tensor, x_target: Tensor, method: str,
         "image_mse": image_mse(x, res.x_adv), "linf": linf(x, res.x_adv),
         "class_kept": res.class_kept.float(),
     }
+    if examples is not None:
+        save_examples(examples, first_index, {"input": x, "x_adv": res.x_adv, "original": before, "manipulated": after,
+                                              "target": r_target, "pcc_before": cols["pcc_before"],
+                                              "pcc_after": cols["pcc_after"]})
     return per_image(cols, first_index=first_index, method=method, **(extra or {})), res, r_target
 
 
@@ -218,7 +224,7 @@ def save_maps(path: Path, tensors: Dict[str, Tensor], n: int) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v[:n].detach().cpu().float().contiguous() for k, v in tensors.items()}, str(tmp))
+    save_file({k: v[:n].detach().cpu().float().clone() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
 
 
@@ -229,6 +235,49 @@ def load_maps(path: Path) -> Optional[Dict[str, Tensor]]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+#: Attacked images (the first ones) whose inputs and maps an attack experiment keeps for its
+#: example figure; the others keep only their metrics, so a run on 224 px images stays small.
+EXAMPLE_IMAGES = 16
+
+
+def save_examples(folder: Path, first_index: int, tensors: Dict[str, Tensor]) -> None:
+    """Keep, in ``folder/<first_index>.safetensors``, the rows of ``tensors`` (one per image,
+    images ``first_index ..``) of the images among the first :data:`EXAMPLE_IMAGES`, with their
+    image indices under ``"index"``."""
+    n = len(next(iter(tensors.values())))
+    keep = min(n, EXAMPLE_IMAGES - first_index)
+    if keep > 0:
+        index = torch.arange(first_index, first_index + n, dtype=torch.float32)
+        save_maps(Path(folder) / f"{first_index:05d}.safetensors", {"index": index, **tensors}, keep)
+
+
+def load_examples(folder: Path) -> Dict[int, Dict[str, Tensor]]:
+    """The examples :func:`save_examples` kept in ``folder``, by image index (empty if none)."""
+    out: Dict[int, Dict[str, Tensor]] = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        saved = load_maps(path)
+        if saved is not None and "index" in saved:
+            for i, index in enumerate(saved["index"].long().tolist()):
+                out[index] = {k: v[i] for k, v in saved.items() if k != "index"}
+    return out
+
+
+def pick_examples(rise, saved: Mapping[int, Mapping[str, Tensor]]) -> List[Tuple[str, int]]:
+    """The examples a figure shows: ``("typical", i)``, the kept image whose rise of the PCC with
+    the target is closest to the median ``rise`` of all attacked images (a Series or list), and
+    ``("best", j)``, the kept image with the largest rise (left out where it is the typical one).
+    Picking by the rise, not by the PCC after, passes over pairs whose maps were alike anyway."""
+    import statistics
+
+    if not saved or not len(rise):
+        return []
+    median = statistics.median(float(r) for r in rise)
+    gain = {i: float(s["pcc_after"] - s["pcc_before"]) for i, s in saved.items()}
+    typical = min(gain, key=lambda i: (abs(gain[i] - median), i))
+    best = max(gain, key=lambda i: (gain[i], -i))
+    return [("typical", typical)] + ([("best", best)] if best != typical else [])
 
 
 def save_model(model: nn.Module, path: Path, metadata: Optional[Dict[str, Any]] = None) -> None:

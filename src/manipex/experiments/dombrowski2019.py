@@ -9,8 +9,9 @@ from typing import List
 import torch
 
 from .base import Experiment
-from .common import (AttackConfig, ImageContext, attack_context, attack_setting, budget_units, by_budget, load_maps,
-                     method_options, method_units, per_image, save_maps, seeded, targeted_attack)
+from .common import (AttackConfig, ImageContext, attack_context, attack_setting, budget_units, by_budget,
+                     load_examples, method_options, method_units, per_image, pick_examples, seeded,
+                     targeted_attack)
 from .config import key, method_choices, profile_key
 from .published import DOMBROWSKI_FIG3, DOMBROWSKI_FIG4, Finding, direction, findings_table
 
@@ -56,11 +57,15 @@ class Dombrowski2019(Experiment):
         "fig3_pcc_gain_boxes": ("Fig. 3: rise of the PCC with the target per method",
                                 "Box plots over images of the PCC with the target map after the attack minus before. "
                                 "Higher = the map was manipulated more."),
-        "fig3_maps": ("Fig. 3: original, manipulated and target maps",
-                      "Rows: per method, a typical example (PCC with the target closest to the median) and the best "
-                      "one, labelled with their PCC; columns: the original image's map, the target map, the "
-                      "manipulated image's map and the perturbation (x_adv − x). A successful attack makes the "
-                      "manipulated map look like the target."),
+        "fig3_maps": ("Fig. 3: original, target and manipulated maps",
+                      "Rows: per method, a typical example (its rise of the PCC with the target closest to the "
+                      "median) and the best one (the largest rise); columns: the input, the manipulated input, the "
+                      "input's map, the target map (another image's) and the manipulated input's map at the run's "
+                      "budget eps and, for the same image, at each larger budget; under each map its PCC with the "
+                      "target. A successful attack makes the manipulated map look like the target while the input "
+                      "barely changes. On MNIST the maps that follow the input (gradient x input, integrated "
+                      "gradients, LRP) can keep much of the digit at eps 0.2: a background pixel can rise by at most eps, "
+                      "while a stroke is 1; the larger budgets' columns show that this limit is the budget's."),
         "fig4_beta_curve": ("Fig. 4: similarity against the smoothing parameter beta",
                             "PCC of the smoothed manipulated map with the original map and with the target as beta "
                             "falls (more smoothing). Rising similarity to the original = the defense works."),
@@ -86,20 +91,10 @@ class Dombrowski2019(Experiment):
         x, x_target = ctx.images(config.n, p["start"], config.batch)
         opts = method_options(p["method"], config.ig_steps)
         attack = dict(steps=config.steps, eps=p.get("eps", config.eps), lr=config.lr, clamp=ctx.clamp)
-        if p["kind"] == "budget":
+        if p["kind"] in ("budget", "attack"):
             return targeted_attack(ctx.model, x, x_target, p["method"], opts, first_index=p["start"],
-                                   extra={"eps": p["eps"]}, **attack)[0]
-        if p["kind"] == "attack":
-            rows, res, r_target = targeted_attack(ctx.model, x, x_target, p["method"], opts, first_index=p["start"],
-                                                  **attack)
-            # Fig. 3 examples: the batch's best and median image (by PCC with the target), two per unit
-            gain = torch.tensor([row["pcc_after"] for row in rows])
-            order = gain.argsort(descending=True)
-            pick = torch.stack([order[0], order[len(order) // 2]])
-            save_maps(Path(ctx.out) / "maps" / f"attack_{p['method']}_{p['start']:05d}.safetensors",
-                      {"input": x[pick], "original": res.maps_before[pick], "manipulated": res.maps_after[pick],
-                       "target": r_target[pick], "perturbation": (res.x_adv - x)[pick], "pcc_after": gain[pick]}, 2)
-            return rows
+                                   extra={"eps": p["eps"]} if p["kind"] == "budget" else None,
+                                   examples=self.examples_folder(ctx.out, p["method"], p.get("eps")), **attack)[0]
         model = ctx.model
         res = manipulate_input(model, x, TargetImage(x_target), p["method"], method_options=opts, progress=False,
                                **attack)
@@ -204,27 +199,39 @@ class Dombrowski2019(Experiment):
         return out
 
     @staticmethod
-    def example_rows(attack, config, out: Path):
-        """Fig. 3's rows: per method, the typical example (the saved image whose PCC with the
-        target is closest to the method's median) and the best one (the highest PCC), each
-        labelled with its PCC. On MNIST-5k at the default budget many manipulated maps still
-        show the digit; the best case shows what the attack can do, the typical what it does."""
+    def examples_folder(out, method: str, eps=None) -> Path:
+        """Where the attack on ``method`` (at the budget ``eps`` of a ``budget/`` unit) keeps
+        the inputs and maps of its first images."""
+        folder = Path(out) / "maps" / "attack" / method
+        return folder if eps is None else Path(out) / "maps" / "budget" / method / f"{eps:g}"
+
+    def example_rows(self, attack, config, out: Path):
+        """Fig. 3's rows: per method, the typical example (the kept image whose rise of the PCC
+        with the target is closest to the method's median) and the best one (the largest rise):
+        the input, the manipulated input, the original and target maps, and the manipulated map
+        at the budget ``eps`` and at each larger budget of the run (the same image), each
+        labelled with its PCC with the target. On MNIST-5k at eps 0.2 the maps that follow the
+        input keep much of the digit (:meth:`_fig3_why`); the larger budgets' columns show that
+        the budget holds them, and the best row what the attack can do."""
+        from .plots import Panel
+
         rows = {}
         for method in [m for m in config.methods if m in set(attack.method)]:
-            saved = [load_maps(path) for path in sorted((out / "maps").glob(f"attack_{method}_*.safetensors"))]
-            saved = [s for s in saved if s is not None and "pcc_after" in s]
-            if not saved:  # a folder of an earlier version: one example per method, its PCC unknown
-                old = load_maps(out / "maps" / f"attack_{method}.safetensors")
-                if old is not None:
-                    rows[f"{method}\nexample"] = {k: old[k][0] for k in ("original", "manipulated", "target",
-                                                                         "perturbation")}
-                continue
-            maps = {k: torch.cat([s[k] for s in saved]) for k in saved[0]}
-            median = float(attack[attack.method == method].pcc_after.median())
-            for label, i in (("typical", int((maps["pcc_after"] - median).abs().argmin())),
-                             ("best", int(maps["pcc_after"].argmax()))):
-                key = f"{method}\n{label}\nPCC {float(maps['pcc_after'][i]):.2f}"
-                rows[key] = {k: maps[k][i] for k in ("original", "manipulated", "target", "perturbation")}
+            saved = load_examples(self.examples_folder(out, method))
+            budgets = {e: load_examples(self.examples_folder(out, method, e)) for e in config.budgets}
+            part = attack[attack.method == method]
+            for label, i in pick_examples(part.pcc_after - part.pcc_before, saved):
+                ex, eps = saved[i], f"{config.eps:g}"
+                panels = [Panel("input", ex["input"], "input"),
+                          Panel(f"manipulated input\n(eps {eps})", ex["x_adv"], "input"),
+                          Panel("original map", ex["original"], note=f"PCC {float(ex['pcc_before']):.2f}"),
+                          Panel("target map", ex["target"]),
+                          Panel(f"manipulated map\neps {eps}", ex["manipulated"],
+                                note=f"PCC {float(ex['pcc_after']):.2f}")]
+                panels += [Panel(f"manipulated map\neps {e:g}", kept[i]["manipulated"],
+                                 note=f"PCC {float(kept[i]['pcc_after']):.2f}")
+                           for e, kept in budgets.items() if i in kept]
+                rows[f"{method}\n{label}\nimage {i}"] = panels
         return rows
 
     def figures(self, df, config, out):

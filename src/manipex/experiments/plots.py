@@ -5,8 +5,9 @@ caller's backend and open figures are left as they were (see :mod:`manipex.figur
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 from torch import Tensor
 
@@ -108,6 +109,25 @@ def _line_with_interval(ax, xs, stats, name, *, label=None, ms: float = 4):
                     ecolor=colour, elinewidth=0.8, capsize=2)
 
 
+def dodged(xs, k: int, count: int, *, log: bool = False, spread: float = 0.2):
+    """``xs`` shifted for line ``k`` of ``count`` drawn at the same x values, so that their error
+    bars do not hide each other: the lines spread over ``spread`` of the smallest gap between
+    the x values (of their logarithms on a log axis), centred on them; where there is one x, of
+    the half-width :func:`_single_x` gives the axis."""
+    import numpy as np
+
+    xs = np.asarray(xs, dtype=float)
+    if count <= 1 or not len(xs):
+        return xs
+    base = np.log10(xs) if log else xs
+    gaps = np.diff(np.unique(base))
+    v = float(xs[0])
+    gap = gaps.min() if len(gaps) else 0.3 if log else 0.5 if v == int(v) else abs(v) * 0.5
+    step = spread * gap / (count - 1)
+    shifted = base + (k - (count - 1) / 2) * step
+    return 10 ** shifted if log else shifted
+
+
 def _single_x(ax, xs) -> None:
     """A sensible x range where there is one x value only (otherwise matplotlib's default)."""
     values = sorted(set(float(x) for x in xs))
@@ -162,30 +182,60 @@ def aggregate(df, index: str, columns: str, value: str, statistic: str = "mean")
 
 
 @styled
-def manipulation_grid(rows: Dict[str, Dict[str, Tensor]], path: Path, *, formats=None) -> Path:
-    """Dombrowski Fig. 2/3 layout: one row per method; columns: original map, target map,
-    manipulated map (:func:`manipex.figures.draw_map`, absolute view, 0 .. 99th percentile) and
-    the perturbation ``x_adv - x`` summed over channels (signed, limits symmetric at its largest
-    magnitude, so nothing saturates), each with a colour bar. ``rows``: method -> {"original",
-    "target", "manipulated": (H, W) or (C, H, W) maps, "perturbation": (C, H, W) or (H, W)}.
-    Writes ``path`` (its suffix's format) and each of ``formats`` (e.g.
-    :data:`manipex.style.FORMATS`) next to it; :func:`each_format` calls it once per format."""
-    from ..figures import draw_map, save_figure, wrap_title
+@dataclass(frozen=True)
+class Panel:
+    """One panel of :func:`manipulation_grid`: ``title`` (shown above the first row's panel),
+    ``data`` and how it is drawn: ``"map"`` (a relevance map, absolute view, 0 .. 99th
+    percentile), ``"input"`` (an image, grey or RGB, with a pixel-value bar where grey) or
+    ``"signed"`` (e.g. a perturbation ``x_adv - x``: summed over channels, limits symmetric at
+    its largest magnitude, so nothing saturates); ``note`` is written below the panel."""
 
-    cols = ("original", "target", "manipulated", "perturbation")
-    fig, axes = _subplots(len(rows), 4, figsize=(7.4, 0.4 + 1.55 * len(rows)), squeeze=False, layout="constrained")
+    title: str
+    data: Tensor
+    kind: str = "map"
+    note: str = ""
+
+
+PANEL_KINDS = ("map", "input", "signed")
+
+
+def manipulation_grid(rows: Dict[str, List[Panel]], path: Path, *, formats=None) -> Path:
+    """Dombrowski Fig. 2/3 layout: one row of :class:`Panel` per example (its label at the
+    left), every map with a colour bar (:func:`manipex.figures.draw_map`), column titles from
+    the first row. Writes ``path`` (its suffix's format) and each of ``formats`` (e.g.
+    :data:`manipex.style.FORMATS`) next to it; :func:`each_format` calls it once per format."""
+    from ..figures import add_colorbar, draw_input, draw_map, save_figure, wrap_title
+
+    if not rows:
+        raise ValueError("manipulation_grid: no rows to draw")
+    ncols = max(len(panels) for panels in rows.values())
+    bad = sorted({p.kind for panels in rows.values() for p in panels} - set(PANEL_KINDS))
+    if bad:
+        raise ValueError(f"manipulation_grid: panel kind must be one of {PANEL_KINDS}, got {bad}")
+    fig, axes = _subplots(len(rows), ncols, figsize=(1.2 + 1.3 * ncols, 0.5 + 1.5 * len(rows)), squeeze=False,
+                          layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
-    for i, (method, maps) in enumerate(rows.items()):
-        for j, key in enumerate(cols):
+    for i, (label, panels) in enumerate(rows.items()):
+        for j in range(ncols):
             ax = axes[i][j]
-            if key == "perturbation":
-                draw_map(ax, maps[key], sign="signed", percentile=100.0, label="x_adv - x")
+            if j >= len(panels):
+                ax.set_axis_off()
+                continue
+            panel = panels[j]
+            if panel.kind == "input":
+                im = draw_input(ax, panel.data)
+                if not (panel.data.dim() == 3 and panel.data.shape[0] == 3):  # grey: its scale
+                    add_colorbar(ax, im, label="pixel")
+            elif panel.kind == "signed":
+                draw_map(ax, panel.data, sign="signed", percentile=100.0, label="x_adv − x")
             else:
-                draw_map(ax, maps[key], sign="absolute", label="relevance" if key == "manipulated" else "")
+                draw_map(ax, panel.data, sign="absolute", label="relevance")
             if i == 0:
-                ax.set_title(f"{key} map" if key != "perturbation" else key, fontsize=7)
+                ax.set_title(panel.title, fontsize=7)
+            if panel.note:
+                ax.set_xlabel(panel.note, fontsize=7, labelpad=2)
             if j == 0:
-                ax.set_ylabel(wrap_title(method), fontsize=7)
+                ax.set_ylabel(wrap_title(label), fontsize=7)
     return save_figure(fig, path, formats=formats)
 
 
@@ -202,12 +252,12 @@ def beta_curve(df, path: Path) -> Path:
     fig, axes = _subplots(1, len(BETA_PANELS), figsize=(8.0, 3.2), squeeze=False)
     counts = []
     for ax, (column, ylabel) in zip(axes[0], BETA_PANELS):
-        for method in methods:
+        for k, method in enumerate(methods):
             part = df[df.method == method]
             betas = sorted(float(b) for b in part.beta.unique() if str(b) != "relu")
             stats = [summarize(part[part.beta.astype(str) == str(b)][column], "median") for b in betas]
             counts += [s[3] for s in stats]
-            _line_with_interval(ax, betas, stats, method)
+            _line_with_interval(ax, dodged(betas, k, len(methods), log=True), stats, method)
             relu = part[part.beta.astype(str) == "relu"][column]
             if len(relu):
                 ax.axhline(float(relu.median()), ls=":", lw=1.0, color=color_for(method))
@@ -460,11 +510,12 @@ def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path, *,
         part = df[df[panel_row] == row]
         for j, metric in enumerate(metrics):
             ax = axes[i][j]
-            for name, group in part.groupby(line, sort=False):
+            groups = list(part.groupby(line, sort=False))
+            for k, (name, group) in enumerate(groups):
                 xs = sorted(group[x].unique())
                 stats = [summarize(group[group[x] == v][metric]) for v in xs]
                 counts += [s[3] for s in stats]
-                _line_with_interval(ax, xs, stats, name)
+                _line_with_interval(ax, dodged(xs, k, len(groups)), stats, name)
             _single_x(ax, part[x])
             ax.set_xlabel(xlabel or _pretty(x))
             ax.set_ylabel(labels.get(metric, f"mean {_pretty(metric)}"))

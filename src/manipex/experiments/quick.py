@@ -8,9 +8,14 @@ from typing import List
 
 from .base import Experiment, Unit
 from .common import (DEFENSES, AttackConfig, ImageContext, attack_context, attack_setting, defended, defense_choices,
-                     seeded, targeted_attack)
+                     load_examples, pick_examples, seeded, targeted_attack)
 from .config import key, method_choices
 from .published import DEFENSE_SMOOTHING, RIEGER_AGGREGATION, Finding, direction, findings_table
+
+
+#: Column titles of the defenses in the example figure
+DEFENSE_TITLES = {"none": "no defense", "beta_smoothing": "β-smoothing", "smoothgrad": "SmoothGrad",
+                  "agg_mean": "AGG-Mean"}
 
 
 def batch_starts(config: AttackConfig) -> List[int]:
@@ -42,6 +47,15 @@ class Quick(Experiment):
             "Share of attacked images whose class was kept",
             "Fraction (0-1) of attacked images the model still gives their original class. 1 = the attack changed "
             "only the explanation, as it intends."),
+        "quick_maps": ("What the attack does to the maps, without and with each defense",
+                       "Rows: per method, a typical example of the undefended attack (its rise of the PCC with the "
+                       "target closest to the median) and the best one; columns: the input, the manipulated input "
+                       "(L-inf budget eps), the input's map, the target map (another image's), then the map a user "
+                       "is shown of the manipulated input without and with each defense, each attacked adaptively on "
+                       "the same image. Under each: its PCC with the target before -> after the attack. A defense "
+                       "works where its map stays unlike the target. At eps 0.2 on MNIST the maps that follow the "
+                       "input (gradient x input, integrated gradients, LRP) can keep much of the digit; "
+                       "dombrowski2019 repeats the attack at larger budgets."),
         "quick_defenses": ("Attack success per method and defense",
                            "Bars: mean rise of the PCC with the target map per explanation method (groups) and "
                            "defense (colours), with confidence intervals. Lower bars = the defense holds better."),
@@ -62,9 +76,41 @@ class Quick(Experiment):
         x, x_target = ctx.images(config.n, p["start"], config.batch)
         method, options, attack = defended(p["method"], p["defense"], config)
         rows, _, _ = targeted_attack(ctx.model, x, x_target, method, options, first_index=p["start"],
+                                     examples=self.examples_folder(ctx.out, p["method"], p["defense"]),
                                      steps=config.steps, eps=config.eps, lr=config.lr, clamp=ctx.clamp, **attack)
         for row in rows:
             row.update(method=p["method"], defense=p["defense"])
+        return rows
+
+    @staticmethod
+    def examples_folder(out, method: str, defense: str) -> Path:
+        """Where the attack on ``method`` through ``defense`` keeps its first images' maps."""
+        return Path(out) / "maps" / method / defense
+
+    def example_rows(self, df, config, out: Path):
+        """Per method, the typical and the best example of the undefended attack (by the rise of
+        the PCC with the target, :func:`~manipex.experiments.common.pick_examples`): its input,
+        manipulated input, original and target maps, then the map the user is shown after the
+        attack without and with each defense (each attacked adaptively, on the same image),
+        labelled with its PCC with the target (that defense's map of the target image) before
+        -> after."""
+        from .plots import Panel
+
+        rows = {}
+        for method in [m for m in config.methods if m in set(df.method)]:
+            kept = {d: load_examples(self.examples_folder(out, method, d)) for d in config.defenses}
+            if "none" not in kept:
+                continue
+            part = df[(df.method == method) & (df.defense == "none")]
+            for label, i in pick_examples(part.pcc_after - part.pcc_before, kept["none"]):
+                ex = kept["none"][i]
+                panels = [Panel("input", ex["input"], "input"),
+                          Panel(f"manipulated input\n(eps {config.eps:g})", ex["x_adv"], "input"),
+                          Panel("original map", ex["original"]), Panel("target map", ex["target"])]
+                panels += [Panel(f"shown after attack:\n{DEFENSE_TITLES.get(d, d)}", kept[d][i]["manipulated"],
+                                 note=f"PCC {float(kept[d][i]['pcc_before']):.2f} → {float(kept[d][i]['pcc_after']):.2f}")
+                           for d in config.defenses if i in kept[d]]
+                rows[f"{method}\n{label}\nimage {i}"] = panels
         return rows
 
     def _rise(self, df):
@@ -96,7 +142,7 @@ class Quick(Experiment):
 
     def figures(self, df, config, out):
         from ..figures import _subplots
-        from .plots import CI_TEXT, aggregate, grouped_bars, n_text, save_figure, styled
+        from .plots import CI_TEXT, aggregate, each_format, grouped_bars, manipulation_grid, n_text, save_figure, styled
 
         @styled
         def draw():
@@ -114,4 +160,8 @@ class Quick(Experiment):
                          f"{n_text(n.stack().dropna())})")
             return save_figure(fig, Path(out) / "quick_defenses.png")
 
-        return [draw()]
+        paths = [draw()]
+        grid = self.example_rows(df, config, Path(out))
+        if grid:
+            paths.append(each_format(lambda p: manipulation_grid(grid, p), Path(out) / "quick_maps.png"))
+        return paths

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;padding:0 1em;color:#222}
@@ -258,6 +258,17 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
     return path
 
 
+def published_lines(attrs: Dict[str, Any]) -> List[Tuple[str, str]]:
+    """``(label, text)`` lines that go with a table of published numbers (``attrs["published"]``:
+    the paper's setting; ``"ours"``: our setting; ``"differs"``: how they differ, what it implies);
+    none for other tables. The report and the terminal print the same lines."""
+    if not attrs.get("published"):
+        return []
+    lines = [("Paper's setting", attrs.get("published")), ("Our setting", attrs.get("ours")),
+             ("How they differ", attrs.get("differs"))]
+    return [(k, str(v)) for k, v in lines if v]
+
+
 def _block(experiment: Any, key: str, body: str, attrs: Dict[str, Any], figure: bool = False) -> str:
     """A heading, its caption and ``body``; a table of published numbers (``attrs["published"]``:
     the paper's setting) in a box of its own, with our setting and how the two differ."""
@@ -266,11 +277,10 @@ def _block(experiment: Any, key: str, body: str, attrs: Dict[str, Any], figure: 
     out = f"<h2>{html.escape(heading)}</h2>"
     if caption:
         out += f'<p class="caption">{html.escape(caption)}</p>'
-    if attrs.get("published"):
-        lines = [("Paper's setting", attrs.get("published")), ("Our setting", attrs.get("ours")),
-                 ("How they differ", attrs.get("differs"))]
-        return ('<div class="published">' + out + "".join(f"<p><b>{k}:</b> {html.escape(str(v))}</p>"
-                                                          for k, v in lines if v) + body + "</div>")
+    lines = published_lines(attrs)
+    if lines:
+        return ('<div class="published">' + out + "".join(f"<p><b>{k}:</b> {html.escape(v)}</p>" for k, v in lines)
+                + body + "</div>")
     return out + body
 
 

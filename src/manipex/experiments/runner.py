@@ -19,7 +19,7 @@ import torch
 
 from .base import EXPERIMENTS, Context, get_experiment
 from .config import ConfigError, read_config, short
-from .report import damaged_note, is_text, write_report
+from .report import damaged_note, is_text, published_lines, write_report
 from .store import DamagedMetaError, ResultStore
 
 
@@ -215,7 +215,8 @@ def _run_locked(experiment, config, store: ResultStore, folder: Path, rank: int,
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(f"\n{experiment.title}\n")
         for title, table in tables.items():
-            print(f"{title}\n{_text_table(table) if is_text(table) else table}\n")
+            setting = "".join(f"{k}: {v}\n" for k, v in published_lines(getattr(table, "attrs", {})))
+            print(f"{title}\n{setting}{_text_table(table) if is_text(table) else table}\n")
     print(f"results: {folder / 'results.jsonl'}\nreport:  {page}")
     if store.damaged:
         print(f"damaged: {len(store.damaged)} line(s) of the results skipped ({store.damaged_text()}); their units "
