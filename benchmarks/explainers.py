@@ -5,6 +5,7 @@ Run from the repository root::
 
     python benchmarks/explainers.py                  # MNIST CNN and a small CIFAR VGG, batch 32
     python benchmarks/explainers.py --models mnist --batch 64 --repeats 9 --threads 4
+    python benchmarks/explainers.py --device cuda --batch 256
 
 For every method the script prints milliseconds per image for the reference implementation and
 for manipex, their ratio (manipex / reference; below 1 means manipex is faster), the targets of
@@ -26,7 +27,12 @@ default batching; LRP no slower than Zennit's EpsilonPlusFlat.
 Memory (Linux): the peak growth of the process's resident memory during one more call of
 each method, read from ``/proc/self/status`` after resetting the peak (tracemalloc does not see
 torch's allocator); ``--no-memory`` skips it. The IG rows with ``--ig-batch`` show what chunking
-costs in time and saves in memory.
+costs in time and saves in memory. Column ``step MiB``: the same for the create_graph map of
+every method plus one backward pass to the input (an attack step), at ``--batch`` (the run's one,
+and so largest, batch); for the methods without a ``step ms`` it is measured (one call) but not
+timed. With ``--device cuda`` the peaks are ``torch.cuda.max_memory_allocated`` after
+``torch.cuda.reset_peak_memory_stats``, less what was allocated before the call, and every timed
+call is enclosed in ``torch.cuda.synchronize``.
 """
 from __future__ import annotations
 
@@ -142,8 +148,10 @@ def timed(
         if round_ and spent > budget:
             break
         for fn, ts in zip(fns, times):
+            sync()
             start = time.perf_counter()
             out = fn()
+            sync()
             ts.append(out.seconds if isinstance(out, Timed) else time.perf_counter() - start)
             spent += ts[-1]
     peaks = [peak_mib(fn) for fn in fns[:memory]] if MEMORY else []
@@ -151,8 +159,17 @@ def timed(
     return [STAT(ts) for ts in times], results, len(times[0]), peaks
 
 
-#: Whether to measure memory (``--no-memory`` turns it off; needs Linux's /proc).
+#: Whether to measure memory (``--no-memory`` turns it off; needs Linux's /proc on CPU).
 MEMORY = True
+
+#: Where models, inputs and maps live (``--device``).
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    """Wait for the GPU's queued work (no-op on CPU), so that clocks read finished work."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def _proc_status_mib(key: str) -> float:
@@ -164,7 +181,9 @@ def _proc_status_mib(key: str) -> float:
 
 
 def memory_supported() -> bool:
-    """Whether the peak resident memory of the process can be reset and read (Linux)."""
+    """Whether the peak resident memory of the process can be reset and read (Linux; cuda)."""
+    if DEVICE.type == "cuda":
+        return True
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -181,9 +200,17 @@ def peak_mib(fn: Callable[[], object]) -> float:
     tracemalloc does not see torch's allocations, so this uses the kernel's resident-set peak:
     free heap memory is handed back to the system (``malloc_trim``), the peak is reset to the
     current resident size (``/proc/self/clear_refs``), and after the call the peak (``VmHWM``)
-    is read. Costs one call; cheap next to the timing.
+    is read. Costs one call; cheap next to the timing. On cuda: the growth of
+    ``torch.cuda.max_memory_allocated`` over what was allocated before the call.
     """
     gc.collect()
+    if DEVICE.type == "cuda":
+        sync()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        base = torch.cuda.memory_allocated(DEVICE)
+        fn()
+        sync()
+        return (torch.cuda.max_memory_allocated(DEVICE) - base) / 2**20
     ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -237,6 +264,7 @@ class Row:
     rounds: int = 0
     ref_mib: Optional[float] = None
     mpx_mib: Optional[float] = None
+    step_mib: Optional[float] = None  # create_graph map + backward to the input
 
 
 def status(row: Row) -> str:
@@ -252,13 +280,14 @@ def print_table(title: str, rows: List[Row], batch: int) -> None:
     ms = lambda s: "-" if s is None else f"{1000 * s / batch:.3f}"  # noqa: E731
     mib = lambda m: "-" if m is None else f"{m:.0f}"  # noqa: E731
     header = ("manipex method", "reference", "ref ms", "mpx ms", "ratio", "target", "cg ms", "step ms",
-              "ref MiB", "mpx MiB", "cos", "n")
+              "ref MiB", "mpx MiB", "step MiB", "cos", "n")
     table = [header]
     for r in rows:
         ratio = "-" if r.ref_s is None else f"{r.mpx_s / r.ref_s:.2f}"
         cos = "-" if r.cos is None else f"{r.cos:.4f}"
         table.append((r.method, r.reference, ms(r.ref_s), ms(r.mpx_s), ratio, status(r), ms(r.cg_s),
-                      ms(r.step_s), mib(r.ref_mib), mib(r.mpx_mib), cos, str(r.rounds)))
+                      ms(r.step_s), mib(r.ref_mib), mib(r.mpx_mib), mib(r.step_mib), cos,
+                      str(r.rounds)))
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     left = {0, 1, 5}
     fmt = lambda line: "  ".join(c.ljust(w) if i in left else c.rjust(w)  # noqa: E731
@@ -277,8 +306,8 @@ def print_table(title: str, rows: List[Row], batch: int) -> None:
 def bench_model(key: str, args, zennit) -> List[Row]:
     _, build, shape = MODELS[key]
     torch.manual_seed(0)
-    model = build().eval()
-    x = torch.rand(args.batch, *shape)
+    model = build().eval().to(DEVICE)
+    x = torch.rand(args.batch, *shape).to(DEVICE)
     with torch.no_grad():
         target = model(x).argmax(1)
     for _ in range(3):  # warm up the allocator and the convolution kernels for this model
@@ -291,8 +320,21 @@ def bench_model(key: str, args, zennit) -> List[Row]:
     def cg(method, **kw):
         return lambda xx: manipex.explain(model, xx, method, target, create_graph=True, **kw)
 
-    def add(method, reference, ref_fn, mpx_fn, target_="", cg_fn=None, cos_map=None):
-        """Time reference and manipex (and the create_graph map and attack step) in turn."""
+    step_peaks = {}  # (method, options) -> MiB, so that a map shared by two rows is measured once
+
+    def step_mib(method, **kw) -> Optional[float]:
+        """Peak memory of the create_graph map plus a backward pass to the input (one call)."""
+        if not MEMORY:
+            return None
+        key = (method, tuple(sorted(kw.items())))
+        if key not in step_peaks:
+            step_peaks[key] = peak_mib(attack_step(cg(method, **kw), x))
+        return step_peaks[key]
+
+    def add(method, reference, ref_fn, mpx_fn, target_="", cg_fn=None, cos_map=None, step_mem=None):
+        """Time reference and manipex (and the create_graph map and attack step) in turn.
+
+        ``step_mem``: a thunk giving the peak memory of the attack step (``step MiB``)."""
         fns = ([ref_fn] if ref_fn is not None else []) + [mpx_fn]
         if cg_fn is not None:
             fns += [lambda: cg_fn(x), attack_step(cg_fn, x)]
@@ -305,6 +347,8 @@ def bench_model(key: str, args, zennit) -> List[Row]:
             row.cg_s, row.step_s = secs[2], secs[3]
         if maps[0] is not None:
             row.cos = cosine(maps[1], cos_map(maps[0]) if cos_map else maps[0])
+        if step_mem is not None:
+            row.step_mib = step_mem()
         rows.append(row)
         print(f"  {key}: {method:<36} done", file=sys.stderr, flush=True)
 
@@ -314,24 +358,28 @@ def bench_model(key: str, args, zennit) -> List[Row]:
     # -- gradient family
     sal = ca.Saliency(model) if have_captum else None
     add("gradient", "Saliency(abs=False)", cap(lambda: sal.attribute(x, target=target, abs=False)),
-        mpx("gradient"), "<=1.2", cg("gradient"))
+        mpx("gradient"), "<=1.2", cg("gradient"), step_mem=lambda: step_mib("gradient"))
     ixg = ca.InputXGradient(model) if have_captum else None
     add("grad_x_input", "InputXGradient", cap(lambda: ixg.attribute(x, target=target)),
-        mpx("grad_x_input"), "<=1.2", cg("grad_x_input"))
+        mpx("grad_x_input"), "<=1.2", cg("grad_x_input"), step_mem=lambda: step_mib("grad_x_input"))
     gbp = ca.GuidedBackprop(model) if have_captum else None
     add("guided_backprop", "GuidedBackprop", cap(lambda: gbp.attribute(x, target=target)),
-        mpx("guided_backprop"), "<=1.2", cg("guided_backprop"))
+        mpx("guided_backprop"), "<=1.2", cg("guided_backprop"),
+        step_mem=lambda: step_mib("guided_backprop"))
 
     # -- integrated gradients: Captum's defaults (Gauss-Legendre, all rows at once), then chunked
     ig = ca.IntegratedGradients(model) if have_captum else None
     steps, rows_per_fwd = args.ig_steps, args.ig_batch
     add(f"integrated_gradients steps={steps} gl", f"IntegratedGradients n_steps={steps}",
         cap(lambda: ig.attribute(x, target=target, n_steps=steps, method="gausslegendre")),
-        mpx("integrated_gradients", steps=steps, rule="gausslegendre"), "<1")
+        mpx("integrated_gradients", steps=steps, rule="gausslegendre"), "<1",
+        step_mem=lambda: step_mib("integrated_gradients", steps=steps, rule="gausslegendre"))
     add(f"  ... batch_size={rows_per_fwd}", f"  ... internal_batch_size={rows_per_fwd}",
         cap(lambda: ig.attribute(x, target=target, n_steps=steps, method="gausslegendre",
                                  internal_batch_size=rows_per_fwd)),
-        mpx("integrated_gradients", steps=steps, rule="gausslegendre", batch_size=rows_per_fwd))
+        mpx("integrated_gradients", steps=steps, rule="gausslegendre", batch_size=rows_per_fwd),
+        step_mem=lambda: step_mib("integrated_gradients", steps=steps, rule="gausslegendre",
+                                  batch_size=rows_per_fwd))
 
     # -- SmoothGrad of the gradient, absolute noise sigma on [0, 1] inputs, all samples at once
     nt = ca.NoiseTunnel(ca.Saliency(model)) if have_captum else None
@@ -339,7 +387,8 @@ def bench_model(key: str, args, zennit) -> List[Row]:
     add(f"smoothgrad samples={n} sigma={sigma}", f"NoiseTunnel(Saliency) nt_samples={n}",
         cap(lambda: nt.attribute(x, nt_type="smoothgrad", nt_samples=n, stdevs=sigma, target=target,
                                  abs=False)),
-        mpx("smoothgrad", samples=n, sigma=sigma, relative=False, seed=0), "<1")
+        mpx("smoothgrad", samples=n, sigma=sigma, relative=False, seed=0), "<1",
+        step_mem=lambda: step_mib("smoothgrad", samples=n, sigma=sigma, relative=False, seed=0))
 
     # -- LRP
     eps = args.epsilon
@@ -352,7 +401,8 @@ def bench_model(key: str, args, zennit) -> List[Row]:
         return lrp.attribute(x, target=target)
 
     add("lrp composite=epsilon", "LRP(EpsilonRule everywhere)", cap(captum_lrp),
-        mpx("lrp", composite="epsilon", epsilon=eps), "", cg("lrp", composite="epsilon", epsilon=eps))
+        mpx("lrp", composite="epsilon", epsilon=eps), "", cg("lrp", composite="epsilon", epsilon=eps),
+        step_mem=lambda: step_mib("lrp", composite="epsilon", epsilon=eps))
     if zennit is not None:
         composites, canonizers, attribution = zennit
         has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -365,8 +415,10 @@ def bench_model(key: str, args, zennit) -> List[Row]:
             # Zennit's hooks and canonizers change the model while registered, so they are
             # registered around each call; the timing covers only the attribution itself.
             with attributor:
+                sync()
                 start = time.perf_counter()
                 relevance = attributor(x, onehot)[1]
+                sync()
                 return Timed(time.perf_counter() - start, relevance)
 
         cg_zb = cg("lrp", composite="zb_zplus")
@@ -374,13 +426,15 @@ def bench_model(key: str, args, zennit) -> List[Row]:
             [zennit_lrp, mpx("lrp", composite="epsilon", epsilon=eps), mpx("lrp", composite="zb_zplus"),
              lambda: cg_zb(x), attack_step(cg_zb, x)], args.repeats, args.budget, memory=3)
         rows.append(Row("lrp composite=epsilon", "Zennit EpsilonPlusFlat", secs[0], secs[1],
-                        cos=cosine(maps[1], maps[0]), rounds=rounds, ref_mib=peaks[0], mpx_mib=peaks[1]))
+                        cos=cosine(maps[1], maps[0]), rounds=rounds, ref_mib=peaks[0], mpx_mib=peaks[1],
+                        step_mib=step_mib("lrp", composite="epsilon", epsilon=eps)))
         rows.append(Row("lrp composite=zb_zplus", "Zennit EpsilonPlusFlat", secs[0], secs[2], "<=1",
-                        secs[3], secs[4], cosine(maps[2], maps[0]), rounds, peaks[0], peaks[2]))
+                        secs[3], secs[4], cosine(maps[2], maps[0]), rounds, peaks[0], peaks[2],
+                        step_mib("lrp", composite="zb_zplus")))
         print(f"  {key}: {'lrp vs zennit':<36} done", file=sys.stderr, flush=True)
     else:
         add("lrp composite=zb_zplus", "(zennit not available)", None, mpx("lrp", composite="zb_zplus"),
-            "", cg("lrp", composite="zb_zplus"))
+            "", cg("lrp", composite="zb_zplus"), step_mem=lambda: step_mib("lrp", composite="zb_zplus"))
 
     # -- Grad-CAM at the last Conv2d, upsampled bilinearly (Captum: ReLU on, as Grad-CAM)
     last_conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
@@ -391,7 +445,7 @@ def bench_model(key: str, args, zennit) -> List[Row]:
         return ca.LayerAttribution.interpolate(cam, tuple(shape[1:]), interpolate_mode="bilinear")
 
     add("gradcam", "LayerGradCam+interpolate", cap(captum_gradcam), mpx("gradcam"),
-        cos_map=lambda m: m.expand(-1, shape[0], -1, -1))
+        cos_map=lambda m: m.expand(-1, shape[0], -1, -1), step_mem=lambda: step_mib("gradcam"))
 
     # -- Occlusion, window over all channels, the same number of occluded rows per forward
     window, stride = (args.occ_window, args.occ_stride) if key == "mnist" else (8, 4)
@@ -401,7 +455,8 @@ def bench_model(key: str, args, zennit) -> List[Row]:
         cap(lambda: occ.attribute(x, sliding_window_shapes=(shape[0], window, window),
                                   strides=(shape[0], stride, stride), baselines=0.0, target=target,
                                   perturbations_per_eval=per_eval)),
-        mpx("occlusion", window=window, stride=stride, batch_size=args.occ_batch))
+        mpx("occlusion", window=window, stride=stride, batch_size=args.occ_batch),
+        step_mem=lambda: step_mib("occlusion", window=window, stride=stride, batch_size=args.occ_batch))
     return rows
 
 
@@ -415,6 +470,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="statistic of the timed calls (min is steadier on a busy machine)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory columns")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda (or cuda:N)")
     parser.add_argument("--models", default="mnist,vgg", help=f"comma-separated of {','.join(MODELS)}")
     parser.add_argument("--ig-steps", type=int, default=50, help="IG steps (Captum's default 50)")
     parser.add_argument("--ig-batch", type=int, default=256, help="rows per forward of chunked IG")
@@ -431,7 +487,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         parser.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
 
     torch.set_num_threads(args.threads)
-    global STAT, MEMORY
+    global STAT, MEMORY, DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no GPU")
     STAT = statistics.median if args.stat == "median" else min
     MEMORY = not args.no_memory and memory_supported()
     if not args.no_memory and not MEMORY:
@@ -444,7 +503,8 @@ def main(argv: Optional[List[str]] = None) -> None:
           f"captum {captum.__version__ if ca is not None else 'not available: ' + CAPTUM_ERROR}, "
           f"zennit {'available' if zennit is not None else 'not available'}")
     print(f"batch {args.batch}, threads {torch.get_num_threads()}, {args.stat} of up to {args.repeats} "
-          "calls after 1 warm-up; ms per image")
+          "calls after 1 warm-up; ms per image"
+          + (f"; {torch.cuda.get_device_name(DEVICE)}" if DEVICE.type == "cuda" else ""))
     start = time.perf_counter()
     for key in keys:
         with warnings.catch_warnings():
@@ -456,7 +516,9 @@ ratio = manipex / reference (below 1: manipex is faster); target: the goal of th
 cg ms: the manipex map with create_graph=True; step ms: that map plus one backward pass of
 sum(map**2) to the input (an attack step). n: rounds timed (fewer than --repeats where a comparison
 took over --budget={args.budget:g} s). MiB: peak growth of the resident memory in one call (after
-malloc_trim; the model's parameters require grad, as by default). cos: mean per-image cosine of
+malloc_trim; the model's parameters require grad, as by default; on cuda: of max_memory_allocated);
+step MiB: the same for manipex's create_graph map plus the backward pass to the input, at batch
+{args.batch}, for every method (also those whose step is not timed). cos: mean per-image cosine of
 the two maps, a check that both compute the same thing; below 1 by design for SmoothGrad (other
 noise) and LRP vs Zennit (EpsilonPlusFlat: flat first layer, z+ on convs, epsilon on dense layers;
 manipex zb_zplus: zB first layer, z+ elsewhere; manipex epsilon: epsilon everywhere).
