@@ -213,6 +213,47 @@ def test_default_thresholds_of_objectives(setup, objective, expected):
     assert torch.allclose(objective.select(torch.tensor([1, 2])).threshold(before[1:3]), expected(before[1:3]))
 
 
+def test_the_attack_s_adam_is_torch_s_adam():
+    from manipex.attacks.input import _Adam
+
+    x = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mine, theirs = x.clone(), x.clone().requires_grad_(True)
+    adam, reference = _Adam(mine, 0.05), torch.optim.Adam([theirs], lr=0.05)
+    for step in range(25):
+        grad = torch.sin(mine * (step + 1)) + 0.1 * step
+        adam.step(grad)
+        theirs.grad = grad.clone()
+        reference.step()
+        assert torch.equal(mine, theirs.detach())
+
+
+@pytest.mark.parametrize("method", ["gradient", "lrp", "integrated_gradients"])
+def test_the_attack_step_reuses_the_map_s_forward_for_the_output_term(setup, method):
+    """The surrogate's output at x_adv, computed by the map's own forward pass, is the output
+    term's: the step is the same as with a second forward (the attack result is unchanged),
+    and only methods that run the model at x_adv itself report it."""
+    from manipex.explainers.base import capture_output
+
+    model, x = setup
+    smooth, _ = manipex.surgery.smooth_copy(model, 10.0, pools=True)
+    x_adv = x[:2].clone().requires_grad_(True)
+    options = {"steps": 4} if method == "integrated_gradients" else {}
+    with capture_output(x_adv) as seen:
+        manipex.explain(smooth, x_adv, method, create_graph=True, **options)
+    if method == "integrated_gradients":
+        assert seen.output is None  # its forward passes run at the path's points, not at x_adv
+        return
+    assert seen.output is not None and seen.output.grad_fn is not None
+    direct = smooth(x_adv)
+    assert torch.allclose(seen.output, direct, rtol=1e-5, atol=1e-6)
+    (g_seen,) = torch.autograd.grad(seen.output.softmax(1)[:, 0].sum(), x_adv)
+    (g_direct,) = torch.autograd.grad(direct.softmax(1)[:, 0].sum(), x_adv)
+    assert torch.allclose(g_seen, g_direct, rtol=1e-4, atol=1e-7)
+    with capture_output(x_adv.detach().clone().requires_grad_(True)) as other:
+        manipex.explain(smooth, x_adv, method, create_graph=True, **options)
+    assert other.output is None  # only the very tensor it was opened for
+
+
 def test_attack_stops_early_when_no_image_improves(setup):
     model, x = setup
     x = x[:8] * 0.9 + 0.05  # no exact zeros: a step of 1e-9 flips no max-pool tie

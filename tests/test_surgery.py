@@ -128,6 +128,38 @@ def test_smooth_max_pool_gradient_is_the_window_softmax_and_twice_differentiable
     assert torch.autograd.gradcheck(pool, (x,)) and torch.autograd.gradgradcheck(pool, (x,))
 
 
+TILING = [(nn.MaxPool2d(2), (2, 3, 8, 8)), (nn.MaxPool2d(2), (1, 2, 7, 9)), (nn.MaxPool2d(3, ceil_mode=True), (1, 2, 9, 6)),
+          (nn.MaxPool1d(2), (2, 3, 11)), (nn.MaxPool3d(2), (1, 2, 4, 6, 5)), (nn.MaxPool2d((2, 3)), (1, 1, 6, 9))]
+
+
+@pytest.mark.parametrize("pool,shape", TILING, ids=[f"{type(p).__name__}-{s}" for p, s in TILING])
+def test_tiling_windows_take_the_pooling_path_with_the_same_values_and_derivatives(pool, shape, monkeypatch):
+    """Stride = kernel without padding (MaxPool2d(2)) is computed from pooling kernels, not
+    unfolded windows: the same function, first and second derivatives as the general path."""
+    smooth = surgery.SmoothMaxPool.from_maxpool(pool, beta=7.0)
+    assert smooth._tiles(shape[2:])
+
+    def value_and_derivatives():
+        x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        y = smooth(x)
+        (g,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), x)
+        return y, g, gg
+
+    tiled = value_and_derivatives()
+    monkeypatch.setattr(smooth, "_tiles", lambda spatial: False)
+    general = value_and_derivatives()
+    for a, b in zip(tiled, general):
+        assert a.shape == b.shape and torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    monkeypatch.undo()
+    assert torch.autograd.gradgradcheck(smooth, (x,))
+    # overlapping windows, padding, ceil mode over a remainder: the general path
+    assert not surgery.SmoothMaxPool.from_maxpool(nn.MaxPool2d(3, 2), 1.0)._tiles((9, 9))
+    assert not surgery.SmoothMaxPool.from_maxpool(nn.MaxPool2d(2, padding=1), 1.0)._tiles((8, 8))
+    assert not surgery.SmoothMaxPool.from_maxpool(nn.MaxPool2d(2, ceil_mode=True), 1.0)._tiles((5, 5))
+
+
 def test_smooth_copy_with_pools_swaps_them_and_the_handle_sets_their_beta():
     model, x = make("small_cnn", softplus=False)
     before = state_of(model)

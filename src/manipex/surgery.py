@@ -101,6 +101,8 @@ class SmoothMaxPool(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         dims = len(self.kernel_size)
         spatial = x.shape[x.dim() - dims:]
+        if self._tiles(spatial):
+            return self._forward_tiles(x, spatial)
         pads: List[int] = []
         for d in reversed(range(dims)):  # F.pad takes the last dimension first
             span = self.dilation[d] * (self.kernel_size[d] - 1) + 1
@@ -116,11 +118,36 @@ class SmoothMaxPool(nn.Module):
         z = z.reshape(*z.shape[: x.dim()], -1)  # the window's entries on one axis
         return torch.logsumexp(z, dim=-1) / self.beta
 
+    def _tiles(self, spatial: Sequence[int]) -> bool:
+        """Whether the windows tile the input (the usual ``MaxPool2d(k)``): stride = kernel, no
+        padding or dilation, and, in ceil mode, sizes that the kernel divides."""
+        return (self.stride == self.kernel_size and not any(self.padding) and all(d == 1 for d in self.dilation)
+                and (not self.ceil_mode or all(n % k == 0 for n, k in zip(spatial, self.kernel_size))))
+
+    def _forward_tiles(self, x: Tensor, spatial: Sequence[int]) -> Tensor:
+        """The tiling case with pooling kernels instead of unfolded windows:
+        ``m + log(K * mean_window exp(z - m))`` with ``m`` the window's hard maximum, detached
+        (a log-sum-exp does not depend on the shift, so this is exact to every order, as
+        ``torch.logsumexp``'s own shift is); rows and columns past the last whole window are
+        left out, as floor mode does."""
+        dims = len(spatial)
+        k = self.kernel_size
+        out = [n // w for n, w in zip(spatial, k)]
+        z = x[(...,) + tuple(slice(0, o * w) for o, w in zip(out, k))] * self.beta
+        max_pool, avg_pool = _POOLS[dims]
+        m = max_pool(z.detach(), k)
+        spread = m
+        for d in range(dims):
+            spread = spread.repeat_interleave(k[d], dim=z.dim() - dims + d)
+        window = math.prod(k)
+        return (m + torch.log(avg_pool(torch.exp(z - spread), k) * window)) / self.beta
+
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, beta={self.beta:g}"
 
 
 SMOOTHABLE_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_POOLS = {1: (F.max_pool1d, F.avg_pool1d), 2: (F.max_pool2d, F.avg_pool2d), 3: (F.max_pool3d, F.avg_pool3d)}
 
 
 class SoftplusHandle:

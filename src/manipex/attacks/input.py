@@ -34,6 +34,7 @@ from .. import surgery
 from .._validation import (TargetLike, check_bool, check_call, check_choice, check_int, check_real, check_target,
                            predicted_target, short)
 from ..explainers import explain, get_explainer, relevance
+from ..explainers.base import capture_output
 from ..metrics import class_agreement, output_change
 from ..objectives import Objective
 
@@ -161,6 +162,27 @@ def _project(x_adv: Tensor, x: Tensor, eps: float, norm: str, bounds) -> Tensor:
     if bounds is not None:
         out = torch.maximum(torch.minimum(out, bounds[1]), bounds[0])
     return out
+
+
+class _Adam:
+    """Adam (Kingma & Ba 2015) on one tensor, step for step what ``torch.optim.Adam`` computes
+    with its defaults (betas 0.9, 0.999, eps 1e-8, no weight decay). Written out because
+    ``torch.optim``'s first optimiser of a process imports ``torch._dynamo`` (about 4 s on a
+    2-core CPU), more than a short attack itself takes."""
+
+    def __init__(self, param: Tensor, lr: float, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+        self.m, self.v, self.t = torch.zeros_like(param), torch.zeros_like(param), 0
+
+    @torch.no_grad()
+    def step(self, grad: Tensor) -> None:
+        b1, b2 = self.betas
+        self.t += 1
+        self.m.lerp_(grad, 1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad.conj(), value=1 - b2)
+        correction1, correction2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        denom = (self.v.sqrt() / math.sqrt(correction2)).add_(self.eps)
+        self.param.addcdiv_(self.m, denom, value=-self.lr / correction1)
 
 
 def _beta_at(beta: BetaSchedule, step: int, steps: int) -> Optional[float]:
@@ -296,6 +318,11 @@ def manipulate_input(
     def relevance_on(m: nn.Module, inputs: Tensor, create_graph: bool = False) -> Tensor:
         return relevance(explain(m, inputs, method, target, create_graph=create_graph, **method_options))
 
+    explainer = get_explainer(method, **method_options)
+    # a map computed at x_adv itself runs the surrogate's forward there once; its output is the
+    # output term's (not when the map is on a beta-smoothed copy of its own)
+    share_output = method_options.get("softplus_beta") is None
+
     r_start = relevance_on(model, x)
     objective.prepare(lambda inputs: relevance_on(model, inputs), x, r_start)
     with torch.no_grad():
@@ -308,7 +335,7 @@ def manipulate_input(
     attacked, handle = (model, None) if beta is None else surgery.smooth_copy(
         model, _beta_at(beta, 0, steps), pools=smooth_pools)
     x_adv = x.clone().requires_grad_(True)
-    adam = torch.optim.Adam([x_adv], lr=lr) if optimizer == "adam" else None
+    adam = _Adam(x_adv, lr) if optimizer == "adam" else None
     best_x, best_loss = x.clone(), objective.loss(r_start).detach()
     history: List[float] = []
     stalled = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
@@ -335,15 +362,17 @@ def manipulate_input(
         steps_run = step + 1
         if handle is not None:
             handle.beta = _beta_at(beta, step, steps)
-        r = relevance_on(attacked, x_adv, create_graph=True)
-        out_term = (attacked(x_adv).softmax(1) - p_orig).pow(2).mean(1)
+        # checked once above: the model, and x_adv, finite by construction (projected, clamped)
+        with capture_output(x_adv) as seen:
+            r = relevance(explainer.compute(attacked, x_adv, target, True))
+        logits = seen.output if share_output and seen.output is not None else attacked(x_adv)
+        out_term = (logits.softmax(1) - p_orig).pow(2).mean(1)
         loss = (objective.loss(r) + gamma * out_term).sum()
         (grad,) = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():  # the update and projection are not differentiated
             previous = x_adv.detach().clone()
             if adam is not None:
-                x_adv.grad = grad
-                adam.step()
+                adam.step(grad)
             else:
                 x_adv -= lr * grad.sign()
             # images that stalled stay where they are, so no image depends on its batch

@@ -10,7 +10,8 @@ exact autograd graph w.r.t. ``x`` and every parameter; the model is never left c
 from __future__ import annotations
 
 import abc
-
+import contextlib
+import contextvars
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type
 
 import torch
@@ -185,6 +186,39 @@ def explain_many(
         name, opts = (spec, {}) if isinstance(spec, str) else spec
         maps.append(get_explainer(name, **opts).compute(model, x, target, create_graph))
     return maps
+
+
+class OutputCapture:
+    """What :func:`capture_output` saw: ``output``, the model's output at exactly ``x`` (the same
+    tensor object) as a method computed it on its way to the map, with its graph; None where
+    the method ran no forward at ``x`` itself (integrated gradients, SmoothGrad, occlusion)."""
+
+    def __init__(self, x: Tensor) -> None:
+        self.x, self.output = x, None
+
+
+_CAPTURE: "contextvars.ContextVar[Optional[OutputCapture]]" = contextvars.ContextVar("manipex_capture", default=None)
+
+
+@contextlib.contextmanager
+def capture_output(x: Tensor):
+    """Within the block, keep the output of the model at ``x`` that a method computes (see
+    :func:`report_output`), so that an attack step reuses its forward pass for the output
+    term instead of running the model again."""
+    capture = OutputCapture(x)
+    token = _CAPTURE.set(capture)
+    try:
+        yield capture
+    finally:
+        _CAPTURE.reset(token)
+
+
+def report_output(x: Tensor, output: Tensor) -> None:
+    """Called by a method with the model's ``output`` at its input ``x``; kept by an enclosing
+    :func:`capture_output` of that very tensor."""
+    capture = _CAPTURE.get()
+    if capture is not None and capture.output is None and x is capture.x:
+        capture.output = output
 
 
 def requires_grad_input(x: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_real, predicted_target, select_target
-from .base import Explainer, requires_grad_input
+from .base import Explainer, report_output, requires_grad_input
 
 
 def target_gradient(
@@ -28,6 +28,7 @@ def target_gradient(
     """``(d g_target / d x, target)`` for a batch; ``target`` None means the predicted class."""
     xg = requires_grad_input(x)
     out = model(xg)
+    report_output(xg, out)
     t = select_target(out, target, where=where)
     score = out.gather(1, t[:, None]).sum()
     (grad,) = torch.autograd.grad(score, xg, create_graph=create_graph)

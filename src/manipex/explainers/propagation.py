@@ -15,7 +15,7 @@ from typing import List
 import torch.nn.functional as F
 
 from .._validation import select_target
-from .base import Explainer, requires_grad_input
+from .base import Explainer, report_output, requires_grad_input
 from .graph import Record, model_graph
 from .rules import Gradient, GuidedReLU, Relevances
 
@@ -35,6 +35,7 @@ class PropagationExplainer(Explainer):
         graph = model_graph(model, self.name)
         xg = requires_grad_input(x)
         out, records = graph.forward(xg)
+        report_output(xg, out)
         t = select_target(out, target, where=where)
         signal = F.one_hot(t, out.shape[1]).to(out.dtype)
         self.prepare(model, records)
