@@ -258,3 +258,16 @@ def test_dodged_lines_spread_around_their_x_and_stay_inside_the_axis() -> None:
     assert np.allclose(np.log10(log[1]) - np.log10(log[0]), 0.2)  # on a log axis, in decades
     one = [plots.dodged([0.08], k, 2)[0] for k in range(2)]
     assert 0.04 < one[0] < 0.08 < one[1] < 0.12  # within the half-width _single_x gives one x
+
+
+def test_names_drawn_together_get_distinct_colours_and_keep_their_fixed_ones() -> None:
+    assert sum(map(ord, "ab")) % 6 == sum(map(ord, "ba")) % 6  # the same place in the spare colours
+    colours = style.colors_for(["ba", "ab", "gradient", "lrp", "atex", "softplus"])
+    assert len(set(colours.values())) == 6
+    assert colours["gradient"] == style.FIXED["gradient"] and colours["atex"] == style.FIXED["atex"]
+    assert colours == style.colors_for(["softplus", "atex", "lrp", "gradient", "ab", "ba"])  # order-free
+    # two names with the same fixed colour: the first in sorted order keeps it
+    both = style.colors_for(["original", "none"])
+    assert both["none"] == style.FIXED["none"] and both["original"] != both["none"]
+    assert style.color_for("ab", among=["ba"]) != style.color_for("ba", among=["ab"])
+    assert style.color_for("lrp") == style.FIXED["lrp"]

@@ -377,7 +377,7 @@ def evaluation_figure(evaluation):
     for k, model in enumerate(models):
         values = table[model].to_numpy(dtype=float)
         pos = np.arange(len(methods)) - 0.4 + width * (k + 0.5)
-        ax.bar(pos, values, width=width, label=model, color=color_for(model), edgecolor="white", linewidth=0.5)
+        ax.bar(pos, values, width=width, label=model, color=color_for(model, models), edgecolor="white", linewidth=0.5)
     ax.set_xticks(range(len(methods)), [wrap_title(m, 10) for m in methods])
     ax.set_xlim(-0.5, len(methods) - 0.5)
     ax.axhline(0, color="black", linewidth=0.6)

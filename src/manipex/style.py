@@ -12,7 +12,7 @@ maps ``RdBu_r`` with limits symmetric about zero.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple, TypeVar
 
 #: Okabe-Ito colours (black last: kept for reference lines)
 PALETTE: Tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -29,7 +29,11 @@ FIXED: Dict[str, str] = {
     "none": "#555555", "beta_smoothing": PALETTE[1], "agg": "#332288",
     # models
     "original": "#555555", "manipulated": PALETTE[3], "atex": PALETTE[2], "clean": "#555555",
+    "softplus": "#555555", "acc": "#555555", "fairwashed": PALETTE[3],
 }
+
+#: Colours for names without a fixed one, in the order they are handed out within a figure.
+SPARE: Tuple[str, ...] = PALETTE[:6] + ("#332288", "#882255", "#44AA99", "#117733", "#999999", "#8C510A")
 
 #: Colour maps: relevance (non-negative), signed maps (symmetric limits), inputs.
 CMAP_ABSOLUTE = "magma"
@@ -65,8 +69,31 @@ RC: Dict[str, Any] = {
 }
 
 
-def color_for(name: str) -> str:
-    """The colour of ``name`` (a method, defense or model) in every manipex figure."""
+def colors_for(names: Iterable[Any]) -> Dict[str, str]:
+    """Distinct colours for names drawn together in one figure: a name keeps its colour of
+    :data:`FIXED` (the same in every figure) unless another name of the figure, earlier in sorted
+    order, has it already; the others get the first colour of :data:`SPARE` that the figure does
+    not use yet, starting at a place fixed by the name (stable across runs: no hash seed)."""
+    ordered = sorted(dict.fromkeys(str(n) for n in names))
+    out: Dict[str, str] = {}
+    for name in ordered:
+        colour = FIXED.get(name)
+        if colour is not None and colour not in out.values():
+            out[name] = colour
+    for name in ordered:
+        if name not in out:
+            start = sum(map(ord, name)) % 6
+            order = SPARE[start:] + SPARE[:start]
+            out[name] = next((c for c in order if c not in out.values()), order[0])
+    return out
+
+
+def color_for(name: str, among: Optional[Iterable[Any]] = None) -> str:
+    """The colour of ``name`` (a method, defense or model): its fixed colour in every manipex
+    figure; with ``among`` (the names drawn with it), one that no other of them has
+    (:func:`colors_for`)."""
+    if among is not None:
+        return colors_for([*among, name])[str(name)]
     if name in FIXED:
         return FIXED[name]
     strong = PALETTE[:6]  # not the pale yellow (weak on white) nor black (reference lines)

@@ -94,12 +94,13 @@ def _pretty(name) -> str:
     return str(name).replace("_", " ")
 
 
-def _line_with_interval(ax, xs, stats, name, *, label=None, ms: float = 4):
-    """A line of centres (marker at each point) in ``name``'s colour with its intervals as error
-    bars; ``stats``: ``(centre, low, high, n)`` per x."""
+def _line_with_interval(ax, xs, stats, name, *, label=None, ms: float = 4, among=None):
+    """A line of centres (marker at each point) in ``name``'s colour (distinct from those of
+    ``among``, the names drawn with it) with its intervals as error bars; ``stats``:
+    ``(centre, low, high, n)`` per x."""
     import numpy as np
 
-    colour = color_for(str(name))
+    colour = color_for(str(name), among)
     centre = np.array([s[0] for s in stats], dtype=float)
     low = np.array([s[1] for s in stats], dtype=float)
     high = np.array([s[2] for s in stats], dtype=float)
@@ -153,7 +154,7 @@ def grouped_bars(ax, table, *, width: float = 0.8, low=None, high=None) -> None:
     for j, column in enumerate(table.columns):
         offsets = [i - width / 2 + w * (j + 0.5) for i in range(len(table.index))]
         heights = table[column].to_numpy(dtype=float)
-        ax.bar(offsets, heights, width=w, label=str(column), color=color_for(str(column)))
+        ax.bar(offsets, heights, width=w, label=str(column), color=color_for(str(column), table.columns))
         if low is not None and high is not None:
             lo = low[column].reindex(table.index).to_numpy(dtype=float)
             hi = high[column].reindex(table.index).to_numpy(dtype=float)
@@ -257,10 +258,10 @@ def beta_curve(df, path: Path) -> Path:
             betas = sorted(float(b) for b in part.beta.unique() if str(b) != "relu")
             stats = [summarize(part[part.beta.astype(str) == str(b)][column], "median") for b in betas]
             counts += [s[3] for s in stats]
-            _line_with_interval(ax, dodged(betas, k, len(methods), log=True), stats, method)
+            _line_with_interval(ax, dodged(betas, k, len(methods), log=True), stats, method, among=methods)
             relu = part[part.beta.astype(str) == "relu"][column]
             if len(relu):
-                ax.axhline(float(relu.median()), ls=":", lw=1.0, color=color_for(method))
+                ax.axhline(float(relu.median()), ls=":", lw=1.0, color=color_for(method, methods))
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.set_xlabel("β of the softplus (log scale;\nsmoother to the right)")
@@ -281,7 +282,7 @@ def box_plot(df, column: str, by: str, path: Path, ylabel: str, *, title: str = 
     fig, ax = _subplots(figsize=(1.2 * len(groups) + 2.0, 3.0))
     boxes = ax.boxplot(values, patch_artist=True, medianprops={"color": "black"})
     for patch, group in zip(boxes["boxes"], groups):
-        patch.set_facecolor(color_for(str(group)))
+        patch.set_facecolor(color_for(str(group), groups))
         patch.set_alpha(0.8)
     ax.set_xticks(range(1, len(groups) + 1), [f"{_pretty(g)}\n(n = {len(v)})" for g, v in zip(groups, values)],
                   fontsize=7)
@@ -368,7 +369,7 @@ def _scatter_panels(points, path: Path, xlabel: str, ylabel: str, title: str, le
         for j, (series, (x, y)) in enumerate(points[col].items()):
             counts.add(len(x))
             ax.scatter(x / scale, y / scale, s=12, marker=_MARKERS[j % len(_MARKERS)], alpha=0.8,
-                       color=color_for(str(series)), label=_pretty(series))
+                       color=color_for(str(series), points[col]), label=_pretty(series))
         if values:
             lo, hi = min(values) / scale, max(values) / scale
             pad = 0.05 * (hi - lo) or 0.05 * (abs(hi) or 1.0)
@@ -425,7 +426,8 @@ def training_curves(history, path: Path, *, n=None) -> Path:
     for model, part in history.groupby("model", sort=False):
         part = part.sort_values("epoch")
         for ax, column in zip(axes, ("classification", "objective")):
-            ax.plot(part.epoch, part[column], marker="o", ms=4, color=color_for(str(model)), label=_pretty(model))
+            ax.plot(part.epoch, part[column], marker="o", ms=4, color=color_for(str(model), history.model.unique()),
+                    label=_pretty(model))
     for ax, column, title in zip(axes, ("classification", "objective"),
                                  ("classification term", "explanation objective")):
         _epoch_axis(ax, history.epoch)
@@ -459,7 +461,7 @@ def weight_noise_curves(rows, path: Path, *, n=None) -> Path:
     axes = axes[0]
     for (model, kind), part in rows.groupby(["model", "objective"], sort=False):
         part = part.sort_values("sigma")
-        colour, label = color_for(str(model)), _pretty(model)
+        colour, label = color_for(str(model), rows.model.unique()), _pretty(model)
         if kind == next(k for k in kinds if k in set(rows[rows.model == model].objective)):
             axes[0].plot(part.sigma, part.accuracy, marker="o", ms=4, color=colour, label=label)
         ax = axes[1 + kinds.index(kind)]
@@ -515,7 +517,7 @@ def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path, *,
                 xs = sorted(group[x].unique())
                 stats = [summarize(group[group[x] == v][metric]) for v in xs]
                 counts += [s[3] for s in stats]
-                _line_with_interval(ax, dodged(xs, k, len(groups)), stats, name)
+                _line_with_interval(ax, dodged(xs, k, len(groups)), stats, name, among=[g for g, _ in groups])
             _single_x(ax, part[x])
             ax.set_xlabel(xlabel or _pretty(x))
             ax.set_ylabel(labels.get(metric, f"mean {_pretty(metric)}"))
