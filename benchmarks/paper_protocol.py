@@ -25,7 +25,11 @@ timed and scored:
   method)`` with all its defaults (batched; 500 steps, Adam lr 1e-2, gamma 100 on maps rescaled
   to mean 1 per pixel, β 10 -> 100, smoothed max-pools, L∞ budget ``eps="auto"`` = 0.1, keep the
   best class-keeping iterate checked every 10 steps, revert images whose class changed);
-* ``manipex eps=inf``: the same with ``eps=math.inf``, the reference's unbounded setting.
+* ``manipex eps=ref``: the same with the L∞ budget the reference's images reached in the end
+  (the largest ``|x_adv - x|`` over its images): manipex held to the image change the reference
+  made;
+* ``manipex eps=inf``: the same with ``eps=math.inf``, the reference's unbounded setting (with
+  lr 1e-2 manipex then changes the image far more than the reference's lr 2e-4 does).
 
 What is *not* the reference's, and why:
 
@@ -58,8 +62,11 @@ reference evaluates on the ReLU net too), the PCC before the attack, the fractio
 predicted class is unchanged, and the image change (MSE and L∞ of ``x_adv - x``), so that a
 reader sees that the budgets differ.
 
-Target (the issue): manipex >= 10x faster than the reference at equal or better final PCC
-(``>= reference - 0.01``, mean over the images), per model, method and manipex way.
+Target (the issue): manipex >= 10x faster per image than the reference at equal or better final
+PCC (``>= reference - 0.01``, the mean over the reference's images), per model, method and
+manipex way. manipex attacks ``--images`` (16) in one batch, as a user would; the reference
+attacks the first ``--ref-images`` (4) of them one at a time (its cost per image does not depend
+on how many, and 1500 steps per image are long), so the PCCs are compared on those.
 
 Models: ``mnist``: ``manipex.models.load_default("mnist")``, the first ``--images`` test images
 of MNIST-5k attacked, the next ``--images`` as target images; ``vgg``: a small VGG-BN for 3x32x32
@@ -95,7 +102,7 @@ REF_BETA = (10.0, 100.0)
 PCC_TOL = 0.01      # "equal" PCC: manipex's mean PCC may be this much below the reference's
 SPEEDUP = 10.0      # the issue's target
 CLAMP = (0.0, 1.0)  # the valid range of every model's inputs here
-WAYS = ("reference", "manipex default", "manipex eps=inf")
+WAYS = ("reference", "manipex default", "manipex eps=ref", "manipex eps=inf")
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,6 +211,7 @@ class Row:
     class_kept: float
     img_mse: float
     img_linf: float
+    pcc_shared: float = float("nan")
     speedup: float = 1.0
 
     @property
@@ -212,14 +220,18 @@ class Row:
 
 
 def score(model: nn.Module, x: Tensor, x_adv: Tensor, method: str, classes: Tensor,
-          target_maps: Tensor) -> Dict[str, float]:
-    """Mean map similarity to the target (ReLU model) and the image change."""
+          target_maps: Tensor, shared: int) -> Dict[str, float]:
+    """Mean map similarity to the target (ReLU model) and the image change; ``pcc_shared``: the
+    mean PCC over the first ``shared`` images (those the reference attacks too)."""
+    n = x_adv.shape[0]
+    x, classes, target_maps = x[:n], classes[:n], target_maps[:n]
     r_before, r_after = maps_of(model, x, method, classes), maps_of(model, x_adv, method, classes)
     with torch.no_grad():
         kept = (model(x_adv).argmax(1) == classes).float()
+    pcc = metrics.pcc(r_after, target_maps)
     return {
         "mse": metrics.mse(r_after, target_maps).mean().item(),
-        "pcc": metrics.pcc(r_after, target_maps).mean().item(),
+        "pcc": pcc.mean().item(), "pcc_shared": pcc[:shared].mean().item(),
         "ssim": metrics.ssim(r_after, target_maps).mean().item(),
         "pcc_before": metrics.pcc(r_before, target_maps).mean().item(),
         "class_kept": kept.mean().item(),
@@ -247,6 +259,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> List
         classes = model(x).argmax(1)
     print(f"\n== {name}: {label}; {x.shape[0]} image(s) on {device}", flush=True)
     rows: List[Row] = []
+    k = min(args.ref_images, x.shape[0])  # the reference's images: one at a time, so its cost per image
     for method in args.methods:
         own = args.target_class == "own"
         target_maps = maps_of(model, x_target, method, None if own else classes)
@@ -255,22 +268,28 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> List
             return TargetMap(target_maps) if own else TargetImage(x_target)
 
         ways = {
-            WAYS[0]: (lambda s: (reference_attack(model, x, x_target, method, classes, args.target_class,
-                                                  s, args.ref_lr, args.ref_weights), s)),
+            WAYS[0]: (lambda s: (reference_attack(model, x[:k], x_target[:k], method, classes[:k],
+                                                  args.target_class, s, args.ref_lr, args.ref_weights), s)),
             WAYS[1]: (lambda s: manipex_attack(model, x, objective(), method, "auto", s)),
-            WAYS[2]: (lambda s: manipex_attack(model, x, objective(), method, math.inf, s)),
+            # the L-inf budget the reference used in the end (filled in once it has run)
+            WAYS[2]: (lambda s: manipex_attack(model, x, objective(), method, reached["linf"], s)),
+            WAYS[3]: (lambda s: manipex_attack(model, x, objective(), method, math.inf, s)),
         }
-        budgets = {WAYS[0]: args.steps, WAYS[1]: args.manipex_steps, WAYS[2]: args.manipex_steps}
+        reached = {"linf": math.inf}
+        budgets = {WAYS[0]: args.steps, WAYS[1]: args.manipex_steps, WAYS[2]: args.manipex_steps,
+                   WAYS[3]: args.manipex_steps}
         for way, fn in ways.items():
             print(f"  {name} {method}: {way} ...", file=sys.stderr, flush=True)
             fn(1)  # warm-up: lazy initialisation, allocator
             wall, (x_adv, steps_run) = timed(lambda: fn(budgets[way]), device)
-            rows.append(Row(name, method, way, x.shape[0], steps_run, wall,
-                            **score(model, x, x_adv, method, classes, target_maps)))
+            if way == WAYS[0]:
+                reached["linf"] = max(float((x_adv - x[:k]).abs().max()), 1e-6)
+            rows.append(Row(name, method, way, x_adv.shape[0], steps_run, wall,
+                            **score(model, x, x_adv, method, classes, target_maps, k)))
             print(f"  {name} {method}: {way} {wall:.1f} s", file=sys.stderr, flush=True)
-        ref = rows[-3]
-        for row in rows[-3:]:
-            row.speedup = ref.wall_s / row.wall_s
+        ref = rows[-len(WAYS)]
+        for row in rows[-len(WAYS):]:
+            row.speedup = ref.s_per_image / row.s_per_image
     return rows
 
 
@@ -286,7 +305,9 @@ COLUMNS = [  # header, width, format of the value
     ("s/image", 9, lambda r: f"{r.s_per_image:.3f}"),
     ("speed-up", 9, lambda r: f"{r.speedup:.1f}x" if r.speedup >= 1 else f"{r.speedup:.2f}x"),
     ("MSE", 10, lambda r: f"{r.mse:.3e}"),
+    ("images", 7, lambda r: f"{r.images:d}"),
     ("PCC", 7, lambda r: f"{r.pcc:.3f}"),
+    ("PCC ref imgs", 13, lambda r: f"{r.pcc_shared:.3f}"),
     ("SSIM", 7, lambda r: f"{r.ssim:.3f}"),
     ("PCC0", 7, lambda r: f"{r.pcc_before:.3f}"),
     ("kept", 6, lambda r: f"{r.class_kept:.2f}"),
@@ -306,17 +327,17 @@ def print_table(rows: List[Row]) -> None:
 def print_targets(rows: List[Row]) -> None:
     print(f"target: manipex >= {SPEEDUP:g}x faster than the reference at equal or better PCC "
           f"(>= reference - {PCC_TOL:g})")
-    for i in range(0, len(rows), 3):
+    for i in range(0, len(rows), len(WAYS)):
         ref = rows[i]
-        for row in rows[i + 1:i + 3]:
-            ok = row.speedup >= SPEEDUP and row.pcc >= ref.pcc - PCC_TOL
-            print(f"  {row.model} {row.method:<22} {row.way:<16} {row.speedup:6.2f}x, "
-                  f"PCC {row.pcc:.3f} vs {ref.pcc:.3f}: {'ok' if ok else 'miss'}")
+        for row in rows[i + 1:i + len(WAYS)]:
+            ok = row.speedup >= SPEEDUP and row.pcc_shared >= ref.pcc - PCC_TOL
+            print(f"  {row.model} {row.method:<22} {row.way:<16} {row.speedup:6.2f}x per image, "
+                  f"PCC on the reference's images {row.pcc_shared:.3f} vs {ref.pcc:.3f}: {'ok' if ok else 'miss'}")
 
 
 def write_csv(path: str, rows: List[Row], args: argparse.Namespace) -> None:
     fields = ["model", "method", "way", "images", "steps", "wall_s", "s_per_image", "speedup", "mse",
-              "pcc", "ssim", "pcc_before", "class_kept", "img_mse", "img_linf"]
+              "pcc", "pcc_shared", "ssim", "pcc_before", "class_kept", "img_mse", "img_linf"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(fields + ["device", "threads", "ref_steps", "target_class"])
@@ -335,7 +356,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help=f"comma-separated, of {','.join(MODELS)} (default all)")
     parser.add_argument("--methods", type=csv_list, default=["gradient", "lrp"],
                         help="comma-separated manipex method names (default gradient,lrp)")
-    parser.add_argument("--images", type=int, default=4, help="images attacked per model (default 4)")
+    parser.add_argument("--images", type=int, default=16,
+                        help="images manipex attacks per model, in one batch (default 16)")
+    parser.add_argument("--ref-images", type=int, default=4,
+                        help="the first of them that the reference attacks, one at a time (default 4): its "
+                             "cost per image does not depend on how many")
     parser.add_argument("--steps", type=int, default=1500, help="steps of the reference (default 1500)")
     parser.add_argument("--manipex-steps", type=int, default=None,
                         help="steps of manipex (default: its own default, 500); for smoke runs")
@@ -358,8 +383,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = [m for m in args.methods if m not in manipex.methods()]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; known: {','.join(manipex.methods())}")
-    if args.images < 1 or args.steps < 1 or (args.manipex_steps or 1) < 1:
-        parser.error("--images, --steps and --manipex-steps must be >= 1")
+    if min(args.images, args.ref_images, args.steps, args.manipex_steps or 1) < 1:
+        parser.error("--images, --ref-images, --steps and --manipex-steps must be >= 1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
