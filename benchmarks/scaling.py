@@ -366,6 +366,10 @@ def bench_attack(args, clock: Clock, cells: List[Cell]) -> None:
 # Output
 
 
+#: The attack step's cost over the map's that the scaling table holds it to.
+STEP_OVER_MAP = 5.0
+
+
 def tables(cells: List[Cell], args) -> str:
     import pandas as pd
 
@@ -390,7 +394,7 @@ def tables(cells: List[Cell], args) -> str:
                        ("torch.cuda.max_memory_allocated" if args.device.startswith("cuda")
                         else "resident set, /proc/self/status") + "):")
             out.append(show("peak_mib", "{:.0f}").to_string())
-            ratio = []
+            ratio, targets = [], []
             for (size, method), g in grid[grid.status == "ok"].groupby(["size", "method"], sort=False):
                 m = g[g.kind == "map"].set_index("batch").ms_per_image
                 s = g[g.kind == "step"].set_index("batch").ms_per_image
@@ -398,10 +402,24 @@ def tables(cells: List[Cell], args) -> str:
                 if len(common):
                     b = max(common)
                     ratio.append(f"  {size:>3} {method:<22} step / map at batch {b}: {s[b] / m[b]:.1f}x")
+                    targets.append(f"  {size:>3} {method:<22} attack step <= {STEP_OVER_MAP:g}x the map at batch {b}: "
+                                   f"{s[b] / m[b]:.1f}x {'ok' if s[b] / m[b] <= STEP_OVER_MAP else 'miss'}")
+                for kind, series in (("map", m), ("step", s)):
+                    if len(series) >= 2:
+                        first, last = series.index.min(), series.index.max()
+                        gain = series[first] / series[last]
+                        targets.append(f"  {size:>3} {method:<22} {kind:<4} per image at batch {last} <= at batch "
+                                       f"{first}: {gain:.1f}x cheaper {'ok' if gain >= 1 else 'miss'}")
             if ratio:
                 out.append("")
                 out.append("attack step / map (largest batch with both):")
                 out += ratio
+            if targets:
+                out.append("")
+                out.append("targets: batching pays (a larger batch costs no more per image); an attack step "
+                           f"costs at most {STEP_OVER_MAP:g}x its map (forward, backward and a second backward "
+                           "through both):")
+                out += targets
     attack = df[df.kind == "attack"]
     if len(attack):
         out.append("")

@@ -17,7 +17,7 @@ from manipex.metrics import pcc
 from manipex.models.resnet import BasicBlock, ResNet
 from manipex.objectives import CenterOfMass, TargetImage
 
-from conftest import GRAPH_MODELS, assert_same_state, make, state_of
+from conftest import GRAPH_MODELS, MODELS, assert_same_state, make, state_of
 
 PROPAGATION = ["guided_backprop", "lrp", "pattern_attribution"]
 CONSERVING = [
@@ -134,6 +134,33 @@ def test_module_called_twice_is_two_layers():
     x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
     for method in ("lrp", "guided_backprop"):
         assert torch.allclose(manipex.explain(shared, x, method), manipex.explain(separate, x, method))
+
+
+@pytest.mark.parametrize("softplus", [False, True])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_one_pass_guided_backprop_is_the_per_layer_rule_to_second_order(name, softplus):
+    """Guided backprop runs as one backward through activations with the guided backward; it
+    is the per-layer definition (GuidedReLU at each activation, the gradient elsewhere): the
+    map, its gradient w.r.t. the input and w.r.t. every weight."""
+    from manipex.explainers.base import get_explainer
+    from manipex.explainers.propagation import PropagationExplainer, _piecewise_linear
+
+    model, x = make(name, softplus=softplus)
+    assert _piecewise_linear(model_graph(model, "guided_backprop")) is not softplus  # Softplus: per layer
+    explainer = get_explainer("guided_backprop")
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def map_and_derivatives(attribute):
+        xg = x.clone().requires_grad_(True)
+        h = attribute(explainer, model, xg, None, True)
+        loss = (h * torch.linspace(-1, 1, h.numel(), dtype=h.dtype).reshape(h.shape)).pow(2).sum()
+        grads = torch.autograd.grad(loss, [xg] + params, allow_unused=True)  # a DenseNet's last BatchNorm...
+        return (h, *[torch.zeros_like(p) if g is None else g for p, g in zip([xg] + params, grads)])
+
+    one_pass = map_and_derivatives(type(explainer).attribute)
+    per_layer = map_and_derivatives(PropagationExplainer.attribute)
+    for a, b in zip(one_pass, per_layer):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
 def test_guided_backprop_matches_captum_on_resnet18():

@@ -203,8 +203,11 @@ class Graph:
     modules: "weakref.WeakValueDictionary[str, nn.Module]" = field(default_factory=weakref.WeakValueDictionary)
     root: Optional["weakref.ReferenceType[nn.Module]"] = None
 
-    def forward(self, x: Tensor) -> Tuple[Tensor, List[Record]]:
-        """Evaluate the model on ``x``, recording every layer's inputs and output."""
+    def forward(self, x: Tensor, activation: Optional[Callable[["Layer", Tensor], Tensor]] = None
+                ) -> Tuple[Tensor, List[Record]]:
+        """Evaluate the model on ``x``, recording every layer's inputs and output; with
+        ``activation(layer, z)``, an activation layer is evaluated by it instead where it gives
+        a tensor (guided backprop's activations with their own backward), as usual where None."""
         env: Dict[torch.fx.Node, Any] = {self.placeholder: x}
         records: List[Record] = []
         for node in self.nodes:
@@ -234,7 +237,9 @@ class Graph:
                     return proxies[source] if source in proxies else env[n]
             args = torch.fx.node.map_arg(node.args, lookup)
             kwargs = torch.fx.node.map_arg(node.kwargs, lookup)
-            value = self._evaluate(layer, node, args, kwargs)
+            value = activation(layer, args[0]) if activation is not None and layer.kind == "activation" else None
+            if value is None:
+                value = self._evaluate(layer, node, args, kwargs)
             records.append(Record(layer, inputs, value))
             env[node] = value
         return env[self.result], records

@@ -10,9 +10,11 @@ differentiable w.r.t. the input and every parameter (Zennit's hooks drop weight 
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
+import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .._validation import select_target
 from .base import Explainer, report_output, requires_grad_input
@@ -48,6 +50,46 @@ class PropagationExplainer(Explainer):
         return _GRADIENT(record, signal, create_graph)
 
 
+class _GuidedActivation(torch.autograd.Function):
+    """A ReLU whose backward is guided backprop's (:class:`~manipex.explainers.rules.GuidedReLU`):
+    ``relu(g) * 1[z > 0]``, made of differentiable operations on ``g``, so that a map built with
+    ``create_graph`` is differentiable again, w.r.t. the input and every weight (on the
+    piecewise-linear models where it is used)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:
+        ctx.save_for_backward(z)
+        return F.relu(z)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (z,) = ctx.saved_tensors
+        return torch.where(z > 0, F.relu(grad), 0.0)
+
+
+def _piecewise_linear(graph) -> bool:
+    """Whether the traced model is piecewise linear: ReLU activations, hard max-pools and linear
+    layers only. There the one-pass guided backprop is exact to every order: no rule's backward
+    depends smoothly on a layer's input, so the second pass never needs how a layer's input moves
+    with x (in the one-pass graph that motion would run through the guided backward, not the
+    true one: wrong for Softplus, tanh or smooth max-pools, which take the per-layer form)."""
+    from ..surgery import SmoothMaxPool
+
+    for node in graph.nodes:
+        layer = graph.layers.get(node)
+        if layer is None:
+            if node.op not in ("placeholder", "output") and node not in graph.aliases:
+                return False
+        elif (layer.kind == "activation" and layer.activation != "relu") or isinstance(layer.module, SmoothMaxPool):
+            return False
+    return True
+
+
+def _guided_activation(layer, z: Tensor) -> Optional[Tensor]:
+    """Guided backprop's ReLU for :meth:`Graph.forward`; None (evaluated as usual) otherwise."""
+    return _GuidedActivation.apply(z) if layer.activation == "relu" else None
+
+
 class GuidedBackprop(PropagationExplainer):
     """Guided Backpropagation (Springenberg et al. 2015; Dombrowski et al. 2019, Sec. 2.1).
 
@@ -56,11 +98,30 @@ class GuidedBackprop(PropagationExplainer):
     the gradient to every input. Other activations (tanh, sigmoid) pass the ordinary gradient,
     as in Captum. On a Softplus(β) network the smooth reference form of
     :class:`~manipex.explainers.rules.GuidedReLU` is used.
+
+    On piecewise-linear models (ReLU, hard max-pools: :func:`_piecewise_linear`) it is computed
+    in one backward pass: the traced model is run with activations whose backward is the guided
+    rule (:class:`_GuidedActivation`) and differentiated once, instead of one vector-Jacobian
+    product per layer; the same map, and the same derivatives of every order. Other models take
+    the per-layer form (:meth:`propagate`).
     """
 
     name = "guided_backprop"
 
+    def attribute(self, model, x, target, create_graph):
+        where = f"explain(method={self.name!r})"
+        graph = model_graph(model, self.name)
+        if not _piecewise_linear(graph):
+            return super().attribute(model, x, target, create_graph)
+        xg = requires_grad_input(x)
+        out, _ = graph.forward(xg, activation=_guided_activation)  # its backward is guided: not the model's
+        t = select_target(out, target, where=where)
+        (grad,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), xg, create_graph=create_graph)
+        return grad
+
     def propagate(self, record, signal, create_graph):
+        """The same map layer by layer (``PropagationExplainer.attribute`` with this rule): the
+        definition that the one-pass form is tested against."""
         if record.layer.kind == "activation":
             return _GUIDED(record, signal, create_graph)
         return super().propagate(record, signal, create_graph)
