@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .._validation import check_choice, check_int, check_real, predicted_target, select_target
 from .base import Explainer, report_output, requires_grad_input
+from .recompute import recomputed
 
 
 def target_gradient(
@@ -100,7 +101,10 @@ class IntegratedGradients(Explainer):
             ``riemann_middle``, ``riemann_trapezoid``, ``gausslegendre`` (Captum's default).
         batch_size: rows per forward pass (as Captum's ``internal_batch_size``); ``None``
             evaluates all ``N * steps`` rows at once. Chunks are summed without detaching, so
-            the map and its derivatives are identical to the unchunked ones.
+            the map and its derivatives are identical to the unchunked ones; with
+            ``create_graph`` each chunk's graph is rebuilt in the backward pass instead of kept
+            (:func:`~manipex.explainers.recompute.recomputed`), so the peak memory of an attack
+            step is that of one chunk. The baseline is a constant.
     """
 
     name = "integrated_gradients"
@@ -127,9 +131,14 @@ class IntegratedGradients(Explainer):
             a = alphas[i : i + per_chunk].to(x.device)
             w = weights[i : i + per_chunk].to(x.device)
             shape = (len(a), 1) + (1,) * len(rest)
-            path = (baseline + a.view(shape) * delta.unsqueeze(0)).reshape(-1, *rest)
-            grads, _ = target_gradient(model, path, target.repeat(len(a)), create_graph, where=where)
-            total = total + (w.view(shape) * grads.reshape(len(a), n, *rest)).sum(0)
+
+            def chunk(inputs: Tensor, a: Tensor = a, w: Tensor = w, shape=shape) -> Tensor:
+                path = (baseline + a.view(shape) * (inputs - baseline).unsqueeze(0)).reshape(-1, *rest)
+                grads, _ = target_gradient(model, path, target.repeat(len(a)), create_graph, where=where)
+                return (w.view(shape) * grads.reshape(len(a), n, *rest)).sum(0)
+
+            # chunks of a create_graph map are rebuilt in the backward pass, one at a time
+            total = total + (recomputed(chunk, x, model) if create_graph and per_chunk < len(alphas) else chunk(x))
         return delta * total
 
 

@@ -12,10 +12,12 @@ deterministic, exactly differentiable function of ``x`` and the weights.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .._validation import check_bool, check_int, check_real, predicted_target
 from .base import Explainer, get_explainer
 from .gradient import check_batch_size, chunk_length
+from .recompute import recomputed
 
 
 class SmoothGrad(Explainer):
@@ -29,7 +31,9 @@ class SmoothGrad(Explainer):
             Smilkov's 0.15) or absolute (``relative=False``).
         relative: see ``sigma``.
         batch_size: rows per evaluation of the base method (None: all samples at once);
-            chunks are summed without detaching.
+            chunks are summed without detaching; with ``create_graph`` each chunk's graph is
+            rebuilt in the backward pass instead of kept
+            (:func:`~manipex.explainers.recompute.recomputed`): the peak memory of one chunk.
         seed: seed of the noise; None draws one from torch's global generator.
     """
 
@@ -55,10 +59,14 @@ class SmoothGrad(Explainer):
         c = self.config
         target = predicted_target(model, x, target, where="explain(method='smoothgrad')")
         n, rest = x.shape[0], x.shape[1:]
-        sigma = torch.as_tensor(float(c["sigma"]), dtype=x.dtype, device=x.device)
-        if c["relative"]:
-            flat = x.flatten(1)
-            sigma = sigma * (flat.amax(1) - flat.amin(1)).reshape(n, *([1] * len(rest)))
+
+        def sigma_of(inputs: Tensor) -> Tensor:
+            sigma = torch.as_tensor(float(c["sigma"]), dtype=x.dtype, device=x.device)
+            if c["relative"]:
+                flat = inputs.flatten(1)
+                sigma = sigma * (flat.amax(1) - flat.amin(1)).reshape(n, *([1] * len(rest)))
+            return sigma
+
         seed = c["seed"] if c["seed"] is not None else int(torch.randint(0, 2**62, ()).item())
         generator = torch.Generator(device="cpu").manual_seed(seed)
         per_chunk = chunk_length(c["batch_size"], n, c["samples"])
@@ -67,7 +75,11 @@ class SmoothGrad(Explainer):
             k = min(per_chunk, c["samples"] - start)
             noise = torch.stack([torch.randn(rest, generator=generator, dtype=x.dtype) for _ in range(k)])
             noise = noise.to(x.device).unsqueeze(1)  # (k, 1, ...): one draw per sample, all images
-            noisy = (x.unsqueeze(0) + sigma.unsqueeze(0) * noise).reshape(k * n, *rest)
-            maps = self.base.compute(model, noisy, target.repeat(k), create_graph)
-            total = total + maps.reshape(k, n, *rest).sum(0)
+
+            def chunk(inputs: Tensor, noise: Tensor = noise, k: int = k) -> Tensor:
+                noisy = (inputs.unsqueeze(0) + sigma_of(inputs).unsqueeze(0) * noise).reshape(k * n, *rest)
+                return self.base.compute(model, noisy, target.repeat(k), create_graph).reshape(k, n, *rest).sum(0)
+
+            # chunks of a create_graph map are rebuilt in the backward pass, one at a time
+            total = total + (recomputed(chunk, x, model) if create_graph and per_chunk < c["samples"] else chunk(x))
         return total / c["samples"]
