@@ -154,12 +154,13 @@ class Clock:
         return time.perf_counter() - start
 
     @staticmethod
-    def _status(key: str) -> float:
-        with open("/proc/self/status") as f:
+    def _status(key: str, path: str = "/proc/self/status") -> float:
+        """A ``kB`` line of ``path`` (the process's status, or ``/proc/meminfo``) in MiB."""
+        with open(path) as f:
             for line in f:
                 if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
-        raise OSError(f"no {key} in /proc/self/status")
+        raise OSError(f"no {key} in {path}")
 
     def seconds_and_peak(self, fn: Callable[[], object]) -> Tuple[float, Optional[float]]:
         """One timed call of ``fn`` and the peak memory growth (MiB) during it (None: unknown)."""
@@ -184,17 +185,9 @@ class Clock:
             free, _ = torch.cuda.mem_get_info(self.device)
             return free / 2**20
         try:
-            return self._status_meminfo("MemAvailable")
+            return self._status("MemAvailable", "/proc/meminfo")
         except OSError:
             return math.inf
-
-    @staticmethod
-    def _status_meminfo(key: str) -> float:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-        raise OSError(f"no {key} in /proc/meminfo")
 
 
 @dataclass

@@ -363,12 +363,12 @@ def manipulate_input(
         if handle is not None:
             handle.beta = _beta_at(beta, step, steps)
         # checked once above: the model, and x_adv, finite by construction (projected, clamped)
-        with capture_output(x_adv) as seen:
+        with torch.enable_grad(), capture_output(x_adv) as seen:  # also under a caller's no_grad()
             r = relevance(explainer.compute(attacked, x_adv, target, True))
-        logits = seen.output if share_output and seen.output is not None else attacked(x_adv)
-        out_term = (logits.softmax(1) - p_orig).pow(2).mean(1)
-        loss = (objective.loss(r) + gamma * out_term).sum()
-        (grad,) = torch.autograd.grad(loss, x_adv)
+            logits = seen.output if share_output and seen.output is not None else attacked(x_adv)
+            out_term = (logits.softmax(1) - p_orig).pow(2).mean(1)
+            loss = (objective.loss(r) + gamma * out_term).sum()
+            (grad,) = torch.autograd.grad(loss, x_adv)
         with torch.no_grad():  # the update and projection are not differentiated
             previous = x_adv.detach().clone()
             if adam is not None:
