@@ -59,3 +59,20 @@ def test_recomputed_is_exact_to_third_order_and_keeps_no_graph_between_the_passe
     assert torch.allclose(gg, gg_ref)
     assert torch.autograd.gradcheck(lambda t: recomputed(fn, t, layer), (x,))
     assert torch.autograd.gradgradcheck(lambda t: recomputed(fn, t, layer), (x,))
+
+
+def test_auto_batch_size_chunks_plain_maps_on_the_cpu_and_keeps_their_values():
+    from manipex.explainers.gradient import AUTO_ROWS, chunk_length
+
+    x = torch.zeros(8, 1, 4, 4)
+    assert chunk_length("auto", 8, 50, x, create_graph=False) == AUTO_ROWS // 8  # 32 copies a forward
+    assert chunk_length("auto", 8, 50, x, create_graph=True) == 50  # all at once: no rebuilding
+    assert chunk_length("auto", 512, 50, x) == 1  # at least one copy of the batch
+    model, x = make("small_cnn", softplus=False)
+    x = x.repeat(40, 1, 1, 1)  # 80 images x 10 steps: 800 rows, 4 chunks of 3 copies
+    for method, options in (("integrated_gradients", {"steps": 10}), ("smoothgrad", {"samples": 10, "seed": 0})):
+        auto = manipex.explain(model, x, method, **options)
+        whole = manipex.explain(model, x, method, batch_size=None, **options)
+        assert torch.allclose(auto, whole, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="batch_size"):
+        manipex.explain(model, x, "integrated_gradients", batch_size="large")

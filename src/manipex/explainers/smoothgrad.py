@@ -30,7 +30,9 @@ class SmoothGrad(Explainer):
         sigma: noise standard deviation, relative to each input's range (``relative=True``,
             Smilkov's 0.15) or absolute (``relative=False``).
         relative: see ``sigma``.
-        batch_size: rows per evaluation of the base method (None: all samples at once);
+        batch_size: rows per evaluation of the base method (None: all samples at once;
+            ``"auto"``, the default: as integrated gradients', see
+            :data:`~manipex.explainers.gradient.AUTO_ROWS`);
             chunks are summed without detaching; with ``create_graph`` each chunk's graph is
             rebuilt in the backward pass instead of kept
             (:func:`~manipex.explainers.recompute.recomputed`): the peak memory of one chunk.
@@ -39,7 +41,7 @@ class SmoothGrad(Explainer):
 
     name = "smoothgrad"
     options = {"base": "gradient", "base_options": None, "samples": 50, "sigma": 0.15,
-               "relative": True, "batch_size": None, "seed": None}
+               "relative": True, "batch_size": "auto", "seed": None}
 
     def validate_options(self):
         c, where = self.config, "explain(method='smoothgrad')"
@@ -69,7 +71,7 @@ class SmoothGrad(Explainer):
 
         seed = c["seed"] if c["seed"] is not None else int(torch.randint(0, 2**62, ()).item())
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        per_chunk = chunk_length(c["batch_size"], n, c["samples"])
+        per_chunk = chunk_length(c["batch_size"], n, c["samples"], x, create_graph)
         total = torch.zeros_like(x)
         for start in range(0, c["samples"], per_chunk):
             k = min(per_chunk, c["samples"] - start)
