@@ -278,14 +278,8 @@ def bench_size(size: int, args, clock: Clock, cells: List[Cell]) -> None:
                 fn = make_map(model, x, target, method, options) if kind == "map" else \
                     make_step(model, x, target, method, options)
                 run_cell(cell, fn, clock, args.repeats, estimate_s, estimate_mib, args)
-                cells.append(cell)
-                if cell.ms_per_image is None:
-                    stop = "skipped" if cell.status.startswith("skipped") else cell.status
-                else:
-                    last = cell
-                print(f"  {size}: {method:<22} {kind:<5} batch {batch:>4}: "
-                      f"{'-' if cell.ms_per_image is None else f'{cell.ms_per_image:.3f} ms/img'} "
-                      f"{cell.status}", file=sys.stderr, flush=True)
+                stop = kept(cell, cells, f"{size}: {method:<22} {kind:<5} batch {batch:>4}")
+                last = cell if stop is None else last
     del model, x_all
     gc.collect()
     if clock.cuda:
@@ -345,14 +339,19 @@ def bench_attack(args, clock: Clock, cells: List[Cell]) -> None:
                     patience=None, progress=False)
 
             run_cell(cell, attack, clock, args.repeats, estimate_s, None, args)
-            cells.append(cell)
-            if cell.ms_per_image is None:
-                stop = "skipped" if cell.status.startswith("skipped") else cell.status
-            else:
-                last = cell
-            print(f"  attack {method:<22} steps {steps:>4}: "
-                  f"{'-' if cell.ms_per_image is None else f'{cell.ms_per_image:.2f} ms/img'} {cell.status}",
-                  file=sys.stderr, flush=True)
+            stop = kept(cell, cells, f"attack {method:<22} steps {steps:>4}")
+            last = cell if stop is None else last
+
+
+def kept(cell: "Cell", cells: List["Cell"], label: str) -> Optional[str]:
+    """Keep a measured ``cell`` and print it (stderr); the status that ends its line (skipped,
+    OOM) where it has no time, else None."""
+    cells.append(cell)
+    time_text = "-" if cell.ms_per_image is None else f"{cell.ms_per_image:.3f} ms/img"
+    print(f"  {label}: {time_text} {cell.status}", file=sys.stderr, flush=True)
+    if cell.ms_per_image is not None:
+        return None
+    return "skipped" if cell.status.startswith("skipped") else cell.status
 
 
 # --------------------------------------------------------------------------------------------
