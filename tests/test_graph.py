@@ -143,10 +143,10 @@ def test_one_pass_guided_backprop_is_the_per_layer_rule_to_second_order(name, so
     is the per-layer definition (GuidedReLU at each activation, the gradient elsewhere): the
     map, its gradient w.r.t. the input and w.r.t. every weight."""
     from manipex.explainers.base import get_explainer
-    from manipex.explainers.propagation import PropagationExplainer, _piecewise_linear
+    from manipex.explainers.propagation import PropagationExplainer
 
     model, x = make(name, softplus=softplus)
-    assert _piecewise_linear(model_graph(model, "guided_backprop")) is not softplus  # Softplus: per layer
+    assert model_graph(model, "guided_backprop").piecewise_linear is not softplus  # Softplus: per layer
     explainer = get_explainer("guided_backprop")
     params = [p for p in model.parameters() if p.requires_grad]
 

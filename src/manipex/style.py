@@ -74,7 +74,8 @@ def colors_for(names: Iterable[Any]) -> Dict[str, str]:
     :data:`FIXED` (the same in every figure) unless another name of the figure, earlier in sorted
     order, has it already; the others get the first colour of :data:`SPARE` that the figure does
     not use yet, starting at a place fixed by the name (stable across runs: no hash seed)."""
-    ordered = sorted(dict.fromkeys(str(n) for n in names))
+    ordered = sorted(dict.fromkeys(str(n) for n in names))  # alone, a name without a fixed colour
+    # gets one of the six strong Okabe-Ito colours (not the pale yellow nor black)
     out: Dict[str, str] = {}
     for name in ordered:
         colour = FIXED.get(name)
@@ -92,12 +93,7 @@ def color_for(name: str, among: Optional[Iterable[Any]] = None) -> str:
     """The colour of ``name`` (a method, defense or model): its fixed colour in every manipex
     figure; with ``among`` (the names drawn with it), one that no other of them has
     (:func:`colors_for`)."""
-    if among is not None:
-        return colors_for([*among, name])[str(name)]
-    if name in FIXED:
-        return FIXED[name]
-    strong = PALETTE[:6]  # not the pale yellow (weak on white) nor black (reference lines)
-    return strong[sum(map(ord, str(name))) % len(strong)]  # stable across runs (no hash seed)
+    return colors_for([name] if among is None else [*among, name])[str(name)]
 
 
 F = TypeVar("F", bound=Callable[..., Any])

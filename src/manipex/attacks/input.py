@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from .. import surgery
 from .._validation import (TargetLike, check_bool, check_call, check_choice, check_int, check_real, check_target,
                            predicted_target, short)
-from ..explainers import explain, get_explainer, relevance
+from ..explainers import get_explainer, relevance
 from ..explainers.base import capture_output
 from ..metrics import class_agreement, output_change
 from ..objectives import Objective
@@ -313,16 +313,15 @@ def manipulate_input(
     if method_options is not None and not isinstance(method_options, dict):
         raise TypeError(f"{where}: method_options must be None or a dict, got {type(method_options).__name__}")
     method_options = dict(method_options or {})
-    get_explainer(method, **method_options)  # unknown method or option: fail before any work
+    explainer = get_explainer(method, **method_options)  # unknown method or option: fail before any work
     bounds = _bounds(clamp, x)
     eps = _budget(eps, norm, bounds)
     x = x.detach()
     target = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
 
     def relevance_on(m: nn.Module, inputs: Tensor, create_graph: bool = False) -> Tensor:
-        return relevance(explain(m, inputs, method, target, create_graph=create_graph, **method_options))
+        return relevance(explainer(m, inputs, target, create_graph=create_graph))
 
-    explainer = get_explainer(method, **method_options)
     # a map computed at x_adv itself runs the surrogate's forward there once; its output is the
     # output term's (not when the map is on a beta-smoothed copy of its own)
     share_output = method_options.get("softplus_beta") is None

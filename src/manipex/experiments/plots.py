@@ -122,11 +122,15 @@ def dodged(xs, k: int, count: int, *, log: bool = False, spread: float = 0.2):
         return xs
     base = np.log10(xs) if log else xs
     gaps = np.diff(np.unique(base))
-    v = float(xs[0])
-    gap = gaps.min() if len(gaps) else 0.3 if log else 0.5 if v == int(v) else abs(v) * 0.5
+    gap = gaps.min() if len(gaps) else 0.3 if log else _half_width(float(xs[0]))
     step = spread * gap / (count - 1)
     shifted = base + (k - (count - 1) / 2) * step
     return 10 ** shifted if log else shifted
+
+
+def _half_width(v: float) -> float:
+    """Half the x range :func:`_single_x` gives an axis whose only x value is ``v``."""
+    return 0.5 if v == int(v) else (abs(v) * 0.5 or 0.5)
 
 
 def _single_x(ax, xs) -> None:
@@ -134,7 +138,7 @@ def _single_x(ax, xs) -> None:
     values = sorted(set(float(x) for x in xs))
     if len(values) == 1:
         v = values[0]
-        half = 0.5 if v == int(v) else (abs(v) * 0.5 or 0.5)
+        half = _half_width(v)
         ax.set_xlim(v - half, v + half)
         ax.set_xticks([v])
 

@@ -35,6 +35,7 @@ input and every parameter. The model is only read, never changed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 import weakref
 from dataclasses import dataclass, field
@@ -202,6 +203,20 @@ class Graph:
     result: torch.fx.Node
     modules: "weakref.WeakValueDictionary[str, nn.Module]" = field(default_factory=weakref.WeakValueDictionary)
     root: Optional["weakref.ReferenceType[nn.Module]"] = None
+
+    @functools.cached_property
+    def piecewise_linear(self) -> bool:
+        """Whether the traced model is piecewise linear: ReLU activations, hard max-pools and
+        linear layers only (no Softplus, tanh or smooth max-pool; every other node an alias).
+        Decided once per traced graph."""
+        for node in self.nodes:
+            layer = self.layers.get(node)
+            if layer is None:
+                if node.op not in ("placeholder", "output") and node not in self.aliases:
+                    return False
+            elif (layer.kind == "activation" and layer.activation != "relu") or isinstance(layer.module, SmoothMaxPool):
+                return False
+        return True
 
     def forward(self, x: Tensor, activation: Optional[Callable[["Layer", Tensor], Tensor]] = None
                 ) -> Tuple[Tensor, List[Record]]:

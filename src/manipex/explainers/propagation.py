@@ -67,24 +67,6 @@ class _GuidedActivation(torch.autograd.Function):
         return torch.where(z > 0, F.relu(grad), 0.0)
 
 
-def _piecewise_linear(graph) -> bool:
-    """Whether the traced model is piecewise linear: ReLU activations, hard max-pools and linear
-    layers only. There the one-pass guided backprop is exact to every order: no rule's backward
-    depends smoothly on a layer's input, so the second pass never needs how a layer's input moves
-    with x (in the one-pass graph that motion would run through the guided backward, not the
-    true one: wrong for Softplus, tanh or smooth max-pools, which take the per-layer form)."""
-    from ..surgery import SmoothMaxPool
-
-    for node in graph.nodes:
-        layer = graph.layers.get(node)
-        if layer is None:
-            if node.op not in ("placeholder", "output") and node not in graph.aliases:
-                return False
-        elif (layer.kind == "activation" and layer.activation != "relu") or isinstance(layer.module, SmoothMaxPool):
-            return False
-    return True
-
-
 def _guided_activation(layer, z: Tensor) -> Optional[Tensor]:
     """Guided backprop's ReLU for :meth:`Graph.forward`; None (evaluated as usual) otherwise."""
     return _GuidedActivation.apply(z) if layer.activation == "relu" else None
@@ -99,11 +81,14 @@ class GuidedBackprop(PropagationExplainer):
     as in Captum. On a Softplus(β) network the smooth reference form of
     :class:`~manipex.explainers.rules.GuidedReLU` is used.
 
-    On piecewise-linear models (ReLU, hard max-pools: :func:`_piecewise_linear`) it is computed
-    in one backward pass: the traced model is run with activations whose backward is the guided
-    rule (:class:`_GuidedActivation`) and differentiated once, instead of one vector-Jacobian
-    product per layer; the same map, and the same derivatives of every order. Other models take
-    the per-layer form (:meth:`propagate`).
+    On piecewise-linear models (ReLU, hard max-pools: :attr:`Graph.piecewise_linear`) it is
+    computed in one backward pass: the traced model is run with activations whose backward is
+    the guided rule (:class:`_GuidedActivation`) and differentiated once, instead of one
+    vector-Jacobian product per layer; the same map, and the same derivatives of every order:
+    no rule's backward there depends smoothly on a layer's input, so the second pass never needs
+    how a layer's input moves with x (in the one-pass graph that motion would run through the
+    guided backward, not the true one: wrong for Softplus, tanh or smooth max-pools, which take
+    the per-layer form, :meth:`propagate`).
     """
 
     name = "guided_backprop"
@@ -111,7 +96,7 @@ class GuidedBackprop(PropagationExplainer):
     def attribute(self, model, x, target, create_graph):
         where = f"explain(method={self.name!r})"
         graph = model_graph(model, self.name)
-        if not _piecewise_linear(graph):
+        if not graph.piecewise_linear:
             return super().attribute(model, x, target, create_graph)
         xg = requires_grad_input(x)
         out, _ = graph.forward(xg, activation=_guided_activation)  # its backward is guided: not the model's

@@ -11,7 +11,7 @@ SmoothGrad with 50 samples: 446 -> 204 MB; ``benchmarks/create_graph_memory.py``
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List
 
 import torch
 from torch import Tensor, nn
@@ -42,13 +42,12 @@ class _Recomputed(torch.autograd.Function):
         return (None, grads[0], *param_grads)
 
 
-def recomputed(fn: Callable[[Tensor], Tensor], x: Tensor, model: nn.Module,
-               extra: Optional[Sequence[Tensor]] = None) -> Tensor:
-    """``fn(x)``, differentiable w.r.t. ``x`` and every parameter of ``model`` (and ``extra``
-    tensors ``fn`` reads), with its graph rebuilt in the backward pass instead of kept. ``fn``
+def recomputed(fn: Callable[[Tensor], Tensor], x: Tensor, model: nn.Module) -> Tensor:
+    """``fn(x)``, differentiable w.r.t. ``x`` and every parameter of ``model``, with its graph
+    rebuilt in the backward pass instead of kept. ``fn``
     must be deterministic (the same noise on the second call: seeded generators) and build its
     output with ``create_graph=True``; other tensors it reads are constants."""
-    params = [p for p in model.parameters() if p.requires_grad] + list(extra or [])
+    params = [p for p in model.parameters() if p.requires_grad]
     return _Recomputed.apply(fn, x, *params)
 
 
