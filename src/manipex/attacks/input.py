@@ -279,11 +279,12 @@ def manipulate_input(
             the same β): manipex's extension of Dombrowski's surrogate. With hard max-pools the
             attack cannot see that moving a pixel would change a window's winner; on the
             MNIST-5k CNN (gradient, ε 0.2, 100 steps) it lifts the map's PCC with the target
-            from 0.70 to 0.83. The result is still evaluated on the model as it is. Where the
-            activations entering the pools are small next to ``log(window) / β`` (an untrained
-            net: a random-init CIFAR VGG, gradient, went from 0.48 to 0.35), the smooth pool is
-            a poor surrogate: pass ``smooth_pools=False`` there
-            (``benchmarks/paper_protocol.py``).
+            from 0.70 to 0.83 (35-61 % of its pool windows are tied at clean images: exact zeros).
+            The result is still evaluated on the model as it is. It can also hurt: on a
+            random-init CIFAR VGG (gradient, ``benchmarks/paper_protocol.py``) the PCC fell from
+            0.48 to 0.35, for a reason not established (its windows spread by about 1, far more
+            than the ``log(4) / β`` offset, and 8 % are tied); pass ``smooth_pools=False`` and
+            compare where the attack falls short.
         optimizer: ``"adam"`` (Dombrowski) or ``"sign"`` (L∞ sign steps: Ghorbani, ATEX).
         eps, norm: budget ``||x_adv - x|| <= eps`` in ``"linf"`` or ``"l2"``, in the units of
             ``x``; ``"auto"`` (default): 10 % of the ``clamp`` range in L∞ (0.1 on [0, 1]
