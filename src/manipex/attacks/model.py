@@ -12,11 +12,8 @@ architecture. The model passed in is never changed.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -24,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import surgery
+from .._resume import RunState, config_key
 from .._validation import (check_bool, check_call, check_choice, check_int, check_labelled_data, check_model,
                            check_real, check_target_range, forward, short)
 from ..explainers import explain, get_explainer, relevance
@@ -52,40 +50,6 @@ def _trainable_names(model: nn.Module, trainable: Optional[Sequence[str]]) -> Li
     if unknown:
         raise ValueError(f"manipulate_model: no parameter named {unknown[0]!r}; parameters: {', '.join(names)}")
     return chosen
-
-
-#: Marks a checkpoint written by :func:`manipulate_model`, so that no other file is ever overwritten.
-CHECKPOINT_FORMAT = "manipex.manipulate_model/1"
-
-
-def _read_checkpoint(path: Path, key: str, where: str) -> Optional[Dict[str, Any]]:
-    """The state saved at ``path`` by an earlier run with the same settings (``key``), or None
-    when there is no file yet. Any other file is refused and left as it is: it may be the
-    user's own weights."""
-    if path.is_dir():
-        raise ValueError(f"{where}: checkpoint {str(path)!r} is a folder; pass a file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(path.parent, os.W_OK):
-        raise PermissionError(f"{where}: cannot write the checkpoint in {str(path.parent)!r}")
-    if not path.exists():
-        return None
-    refuse = (f"{where}: checkpoint {str(path)!r} exists and is not a manipulate_model checkpoint; it is left "
-              "untouched. Pass a new path (or delete the file if it is yours to delete)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
-    except Exception:  # noqa: BLE001 -- garbage, pickled code, or another format: all refused alike
-        raise ValueError(refuse) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or not {
-            "key", "model", "optimizer", "epoch", "history"} <= set(state):
-        raise ValueError(refuse)
-    if state["key"] != key:
-        raise ValueError(f"{where}: checkpoint {str(path)!r} holds a run with other settings (method, objective, "
-                         "schedule or data); pass another path, or delete it to start over")
-    return state
-
-
-def _config_key(**config: Any) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def manipulate_model(
@@ -159,11 +123,11 @@ def manipulate_model(
         logits = [forward(model, b, where=where) for b in x.split(512)]
     check_target_range(y, logits[0].shape[1], where=where, what="label")
     targets = torch.cat([out.argmax(1) for out in logits])
-    key = _config_key(method=method, options=method_options, classification=classification, gamma=gamma, lam=lam,
+    key = config_key(method=method, options=method_options, classification=classification, gamma=gamma, lam=lam,
                       epochs=epochs, lr=lr, batch_size=batch_size, beta=beta, trainable=names, seed=seed,
                       n=x.shape[0], objective=type(objective).__name__)
-    path = Path(checkpoint) if checkpoint is not None else None
-    state = _read_checkpoint(path, key, where) if path is not None else None
+    run_state = RunState(checkpoint, owner=where, key=key) if checkpoint is not None else None
+    state = run_state.load() if run_state is not None else None
 
     work = surgery.softplus_copy(model, beta) if beta is not None else copy.deepcopy(model)
     params = dict(work.named_parameters())
@@ -211,11 +175,8 @@ def manipulate_model(
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, cls=f"{cls.item():.3g}", obj=f"{expl.item():.3g}", refresh=False)
         history.append({"epoch": epoch + 1, **totals})
-        if path is not None:
-            tmp = path.with_name(path.name + ".tmp")
-            torch.save({"format": CHECKPOINT_FORMAT, "key": key, "model": work.state_dict(),
-                        "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "history": history}, tmp)
-            os.replace(tmp, path)
+        if run_state is not None:
+            run_state.save(model=work.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, history=history)
     bar.close()
 
     manipulated = copy.deepcopy(model)
