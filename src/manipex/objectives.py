@@ -16,6 +16,7 @@ explanation function being attacked. Every sample carries its own target: batche
 | :class:`RegionHighlight` | mass into a region | Tang (ATEX, targeted) ; Heo 2019 (location) |
 | :class:`BlankRegion` | mass inside a region (or on features) to 0 | Rieger 2020, App. A.4.4 |
 | :class:`HideFeatures` | features to 0, the rest of the map as it was | Pasliev 3.8 (fairwashing) |
+| :class:`MapDistance` | ``r`` away from the start map (or a given map) | worst case of Yeh 2019's max-sensitivity |
 
 Success: an attack succeeds on a sample when the metric reaches the objective's threshold, which
 it had not reached before the attack (and the class is kept). Defaults, per sample (set ``objective.success_threshold``, in the metric's
@@ -29,6 +30,7 @@ units, to state your own):
 | ``CenterOfMass()`` | shift from the start >= 10 % of the map's larger side |
 | ``RegionHighlight`` | mass inside the region >= 0.5 |
 | ``BlankRegion`` / ``HideFeatures`` | mass inside <= 10 % of the start mass |
+| ``MapDistance`` | distance from the start >= 1 (RMS change as large as the mean pixel) |
 """
 from __future__ import annotations
 
@@ -382,6 +384,69 @@ class HideFeatures(Objective):
         return self._inherit(out)
 
 
+class MapDistance(Objective):
+    """Move the map as far as possible from a reference map: the start map (default), or the
+    map given as ``reference`` (e.g. the map of the clean input when the attack starts
+    elsewhere). The untargeted worst case behind max-sensitivity (Yeh et al. 2019), searched
+    by :func:`manipex.metrics.max_sensitivity` with ``adversarial=True``.
+
+    Distance, per sample, on maps rescaled to mean 1 per pixel (as :class:`TargetMap`'s MSE,
+    so one scale fits every image size), ``P`` features per map::
+
+        d(r, s) = sqrt( mean_p ((r_p - s_p) * P)^2 ) = sqrt(P) * ||r - s||_2
+
+    Loss: ``-d`` (lower = farther; its gradient is zero where ``r == s``, so an attack must
+    start away from the reference map to move). Metric ``"map_distance"``: ``d`` (higher = more
+    manipulated).
+
+    Args:
+        reference: maps ``(N, ...)`` or one map ``(1, ...)`` for all samples, in the units of
+            :func:`manipex.relevance` (normalised here like :class:`TargetMap`); None: the
+            start map that :meth:`prepare` receives.
+    """
+
+    metric_name, metric_higher_is_better = "map_distance", True
+
+    def __init__(self, reference: Optional[Tensor] = None) -> None:
+        self.reference: Optional[Tensor] = None
+        self.fixed = reference is not None
+        if reference is not None:
+            if not isinstance(reference, Tensor) or not reference.is_floating_point():
+                raise TypeError(f"MapDistance: reference must be None or a float tensor of maps, got {type(reference).__name__}")
+            if reference.dim() < 2 or reference.shape[0] == 0:
+                raise ValueError(f"MapDistance: reference must be a batch of maps (N, ...), got shape {tuple(reference.shape)}")
+            if not bool(torch.isfinite(reference).all()):
+                raise ValueError("MapDistance: reference contains NaN or Inf values")
+            r = reference.detach().abs()
+            self.reference = r / (r.flatten(1).sum(1).reshape(-1, *([1] * (r.dim() - 1))) + 1e-12)
+
+    def prepare(self, explain_fn, x, r_start):
+        if not self.fixed:
+            self.reference = r_start.detach()
+        return self
+
+    def distance(self, r: Tensor) -> Tensor:
+        """``d(r, reference)`` per sample (differentiable)."""
+        self._check(r, self.reference, "MapDistance")
+        return torch.sqrt(_scaled_mse(r, self.reference.to(r)) + 1e-12)
+
+    def loss(self, r):
+        return -self.distance(r)
+
+    def metric(self, r):
+        return self.distance(r.detach())
+
+    def default_threshold(self, before):
+        return torch.full_like(before, 1.0)
+
+    def select(self, index):
+        out = MapDistance()
+        out.fixed = self.fixed
+        if self.reference is not None:
+            out.reference = self.reference if self.reference.shape[0] == 1 else self.reference[index]
+        return self._inherit(out)
+
+
 def square_mask(shape: Tuple[int, int], size: int, corner: Tuple[int, int] = (0, 0)) -> Tensor:
     """A ``(H, W)`` bool mask with a ``size x size`` square at ``corner`` (row, column)."""
     mask = torch.zeros(shape, dtype=torch.bool)
@@ -412,4 +477,4 @@ def cross_mask(shape: Tuple[int, int], thickness: Optional[float] = None) -> Ten
 
 
 __all__ = ["Objective", "TargetMap", "TargetImage", "TopKSuppression", "CenterOfMass",
-           "RegionHighlight", "BlankRegion", "HideFeatures", "square_mask", "cross_mask"]
+           "RegionHighlight", "BlankRegion", "HideFeatures", "MapDistance", "square_mask", "cross_mask"]

@@ -2,6 +2,10 @@
 
 ``METRICS`` maps names of map-similarity metrics to :class:`Metric` records, for tables:
 ``higher_is_similar`` tells the direction. :func:`delta` is Rieger et al.'s Δ-metric.
+``ROBUSTNESS_METRICS`` maps names of the worst-case robustness metrics of one model and method
+(:mod:`manipex.metrics.robustness`: max-sensitivity, local Lipschitz estimate, relative input
+stability) to :class:`RobustnessMetric` records; ``higher_is_robust`` is False for all three
+(higher = less robust).
 
 Every function checks its inputs the same way (:mod:`manipex.metrics._checks`): tensors of a
 floating dtype (``TypeError`` otherwise: integer or bool maps are refused, not rounded),
@@ -18,6 +22,7 @@ from torch import Tensor
 
 from .location import center_of_mass, com_distance, mass_in
 from .perturbation import class_agreement, image_mse, l2, linf, output_change
+from .robustness import RobustnessScores, local_lipschitz, max_sensitivity, relative_input_stability
 from .similarity import average_ranks, cosine, mse, pcc, spearman, ssim, topk_intersection
 
 
@@ -44,6 +49,26 @@ METRICS: Dict[str, Metric] = {
 }
 
 
+@dataclass(frozen=True)
+class RobustnessMetric:
+    """A worst-case robustness metric ``fn(model, x, method, **options) -> (N,)`` and its
+    direction."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    higher_is_robust: bool
+
+    def __call__(self, model, x: Tensor, method: str = "gradient", **kwargs):
+        return self.fn(model, x, method, **kwargs)
+
+
+ROBUSTNESS_METRICS: Dict[str, RobustnessMetric] = {
+    "max_sensitivity": RobustnessMetric("max_sensitivity", max_sensitivity, False),
+    "local_lipschitz": RobustnessMetric("local_lipschitz", local_lipschitz, False),
+    "relative_input_stability": RobustnessMetric("relative_input_stability", relative_input_stability, False),
+}
+
+
 def delta(metric: str, target: Tensor, manipulated: Tensor, start: Tensor, **kwargs) -> Tensor:
     """Rieger et al. 2020's Δ-metric: ``m(target, manipulated) - m(target, start)`` per sample.
 
@@ -61,5 +86,6 @@ def delta(metric: str, target: Tensor, manipulated: Tensor, start: Tensor, **kwa
 __all__ = [
     "METRICS", "Metric", "delta", "mse", "pcc", "cosine", "spearman", "ssim", "topk_intersection",
     "average_ranks", "center_of_mass", "com_distance", "mass_in", "l2", "linf", "image_mse",
-    "output_change", "class_agreement",
+    "output_change", "class_agreement", "ROBUSTNESS_METRICS", "RobustnessMetric", "RobustnessScores",
+    "max_sensitivity", "local_lipschitz", "relative_input_stability",
 ]
