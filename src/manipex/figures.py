@@ -394,3 +394,49 @@ def evaluation_figure(evaluation):
         ax.set_title(f"accuracy: original {acc_o:.1%}, manipulated {acc_m:.1%}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False, title="model")
     return fig
+
+
+@styled
+def randomization_figure(result):
+    """The figure of :meth:`manipex.sanity.RandomizationResult.plot` (Adebayo et al. 2018, Fig. 2
+    and 4): one panel per metric, the mean similarity of each method's map to the original map
+    (± one standard deviation over the images, shaded) against the randomised layer, from
+    ``"original"`` through the layers top (logits) first; the methods' colours of
+    :func:`manipex.style.colors_for`, the legend outside the axes, the layer names rotated."""
+    import numpy as np
+
+    from .style import colors_for
+
+    steps, methods, metrics = list(result.steps), list(result.methods), list(result.metrics)
+    scores = result.scores.double()  # (methods, steps, metrics, N)
+    mean = scores.mean(-1).numpy()
+    std = (scores.std(-1) if scores.shape[-1] > 1 else torch.zeros_like(scores[..., 0])).numpy()
+    colors = colors_for(methods)
+    labels = {"ssim": "SSIM", "spearman": "Spearman rank correlation", "pcc": "Pearson correlation",
+              "cosine": "cosine similarity"}
+    width = max(3.2, 0.9 + 0.32 * len(steps))
+    fig, axes = _subplots(1, len(metrics), figsize=(width * len(metrics) + 1.4, 3.0), squeeze=False,
+                          layout="constrained", sharey=True)
+    kinds = list(getattr(result, "kinds", ())) or [""] * len(steps)
+    ticks = [f"{s} ({k})" if k else s for s, k in zip(steps, kinds)]
+    xs = np.arange(len(steps))
+    low = min(0.0, float(np.nanmin(mean - std)) - 0.05)
+    for j, (ax, metric) in enumerate(zip(axes[0], metrics)):
+        for i, method in enumerate(methods):
+            c = colors[method]
+            ax.plot(xs, mean[i, :, j], marker="o", markersize=3.5, linewidth=1.4, color=c, label=wrap_title(method, 24))
+            ax.fill_between(xs, mean[i, :, j] - std[i, :, j], mean[i, :, j] + std[i, :, j], color=c, alpha=0.15,
+                            linewidth=0)
+        ax.axhline(0, color="black", linewidth=0.6, linestyle="--", alpha=0.6)
+        ax.set_xticks(xs, ticks, rotation=55, ha="right", rotation_mode="anchor")
+        ax.set_xlim(-0.3, len(steps) - 0.7)
+        ax.set_ylim(low, 1.05)
+        ax.set_title(labels.get(metric, metric))
+        ax.set_xlabel("randomised up to layer" if result.mode == "cascading" else "randomised layer")
+        if j == 0:
+            kind = "relevance maps" if result.absolute else "signed maps"
+            ax.set_ylabel(f"similarity to original\n({kind})")
+    fig.suptitle(f"{result.mode.capitalize()} randomisation, top layer first: mean ± s.d. over {scores.shape[-1]} inputs")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside right upper", frameon=False, title="method")
+    return fig
