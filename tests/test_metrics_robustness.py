@@ -280,3 +280,15 @@ def test_map_distance_through_the_input_attack():
     assert (res.metric_after >= res.metric_before).all() and (res.metric_after > res.metric_before).any()
     with pytest.raises(ValueError, match="reference"):
         MapDistance(reference=torch.full((1, 6), math.nan))
+
+
+def test_clamp_keeps_every_point_in_the_data_range_also_under_no_grad():
+    model = small_cnn()
+    x = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    x[:, :, :2] = 0.0  # exact zeros at the edge of the range, as in MNIST
+    with torch.no_grad():
+        out = metrics.max_sensitivity(model, x, radius=0.2, samples=4, clamp=(0.0, 1.0), adversarial=True,
+                                      attack_options=FAST, return_details=True)
+    assert out.x_worst.min() >= 0.0 and out.x_worst.max() <= 1.0
+    assert metrics.linf(x, out.x_worst).max() <= 0.2 + 1e-9
+    assert torch.isfinite(out.score).all() and (out.score >= out.sampled).all()
