@@ -181,8 +181,13 @@ def _relu_slots(model: nn.Module) -> List[Tuple[nn.Module, str, nn.ReLU]]:
     ]
 
 
+def has_relu(model: nn.Module) -> bool:
+    """Whether ``model`` has an ``nn.ReLU`` module that surgery would swap."""
+    return bool(_relu_slots(model))
+
+
 @contextlib.contextmanager
-def softplus(model: nn.Module, beta: float = 10.0) -> Iterator[SoftplusHandle]:
+def softplus(model: nn.Module, beta: float = 10.0, *, check: bool = True) -> Iterator[SoftplusHandle]:
     """Swap every ``nn.ReLU`` of ``model`` for ``nn.Softplus(beta)`` while in the block.
 
     >>> with manipex.surgery.softplus(model, beta=10) as sp:
@@ -191,7 +196,8 @@ def softplus(model: nn.Module, beta: float = 10.0) -> Iterator[SoftplusHandle]:
     ...         ...
     """
     beta = _check_beta(beta, "surgery.softplus")
-    _check_no_functional_relu(model, "surgery.softplus")
+    if check:  # check=False: a caller that swaps once per batch has checked once (tracing costs)
+        _check_no_functional_relu(model, "surgery.softplus")
     slots = _relu_slots(model)
     units = [nn.Softplus(beta=beta).train(relu.training) for _, _, relu in slots]
     try:

@@ -4,12 +4,19 @@
 * SmoothGrad and AGG-Mean / AGG-Var are explainers (``"smoothgrad"``, ``"agg_mean"``,
   ``"agg_var"``); attack them adaptively with :func:`manipex.attacks.manipulate_input`.
 * ATEX fine-tuning: :func:`atex_finetune` (Tang et al.).
+* Robust-explanation training: :func:`train_robust` with the penalties of
+  :mod:`~manipex.defenses.regularizers` (Hessian norm, curvature, IG-NORM, IG-SUM-NORM, SSR,
+  weight decay, softplus, ATEX's term; Dombrowski 2022, Chen 2019, Wang 2020, CURE).
 * Detection of manipulated models: :func:`detect_manipulation`, :func:`weight_noise_test`.
 """
 from .atex import atex_finetune
 from .detection import (DetectionReport, detect_manipulation, noise_map_similarity, noise_maps, pairwise_pcc,
                         similarity_threshold, weight_noise_test, with_weight_noise)
+from . import regularizers
+from .regularizers import Regularizer
+from .robust import RobustTrainingResult, train_robust
 from .smoothing import beta_sweep
 
 __all__ = ["atex_finetune", "beta_sweep", "detect_manipulation", "noise_map_similarity", "noise_maps", "pairwise_pcc",
-           "similarity_threshold", "weight_noise_test", "with_weight_noise", "DetectionReport"]
+           "similarity_threshold", "weight_noise_test", "with_weight_noise", "DetectionReport", "regularizers",
+           "Regularizer", "RobustTrainingResult", "train_robust"]

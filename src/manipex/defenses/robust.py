@@ -1,0 +1,194 @@
+"""Robust-explanation training: :func:`train_robust` (Dombrowski et al. 2022; Chen et al. 2019;
+Wang et al. 2020; Moosavi-Dezfooli et al. 2019; composes with ATEX, Tang et al.).
+
+A copy of the model is trained with ``CE(f(x), y) + sum_i weight_i * R_i`` (the penalties of
+:mod:`manipex.defenses.regularizers`), with Adam, from the model's own weights: pass a freshly
+initialised model to train from scratch, a trained one to fine-tune. With no regularizer the
+same loop is plain training, the baseline every robust model is compared to.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._resume import RunState, config_key
+from .._validation import (check_bool, check_call, check_int, check_labelled_data, check_real,
+                           check_target_range, forward, short)
+from .regularizers import Regularizer, make
+
+RegularizerLike = Union[None, str, Regularizer, Sequence[Union[str, Regularizer]]]
+
+
+@dataclass
+class RobustTrainingResult:
+    """The trained model (eval mode) and one row per epoch: the loss, its cross-entropy, each
+    penalty (unweighted, by name) and the training accuracy."""
+
+    model: nn.Module
+    history: List[Dict[str, float]] = field(default_factory=list)
+    regularizers: List[Regularizer] = field(default_factory=list)
+
+
+def _regularizers(regularizer: RegularizerLike, options: Dict[str, Any], where: str) -> List[Regularizer]:
+    if regularizer is None or isinstance(regularizer, (str, Regularizer)):
+        items = [] if regularizer is None else [regularizer]
+    elif isinstance(regularizer, (list, tuple)):
+        items = list(regularizer)
+    else:
+        raise TypeError(f"{where}: regularizer must be None, a name, a Regularizer or a list of them, "
+                        f"got {short(regularizer)}")
+    if options and not (len(items) == 1 and isinstance(items[0], str)):
+        raise TypeError(f"{where}: options {', '.join(map(repr, sorted(options)))} go with one regularizer given "
+                        "by name; build a list of regularizers with manipex.defenses.regularizers.make(name, ...)")
+    built = []
+    for item in items:
+        if isinstance(item, str):
+            built.append(make(item, **options))
+        elif isinstance(item, Regularizer):
+            built.append(copy.copy(item))  # prepare() may keep state (ATEX's teacher): not on the caller's object
+        else:
+            raise TypeError(f"{where}: a regularizer must be a name or a Regularizer, got {short(item)}")
+    names = [r.name for r in built]
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        raise ValueError(f"{where}: regularizer {doubled[0]!r} is given twice")
+    return built
+
+
+def train_robust(
+    model: nn.Module,
+    data: "tuple[torch.Tensor, torch.Tensor]",
+    regularizer: RegularizerLike,
+    *,
+    epochs: int = 2,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    checkpoint: Union[None, str, os.PathLike] = None,
+    progress: bool = True,
+    **options: Any,
+) -> RobustTrainingResult:
+    """Train a copy of ``model`` on ``data`` with robust-explanation ``regularizer``(s).
+
+    >>> result = manipex.defenses.train_robust(model, (x, y), "hessian_norm", weight=1e-3)
+    >>> result = manipex.defenses.train_robust(model, (x, y), ["weight_decay", "ssr"])
+    >>> robust = result.model   # eval mode; ``model`` is unchanged
+
+    Args:
+        model: the model to start from (eval mode); never changed.
+        data: ``(x, y)``, inputs and integer labels.
+        regularizer: a name of :data:`~manipex.defenses.regularizers.REGULARIZERS`
+            (``hessian_norm``, ``curvature``, ``ig_norm``, ``ig_sum_norm``, ``ssr``,
+            ``weight_decay``, ``softplus``, ``atex``), a
+            :class:`~manipex.defenses.regularizers.Regularizer`, a list of them (their penalties
+            add up: e.g. ATEX with a Hessian penalty), or None for plain training.
+        epochs, lr, batch_size: the Adam schedule. The copy trains in eval mode: batch-norm
+            statistics and dropout stay as they are, so every penalty sees the network that is
+            explained (as ATEX and model manipulation fine-tune).
+        seed: the batch order and every random draw of the penalties.
+        checkpoint: a file; the run saves its state there after every epoch and, started
+            again with the same settings, resumes where it stopped.
+        progress: a progress bar with the running cross-entropy and penalties.
+        options: options of a single regularizer given by name (``weight=...`` and its own).
+
+    Returns:
+        :class:`RobustTrainingResult`. With ``softplus``, the model has ``nn.Softplus(beta)``
+        units where it had ``nn.ReLU``; every other regularizer keeps the architecture.
+    """
+    where = "train_robust"
+    x, y = check_labelled_data(data, where=where)
+    check_call(model, x, where=where)
+    regs = _regularizers(regularizer, options, where)
+    check_int(epochs, where=where, name="epochs", ge=1)
+    check_int(batch_size, where=where, name="batch_size", ge=1)
+    check_int(seed, where=where, name="seed", ge=0, le=2**62)
+    check_real(lr, where=where, name="lr", gt=0)
+    check_bool(progress, where=where, name="progress")
+    if not any(True for _ in model.parameters()):
+        raise ValueError(f"{where}: the model has no parameters to train")
+    with torch.no_grad():
+        out = forward(model, x[:1], where=where)
+    check_target_range(y, out.shape[1], where=where, what="label")
+    replacing = [r.name for r in regs if r.replaces_classification]
+    if len(replacing) > 1:
+        raise ValueError(f"{where}: {replacing[0]!r} and {replacing[1]!r} both replace the classification term; "
+                         "use one of them")
+
+    key = config_key(regularizers=[r.describe() for r in regs], epochs=epochs, lr=lr, batch_size=batch_size,
+                     seed=seed, n=x.shape[0])
+    run_state = RunState(checkpoint, owner=where, key=key) if checkpoint is not None else None
+    state = run_state.load() if run_state is not None else None
+
+    work = copy.deepcopy(model)
+    for reg in regs:
+        work = reg.prepare(work, model)
+    work.eval()
+    params = list(work.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    history: List[Dict[str, float]] = []
+    start_epoch = 0
+    if state is not None:
+        work.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+
+    from .._progress import progress_bar
+
+    device = params[0].device
+    steps_per_epoch = (x.shape[0] + batch_size - 1) // batch_size
+    label = "+".join(r.name for r in regs) or "plain"
+    bar = progress_bar(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                       desc=f"train {label}", enabled=progress, leave=False)
+    try:
+        for epoch in range(start_epoch, epochs):
+            order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
+            totals: Dict[str, float] = {"loss": 0.0, "cross_entropy": 0.0, **{r.name: 0.0 for r in regs},
+                                        "accuracy": 0.0}
+            for step, i in enumerate(range(0, x.shape[0], batch_size)):
+                idx = order[i : i + batch_size]
+                xb, yb = x[idx].to(device), y[idx].to(device)
+                # every draw of this batch's penalties: fixed by (seed, epoch, step), so a resumed
+                # run draws what an uninterrupted one would have
+                generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 100_003 + step)
+                out = work(xb)
+                ce = F.cross_entropy(out, yb)
+                classification, loss = ce, None
+                terms: Dict[str, float] = {}
+                for reg in regs:
+                    penalty, replaced = reg.penalty(work, xb, yb, generator=generator)
+                    if replaced is not None:
+                        classification = replaced
+                    loss = reg.weight * penalty if loss is None else loss + reg.weight * penalty
+                    terms[reg.name] = penalty.item()
+                loss = classification if loss is None else classification + loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                share = len(idx) / x.shape[0]
+                totals["loss"] += loss.item() * share
+                totals["cross_entropy"] += ce.item() * share
+                totals["accuracy"] += (out.argmax(1) == yb).float().mean().item() * share
+                for name, value in terms.items():
+                    totals[name] += value * share
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, ce=f"{ce.item():.3g}",
+                                **{k: f"{v:.3g}" for k, v in terms.items()}, refresh=False)
+            history.append({"epoch": epoch + 1, **totals})
+            if run_state is not None:
+                run_state.save(model=work.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
+                               history=history)
+    finally:
+        bar.close()
+    for p in params:
+        p.requires_grad_(False)
+    for p_new, p_old in zip(work.parameters(), model.parameters()):
+        p_new.requires_grad_(p_old.requires_grad)
+    return RobustTrainingResult(work.eval(), history, regs)
