@@ -14,7 +14,7 @@ noise) numerically for a one-layer network.
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -150,4 +150,58 @@ def curvature_vs_beta(model: nn.Module, x: Tensor, betas: Sequence[float] = (1.0
     return table
 
 
-__all__ = ["principal_curvature", "dense_principal_curvatures", "theorem2", "curvature_vs_beta"]
+def _logit_grad(model: nn.Module, x: Tensor, k: Tensor) -> Tensor:
+    """``grad_x g_k(x)`` per sample, with ``create_graph=True`` (differentiable in ``x`` and the weights)."""
+    x = x if x.requires_grad else x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x).gather(1, k[:, None]).sum(), x, create_graph=True)
+    return grad
+
+
+def hessian_frobenius_sq(model: nn.Module, x: Tensor, k: Tensor, *, estimator: str = "finite_difference",
+                         h: float = 1e-2, samples: int = 1, generator: Optional[torch.Generator] = None) -> Tensor:
+    """``||H(x)||_F^2`` per sample, ``H`` the input Hessian of the logit ``g_k``, estimated as
+    ``E_v ||H v||^2`` over ``v ~ N(0, I)`` (Hutchinson) from ``samples`` directions drawn from
+    ``generator``; differentiable in the weights (and ``x``), no checks (see :func:`hessian_norm`).
+
+    ``"finite_difference"``: ``H v ~ (grad g(x + h v) - grad g(x)) / h`` (Dombrowski et al.
+    2022, appendix): it also sees a ReLU network's kinks. ``"hutchinson"``: ``H v`` exactly, by
+    a Hessian-vector product (zero almost everywhere on a ReLU network)."""
+    xr = x.detach().requires_grad_(True)
+    grad = _logit_grad(model, xr, k)
+    total = x.new_zeros(x.shape[0])
+    for _ in range(samples):
+        v = torch.randn(x.shape, generator=generator).to(x)
+        if estimator == "finite_difference":
+            hv = (_logit_grad(model, xr + h * v, k) - grad) / h
+        else:
+            (hv,) = torch.autograd.grad((grad * v).sum(), xr, create_graph=True)
+        total = total + hv.flatten(1).pow(2).sum(1)
+    return total / samples
+
+
+def hessian_norm(model: nn.Module, x: Tensor, target: TargetLike = None, *, estimator: str = "finite_difference",
+                 h: float = 1e-2, samples: int = 8, seed: int = 0) -> Tensor:
+    """``||H(x)||_F`` per sample ``(N,)``: the Frobenius norm of the input Hessian of the
+    explained logit, the quantity whose size bounds how far a gradient map can be manipulated
+    (Dombrowski et al. 2022, Sec. 5.3) and what ``train_robust(..., "hessian_norm")`` lowers.
+
+    Estimated from ``samples`` random directions (:func:`hessian_frobenius_sq`); on a ReLU
+    network use the default finite differences (step ``h`` in the units of ``x``): its exact
+    Hessian is zero almost everywhere. Higher = more curved, less robust.
+    """
+    where = "hessian_norm"
+    check_call(model, x, where=where)
+    if estimator not in ("finite_difference", "hutchinson"):
+        raise ValueError(f"{where}: estimator must be 'finite_difference' or 'hutchinson', got {short(estimator)}")
+    check_real(h, where=where, name="h", gt=0)
+    check_int(samples, where=where, name="samples", ge=1)
+    check_int(seed, where=where, name="seed", ge=0, le=2**63 - 1)
+    k = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
+    with torch.enable_grad():
+        sq = hessian_frobenius_sq(model, x, k, estimator=estimator, h=h, samples=samples,
+                                  generator=torch.Generator().manual_seed(seed))
+    return sq.detach().sqrt()  # a measurement: the graph built for it is not kept
+
+
+__all__ = ["principal_curvature", "dense_principal_curvatures", "theorem2", "curvature_vs_beta", "hessian_norm",
+           "hessian_frobenius_sq"]
