@@ -111,6 +111,9 @@ TINY_CONFIGS = {
     "pasliev2020": {"epochs": 1, "n_train": 640, "n_eval": 32, "models": ["com_gradient", "th_gradient", "ipp_gradient"],
                     "methods": ["gradient", "lrp"], "noise_n": 8, "weight_noise": [0.0, 0.1], "examples": 1},
     "adult_fairwashing": {"epochs": 1},
+    "robust_training": {"n": 4, "batch": 4, "steps": 20, "defenses": ["softplus", "hessian_norm", "ig_norm"],
+                        "train_n": 256, "epochs": 1, "ms_samples": 4, "ms_steps": 5, "ig_train_steps": 4,
+                        "ig_attack_steps": 2},
 }
 
 
@@ -211,6 +214,16 @@ def test_every_experiment_at_a_tiny_budget(name, tmp_path):
         for figure in ("fig3_heatmaps_0.png", "fig3_4_training.png", "fig4_4_weight_noise.png"):
             assert figure in page
         assert (tmp_path / name / "models" / "th_gradient.safetensors").exists()
+    if name == "robust_training":  # one row per defense, the baseline first; each figure in the report
+        assert list(first.index) == ["plain", "softplus", "hessian_norm", "ig_norm"]
+        assert first.loc["plain", "Δ accuracy (%)"] == 0.0
+        rows = ResultStore(tmp_path / name).frame()
+        model = rows[rows.kind == "model"]  # the worst case is at least the sampled one, on every model
+        assert (model.ms_adversarial >= model.ms_sampled - 1e-6).all()
+        assert {"Adebayo et al. 2018, Fig. 2", "Chen et al. 2019, Sec. 5"} <= set(
+            tables["Findings"].index.str.split(":").str[0])
+        assert "robust_training_summary.png" in page and "robust_training_sanity.png" in page
+        assert (tmp_path / name / "models" / "robust_ig_norm.safetensors").exists()
     if name == "adult_fairwashing":  # race and sex hidden from the gradient, yet still used
         adult = first
         assert adult.loc["fairwashed", "gradient_share_race_sex"] < 0.5 * adult.loc["original", "gradient_share_race_sex"]

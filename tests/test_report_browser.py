@@ -96,6 +96,8 @@ TINY_REPORTS = {
     "adult_fairwashing": {"epochs": 1},
     "audit": {"n": 2, "steps": 3, "eps": [0.1], "methods": ["gradient"], "defenses": ["beta_smoothing"],
               "betas": [3.0], "noise_n": 8, "weight_noise": [0.0, 0.1], "n_references": 1},
+    "robust_training": {"n": 2, "batch": 2, "steps": 3, "defenses": ["softplus", "weight_decay"], "train_n": 32,
+                        "epochs": 1, "ms_samples": 2, "ms_steps": 2},
 }
 
 #: appended to a copy of the report: after load, the page's facts as JSON in its title

@@ -29,6 +29,8 @@ TINY = {
               "betas": [3.0], "noise_n": 4, "weight_noise": [0.0], "n_references": 1, "train_epochs": 1,
               "n_train": 32},
     "adult_fairwashing": {"epochs": 1},
+    "robust_training": {"n": 2, "batch": 1, "steps": 2, "defenses": ["hessian_norm"], "train_n": 16, "epochs": 1,
+                        "train_batch": 8, "ms_samples": 2, "ms_steps": 2, "k": 5},
 }
 SOURCES = ("default", "checkpoint_idx", "image_folder")
 
