@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import surgery
+from ..geometry import hessian_frobenius_sq
 from .._registry import Registry
 from .._validation import check_choice, check_int, check_real, short
 from .atex import atex_samples, distillation_loss
@@ -90,13 +91,11 @@ class Regularizer(abc.ABC):
         return f"{type(self).__name__}({opts})"
 
 
-def _per_sample_grad(model: nn.Module, x: Tensor, y: Tensor, *, of: str = "loss") -> Tensor:
-    """The input gradient of each sample's cross-entropy (``of="loss"``) or of the logit of its
-    label (``of="logit"``), with ``create_graph=True``: it stays differentiable in the weights."""
+def _per_sample_grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """The input gradient of each sample's cross-entropy, with ``create_graph=True``: it stays
+    differentiable in the weights."""
     x = x if x.requires_grad else x.detach().requires_grad_(True)
-    out = model(x)
-    value = F.cross_entropy(out, y, reduction="sum") if of == "loss" else out.gather(1, y[:, None]).sum()
-    (grad,) = torch.autograd.grad(value, x, create_graph=True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x, create_graph=True)
     return grad
 
 
@@ -142,23 +141,12 @@ class HessianNorm(Regularizer):
         return model
 
     def penalty(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator) -> Penalty:
-        total = x.new_zeros(())
-        if self.estimator == "finite_difference":
-            grad = _per_sample_grad(model, x, y, of="logit")
-            for _ in range(self.samples):
-                v = torch.randn(x.shape, generator=generator).to(x)
-                moved = _per_sample_grad(model, x + self.h * v, y, of="logit")
-                total = total + _sq_norm(moved - grad).mean() / self.h ** 2
-            return total / self.samples, None
-        swap = surgery.softplus(model, self.beta, check=False) if self.beta is not None else None
+        swap = surgery.softplus(model, self.beta, check=False) if (
+            self.estimator == "hutchinson" and self.beta is not None) else None
         with swap if swap is not None else contextlib.nullcontext():
-            xr = x.detach().requires_grad_(True)
-            grad = _per_sample_grad(model, xr, y, of="logit")
-            for _ in range(self.samples):
-                v = torch.randn(x.shape, generator=generator).to(x)
-                (hv,) = torch.autograd.grad((grad * v).sum(), xr, create_graph=True)
-                total = total + _sq_norm(hv).mean()
-        return total / self.samples, None
+            sq = hessian_frobenius_sq(model, x, y, estimator=self.estimator, h=self.h, samples=self.samples,
+                                      generator=generator)
+        return sq.mean(), None
 
 
 class Curvature(Regularizer):

@@ -51,7 +51,7 @@ def _regularizers(regularizer: RegularizerLike, options: Dict[str, Any], where: 
         if isinstance(item, str):
             built.append(make(item, **options))
         elif isinstance(item, Regularizer):
-            built.append(copy.copy(item))  # prepare() may keep state (ATEX's teacher): not on the caller's object
+            built.append(copy.deepcopy(item))  # prepare() may keep state (ATEX's teacher): not on the caller's object
         else:
             raise TypeError(f"{where}: a regularizer must be a name or a Regularizer, got {short(item)}")
     names = [r.name for r in built]
