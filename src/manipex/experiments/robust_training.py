@@ -71,20 +71,20 @@ class RobustConfig(SourceConfig):
     weight_decay: float = key(0.01, "weight of 1/2 ||theta||^2 (weight_decay)", gt=0, le=1e6)
     softplus_train_beta: float = key(5.0, "beta of the Softplus activations the softplus defense trains with",
                                      gt=0, le=10_000)
-    hessian_weight: float = key(1e-4, "weight of ||H||_F^2 (hessian_norm, finite differences)", gt=0, le=1e6)
+    hessian_weight: float = key(3e-3, "weight of ||H||_F^2 (hessian_norm, finite differences)", gt=0, le=1e6)
     hessian_h: float = key(0.1, "finite-difference step of hessian_norm (training and the curvature column)", gt=0,
                            le=10)
     curvature_weight: float = key(10.0, "weight of CURE's curvature penalty", gt=0, le=1e6)
     ssr_weight: float = key(1.0, "weight of the SSR penalty", gt=0, le=1e6)
     ig_weight: float = key(1.0, "lambda of IG-NORM / IG-SUM-NORM", gt=0, le=1e6)
     ig_eps: float = key(0.3, "L-infinity ball of IG-NORM's inner maximum (Chen et al. on MNIST: 0.3)", gt=0, le=1)
-    ig_train_steps: int = key(10, "IG steps m inside the training penalty (Chen et al.: 50)", ge=1, le=10_000)
-    ig_attack_steps: int = key(5, "PGD steps of the inner maximum (Chen et al.: 40)", ge=0, le=10_000)
-    atex_weight: float = key(1.0, "weight of ATEX's perpendicular distillation term", gt=0, le=1e6)
+    ig_train_steps: int = key(5, "IG steps m inside the training penalty (Chen et al.: 50)", ge=1, le=10_000)
+    ig_attack_steps: int = key(3, "PGD steps of the inner maximum (Chen et al.: 40)", ge=0, le=10_000)
+    atex_weight: float = key(3.0, "weight of ATEX's perpendicular distillation term (Tang: alpha 1)", gt=0, le=1e6)
     ms_samples: int = key(20, "noise draws of the sampled max-sensitivity (Quantus: 200)", ge=1, le=100_000)
     ms_steps: int = key(30, "attack steps of the adversarial max-sensitivity", ge=1, le=100_000)
     seed: int = key(0, "seed", ge=0, le=2**32 - 1)
-    profile: str = profile_key("reduced IG-NORM settings (10 IG steps, 5 PGD steps), 2 epochs on 2000 images "
+    profile: str = profile_key("reduced IG-NORM settings (5 IG steps, 3 PGD steps), 2 epochs on 2000 images "
                                "(about 6 min on 2 CPU cores)", "Chen et al.'s IG-NORM settings (50 IG steps, 40 PGD "
                                "steps) and all training images (hours on a CPU)")
 
