@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
@@ -68,3 +68,14 @@ class RunState:
         torch.save({"format": self.format, "key": self.key, "model": model, "optimizer": optimizer,
                     "epoch": epoch, "history": history}, tmp)
         os.replace(tmp, self.path)
+
+
+def restore(state: Optional[Dict[str, Any]], model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer) -> Tuple[int, List[Any]]:
+    """Load a state :meth:`RunState.load` returned into ``model`` and ``optimizer``:
+    ``(epochs done, history)``; ``(0, [])`` for a run that starts afresh (``state`` None)."""
+    if state is None:
+        return 0, []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]), list(state["history"])

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import surgery
-from .._resume import RunState, config_key
+from .._resume import RunState, config_key, restore
 from .._validation import (check_bool, check_call, check_choice, check_int, check_labelled_data, check_model,
                            check_real, check_target_range, forward, short)
 from ..explainers import explain, get_explainer, relevance
@@ -134,12 +134,7 @@ def manipulate_model(
     for n, p in params.items():
         p.requires_grad_(n in names)
     optimizer = torch.optim.Adam([params[n] for n in names], lr=lr)
-    history: List[Dict[str, float]] = []
-    start_epoch = 0
-    if state is not None:
-        work.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    start_epoch, history = restore(state, work, optimizer)
 
     from .._progress import progress_bar
 

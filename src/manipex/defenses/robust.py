@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._resume import RunState, config_key
+from .._resume import RunState, config_key, restore
 from .._validation import (check_bool, check_call, check_int, check_labelled_data, check_real,
                            check_target_range, forward, short)
 from .regularizers import Regularizer, make
@@ -133,12 +133,7 @@ def train_robust(
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=lr)
-    history: List[Dict[str, float]] = []
-    start_epoch = 0
-    if state is not None:
-        work.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+    start_epoch, history = restore(state, work, optimizer)
 
     from .._progress import progress_bar
 
