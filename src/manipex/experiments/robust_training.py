@@ -367,7 +367,7 @@ class RobustTraining(Experiment):
 
             name = spec["regularizer"]
             paper = REGULARIZERS.get(name).paper if name else "(baseline)"
-            options = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in spec.items()
+            options = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in spec.items()
                                 if k != "regularizer")
             settings.append({"defense": d, "paper": paper, "settings": options or "-",
                              "training": f"{config.epochs} epoch(s), {config.train_n} images, Adam lr "
