@@ -161,12 +161,13 @@ def hessian_frobenius_sq(model: nn.Module, x: Tensor, k: Tensor, *, estimator: s
                          h: float = 1e-2, samples: int = 1, generator: Optional[torch.Generator] = None) -> Tensor:
     """``||H(x)||_F^2`` per sample, ``H`` the input Hessian of the logit ``g_k``, estimated as
     ``E_v ||H v||^2`` over ``v ~ N(0, I)`` (Hutchinson) from ``samples`` directions drawn from
-    ``generator``; differentiable in the weights (and ``x``), no checks (see :func:`hessian_norm`).
+    ``generator``; differentiable in the weights (``x`` is a leaf: the input the Hessian is
+    taken at), no checks (see :func:`hessian_norm`).
 
     ``"finite_difference"``: ``H v ~ (grad g(x + h v) - grad g(x)) / h`` (Dombrowski et al.
     2022, appendix): it also sees a ReLU network's kinks. ``"hutchinson"``: ``H v`` exactly, by
     a Hessian-vector product (zero almost everywhere on a ReLU network)."""
-    xr = x.detach().requires_grad_(True)
+    xr = x.detach().requires_grad_(True)  # the point the Hessian is taken at; the weights stay in the graph
     grad = _logit_grad(model, xr, k)
     total = x.new_zeros(x.shape[0])
     for _ in range(samples):

@@ -94,7 +94,7 @@ class Regularizer(abc.ABC):
 def _per_sample_grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """The input gradient of each sample's cross-entropy, with ``create_graph=True``: it stays
     differentiable in the weights."""
-    x = x if x.requires_grad else x.detach().requires_grad_(True)
+    x = x if x.requires_grad else x.detach().requires_grad_(True)  # data: a leaf; the weights stay in the graph
     (grad,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x, create_graph=True)
     return grad
 
@@ -171,7 +171,7 @@ class Curvature(Regularizer):
 
     def penalty(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator) -> Penalty:
         grad = _per_sample_grad(model, x, y)
-        z = grad.detach().sign()
+        z = grad.detach().sign()  # CURE's direction is held fixed (sign has no useful derivative)
         z = z / z.flatten(1).norm(dim=1).clamp(min=1e-12).reshape(-1, *([1] * (x.dim() - 1)))
         moved = _per_sample_grad(model, x + self.h * z, y)
         return _sq_norm(moved - grad).mean(), None
@@ -286,7 +286,7 @@ class SSR(Regularizer):
     name, paper, default_weight = "ssr", "Wang et al. 2020 (SSR), Sec. 4", 0.13
 
     def penalty(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator) -> Penalty:
-        xr = x.detach().requires_grad_(True)
+        xr = x.detach().requires_grad_(True)  # data: a leaf for the Jacobian; the weights stay in the graph
         out = model(xr)
         c = out.shape[1]
         rows = [torch.autograd.grad(out[:, k].sum(), xr, create_graph=True)[0].flatten(1) for k in range(c)]

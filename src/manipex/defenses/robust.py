@@ -112,7 +112,7 @@ def train_robust(
     check_bool(progress, where=where, name="progress")
     if not any(True for _ in model.parameters()):
         raise ValueError(f"{where}: the model has no parameters to train")
-    with torch.no_grad():
+    with torch.no_grad():  # one forward for the number of classes, before any training
         out = forward(model, x[:1], where=where)
     check_target_range(y, out.shape[1], where=where, what="label")
     replacing = [r.name for r in regs if r.replaces_classification]
