@@ -161,6 +161,20 @@ def test_ig_l1_is_the_riemann_sum_of_integrated_gradients():
     assert torch.allclose(ig.ig_l1(model, x, x_adv, y), expected, rtol=1e-12, atol=0)
 
 
+def test_the_pgd_steps_use_m_over_approx_factor_ig_steps_as_chens_code():
+    """Chen et al.'s MNIST config: m = 50 IG steps in training, m / 5 = 10 inside each PGD step."""
+    x, y = batch()
+    model = tiny("softplus")
+    x_adv = x + 0.1
+    chen = IGNorm(steps=50, approx_factor=5)
+    assert chen.attack_ig_steps == 10 and IGNorm(steps=3, approx_factor=5).attack_ig_steps == 1
+    assert torch.equal(chen.inner_objective(model, x, x_adv, y), chen.ig_l1(model, x, x_adv, y, 10))
+    assert not torch.allclose(chen.inner_objective(model, x, x_adv, y), chen.ig_l1(model, x, x_adv, y))
+    sums = IGSumNorm(steps=50, approx_factor=5, weight=0.5)
+    expected = F.cross_entropy(model(x_adv), y, reduction="none") + 0.5 * sums.ig_l1(model, x, x_adv, y, 10)
+    assert torch.allclose(sums.inner_objective(model, x, x_adv, y), expected, rtol=1e-12)
+
+
 @pytest.mark.parametrize("cls", [IGNorm, IGSumNorm])
 def test_ig_penalty_is_taken_at_the_pgd_worst_point_which_beats_the_random_start(cls):
     x, y = batch(6)
