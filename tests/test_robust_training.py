@@ -703,3 +703,18 @@ def test_bad_options_give_clear_errors_and_change_nothing(data, tmp_path, case):
     assert [r.describe() for r in instances] == described
     if case == "hutchinson_functional_relu":  # the finite-difference estimator needs no swap
         run(model, (x, y), "hessian_norm", epochs=1)
+
+
+def test_frozen_parameters_stay_bit_identical_and_the_rest_trains():
+    x, y = batch(8)
+    model = tiny("relu")
+    model[0].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    robust = train_robust(model, (x, y), "weight_decay", weight=1.0, epochs=2, batch_size=4, progress=False).model
+    assert torch.equal(robust[0].weight, before["0.weight"])  # frozen: not trained, not decayed
+    assert not torch.equal(robust[0].bias, before["0.bias"]) and not torch.equal(robust[3].weight, before["3.weight"])
+    assert [p.requires_grad for p in robust.parameters()] == [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameters to train"):
+        train_robust(model, (x, y), None, progress=False)

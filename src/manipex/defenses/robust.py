@@ -88,7 +88,8 @@ def train_robust(
             ``weight_decay``, ``softplus``, ``atex``), a
             :class:`~manipex.defenses.regularizers.Regularizer`, a list of them (their penalties
             add up: e.g. ATEX with a Hessian penalty), or None for plain training.
-        epochs, lr, batch_size: the Adam schedule. The copy trains in eval mode: batch-norm
+        epochs, lr, batch_size: the Adam schedule, of the parameters with ``requires_grad``
+            (frozen layers stay bit-identical). The copy trains in eval mode: batch-norm
             statistics and dropout stay as they are, so every penalty sees the network that is
             explained (as ATEX and model manipulation fine-tune).
         seed: the batch order and every random draw of the penalties.
@@ -110,8 +111,9 @@ def train_robust(
     check_int(seed, where=where, name="seed", ge=0, le=2**62)
     check_real(lr, where=where, name="lr", gt=0)
     check_bool(progress, where=where, name="progress")
-    if not any(True for _ in model.parameters()):
-        raise ValueError(f"{where}: the model has no parameters to train")
+    frozen = [not p.requires_grad for p in model.parameters()]
+    if all(frozen):
+        raise ValueError(f"{where}: the model has no parameters to train (none, or all with requires_grad=False)")
     with torch.no_grad():  # one forward for the number of classes, before any training
         out = forward(model, x[:1], where=where)
     check_target_range(y, out.shape[1], where=where, what="label")
@@ -129,9 +131,7 @@ def train_robust(
     for reg in regs:
         work = reg.prepare(work, model)
     work.eval()
-    params = list(work.parameters())
-    for p in params:
-        p.requires_grad_(True)
+    params = [p for p, off in zip(work.parameters(), frozen) if not off]  # frozen layers stay as they are
     optimizer = torch.optim.Adam(params, lr=lr)
     start_epoch, history = restore(state, work, optimizer)
 
@@ -182,8 +182,4 @@ def train_robust(
                                history=history)
     finally:
         bar.close()
-    for p in params:
-        p.requires_grad_(False)
-    for p_new, p_old in zip(work.parameters(), model.parameters()):
-        p_new.requires_grad_(p_old.requires_grad)
     return RobustTrainingResult(work.eval(), history, regs)
