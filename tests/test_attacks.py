@@ -278,3 +278,24 @@ def test_progress_bars_stay_quiet_off_a_terminal(setup, capfd, monkeypatch):
     manipulate_input(model, x[:2], TargetImage(x[2:4]), "gradient", steps=30, progress=True)
     err = capfd.readouterr().err
     assert "attack gradient" in err and len(err) < 2000  # a few refreshes, not one per step
+
+
+def test_an_attack_can_start_elsewhere_in_its_budget(setup):
+    """``start``: the optimisation begins at another point, projected onto the budget around
+    ``x`` and the valid range; the budget stays that of ``x``."""
+    from manipex.objectives import MapDistance
+
+    model, x = setup[0], setup[1][:4]
+    noise = (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 0.5  # outside eps 0.1
+    start = x + noise
+    first = manipulate_input(model, x, MapDistance(), "gradient", start=start, eps=0.1, steps=1, lr=1e-7,
+                             keep_best=False, revert=False, progress=False)
+    assert torch.allclose(first.x_adv, (x + noise.clamp(-0.1, 0.1)).clamp(0, 1), atol=1e-6)
+    options = dict(eps=0.1, steps=20, lr=0.01, progress=False)
+    moved = manipulate_input(model, x, MapDistance(), "gradient", start=start, **options)
+    assert (moved.x_adv - x).abs().max() <= 0.1 + 1e-6 and moved.x_adv.min() >= 0 and moved.x_adv.max() <= 1
+    assert bool((moved.metric_after > moved.metric_before).all())
+    with pytest.raises(ValueError, match="start must have x's shape"):
+        manipulate_input(model, x, MapDistance(), "gradient", start=start[:2], **options)
+    with pytest.raises(ValueError, match="start contains"):
+        manipulate_input(model, x, MapDistance(), "gradient", start=start * math.nan, **options)

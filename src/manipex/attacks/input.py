@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import surgery
-from .._validation import (TargetLike, check_bool, check_call, check_choice, check_int, check_real, check_target,
-                           predicted_target, short)
+from .._validation import (TargetLike, check_bool, check_call, check_choice, check_input, check_int, check_real,
+                           check_target, predicted_target, short)
 from ..explainers import get_explainer, relevance
 from ..explainers.base import capture_output
 from ..metrics import class_agreement, output_change
@@ -254,6 +254,7 @@ def manipulate_input(
     revert: bool = True,
     check_every: int = 10,
     patience: Optional[int] = 10,
+    start: Optional[Tensor] = None,
     progress: bool = True,
 ) -> InputAttackResult:
     """Perturb ``x`` so that its ``method`` explanation meets ``objective`` while the output stays.
@@ -300,6 +301,10 @@ def manipulate_input(
             image stopped at a small β keeps an iterate made for a surrogate far from the model
             (measured on MNIST-5k, gradient, 1500 steps: PCC with the target 0.80 with early
             stopping, 0.85 without).
+        start: where the optimisation starts (``x``'s shape; default ``x`` itself), projected
+            onto the budget around ``x`` and the ``clamp`` range. The budget, the output to
+            keep and the start map of the objective stay those of ``x`` (max-sensitivity's worst
+            case starts at the worst sampled point).
         progress: show a progress bar (on a terminal or in a notebook; never in logs).
 
     Returns:
@@ -317,6 +322,10 @@ def manipulate_input(
     explainer = get_explainer(method, **method_options)  # unknown method or option: fail before any work
     bounds = _bounds(clamp, x)
     eps = _budget(eps, norm, bounds)
+    if start is not None:  # before any work
+        check_input(start, where=where, name="start")
+        if start.shape != x.shape:
+            raise ValueError(f"{where}: start must have x's shape {tuple(x.shape)}, got {tuple(start.shape)}")
     x = x.detach()
     target = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
 
@@ -338,7 +347,9 @@ def manipulate_input(
     growing = beta is not None and not isinstance(beta, (int, float)) and beta[0] != beta[1]  # run it to its end
     attacked, handle = (model, None) if beta is None else surgery.smooth_copy(
         model, _beta_at(beta, 0, steps), pools=smooth_pools)
-    x_adv = x.clone().requires_grad_(True)
+    with torch.no_grad():  # the start is a point, not part of what is differentiated
+        x_adv = (x.clone() if start is None else _project(start.detach().to(x), x, eps, norm, bounds))
+    x_adv.requires_grad_(True)
     adam = _Adam(x_adv, lr) if optimizer == "adam" else None
     best_x, best_loss = x.clone(), objective.loss(r_start).detach()
     history: List[float] = []

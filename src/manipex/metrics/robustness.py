@@ -30,12 +30,13 @@ Worst case (``adversarial=True``): sampling finds a lower bound of the maximum t
 loose. The attack :func:`manipex.attacks.manipulate_input` with the objective
 :class:`manipex.objectives.MapDistance` then searches the L∞ ball of radius ``radius`` around
 ``x`` for a point whose normalised relevance map is far from that of ``x``, starting from the
-best sampled point (from ``x`` where no sample counted: the objective's gradient is zero
-there, so the attack cannot move), on a softplus surrogate of the model (its ``beta``), keeping
-the predicted class of the start. The attack's point is scored with the metric's own ratio on
+best sampled point (from ``x`` where no sample counted; on the model itself, with
+``attack_options={"beta": None}``, the objective has no gradient at ``x``), on a softplus surrogate of the model (its ``beta``), keeping
+the predicted class of ``x``. The attack's point is scored with the metric's own ratio on
 the model as it is, and the score is the larger of the sampled and the adversarial value: never
-below the sampled score, by construction. The attack runs image by image (its valid box is
-per image). ``return_details=True`` gives both values (:class:`RobustnessScores`).
+below the sampled score, by construction. The attack runs on the whole batch at once (each
+image's start and budget its own). ``return_details=True`` gives both values
+(:class:`RobustnessScores`).
 
 Checks (before any work): the model an ``nn.Module`` in eval mode with finite parameters, ``x``
 a finite floating batch of the model's dtype and device, a known ``method`` and options,
@@ -67,7 +68,7 @@ PREDICTION_RULES = ("keep", "skip", "nan")
 NORMALISATIONS = ("none", "max", "relevance")
 
 #: Options of ``attack_options`` that the metric sets itself.
-_RESERVED = ("objective", "method", "method_options", "target", "eps", "norm", "clamp")
+_RESERVED = ("objective", "method", "method_options", "target", "eps", "norm", "clamp", "start")
 
 
 @dataclass
@@ -233,33 +234,23 @@ def _worst_case(
 
 def _attack(where, model, x, start, target, method, method_options, how, ratio, radius, attack_options,
             low, high, progress) -> Tuple[Tensor, Tensor]:
-    """:func:`manipulate_input` with :class:`MapDistance` from ``start`` inside the L∞ ball of
-    ``radius`` around ``x`` (and the clamp range), image by image; the metric's ratio at the
-    attack's point (NaN where it did not move) and that point."""
+    """:func:`manipulate_input` with :class:`MapDistance` from ``start``, inside the L∞ ball of
+    ``radius`` around ``x`` (and the clamp range), the whole batch at once; the metric's ratio
+    at the attack's point (NaN where it did not move) and that point."""
     from ..attacks import manipulate_input
     from ..explainers import explain, relevance
     from ..objectives import MapDistance
 
     options = {"steps": 50, "lr": radius / 10, "progress": progress, **(attack_options or {})}
-    values, points = [], []
-    for i in range(x.shape[0]):
-        xi, ti = x[i:i + 1], target[i:i + 1]
-        lo, hi = xi[0] - radius, xi[0] + radius
-        if low is not None:
-            lo, hi = torch.maximum(lo, low), torch.minimum(hi, high)
-        si = torch.maximum(torch.minimum(start[i:i + 1], hi), lo)  # a Gaussian or given sample may lie outside
-        h = explain(model, xi, method, ti, **method_options)
-        objective = MapDistance(reference=relevance(h))
-        result = manipulate_input(model, si, objective, method, target=ti, method_options=method_options,
-                                  eps=math.inf, clamp=(lo, hi), **options)
-        xa = result.x_adv.detach()
-        a_i = _normalise(h, how)
-        a_adv = _normalise(explain(model, xa, method, ti, **method_options), how)
-        v = ratio(xi.flatten(1), a_i, xa.flatten(1), a_adv)
-        moved = bool((xa != xi).any())
-        values.append(v if moved else torch.full_like(v, math.nan))
-        points.append(xa)
-    return torch.cat(values), torch.cat(points)
+    h = explain(model, x, method, target, **method_options)
+    result = manipulate_input(model, x, MapDistance(reference=relevance(h)), method, target=target,
+                              method_options=method_options, eps=radius, norm="linf",
+                              clamp=None if low is None else (low, high), start=start, **options)
+    xa = result.x_adv.detach()
+    value = ratio(x.flatten(1), _normalise(h, how), xa.flatten(1),
+                  _normalise(explain(model, xa, method, target, **method_options), how))
+    moved = (xa != x).flatten(1).any(1)
+    return torch.where(moved, value, torch.full_like(value, math.nan)), xa
 
 
 def _check_clamp(clamp: Any, x: Tensor, *, where: str) -> Tuple[Optional[Tensor], Optional[Tensor]]:
