@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Experiment, Unit
-from .common import ImageContext, per_image, seeded, targeted_attack
+from .common import IG_STEPS, ImageContext, method_options, per_image, seeded, targeted_attack
 from .config import ConfigError, key, method_choices, profile_key
 from .published import Claim, Finding, direction, findings_table
 from .sources import SourceConfig
@@ -234,20 +234,17 @@ class RobustTraining(Experiment):
         surrogate = {"beta": None} if p["defense"] == "softplus" else {}
         common = {"defense": p["defense"], "kind": p["kind"]}
         if p["kind"] == "targeted":
-            from .common import method_options
-
-            rows, _, _ = targeted_attack(model, x, x_target, config.method, method_options(config.method),
+            rows, _, _ = targeted_attack(model, x, x_target, config.method, method_options(config.method, IG_STEPS),
                                          first_index=start, extra=common, steps=config.steps, eps=config.eps,
                                          lr=config.lr, clamp=ctx.clamp, **surrogate)
             return rows
         from ..attacks import manipulate_input
         from ..metrics import spearman, ssim, topk_intersection
         from ..objectives import TopKSuppression
-        from .common import method_options
 
         k = min(config.k, x[0, 0].numel() - 1)
         res = manipulate_input(model, x, TopKSuppression(k), config.method,
-                               method_options=method_options(config.method), optimizer="sign", lr=config.lr,
+                               method_options=method_options(config.method, IG_STEPS), optimizer="sign", lr=config.lr,
                                steps=config.steps, eps=config.eps, clamp=ctx.clamp, progress=False, **surrogate)
         cols = {"topk_after": topk_intersection(res.maps_after, res.maps_before, k),
                 "spearman_after": spearman(res.maps_after, res.maps_before),
@@ -261,18 +258,17 @@ class RobustTraining(Experiment):
         from ..metrics import max_sensitivity
         from ..models import accuracy
         from ..sanity import model_randomization
-        from .common import method_options
 
         x = ctx.x[: config.n]
         acc = accuracy(model, ctx.x, ctx.y)
         curvature = hessian_norm(model, x, h=config.hessian_h, samples=4, seed=config.seed)
         attack = {"steps": config.ms_steps, **({"beta": None} if defense == "softplus" else {})}
         ms = max_sensitivity(model, x, config.method, radius=config.eps, samples=config.ms_samples,
-                             method_options=method_options(config.method), seed=config.seed, adversarial=True,
+                             method_options=method_options(config.method, IG_STEPS), seed=config.seed, adversarial=True,
                              attack_options=attack, clamp=ctx.clamp, return_details=True)
         methods = [config.method] + ([] if config.method == "guided_backprop" else ["guided_backprop"])
         sanity = model_randomization(model, x, methods, mode="cascading", metrics=("ssim",),
-                                     method_options={m: method_options(m) for m in methods}, seed=config.seed,
+                                     method_options={m: method_options(m, IG_STEPS) for m in methods}, seed=config.seed,
                                      progress=False)
         cols: Dict[str, Tensor] = {"hessian_norm": curvature, "ms_sampled": ms.sampled, "ms_adversarial": ms.score}
         for m in methods:
