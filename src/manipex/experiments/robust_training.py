@@ -233,8 +233,9 @@ class RobustTraining(Experiment):
         # the Softplus surrogate with beta growing (Dombrowski)
         surrogate = {"beta": None} if p["defense"] == "softplus" else {}
         common = {"defense": p["defense"], "kind": p["kind"]}
+        options = method_options(config.method, IG_STEPS)  # of the maps attacked, as every experiment's
         if p["kind"] == "targeted":
-            rows, _, _ = targeted_attack(model, x, x_target, config.method, method_options(config.method, IG_STEPS),
+            rows, _, _ = targeted_attack(model, x, x_target, config.method, options,
                                          first_index=start, extra=common, steps=config.steps, eps=config.eps,
                                          lr=config.lr, clamp=ctx.clamp, **surrogate)
             return rows
@@ -244,7 +245,7 @@ class RobustTraining(Experiment):
 
         k = min(config.k, x[0, 0].numel() - 1)
         res = manipulate_input(model, x, TopKSuppression(k), config.method,
-                               method_options=method_options(config.method, IG_STEPS), optimizer="sign", lr=config.lr,
+                               method_options=options, optimizer="sign", lr=config.lr,
                                steps=config.steps, eps=config.eps, clamp=ctx.clamp, progress=False, **surrogate)
         cols = {"topk_after": topk_intersection(res.maps_after, res.maps_before, k),
                 "spearman_after": spearman(res.maps_after, res.maps_before),
@@ -260,15 +261,16 @@ class RobustTraining(Experiment):
         from ..sanity import model_randomization
 
         x = ctx.x[: config.n]
+        options = {m: method_options(m, IG_STEPS) for m in (config.method, "guided_backprop")}
         acc = accuracy(model, ctx.x, ctx.y)
         curvature = hessian_norm(model, x, h=config.hessian_h, samples=4, seed=config.seed)
         attack = {"steps": config.ms_steps, **({"beta": None} if defense == "softplus" else {})}
         ms = max_sensitivity(model, x, config.method, radius=config.eps, samples=config.ms_samples,
-                             method_options=method_options(config.method, IG_STEPS), seed=config.seed, adversarial=True,
+                             method_options=options[config.method], seed=config.seed, adversarial=True,
                              attack_options=attack, clamp=ctx.clamp, return_details=True)
         methods = [config.method] + ([] if config.method == "guided_backprop" else ["guided_backprop"])
         sanity = model_randomization(model, x, methods, mode="cascading", metrics=("ssim",),
-                                     method_options={m: method_options(m, IG_STEPS) for m in methods}, seed=config.seed,
+                                     method_options={m: options[m] for m in methods}, seed=config.seed,
                                      progress=False)
         cols: Dict[str, Tensor] = {"hessian_norm": curvature, "ms_sampled": ms.sampled, "ms_adversarial": ms.score}
         for m in methods:
