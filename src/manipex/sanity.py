@@ -138,7 +138,7 @@ def _forward_order(model: nn.Module, x: Optional[Tensor]) -> List[str]:
                 order.append(name)
         handles.append(m.register_forward_pre_hook(hook))
     try:
-        with torch.no_grad():
+        with torch.no_grad():  # one forward only records the order the layers are called in
             model(x[:1])
     finally:
         for h in handles:
@@ -213,12 +213,12 @@ def _steps(model: nn.Module, layers: Sequence[str], mode: str, seed: int) -> Ite
             yield name
         else:
             module = model.get_submodule(name)
-            saved = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            saved = {k: v.detach().clone() for k, v in module.state_dict().items()}  # a copy to restore
             try:
                 reinitialize(model, name, seed=seed)
                 yield name
             finally:
-                with torch.no_grad():
+                with torch.no_grad():  # restoring the trained weights is not part of any graph
                     module.load_state_dict(saved)
 
 
