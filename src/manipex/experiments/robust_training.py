@@ -437,7 +437,7 @@ def _summary_figure(df, config: RobustConfig, path: Path) -> Path:
             if base is not None:
                 ax.axvline(base, color="black", ls="--", lw=0.8)
                 if single:  # the band a defense must stay in: within 2 points of plain training
-                    ax.axvspan(base - 2, base, color="grey", alpha=0.15, lw=0, label="within 2 points of plain")
+                    ax.axvspan(base - 2, base, color="grey", alpha=0.15, lw=0, zorder=0)
             ax.set_xlabel(label)
             if single:
                 lo = min(data.reindex(order).dropna().min() - 3, 90)
