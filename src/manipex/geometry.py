@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import TargetLike, check_call, check_int, check_real, check_target, predicted_target, short
+from ._validation import (TargetLike, check_call, check_choice, check_int, check_real, check_target, predicted_target,
+                          short)
 
 
 def _shape_operator(model: nn.Module, x: Tensor, k: Tensor):
@@ -192,8 +193,7 @@ def hessian_norm(model: nn.Module, x: Tensor, target: TargetLike = None, *, esti
     """
     where = "hessian_norm"
     check_call(model, x, where=where)
-    if estimator not in ("finite_difference", "hutchinson"):
-        raise ValueError(f"{where}: estimator must be 'finite_difference' or 'hutchinson', got {short(estimator)}")
+    check_choice(estimator, ("finite_difference", "hutchinson"), where=where, name="estimator")
     check_real(h, where=where, name="h", gt=0)
     check_int(samples, where=where, name="samples", ge=1)
     check_int(seed, where=where, name="seed", ge=0, le=2**63 - 1)

@@ -31,8 +31,8 @@ loose. The attack :func:`manipex.attacks.manipulate_input` with the objective
 :class:`manipex.objectives.MapDistance` then searches the L∞ ball of radius ``radius`` around
 ``x`` for a point whose normalised relevance map is far from that of ``x``, starting from the
 best sampled point (from ``x`` where no sample counted; on the model itself, with
-``attack_options={"beta": None}``, the objective has no gradient at ``x``), on a softplus surrogate of the model (its ``beta``), keeping
-the predicted class of ``x``. The attack's point is scored with the metric's own ratio on
+``attack_options={"beta": None}``, the objective has no gradient at ``x``), on a softplus
+surrogate of the model (its ``beta``), keeping the predicted class of ``x``. The attack's point is scored with the metric's own ratio on
 the model as it is, and the score is the larger of the sampled and the adversarial value: never
 below the sampled score, by construction. The attack runs on the whole batch at once (each
 image's start and budget its own). ``return_details=True`` gives both values
@@ -178,7 +178,8 @@ def _worst_case(
         with torch.no_grad():
             return model(inputs).argmax(1)
 
-    a_x, c_x = maps_at(x, target), classes_at(x)
+    h_x = explainer(model, x, target)  # the map at x, also the attack's reference
+    a_x, c_x = _normalise(h_x, how), classes_at(x)
     flat_x = x.flatten(1)
     count = noise.shape[0]
     best = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
@@ -216,7 +217,7 @@ def _worst_case(
     score, worst = sampled.clone(), best_at
     adv_value = None
     if adversarial:
-        adv_value, adv_x = _attack(where, model, x, best_at, target, method, method_options, how, ratio,
+        adv_value, adv_x = _attack(model, x, h_x, a_x, best_at, target, method, method_options, maps_at, ratio,
                                    radius, attack_options, low, high, progress)
         if prediction_changed != "keep":
             adv_value = torch.where(classes_at(adv_x) == c_x, adv_value, nan)
@@ -232,23 +233,22 @@ def _worst_case(
                             x_worst=worst, counted=counted)
 
 
-def _attack(where, model, x, start, target, method, method_options, how, ratio, radius, attack_options,
+def _attack(model, x, h_x, a_x, start, target, method, method_options, maps_at, ratio, radius, attack_options,
             low, high, progress) -> Tuple[Tensor, Tensor]:
     """:func:`manipulate_input` with :class:`MapDistance` from ``start``, inside the L∞ ball of
     ``radius`` around ``x`` (and the clamp range), the whole batch at once; the metric's ratio
-    at the attack's point (NaN where it did not move) and that point."""
+    at the attack's point (NaN where it did not move) and that point. ``h_x`` and ``a_x``: the map
+    at ``x``, as is and as the metric normalises it (``maps_at``)."""
     from ..attacks import manipulate_input
-    from ..explainers import explain, relevance
+    from ..explainers import relevance
     from ..objectives import MapDistance
 
     options = {"steps": 50, "lr": radius / 10, "progress": progress, **(attack_options or {})}
-    h = explain(model, x, method, target, **method_options)
-    result = manipulate_input(model, x, MapDistance(reference=relevance(h)), method, target=target,
+    result = manipulate_input(model, x, MapDistance(reference=relevance(h_x)), method, target=target,
                               method_options=method_options, eps=radius, norm="linf",
                               clamp=None if low is None else (low, high), start=start, **options)
     xa = result.x_adv.detach()
-    value = ratio(x.flatten(1), _normalise(h, how), xa.flatten(1),
-                  _normalise(explain(model, xa, method, target, **method_options), how))
+    value = ratio(x.flatten(1), a_x, xa.flatten(1), maps_at(xa, target))
     moved = (xa != x).flatten(1).any(1)
     return torch.where(moved, value, torch.full_like(value, math.nan)), xa
 
