@@ -195,18 +195,18 @@ class RobustTraining(Experiment):
         folder = Path(ctx.out) / "models"
         path = folder / f"robust_{defense}.safetensors"
         spec = config.regularizer(defense)
-        if path.exists():
-            model = copy.deepcopy(ctx.model)
-            if defense == "softplus":
-                from ..surgery import softplus_copy
+        options = {k: v for k, v in spec.items() if k != "regularizer"}
+        if path.exists():  # the trained weights, in the structure the regularizer trains (softplus: Softplus units)
+            from ..defenses.regularizers import make
 
-                model = softplus_copy(model, spec["beta"])
+            model = copy.deepcopy(ctx.model)
+            if spec["regularizer"] is not None:
+                model = make(spec["regularizer"], **options).prepare(model, ctx.model)
             model.load_state_dict(load_file(str(path), device=str(ctx.device)))
             model.eval()
         else:
             seeded(config.seed)
             x, y = ctx.train
-            options = {k: v for k, v in spec.items() if k != "regularizer"}
             started = time.perf_counter()
             result = train_robust(ctx.model, (x[: config.train_n], y[: config.train_n]), spec["regularizer"],
                                   epochs=config.epochs, lr=config.train_lr, batch_size=config.train_batch,
@@ -229,9 +229,7 @@ class RobustTraining(Experiment):
             return self._measure(model, ctx, config, p["defense"])
         start = p["start"]
         x, x_target = ctx.images(config.n, start, config.batch)
-        # the attacker knows the defense: a Softplus net is attacked as it is, a ReLU net through
-        # the Softplus surrogate with beta growing (Dombrowski)
-        surrogate = {"beta": None} if p["defense"] == "softplus" else {}
+        surrogate = _surrogate(model)
         common = {"defense": p["defense"], "kind": p["kind"]}
         options = method_options(config.method, IG_STEPS)  # of the maps attacked, as every experiment's
         if p["kind"] == "targeted":
@@ -264,7 +262,7 @@ class RobustTraining(Experiment):
         options = {m: method_options(m, IG_STEPS) for m in (config.method, "guided_backprop")}
         acc = accuracy(model, ctx.x, ctx.y)
         curvature = hessian_norm(model, x, h=config.hessian_h, samples=4, seed=config.seed)
-        attack = {"steps": config.ms_steps, **({"beta": None} if defense == "softplus" else {})}
+        attack = {"steps": config.ms_steps, **_surrogate(model)}
         ms = max_sensitivity(model, x, config.method, radius=config.eps, samples=config.ms_samples,
                              method_options=options[config.method], seed=config.seed, adversarial=True,
                              attack_options=attack, clamp=ctx.clamp, return_details=True)
@@ -390,6 +388,15 @@ class RobustTraining(Experiment):
         if len(df[df.kind == "sanity"]):
             paths.append(each_format(lambda p: _sanity_figure(df, config, p), Path(out) / "robust_training_sanity.png"))
         return paths
+
+
+def _surrogate(model: nn.Module) -> Dict[str, Any]:
+    """How the attacker, who knows the defense, attacks ``model``: a net with ReLUs through the
+    Softplus surrogate with beta growing (Dombrowski; the attacks' default), a net without (the
+    softplus defense's Softplus net) as it is."""
+    from ..surgery import has_relu
+
+    return {} if has_relu(model) else {"beta": None}
 
 
 def paired_interval(df, kind: str, defense: str, value) -> "tuple[float, float]":
