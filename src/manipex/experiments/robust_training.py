@@ -418,36 +418,38 @@ def _summary_figure(df, config: RobustConfig, path: Path) -> Path:
 
     order = [d for d in config.trained() if d in set(df.defense)]
     model, targeted, topk = df[df.kind == "model"], df[df.kind == "targeted"], df[df.kind == "topk"]
-    panels = [("accuracy (%)", model.drop_duplicates("defense").set_index("defense").accuracy * 100, True),
+
+    def intervals(grouped) -> Dict[str, Any]:
+        """Per defense: (mean, low, high) of its images' values, the 95 % bootstrap interval."""
+        return {d: summarize(values)[:3] for d, values in grouped}
+
+    accuracy = model.drop_duplicates("defense").set_index("defense").accuracy * 100
+    panels = [("accuracy (%)", {d: (a, a, a) for d, a in accuracy.items()}, True),  # one number: no interval
               ("targeted attack: PCC rise\n(lower = more robust)",
-               (targeted.pcc_after - targeted.pcc_before).groupby(targeted.defense), False),
-              ("top-k attack: intersection\n(higher = more robust)", topk.groupby("defense").topk_after, False),
-              ("max-sensitivity, adversarial\n(lower = more robust)", model.groupby("defense").ms_adversarial, False)]
+               intervals((targeted.pcc_after - targeted.pcc_before).groupby(targeted.defense)), False),
+              ("top-k attack: intersection\n(higher = more robust)", intervals(topk.groupby("defense").topk_after),
+               False),
+              ("max-sensitivity, adversarial\n(lower = more robust)",
+               intervals(model.groupby("defense").ms_adversarial), False)]
 
     @styled
     def draw():
         colors = colors_for(order)
         fig, axes = _subplots(1, len(panels), figsize=(3.0 * len(panels), 0.42 * len(order) + 1.6), sharey=True)
-        for ax, (label, data, single) in zip(axes, panels):
+        for ax, (label, stats, single) in zip(axes, panels):
             for i, d in enumerate(order):
-                if single:
-                    if d in data.index:
-                        ax.barh(i, data[d], color=colors[d])
-                    continue
-                groups = dict(list(data))
-                if d not in groups:
-                    continue
-                centre, low, high = summarize(groups[d])[:3]
-                ax.barh(i, centre, color=colors[d], xerr=[[centre - low], [high - centre]], capsize=2)
-            base = data["plain"] if single and "plain" in data.index else (
-                summarize(dict(list(data))["plain"])[0] if not single and "plain" in dict(list(data)) else None)
-            if base is not None:
+                if d in stats:
+                    centre, low, high = stats[d]
+                    ax.barh(i, centre, color=colors[d], **({} if single else {
+                        "xerr": [[centre - low], [high - centre]], "capsize": 2}))
+            if "plain" in stats:
+                base = stats["plain"][0]
                 ax.axvline(base, color="black", ls="--", lw=0.8)
                 if single:  # the band a defense must stay in: within 2 points of plain training
                     ax.axvspan(base - 2, base, color="grey", alpha=0.15, lw=0, zorder=0)
             ax.set_xlabel(label)
             if single:
-                lo = min(data.reindex(order).dropna().min() - 3, 90)
+                lo = min(min(c for c, _, _ in stats.values()) - 3, 90)
                 ax.set_xlim(lo, 100)
         axes[0].set_yticks(range(len(order)), [d.replace("_", " ") for d in order])
         axes[0].invert_yaxis()
