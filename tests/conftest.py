@@ -10,7 +10,11 @@ concatenation). Every one exists in a ReLU and a Softplus(β) version, in float6
 from __future__ import annotations
 
 import os
+import random
+import sys
+import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,7 +29,108 @@ from manipex.models.densenet import DenseNet
 os.environ.setdefault("MANIPEX_FIGURE_FORMATS", "png")
 from manipex.models.resnet import BasicBlock, Bottleneck, ResNet
 
-torch.set_num_threads(2)
+
+# ---------------------------------------------------------------------------------------------
+# Order independence. Every test starts from the same seeded global RNGs, whatever ran before
+# it, and must leave the process as it found it: a test that changes the thread count, default
+# dtype, deterministic-algorithm or grad mode, matplotlib's rcParams, an environment variable,
+# sys.path or the working directory fails (at teardown, naming what changed), and the state is
+# restored so that the tests after it are not affected. ``--order reverse`` or
+# ``--order random --order-seed N`` runs the suite in another order.
+
+def pytest_addoption(parser):
+    parser.addoption("--order", choices=("given", "reverse", "random"), default="given",
+                     help="manipex: run the tests in the given, reversed or a random order")
+    parser.addoption("--order-seed", type=int, default=0, help="manipex: seed of --order random")
+
+
+def pytest_collection_modifyitems(config, items):
+    order = config.getoption("--order")
+    if order == "reverse":
+        items.reverse()
+    elif order == "random":
+        random.Random(config.getoption("--order-seed")).shuffle(items)
+
+
+def pytest_report_header(config):
+    return (f"manipex: test order {config.getoption('--order')}, torch {torch.get_num_threads()} intra-op "
+            f"thread(s), CPU {manipex._determinism.cpu_capability()}")
+
+
+#: Variables set by pytest itself and by torch on the first import of its compiler stack
+#: (``torch._inductor``, pulled in by the optimizers): not the tests' doing.
+_NOT_THE_TESTS = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
+
+
+def _process_state() -> dict:
+    state = {
+        "torch thread count": torch.get_num_threads(),
+        "torch default dtype": torch.get_default_dtype(),
+        "torch deterministic algorithms": (torch.are_deterministic_algorithms_enabled(),
+                                           torch.is_deterministic_algorithms_warn_only_enabled()),
+        "cuDNN flags": (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
+        "torch grad mode": torch.is_grad_enabled(),
+        "torch anomaly detection": torch.is_anomaly_enabled(),
+        "environment variables": {k: v for k, v in os.environ.items() if k not in _NOT_THE_TESTS},
+        "working directory": os.getcwd(),
+        "sys.path": list(sys.path),
+    }
+    if "matplotlib" in sys.modules:
+        import matplotlib
+
+        state["matplotlib rcParams"] = dict(matplotlib.rcParams)
+        state["matplotlib backend"] = matplotlib.get_backend()
+    return state
+
+
+def _restore(before: dict) -> None:
+    torch.set_num_threads(before["torch thread count"])
+    torch.set_default_dtype(before["torch default dtype"])
+    torch.use_deterministic_algorithms(before["torch deterministic algorithms"][0],
+                                       warn_only=before["torch deterministic algorithms"][1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before["cuDNN flags"]
+    torch.set_grad_enabled(before["torch grad mode"])
+    torch.set_anomaly_enabled(before["torch anomaly detection"])
+    for name in set(os.environ) - set(before["environment variables"]) - _NOT_THE_TESTS:
+        del os.environ[name]
+    os.environ.update(before["environment variables"])
+    os.chdir(before["working directory"])
+    sys.path[:] = before["sys.path"]
+    if "matplotlib rcParams" in before:
+        import matplotlib
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            matplotlib.rcParams.update(before["matplotlib rcParams"])
+
+
+def _changes(before: dict, after: dict) -> list:
+    changed = []
+    for name, value in before.items():
+        now = after.get(name)
+        if now == value:
+            continue
+        if isinstance(value, dict) and isinstance(now, dict):
+            keys = sorted(k for k in set(value) | set(now) if value.get(k) != now.get(k))
+            changed.append(f"{name} ({', '.join(map(str, keys[:5]))}{', ...' if len(keys) > 5 else ''})")
+        else:
+            changed.append(f"{name} ({value!r} -> {now!r})")
+    return changed
+
+
+@pytest.fixture(autouse=True)
+def _leaves_the_process_as_it_found_it():
+    """Seed the global RNGs, run the test, and fail it if it left process-wide state changed."""
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    before = _process_state()
+    yield
+    after = _process_state()
+    changed = _changes(before, after)
+    if changed:
+        _restore(before)
+        pytest.fail("the test left process-wide state changed: " + "; ".join(changed), pytrace=False)
 
 
 def small_cnn(act: type = nn.ReLU, **kw) -> nn.Module:

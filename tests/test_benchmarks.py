@@ -33,10 +33,11 @@ def test_benchmark_runs_and_prints_its_targets(name, capsys, tmp_path):
     argv = list(SMOKE[name])
     if name in ("paper_protocol", "scaling"):
         argv += ["--csv", str(tmp_path / f"{name}.csv")]
+    threads = torch.get_num_threads()
     try:
         module.main(argv)
-    finally:
-        torch.set_num_threads(2)
+    finally:  # the scripts set the thread count process-wide
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert re.search(r"\b(ok|miss)\b", out), out[-2000:]
     assert "nan" not in out.lower().replace("nanos", ""), out[-2000:]

@@ -1,7 +1,6 @@
 """The README's main command, at a small size."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from manipex.cli import main
@@ -9,10 +8,6 @@ from manipex.cli import main
 
 def test_explain_writes_a_figure(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MANIPEX_CACHE_DIR", str(tmp_path / "cache"))
-    from manipex.models import pretrained
-
-    quick = dataclasses.replace(pretrained.DEFAULT_RECIPES["mnist"], epochs=1)
-    monkeypatch.setitem(pretrained.DEFAULT_RECIPES, "mnist", quick)
     assert main(["explain", "--n", "2", "--out", str(tmp_path / "out"), "--quiet",
                  "--methods", "gradient", "lrp", "pattern_attribution"]) == 0
     out = capsys.readouterr().out

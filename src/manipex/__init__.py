@@ -5,9 +5,20 @@
 >>> x, y = manipex.data.load("mnist5k", split="test")
 >>> h = manipex.explain(model, x[:8], "lrp")
 >>> r = manipex.relevance(h)
+
+Importing manipex asks Intel MKL for bitwise results independent of the thread count
+(``MKL_CBWR=AUTO,STRICT``, unless ``MKL_CBWR`` is already set): a matrix product's reduction is
+otherwise split by thread, and every map, attack and table would change with the machine's
+core count. MKL reads the variable at its first call, so import manipex before the first
+matrix product of the process (the ``manipex`` commands always do);
+:func:`manipex._determinism.blas_reproducible` says whether it took effect.
 """
-from importlib import import_module
-from typing import Any
+import os as _os
+
+_os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+from importlib import import_module  # noqa: E402
+from typing import Any  # noqa: E402
 
 from .explainers import explain, fit_patterns, methods, relevance
 from .figures import plot_maps

@@ -11,6 +11,7 @@ for a few test images of the default model; ``manipex methods`` lists the method
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -311,10 +312,20 @@ def _show_warning(prefix: str):
     return show
 
 
+@contextlib.contextmanager
+def _restore_threads(threads: int):
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns its exit code: 0 done, 2 a problem with the input (one line on
     stderr, no traceback), 1 a bug (one line; ``--debug`` or ``MANIPEX_DEBUG=1`` re-raises it with
-    its traceback), 130 interrupted."""
+    its traceback), 130 interrupted. The process's torch thread count (``--threads``) is
+    restored on return, so that a caller's later work is not changed by a command it ran."""
     import os
     import warnings
 
@@ -326,7 +337,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     prefix = f"manipex {command}".rstrip()
     from manipex.experiments.store import DamagedResultsWarning
 
-    with warnings.catch_warnings():
+    threads = torch.get_num_threads()
+    with warnings.catch_warnings(), _restore_threads(threads):
         warnings.simplefilter("always", DamagedResultsWarning)  # each command reports the damage it finds
         if not debug:
             warnings.showwarning = _show_warning(prefix)

@@ -87,6 +87,7 @@ def atex_finetune(
     epochs: int = 2,
     seed: int = 0,
     progress: bool = True,
+    deterministic: bool = True,
 ) -> nn.Module:
     """Fine-tune a copy of ``model`` with ATEX (Tang et al., Eq. 4); returns it in eval mode.
 
@@ -99,6 +100,9 @@ def atex_finetune(
         samples: SmoothGrad samples for the explanation direction ``phi``.
         temperature, alpha: distillation temperature and weight of the regulariser.
         lr, batch_size, epochs: Adam schedule. seed: sampling and batch order.
+        progress: show a progress bar.
+        deterministic: fine-tune on one intra-op thread, so that the weights are bit-identical
+            whatever the thread count (as :func:`manipex.models.train_classifier`).
     """
     where = "atex_finetune"
     check_call(model, x, where=where)
@@ -110,6 +114,7 @@ def atex_finetune(
     check_real(shift, where=where, name="shift", gt=0, allow_none=True)
     check_int(seed, where=where, name="seed", ge=0, le=2**63 - 1)
     check_bool(progress, where=where, name="progress")
+    check_bool(deterministic, where=where, name="deterministic")
     with torch.no_grad():
         forward(model, x[:1], where=where)  # a model that fails on x, or returns no logits: before training
     shift = 4 * eps if shift is None else shift
@@ -119,22 +124,23 @@ def atex_finetune(
     optimizer = torch.optim.Adam(student.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
 
+    from .._determinism import reproducible
     from .._progress import progress_bar
 
     bar = progress_bar(total=epochs * ((x.shape[0] + batch_size - 1) // batch_size), desc="ATEX", enabled=progress, leave=False)
-    for _ in range(epochs):
-        order = torch.randperm(x.shape[0], generator=generator).to(x.device)
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[order[i : i + batch_size]]
-            x_i, x_p = atex_samples(model, xb, eps=eps, shift=shift, copies=copies, samples=samples, generator=generator)
-            with torch.no_grad():  # the teacher's outputs are fixed targets
-                t_x, t_i = model(xb), model(x_i)
-            loss = distillation_loss(student(xb), t_x, temperature)
-            loss = loss + alpha * copies * distillation_loss(student(x_p), t_i.repeat(copies, 1), temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
-    bar.close()
+    with bar, reproducible(x.device, enabled=deterministic):
+        for _ in range(epochs):
+            order = torch.randperm(x.shape[0], generator=generator).to(x.device)
+            for i in range(0, x.shape[0], batch_size):
+                xb = x[order[i : i + batch_size]]
+                x_i, x_p = atex_samples(model, xb, eps=eps, shift=shift, copies=copies, samples=samples, generator=generator)
+                with torch.no_grad():  # the teacher's outputs are fixed targets
+                    t_x, t_i = model(xb), model(x_i)
+                loss = distillation_loss(student(xb), t_x, temperature)
+                loss = loss + alpha * copies * distillation_loss(student(x_p), t_i.repeat(copies, 1), temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
     return student.eval()
