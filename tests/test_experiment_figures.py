@@ -164,9 +164,10 @@ def _check(fig, path: Path, *, n: int, what: str = "images", colours=True):
         colour_of = {label: next(iter(found)) for label, found in seen.items()}
         # different names, different colours; each the house's (its fixed colour where it has one)
         assert len(set(colour_of.values())) == len(colour_of), (path.name, colour_of)
-        house = style.colors_for(label.replace(" ", "_") for label in colour_of)
+        # legends show display names ("β-smoothing", "LRP"): the house colour is that of the code name
+        house = style.colors_for(style.code_name(label) for label in colour_of)
         for label, colour in colour_of.items():
-            assert colour == matplotlib.colors.to_hex(house[label.replace(" ", "_")]), (path.name, label)
+            assert colour == matplotlib.colors.to_hex(house[style.code_name(label)]), (path.name, label)
     assert f"n = {n} {what}" in _texts(fig), path.name
     for fmt in style.FORMATS:
         written = path.with_suffix(f".{fmt}")
@@ -212,7 +213,7 @@ def test_one_colour_per_name_across_figures(tmp_path, monkeypatch):
     for fig in drawn.figures:
         for ax in fig.axes:
             for line in ax.lines:
-                if line.get_label() == "gradient":
+                if line.get_label() == style.display_name("gradient"):
                     assert matplotlib.colors.to_hex(line.get_color()) == style.color_for("gradient").lower()
 
 

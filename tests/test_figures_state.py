@@ -126,6 +126,8 @@ def test_grouped_bars_draw_what_pandas_draws() -> None:
         return sorted((round(p.get_x(), 6), round(p.get_width(), 6), round(p.get_height(), 6)) for p in ax.patches)
 
     assert bars(ours_ax) == bars(ref_ax)
-    assert [t.get_text() for t in ours_ax.get_xticklabels()] == [t.get_text() for t in ref_ax.get_xticklabels()]
-    assert [t.get_text() for t in ours_ax.get_legend().get_texts()] == ["none", "agg_mean"]
+    # ticks and legend in display names (pandas shows the code names)
+    assert [t.get_text() for t in ours_ax.get_xticklabels()] == ["Gradient", "LRP", "ig"]
+    assert [t.get_text() for t in ref_ax.get_xticklabels()] == ["gradient", "lrp", "ig"]
+    assert [t.get_text() for t in ours_ax.get_legend().get_texts()] == ["no defense", "AGG-Mean"]
     assert ours_ax.get_legend().get_title().get_text() == "defense" and ours_ax.get_xlabel() == "method"

@@ -40,6 +40,20 @@ def _global_state():
     return matplotlib.get_backend(), plt.get_fignums(), dict(matplotlib.rcParams)
 
 
+def _bars(images):
+    """The distinct colour bars of ``images`` (a shared scale has one, on one of its images)."""
+    bars = {id(im.colorbar): im.colorbar for im in images if im.colorbar is not None}
+    return list(bars.values())
+
+
+def _rows(images):
+    """``images`` grouped by the row of their axes' grid cell."""
+    rows = {}
+    for im in images:
+        rows.setdefault(im.axes.get_subplotspec().rowspan.start, []).append(im)
+    return [rows[k] for k in sorted(rows)]
+
+
 def test_draw_map_views_have_colour_bars_and_the_documented_limits() -> None:
     h = torch.randn(3, 10, 10)
     fig = Figure()
@@ -81,17 +95,20 @@ def test_plot_maps_returns_a_figure_and_changes_nothing(mnist_model) -> None:
     assert isinstance(fig, Figure) and "plot_maps" in manipex.__all__
     maps = _heatmaps(fig)
     assert len(maps) == len(methods) * len(x)  # one map panel per method and image
-    assert all(im.colorbar is not None for im in maps)
-    assert all(im.get_clim()[0] == 0 for im in maps)
+    # by default the maps of one image share a scale: one colour bar per row, the same limits
+    assert len(_bars(maps)) == len(x)
+    for row in _rows(maps):
+        assert len({im.get_clim() for im in row}) == 1 and row[0].get_clim()[0] == 0
+        assert len(_bars(row)) == 1
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["input", "gradient", "grad x input", "lrp"]
+    assert titles == ["input", "Gradient", "Gradient ×\nInput", "LRP"]  # display names
 
     signed = manipex.plot_maps(mnist_model, x, ["gradient", "integrated_gradients"], sign="signed", overlay=True,
-                               method_options={"integrated_gradients": {"steps": 5}})
-    for im in _heatmaps(signed):
+                               method_options={"integrated_gradients": {"steps": 5}}, shared_scale=False)
+    for im in _heatmaps(signed):  # each map its own scale and bar
         lo, hi = im.get_clim()
         assert lo == -hi and im.get_cmap().name == style.CMAP_SIGNED and im.colorbar is not None
-    assert "integrated\ngradients" in [ax.get_title() for ax in signed.axes]
+    assert "Integrated\nGradients" in [ax.get_title() for ax in signed.axes]
     assert _global_state() == mpl_before
 
 
@@ -106,38 +123,81 @@ def test_plot_maps_default_methods_and_bad_arguments(mnist_model) -> None:
         manipex.plot_maps(mnist_model, x[0], ["gradient"])
 
 
-def test_input_attack_plot_has_five_columns_and_colour_bars(mnist_model) -> None:
+def test_input_attack_plot_shows_the_target_map_on_a_shared_scale(mnist_model) -> None:
     from manipex.attacks import manipulate_input
     from manipex.objectives import TargetImage
 
     x, _ = manipex.data.load("mnist5k", split="test")
     result = manipulate_input(mnist_model, x[:2], TargetImage(x[2:4]), "gradient", steps=2, progress=False)
+    assert result.target_map is not None and result.target_map.shape == result.maps_before.shape
     mpl_before = _global_state()
     fig = result.plot(n=4)
     assert _global_state() == mpl_before
     panels = [ax for ax in fig.axes if ax.get_images()]
-    assert len(panels) == 2 * 5  # two images (n is capped), five columns
+    assert len(panels) == 2 * 6  # two images (n is capped); inputs, perturbation, and three maps
+    heads = [ax.get_title().split("\n")[0] for ax in panels[:6]]
+    assert heads == ["original", "manipulated", "perturbation", "original map", "target map", "manipulated map"]
     maps = _heatmaps(fig)
-    assert len(maps) == 2 * 3  # two maps and the perturbation per row
-    assert all(im.colorbar is not None for im in maps)
-    assert len(fig.axes) == len(panels) + len(maps)
+    assert len(maps) == 2 * 4  # three maps and the perturbation per row
+    relevance = [im for im in maps if im.get_cmap().name == style.CMAP_ABSOLUTE]
+    for i, row in enumerate(_rows(relevance)):  # a row's maps: one scale, one bar
+        assert len(row) == 3 and len({im.get_clim() for im in row}) == 1 and len(_bars(row)) == 1
+        target = row[1].get_array()  # the target map, normalised as drawn
+        expected = result.target_map[i].double() / result.target_map[i].double().sum()
+        assert np.allclose(np.asarray(target), expected.numpy())
     perturbation = [im for im in maps if im.get_cmap().name == style.CMAP_SIGNED]
-    assert len(perturbation) == 2
-    for i, im in enumerate(perturbation):
+    assert len(perturbation) == 2 and len(_bars(perturbation)) == 1  # one scale for the column
+    delta = max((result.x_adv[i] - result.x[i]).sum(0).abs().max().item() for i in range(2))
+    for im in perturbation:
         lo, hi = im.get_clim()
-        delta = (result.x_adv[i] - result.x[i]).sum(0).abs().max().item()
         assert lo == -hi and hi == pytest.approx(delta)  # the largest change is not clipped
     titles = " ".join(ax.get_title() for ax in fig.axes)
-    assert f"{result.metric_name.replace('_', ' ')} {float(result.metric_before[0]):.3g}" in titles
+    assert f"PCC with target {float(result.metric_before[0]):.3g}" in titles
     assert f"{float(result.metric_after[1]):.3g}" in titles
     assert "class kept" in titles or "class changed" in titles
+    assert "pcc_target" not in titles
+
+    own = result.plot(shared_scale=False)  # each map its own bar, the perturbation of each row too
+    own_maps = _heatmaps(own)
+    assert all(im.colorbar is not None for im in own_maps) and len(_bars(own_maps)) == 2 * 4
+    for i, im in enumerate(im for im in own_maps if im.get_cmap().name == style.CMAP_SIGNED):
+        delta = (result.x_adv[i] - result.x[i]).sum(0).abs().max().item()
+        assert im.get_clim()[1] == pytest.approx(delta)
+    with pytest.raises(ValueError, match="shared_scale"):
+        result.plot(shared_scale="rows")
 
 
-def _evaluation() -> ModelEvaluation:
+def test_input_attack_plot_of_other_objectives_shows_what_they_have(mnist_model) -> None:
+    from manipex.attacks import manipulate_input
+    from manipex.objectives import CenterOfMass, TopKSuppression
+
+    x, _ = manipex.data.load("mnist5k", split="test")
+    topk = manipulate_input(mnist_model, x[:1], TopKSuppression(20), "gradient", steps=2, progress=False)
+    fig = topk.plot()
+    assert topk.target_map is None and topk.region is not None
+    assert len([ax for ax in fig.axes if ax.get_images()]) == 5  # no target map column
+    assert any(ax.collections for ax in fig.axes if ax.get_images())  # the top-k features outlined
+    assert "top-k" in fig.get_suptitle()
+    corner = manipulate_input(mnist_model, x[:1], CenterOfMass((0, 0)), "gradient", steps=2, progress=False)
+    fig = corner.plot()
+    markers = [line.get_marker() for ax in fig.axes for line in ax.lines]
+    assert "x" in markers and "+" in markers  # the target point and the maps' centres of mass
+
+
+def _evaluation(per_image: bool = False) -> ModelEvaluation:
+    methods = ["gradient", "grad_x_input", "integrated_gradients", "lrp"]
     table = pd.DataFrame({"original": [0.1, 0.2, 0.3, 0.6], "manipulated": [0.5, 0.7, 0.1, 0.65]},
-                         index=pd.Index(["gradient", "grad_x_input", "integrated_gradients", "lrp"], name="method"))
+                         index=pd.Index(methods, name="method"))
     table.attrs["metric"] = "com_shift"
-    return ModelEvaluation(table, {"accuracy_original": 0.91, "accuracy_manipulated": 0.875})
+    frame = None
+    if per_image:
+        rng = np.random.default_rng(0)
+        frame = pd.concat({m: pd.DataFrame({"original": table.loc[m, "original"] + rng.normal(0, 0.1, 12),
+                                            "manipulated": table.loc[m, "manipulated"] + rng.normal(0, 0.1, 12)})
+                           for m in methods}, names=["method", "image"])
+        table = frame.groupby(level=0, sort=False).mean().rename_axis("method")
+        table.attrs["metric"] = "com_shift"
+    return ModelEvaluation(table, {"accuracy_original": 0.91, "accuracy_manipulated": 0.875}, frame)
 
 
 def test_model_evaluation_plot_is_labelled_and_its_legend_is_off_the_bars() -> None:
@@ -145,8 +205,10 @@ def test_model_evaluation_plot_is_labelled_and_its_legend_is_off_the_bars() -> N
     fig = _evaluation().plot()
     assert _global_state() == mpl_before
     (ax,) = fig.axes
-    assert ax.get_ylabel() == "com shift" and ax.get_xlabel()
-    assert "91.0%" in ax.get_title() and "87.5%" in ax.get_title()
+    assert "centre of mass" in ax.get_ylabel() and "(pixels)" in ax.get_ylabel() and ax.get_xlabel()
+    assert "91.0 %" in ax.get_title() and "87.5 %" in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Gradient", "Gradient ×\nInput", "Integrated\nGradients",
+                                                           "LRP"]
     bars = list(ax.patches)
     assert len(bars) == 8
     colours = {matplotlib.colors.to_hex(b.get_facecolor()) for b in bars}
@@ -162,10 +224,16 @@ def test_model_evaluation_plot_is_labelled_and_its_legend_is_off_the_bars() -> N
     assert fig.bbox.contains(box.x1 - 1, box.y1 - 1)  # and inside the figure
 
 
-def test_model_evaluation_plot_says_the_direction_when_known() -> None:
-    ev = _evaluation()
-    ev.table.attrs["higher_is_better"] = False
-    assert "lower" in ev.plot().axes[0].get_ylabel()
+def test_model_evaluation_plot_has_error_bars_over_the_images() -> None:
+    from manipex.figures import bootstrap_ci
+
+    ev = _evaluation(per_image=True)
+    (ax,) = ev.plot().axes
+    segments = [seg for c in ax.collections for seg in c.get_segments()]
+    assert len(segments) == 8  # one interval per bar
+    low, high = bootstrap_ci(ev.per_image.loc["lrp", "manipulated"])
+    assert any(np.allclose(sorted(seg[:, 1]), [low, high]) for seg in segments)
+    assert "n = 12 images" in ax.get_title() and "95 %" in ax.get_title()
 
 
 def test_map_grid_writes_every_format_asked_for(tmp_path: Path) -> None:
@@ -181,7 +249,9 @@ def test_map_grid_writes_every_format_asked_for(tmp_path: Path) -> None:
     assert figures.map_grid(images, maps, tmp_path / "nosuffix").suffix == ".png"
     signed = figures.map_figure(images, maps, sign="signed")
     assert all(im.get_clim()[0] == -im.get_clim()[1] for im in _heatmaps(signed))
-    assert all(im.colorbar is not None for im in _heatmaps(signed))
+    assert len(_bars(_heatmaps(signed))) == 2  # one bar per row (shared_scale="row")
+    own = figures.map_figure(images, maps, sign="signed", shared_scale=False)
+    assert all(im.colorbar is not None for im in _heatmaps(own))
     with pytest.raises(ValueError, match="format"):
         figures.map_grid(images, maps, tmp_path / "bad.png", formats=("jpeg2000",))
 
@@ -210,22 +280,31 @@ def test_manipulation_grid_has_colour_bars_and_an_unsaturated_perturbation(tmp_p
     (fig,) = drawn
     images = [im for _, im in _images(fig)]
     assert len(images) == 2 * 5
-    # every map has a colour bar, so has a grey input (its pixel scale); an RGB input has none
+    # the grey inputs share one pixel bar; an RGB input has none
     grey = [im for im in images if im.get_array().ndim == 2]
-    assert len(grey) == 2 * 4 and all(im.colorbar is not None for im in grey)
+    assert len(grey) == 2 * 4
+    inputs = [im for im in grey if im.get_cmap().name == style.CMAP_INPUT]
+    assert len(inputs) == 2 and len(_bars(inputs)) == 1
     assert all(im.colorbar is None for im in images if im.get_array().ndim == 3)
     signed = [im for im in images if im.get_cmap().name == style.CMAP_SIGNED]
-    assert len(signed) == 2
-    for im, method in zip(signed, rows):
+    assert len(signed) == 2 and len(_bars(signed)) == 1  # the perturbations: one symmetric scale
+    delta = max(rows[m][-1].data.sum(0).abs().max().item() for m in rows)
+    for im in signed:
         lo, hi = im.get_clim()
-        assert lo == -hi and hi == pytest.approx(rows[method][-1].data.sum(0).abs().max().item())
+        assert lo == -hi and hi == pytest.approx(delta)  # nothing saturates
     maps = [im for im in grey if im.get_cmap().name == style.CMAP_ABSOLUTE]
     assert len(maps) == 2 * 2 and all(im.get_clim()[0] == 0 for im in maps)
+    for row in _rows(maps):  # the maps of a row: one scale, one colour bar
+        assert len({im.get_clim() for im in row}) == 1 and len(_bars(row)) == 1
     # column titles on the first row, notes under the panels, the row label at the left
     axes = [im.axes for im in images]
     assert [ax.get_title() for ax in axes[:5]] == [p.title for p in rows["gradient"]]
     assert [ax.get_xlabel() for ax in axes[:5]] == ["", "", "PCC 0.10", "PCC 0.90", ""]
-    assert axes[0].get_ylabel() == "gradient" and "integrated" in axes[5].get_ylabel()
+    assert axes[0].get_ylabel() == "Gradient" and "Integrated" in axes[5].get_ylabel()
+    drawn.clear()
+    plots.manipulation_grid(rows, tmp_path / "own.png", shared_scale=False)  # a bar per panel
+    grey = [im for _, im in _images(drawn[0]) if im.get_array().ndim == 2]
+    assert len(_bars(grey)) == len(grey) == 2 * 4
 
 
 def test_manipulation_grid_rows_of_unequal_length_and_bad_kinds(tmp_path: Path) -> None:

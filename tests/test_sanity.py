@@ -86,7 +86,7 @@ def test_the_figure_renders(cascade, tmp_path):
                                                                   "3 (Conv2d)", "0 (Conv2d)"]
     assert len(axes[0].get_lines()) >= 2  # one line per method
     legend = fig.legends[0]
-    assert [t.get_text() for t in legend.get_texts()] == ["gradient", "guided backprop"]
+    assert [t.get_text() for t in legend.get_texts()] == ["Gradient", "Guided Backprop"]  # display names
     path = tmp_path / "randomization.png"
     fig.savefig(path, dpi=100)
     assert path.stat().st_size > 10_000

@@ -72,14 +72,44 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def plain_text(rst: str) -> str:
+    """reStructuredText markup of a docstring as plain text: ````x```` -> ``x``,
+    ``:func:`a.b``` -> ``a.b`` (``:class:`~a.B``` -> ``B``, ``:ref:`text <target>``` -> ``text``),
+    ```x``` -> ``x``, ``**x**`` and ``*x*`` -> ``x``, ``\\*`` -> ``*``; whitespace runs as one space."""
+    import re
+
+    def role(match) -> str:  # :func:`a.b`, :class:`~a.B`, :ref:`text <target>`
+        inner = match.group(1).strip()
+        short = inner.startswith("~")
+        inner = inner.lstrip("~")
+        if inner.endswith(">") and "<" in inner:
+            inner = inner[:inner.index("<")].strip()
+        return inner.split(".")[-1] if short else inner
+
+    text = re.sub(r":[\w:.+-]+:`([^`]+)`", role, rst)
+    text = re.sub(r"``(.+?)``", r"\1", text)
+    text = re.sub(r"`([^`]+)`_{0,2}", r"\1", text)
+    text = re.sub(r"\*\*(\S(?:.*?\S)?)\*\*", r"\1", text)
+    text = re.sub(r"(?<![\w*])\*(\S(?:.*?\S)?)\*(?![\w*])", r"\1", text)
+    text = text.replace("\\*", "*").replace("\\", "")
+    return " ".join(text.split())
+
+
 def _methods(args: argparse.Namespace) -> int:
+    """One line (wrapped) per method: its name and the first paragraph of its docstring, as
+    plain text (:func:`plain_text`)."""
+    import shutil
+    import textwrap
+
     import manipex
     from manipex.explainers.base import _REGISTRY
 
+    width = max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
     for name in manipex.methods():
-        cls = _REGISTRY[name]
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<22}{doc}")
+        doc = (_REGISTRY[name].__doc__ or "").strip().split("\n\n")[0]
+        text = plain_text(doc) or "-"
+        print(textwrap.fill(text, width=width, initial_indent=f"{name:<22}", subsequent_indent=" " * 22,
+                            break_long_words=False, break_on_hyphens=False))
     return 0
 
 
@@ -135,6 +165,11 @@ def _run_parser(experiment) -> argparse.ArgumentParser:
                         help="any config key as TOML, e.g. --set methods='[\"lrp\"]'")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quiet", action="store_true", help="no progress bar (for CI and logs); tables still print")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: remove the earlier run's files (results, meta.json, report, figures, models/, "
+                        "references/, maps/) in the experiment's folder under --out once the new config has "
+                        "passed its checks; without it, a folder holding a run with another config is "
+                        "refused and nothing is deleted")
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (for bug reports)")
     add_config_flags(parser, experiment.Config)
     return parser
@@ -163,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides[key.strip()] = _parse_value(value.strip())
     torch.set_num_threads(max(1, args.threads))
     run(experiment.name, config_file=args.config, overrides=overrides, out=args.out, device=_device(args.device),
-        quiet=args.quiet)
+        quiet=args.quiet, fresh=args.fresh)
     return 0
 
 
@@ -176,7 +211,7 @@ def _audit(args: argparse.Namespace) -> int:
     if args.reference:
         overrides["references"] = list(overrides.get("references", [])) + args.reference
     torch.set_num_threads(max(1, args.threads))
-    run("audit", overrides=overrides, out=args.out, device=_device(args.device), quiet=args.quiet)
+    run("audit", overrides=overrides, out=args.out, device=_device(args.device), quiet=args.quiet, fresh=args.fresh)
     return 0
 
 
@@ -238,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run (or resume) an experiment; default: the quick benchmark. "
                        "'manipex run EXPERIMENT --help' lists its flags, one per config key",
                        description="Run (or resume) an experiment. 'manipex run EXPERIMENT --help' lists its flags: "
-                       "--config, --out, --device, --set KEY=VALUE, --threads, --quiet, and one per config key.")
+                       "--config, --out, --device, --set KEY=VALUE, --threads, --quiet, --fresh, and one per config "
+                       "key.")
     p.add_argument("experiment", nargs="?", help="quick (default), dombrowski2019, rieger2020, tang_atex, "
                    "pasliev2020, adult_fairwashing, audit")
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -254,11 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "image_folder")
     p.add_argument("--reference", action="append", metavar="TRUSTED",
                    help="a trusted clean model of the same kind (repeat; 3 or more give a calibrated test); "
-                        "default: 3 trained here with other seeds")
+                        "default: n_references (3) trained here on the data, with the audited model's architecture "
+                        "(a factory is called once per reference) and the recipe of the --reference-* flags")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--out", default="manipex-runs", help="folder of runs (default ./manipex-runs)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quiet", action="store_true", help="no progress bar; the tables are still printed")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: remove the earlier run's files (results, meta.json, report, figures, models/, "
+                   "references/, maps/) in the experiment's folder under --out once the new config has "
+                   "passed its checks; without it, a folder holding a run with another config is "
+                   "refused and nothing is deleted")
     add_config_flags(p, AuditConfig, skip=("weights", "references", "dataset"))
     p.set_defaults(func=_audit)
     p = sub.add_parser("list", help="experiments, methods, defenses and datasets; with an experiment, its config "

@@ -68,9 +68,9 @@ SIMILARITIES = ("ssim", "spearman", "pcc", "cosine")
 _WHERE = "model_randomization"
 
 
-@dataclass
+@dataclass(repr=False)
 class RandomizationResult:
-    """What :func:`model_randomization` measured.
+    """What :func:`model_randomization` measured (its repr is a one-line summary).
 
     Attributes:
         table: a tidy ``pandas.DataFrame``, one row per (method, step, metric), with columns
@@ -100,6 +100,16 @@ class RandomizationResult:
     seed: int = 0
     method_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     kinds: Tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        """``RandomizationResult(cascading, 2 methods (gradient, lrp), 5 layers, metrics ssim,
+        spearman, 8 images)``."""
+        methods = list(self.methods)
+        n = int(self.scores.shape[-1]) if isinstance(self.scores, Tensor) and self.scores.dim() else 0
+        shown = ", ".join(methods[:4]) + (", ..." if len(methods) > 4 else "")
+        layers = max(0, len(self.steps) - 1)
+        return (f"{type(self).__name__}({self.mode}, {len(methods)} method{'s' if len(methods) != 1 else ''} ({shown}), "
+                f"{layers} layer{'s' if layers != 1 else ''}, metrics {', '.join(self.metrics)}, {n} images)")
 
     def score(self, method: str, metric: str) -> Tensor:
         """The per-image scores ``(steps, N)`` of one method and metric."""

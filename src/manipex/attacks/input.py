@@ -42,7 +42,7 @@ Bound = Union[float, Sequence[float], Tensor]
 BetaSchedule = Union[None, float, Tuple[float, float]]
 
 
-@dataclass
+@dataclass(repr=False)
 class InputAttackResult:
     """Outcome of :func:`manipulate_input`, per image (all tensors have N rows).
 
@@ -50,7 +50,13 @@ class InputAttackResult:
     ``metric_before``/``metric_after`` are the objective's score (``metric_name``;
     ``higher_is_better`` for the attacker). ``success``: the class is kept and the metric
     reached ``threshold`` (the objective's success threshold, per image). ``eps``: the budget
-    used; ``steps_run``: the steps taken before the end or an early stop.
+    used; ``steps_run``: the steps taken before the end or an early stop. ``method`` and
+    ``objective``: the attacked method and the objective's class name. What the objective aims
+    at, where it has it (for :meth:`plot`): ``target_map`` the target maps (normalised,
+    ``(N, ...)``; :class:`~manipex.objectives.TargetMap`, :class:`~manipex.objectives.TargetImage`),
+    ``region`` the mask whose mass is filled or emptied (region objectives, the top-k features
+    of :class:`~manipex.objectives.TopKSuppression`), ``point`` the point a centre of mass is
+    driven to (pixels, row and column). Its repr is a one-line summary.
     """
 
     x: Tensor
@@ -68,6 +74,32 @@ class InputAttackResult:
     eps: float = math.inf
     steps_run: int = 0
     history: List[float] = field(default_factory=list)
+    method: str = ""
+    objective: str = ""
+    target_map: Optional[Tensor] = None
+    region: Optional[Tensor] = None
+    point: Optional[Tensor] = None
+
+    def __repr__(self) -> str:
+        """``InputAttackResult(8 images, method 'lrp', objective TargetImage, PCC with target
+        0.41 -> 0.83, success 6/8, class kept 8/8, 300 steps)``: means over the images."""
+        from ..style import display_name
+
+        n = int(self.x.shape[0]) if isinstance(self.x, Tensor) and self.x.dim() else 0
+        parts = [f"{n} image{'s' if n != 1 else ''}"]
+        if self.method:
+            parts.append(f"method {self.method!r}")
+        if self.objective:
+            parts.append(f"objective {self.objective}")
+        try:
+            before, after = float(self.metric_before.float().mean()), float(self.metric_after.float().mean())
+            parts.append(f"{display_name(self.metric_name)} {before:.3g} -> {after:.3g}")
+            parts.append(f"success {int(self.success.sum())}/{n}")
+            parts.append(f"class kept {int(self.class_kept.sum())}/{n}")
+        except (AttributeError, TypeError, RuntimeError, ValueError):  # hand-made results with other values
+            pass
+        parts.append(f"{self.steps_run} step{'s' if self.steps_run != 1 else ''}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     @property
     def improvement(self) -> Tensor:
@@ -107,16 +139,20 @@ class InputAttackResult:
             "l2": l2(self.x, self.x_adv).cpu().numpy(),
         })
 
-    def plot(self, n: int = 4, *, sign: str = "absolute"):
+    def plot(self, n: int = 4, *, sign: str = "absolute", shared_scale="row"):
         """A figure of the attack (:func:`manipex.figures.input_attack_figure`): one row per image
-        (the first ``n``); columns: original input, its map, manipulated input, its map and the
-        perturbation ``x_adv - x`` (signed, symmetric limits), each map with a colour bar; titles
-        give ``metric_name`` before/after and whether the class was kept. ``sign``: the view of
-        the stored maps (normalised relevance, non-negative; see :func:`manipex.figures.draw_map`).
-        Returns the :class:`~matplotlib.figure.Figure`, not saved."""
+        (the first ``n``); columns: original input, manipulated input, the perturbation
+        ``x_adv - x`` (signed, symmetric limits, one scale for the column), the original map, the
+        target map (target-map objectives; region objectives outline their region on the maps,
+        centre-of-mass objectives mark the centres) and the manipulated map; titles give the
+        metric before/after and whether the class was kept. ``shared_scale``: the maps of a row
+        on one colour scale with one colour bar (default ``"row"``; ``True``, ``"column"``,
+        ``False`` as :func:`manipex.figures.map_grid`). ``sign``: the view of the stored maps
+        (normalised relevance, non-negative; see :func:`manipex.figures.draw_map`). Returns the
+        :class:`~matplotlib.figure.Figure`, not saved."""
         from ..figures import input_attack_figure
 
-        return input_attack_figure(self, n, sign=sign)
+        return input_attack_figure(self, n, sign=sign, shared_scale=shared_scale)
 
 
 def _bounds(value: Optional[Tuple[Bound, Bound]], x: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
@@ -411,10 +447,37 @@ def manipulate_input(
     metric_before, metric_after = objective.metric(r_start), objective.metric(r_after)
     kept = class_agreement(model, x, final).bool()
     reached = objective.success(metric_before, metric_after)
+    target_map, region, point = _aims(objective, r_start)
     return InputAttackResult(
         x=x, x_adv=final, maps_before=r_start, maps_after=r_after,
         metric_name=objective.metric_name, higher_is_better=objective.metric_higher_is_better,
         metric_before=metric_before, metric_after=metric_after,
         output_change=output_change(model, x, final), class_kept=kept, success=kept & reached,
         threshold=objective.threshold(metric_before), eps=eps, steps_run=steps_run, history=history,
+        method=str(method), objective=type(objective).__name__, target_map=target_map, region=region, point=point,
     )
+
+
+def _aims(objective: Objective, r_start: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """``(target_map, region, point)`` of a prepared objective, each broadcast to the ``N``
+    maps (or None where it has none), detached: what :meth:`InputAttackResult.plot` shows."""
+    from ..objectives import CenterOfMass, HideFeatures, TargetMap, TopKSuppression, _Region
+
+    def expand(t: Optional[Tensor]) -> Optional[Tensor]:
+        if not isinstance(t, Tensor):
+            return None
+        try:
+            return torch.broadcast_to(t.detach().to(r_start.device), r_start.shape).clone()
+        except RuntimeError:  # a shape the maps do not have: nothing to show
+            return None
+
+    if isinstance(objective, TargetMap):
+        return expand(getattr(objective, "target", None)), None, None
+    if isinstance(objective, TopKSuppression):
+        return None, expand(objective.mask), None
+    if isinstance(objective, (_Region, HideFeatures)):
+        return None, expand(objective.mask.to(r_start.dtype)), None
+    if isinstance(objective, CenterOfMass) and objective.point is not None:
+        point = objective.point.detach().to(r_start.device, r_start.dtype)
+        return None, None, point.reshape(-1, point.shape[-1]).expand(r_start.shape[0], -1).clone()
+    return None, None, None

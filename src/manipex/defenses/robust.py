@@ -25,14 +25,28 @@ from .regularizers import Regularizer, make
 RegularizerLike = Union[None, str, Regularizer, Sequence[Union[str, Regularizer]]]
 
 
-@dataclass
+@dataclass(repr=False)
 class RobustTrainingResult:
     """The trained model (eval mode) and one row per epoch: the loss, its cross-entropy, each
-    penalty (unweighted, by name) and the training accuracy."""
+    penalty (unweighted, by name) and the training accuracy. Its repr is a one-line summary."""
 
     model: nn.Module
     history: List[Dict[str, float]] = field(default_factory=list)
     regularizers: List[Regularizer] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        """``RobustTrainingResult(MNISTCNN, regularizers hessian_norm, 2 epochs, loss 0.81 -> 0.42,
+        training accuracy 91.2 %)``: the last epoch's accuracy."""
+        names = [str(getattr(r, "name", type(r).__name__)) for r in self.regularizers]
+        parts = [type(self.model).__name__, f"regularizers {', '.join(names[:4])}{', ...' if len(names) > 4 else ''}"
+                 if names else "no regularizer", f"{len(self.history)} epoch{'s' if len(self.history) != 1 else ''}"]
+        rows = [h for h in self.history if isinstance(h, dict)]
+        losses = [h["loss"] for h in rows if isinstance(h.get("loss"), (int, float))]
+        if losses:
+            parts.append(f"loss {losses[0]:.3g} -> {losses[-1]:.3g}" if len(losses) > 1 else f"loss {losses[0]:.3g}")
+        if rows and isinstance(rows[-1].get("accuracy"), (int, float)):
+            parts.append(f"training accuracy {100 * rows[-1]['accuracy']:.1f} %")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
 
 def _regularizers(regularizer: RegularizerLike, options: Dict[str, Any], where: str) -> List[Regularizer]:

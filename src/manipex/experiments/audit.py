@@ -15,17 +15,29 @@ a killed audit resumes):
   more references) and the similarity as Gaussian noise is added to the weights (Pasliev Sec. 4);
 * **(e) a verdict** with the numbers behind it and what the audit cannot see.
 
-Without ``references``, references are trained here: for the default model its recipe with
-seeds 1, 2, 3; for a user's model the same architecture on the same data for ``train_epochs``.
-References of the same kind as the audited model (same data, recipe, architecture) make the
-test meaningful: give your own where you can.
+Without ``references``, ``n_references`` references are trained here on the audit's data (its
+``train`` split, ``n_train`` images): the audited model's architecture (the default model's, a
+zoo architecture, the one a checkpoint records, or the factory ``arch = "package.module:function"``,
+called once per reference), each built and trained under its own seed (reference k of 1, 2, ...
+gets ``reference_seed + k - 1``: ``torch.manual_seed`` before it is built, and the order of its
+batches), with Adam and cross-entropy (:func:`manipex.models.train_classifier`, deterministic) at
+``reference_lr``, ``reference_batch_size`` and ``reference_epochs`` (0: the default model's recipe
+for the default model, else ``train_epochs``). The report states this recipe ("(d) Reference
+models"). References of the same kind as the audited model (same data, recipe, architecture) make
+the test meaningful: give your own where you can.
+
+Everything is checked before the first attack: the keys (:meth:`AuditConfig.check`: files exist,
+the factory imports), then in :meth:`Audit.setup` the audited model (the factory returns an
+``nn.Module``, the weights fit it, it takes the images), the given references (they load and fit
+the architecture and the classes), or, for references trained here, that there are training
+images and that the factory builds a new model each call.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -69,6 +81,12 @@ class AuditConfig(SourceConfig):
     alpha: float = key(0.05, "stated false-positive rate of the detection test", gt=0, lt=1)
     weight_noise: List[float] = key([0.0, 0.05, 0.1], "weight-noise scales (relative to each tensor's sd)", ge=0, le=100)
     n_train: int = key(0, "training images for references trained here (0: all)", ge=0, le=10_000_000)
+    reference_epochs: int = key(0, "epochs of each reference trained here; 0: the audited model's (the default "
+                                "model's recipe, 3, for the default model, else train_epochs)", ge=0, le=10_000)
+    reference_lr: float = key(1e-3, "Adam learning rate of the references trained here", gt=0, le=1)
+    reference_batch_size: int = key(64, "batch size of the references trained here", ge=1, le=100_000)
+    reference_seed: int = key(1, "seed of the first reference trained here: reference k (1, 2, ...) is built and "
+                              "trained with seed reference_seed + k - 1", ge=0, le=2**32 - 1)
     seed: int = key(0, "seed of every unit", ge=0, le=2**32 - 1)
 
     def check(self) -> None:
@@ -79,9 +97,42 @@ class AuditConfig(SourceConfig):
                 raise ConfigError(f"config key 'references': {path!r} does not exist")
 
 
+@dataclass(frozen=True)
+class ReferenceRecipe:
+    """How the references of an audit are trained here: ``arch`` (a zoo architecture with
+    ``kwargs``, or a factory ``package.module:function``), Adam at ``lr`` with cross-entropy,
+    ``batch_size``, ``epochs``, on ``images`` training images; reference k is built and trained
+    with ``seeds[k - 1]``."""
+
+    arch: str
+    kwargs: Dict[str, Any]
+    epochs: int
+    lr: float
+    batch_size: int
+    seeds: Tuple[int, ...]
+    images: int
+
+    @property
+    def factory(self) -> bool:
+        return ":" in self.arch
+
+    def record(self, seed: int) -> Dict[str, Any]:
+        """What a cached reference's file records of its recipe (a cache of another recipe is
+        trained again)."""
+        return {"arch": self.arch, "kwargs": self.kwargs, "epochs": self.epochs, "lr": self.lr,
+                "batch_size": self.batch_size, "seed": seed, "images": self.images, "optimizer": "Adam"}
+
+    def row(self) -> Dict[str, Any]:
+        """The recipe as columns of the detection rows (the report's "(d) Reference models")."""
+        return {"reference_source": "trained here", "reference_arch": self.arch, "reference_images": self.images,
+                "reference_epochs": self.epochs, "reference_lr": self.lr, "reference_batch_size": self.batch_size,
+                "reference_seeds": ", ".join(str(s) for s in self.seeds)}
+
+
 @dataclass(kw_only=True)
 class AuditContext(ImageContext):
     references: Optional[List[nn.Module]] = None
+    recipe: Optional[ReferenceRecipe] = None
 
 
 class Audit(Experiment):
@@ -107,6 +158,11 @@ class Audit(Experiment):
             "(d) Was the model itself manipulated? (alpha = {})",
             "Similarity of the maps of noise inputs (score) against reference models of the same kind: threshold, "
             "p-value (small = unusual) and the decision (1 = manipulated)."),
+        "(d) Reference models": (
+            "(d) Reference models",
+            "The trusted models the detection test compares with: given, or trained here with this recipe (each "
+            "reference built and trained under its own seed). References of another kind than the audited model "
+            "make the test meaningless."),
         "(d) Weight noise: noise-map similarity and accuracy": (
             "(d) Weight noise",
             "Per weight-noise level sigma: noise-map similarity per method and accuracy in %. A manipulation that "
@@ -132,68 +188,178 @@ class Audit(Experiment):
         # image folder without splits keeps the rest for references trained here)
         n_eval = 2 * config.n if config.dataset == "image_folder" else max(2 * config.n, 256)
         needs_train = config.trains_here or not config.references
-        base = ImageContext.load(config, run, n_train=(config.n_train or None) if needs_train else 0, n_eval=n_eval,
-                                 seed=config.seed)
+        try:
+            base = ImageContext.load(config, run, n_train=(config.n_train or None) if needs_train else 0,
+                                     n_eval=n_eval, seed=config.seed)
+        except ConfigError as err:
+            if config.trains_here or config.references or not str(err).startswith("config key 'split' ('train')"):
+                raise
+            raise ConfigError(f"config key 'references': none given, so references are trained here on the training "
+                              f"images, but: {err}; give trusted reference models (--reference)") from None
         if len(base.x) < 2:
             raise ConfigError(f"config key 'split': the audit needs at least 2 images, split {config.split!r} has "
                               f"{len(base.x)}")
-        return AuditContext(**vars(base))
+        ctx = AuditContext(**vars(base))
+        # what the detection part needs is checked now, before the first attack
+        if config.references:
+            ctx.references = self._given_references(config, ctx)
+        else:
+            ctx.recipe = self._recipe(config, ctx)
+        return ctx
 
-    def _references(self, config, ctx) -> List[nn.Module]:
-        """The trusted reference models: given (loaded like the audited model, with its
-        architecture and normalisation), or trained here and kept in the run folder."""
+    @staticmethod
+    def _outputs(ctx) -> int:
+        with torch.no_grad():  # a shape only
+            return int(ctx.model(ctx.x[:1]).shape[1])
+
+    def _given_references(self, config, ctx) -> List[nn.Module]:
+        """The given references, loaded like the audited model (its architecture and
+        normalisation), each checked: it loads, fits the architecture and has the audited model's
+        outputs."""
         import dataclasses
 
         from .sources import _normalized, original_model
 
-        if config.references:
-            labels = torch.cat([ctx.train[1], ctx.y])
-            return [_normalized(original_model(dataclasses.replace(config, weights=path), ctx.train, ctx.device,
-                                               labels=labels), config.normalization()).eval()
-                    for path in config.references]
+        labels = torch.cat([ctx.train[1], ctx.y])
+        outputs = self._outputs(ctx)
         refs = []
-        for k in range(1, config.n_references + 1):
-            cache = Path(ctx.out) / "references" / f"reference{k}.safetensors"
-            if not cache.exists():
-                save_model(self._train_reference(config, ctx, seed=k), cache,
-                           {"trained_by": "manipex audit", "seed": k})
-            refs.append(load_model(cache, config, ctx.device))
+        for path in config.references:
+            try:
+                ref = original_model(dataclasses.replace(config, weights=path), ctx.train, ctx.device, labels=labels)
+            except ConfigError as err:
+                why = str(err).removeprefix("config key 'weights': ")
+                raise ConfigError(f"config key 'references': {why}") from None
+            ref = _normalized(ref, config.normalization()).eval()
+            try:
+                with torch.no_grad():  # a shape check only
+                    got = int(ref(ctx.x[:1]).shape[1])
+            except (RuntimeError, ValueError) as err:
+                raise ConfigError(f"config key 'references': {path!r} does not take the images: {err}") from None
+            if got != outputs:
+                raise ConfigError(f"config key 'references': {path!r} has {got} outputs, the audited model {outputs}")
+            refs.append(ref)
         return refs
 
-    @staticmethod
-    def _train_reference(config, ctx, seed: int) -> nn.Module:
-        """A clean model of the audited model's kind, trained with another seed on the same data
-        (behind the same normalisation): the default model's recipe, or the audited model's
-        architecture for ``train_epochs``."""
+    def _recipe(self, config, ctx) -> ReferenceRecipe:
+        """How the references are trained here (see the module's docstring), checked: there are
+        training images, and a factory builds a new model each call (not the audited one) that
+        trains (:meth:`_probe_factory`)."""
         from .. import models
+        from .sources import _zoo_arch
 
+        seeds = tuple(config.reference_seed + k for k in range(config.n_references))
         if config.is_default:
-            recipe = models.DEFAULT_RECIPES["mnist"]
-            name, kwargs, epochs, lr, batch = recipe.arch, {}, recipe.epochs, recipe.lr, recipe.batch_size
+            default = models.DEFAULT_RECIPES["mnist"]
+            name, kwargs, epochs = default.arch, {}, default.epochs
+        elif ":" in config.arch:
+            name, kwargs, epochs = config.arch, {}, config.train_epochs
         else:
             inner = ctx.model[1] if models.input_normalization(ctx.model) is not None else ctx.model
             recorded = getattr(inner, "manipex_arch", None)
             if recorded is not None:
                 name, kwargs = recorded["name"], dict(recorded["kwargs"])
-            elif ":" not in config.arch:
-                from .sources import _zoo_arch
-
-                with torch.no_grad():
-                    name, kwargs = _zoo_arch(config, ctx.model(ctx.x[:1]).shape[1])
             else:
-                raise ConfigError("config key 'references': a reference cannot be trained for a factory's model; "
-                                  "give trusted reference models")
-            epochs, lr, batch = config.train_epochs, 1e-3, 64
+                name, kwargs = _zoo_arch(config, self._outputs(ctx))
+            epochs = config.train_epochs
         if len(ctx.train[0]) == 0:
-            raise ConfigError("config key 'references': no training images to train references on; give trusted "
-                              "reference models")
-        norm = config.normalization()
+            raise ConfigError(f"config key 'references': no training images in dataset {config.dataset!r} to train "
+                              "references on; give trusted reference models (--reference)")
+        if ":" in config.arch:
+            self._probe_factory(config, ctx, seeds[0])
+        return ReferenceRecipe(arch=name, kwargs=kwargs, epochs=config.reference_epochs or epochs,
+                               lr=config.reference_lr, batch_size=config.reference_batch_size, seeds=seeds,
+                               images=len(ctx.train[0]))
+
+    def _probe_factory(self, config, ctx, seed: int) -> None:
+        """One model of the factory, as the first reference would be built, is a new model (not
+        the audited one) that trains: one step on two training images in train mode (a model
+        whose train mode returns a tuple, such as auxiliary logits, would fail only after the
+        attacks). The global RNG and the audited model are left as they were."""
+        import torch.nn.functional as F
+
+        from .sources import _normalized, build_model
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            ref = models.build(name, **kwargs).to(ctx.device)
-            trained = ref if norm is None else models.with_normalization(ref, *norm)
-            models.train_classifier(trained, ctx.train[0], ctx.train[1], epochs=epochs, lr=lr, batch_size=batch,
-                                    seed=seed, progress=False)
+            probe = build_model(config, self._outputs(ctx))
+            self._refuse_shared(probe, ctx.model, config)
+            probe = _normalized(probe.to(ctx.device), config.normalization()).train()
+            try:
+                with torch.enable_grad():
+                    F.cross_entropy(probe(ctx.train[0][:2]), ctx.train[1][:2]).backward()
+            except Exception as err:  # the user's model may fail in any way
+                raise ConfigError(f"config key 'arch': a reference built by factory {config.arch!r} cannot be trained "
+                                  f"here (one step on two images in train mode: {type(err).__name__}: "
+                                  f"{str(err)[:300]}); give trusted reference models (--reference)") from None
+
+    @staticmethod
+    def _refuse_shared(model: nn.Module, audited: nn.Module, config) -> None:
+        """A factory that returns the same module (or its parameters) each call would train the
+        audited model itself as a reference."""
+        own = {id(t) for t in list(audited.parameters()) + list(audited.buffers())}
+        if model is audited or any(id(t) in own for t in list(model.parameters()) + list(model.buffers())):
+            raise ConfigError(f"config key 'arch': factory {config.arch!r} returns the audited model's own modules; "
+                              "it must build a new model each call (the references are built with it), or give "
+                              "trusted reference models (--reference)")
+
+    def _references(self, config, ctx) -> List[nn.Module]:
+        """The trusted reference models: given (loaded in :meth:`setup`), or trained here with
+        :attr:`AuditContext.recipe` and kept in the run folder (``references/reference<k>``)."""
+        if config.references:
+            if ctx.references is None:
+                ctx.references = self._given_references(config, ctx)
+            return ctx.references
+        recipe = ctx.recipe or self._recipe(config, ctx)
+        ctx.recipe = recipe
+        refs = []
+        for k, seed in enumerate(recipe.seeds, 1):
+            cache = Path(ctx.out) / "references" / f"reference{k}.safetensors"
+            ref = self._cached_reference(cache, recipe, seed, config, ctx)
+            if ref is None:
+                ref = self._train_reference(config, ctx, seed)
+                save_model(ref, cache, {"trained_by": "manipex audit", "seed": seed, "recipe": recipe.record(seed)})
+            refs.append(ref.eval())
+        return refs
+
+    def _cached_reference(self, cache: Path, recipe: ReferenceRecipe, seed: int, config, ctx) -> Optional[nn.Module]:
+        """The reference kept in ``cache`` by an earlier (killed) run with this recipe and seed;
+        None where there is none, it was trained otherwise, or it cannot be read."""
+        from .. import models
+        from .sources import _normalized, build_model
+
+        if not cache.is_file():
+            return None
+        try:
+            if models.read_metadata(cache)["metadata"].get("recipe") != recipe.record(seed):
+                return None
+            if not recipe.factory:
+                return load_model(cache, config, ctx.device)
+            with torch.random.fork_rng(devices=[]):
+                skeleton = build_model(config, 0)
+            model = models.load(cache, skeleton).to(ctx.device)
+        except ConfigError:
+            raise
+        except Exception:  # a damaged cache (the file of a killed run) is trained again
+            return None
+        return _normalized(model, config.normalization()).eval()
+
+    def _train_reference(self, config, ctx, seed: int) -> nn.Module:
+        """A clean model of the audited model's kind, built and trained with ``seed`` on the same
+        data (behind the same normalisation), by :attr:`AuditContext.recipe`."""
+        from .. import models
+        from .sources import _normalized, build_model
+
+        recipe = ctx.recipe or self._recipe(config, ctx)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if recipe.factory:
+                ref = build_model(config, 0)
+                self._refuse_shared(ref, ctx.model, config)
+            else:
+                ref = models.build(recipe.arch, **recipe.kwargs)
+            trained = _normalized(ref.to(ctx.device), config.normalization())
+            models.train_classifier(trained, ctx.train[0], ctx.train[1], epochs=recipe.epochs, lr=recipe.lr,
+                                    batch_size=recipe.batch_size, seed=seed, progress=False)
         return trained.eval()
 
     def run_unit(self, unit, ctx, config):
@@ -265,11 +431,13 @@ class Audit(Experiment):
         options = defended(method, "none", config)[1]
         report = detect_manipulation(model, shape, refs, method, n=config.noise_n, seed=config.seed,
                                      alpha=config.alpha, method_options=options)
+        source = ctx.recipe.row() if ctx.recipe is not None and not config.references else {
+            "reference_source": "given"}
         rows = [{"part": "detection", "method": method, "score": report.score, "threshold": report.threshold,
                  "p_value": math.nan if report.p_value is None else report.p_value,
                  "manipulated": float(report.manipulated), "calibrated": float(report.calibrated),
                  "references": len(refs), "reference_mean": sum(report.reference_scores) / len(refs),
-                 "test": report.test}]
+                 "test": report.test, **source}]
         for sigma in config.weight_noise:
             noisy = with_weight_noise(model, sigma, config.seed)
             sim = noise_map_similarity(noisy, shape, method, n=config.noise_n, seed=config.seed,
@@ -301,6 +469,9 @@ class Audit(Experiment):
             cols = ["score", "reference_mean", "threshold", "p_value", "manipulated", "references", "test"]
             tables[f"(d) Noise-input similarity against the references (alpha = {config.alpha:g})"] = (
                 detection.set_index("method")[cols].round(4))
+            references = self.reference_table(detection, config)
+            if references is not None:
+                tables["(d) Reference models"] = references
         noise = _part(df, "weight_noise")
         if len(noise):
             table = noise.assign(**{"accuracy (%)": noise.accuracy * 100}).pivot_table(
@@ -309,6 +480,38 @@ class Audit(Experiment):
             tables["(d) Weight noise: noise-map similarity and accuracy"] = table
         tables["Verdict"] = self.verdict(attack, defense, curvature, detection, config)
         return tables
+
+    @staticmethod
+    def reference_table(detection, config):
+        """The references the detection test used: the given files, or the recipe that trained
+        them here (from the stored rows); None for rows stored before the recipe was recorded."""
+        import pandas as pd
+
+        if "reference_source" not in detection or not len(detection):
+            return None
+        first = detection.iloc[0]
+        count = int(first["references"])
+        if first["reference_source"] == "given":
+            rows = [("source", f"given: {count} file(s)")] + [(f"reference {k}", str(path)) for k, path in
+                                                              enumerate(config.references, 1)]
+        elif isinstance(first.get("reference_arch"), str):
+            arch = first["reference_arch"]
+            built = (f"factory {arch}, called once per reference" if ":" in arch else f"zoo architecture {arch}")
+            epochs = int(first["reference_epochs"])
+            rows = [("source", f"trained here: {count} (none given)"),
+                    ("architecture", built + (", behind the audited model's input normalisation"
+                                              if config.normalization() is not None else "")),
+                    ("training data", f"{int(first['reference_images'])} images of {config.dataset}, split train, "
+                     f"labels {config.labels}"),
+                    ("optimiser", "Adam, cross-entropy loss (manipex.models.train_classifier, deterministic)"),
+                    ("learning rate", f"{float(first['reference_lr']):g}"),
+                    ("batch size", str(int(first["reference_batch_size"]))),
+                    ("epochs", str(epochs)),
+                    ("seeds", f"{first['reference_seeds']} (reference k: torch.manual_seed(seed) before it is built; "
+                     "the seed also orders its batches)")]
+        else:
+            return None
+        return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting")
 
     @staticmethod
     def verdict(attack, defense, curvature, detection, config):

@@ -11,8 +11,8 @@ from typing import Dict, List
 
 from torch import Tensor
 
-from ..figures import _subplots
-from ..style import color_for, figure_formats, styled
+from ..figures import _subplots, bootstrap_ci  # noqa: F401  (bootstrap_ci: here since the first version)
+from ..style import color_for, display_name, figure_formats, styled
 
 #: Where every legend of an experiment figure goes: right of its axes, outside the data.
 LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
@@ -53,25 +53,6 @@ def each_format(draw, path) -> Path:
     return path
 
 
-def bootstrap_ci(values, statistic: str = "mean", *, resamples: int = 1000, level: float = 0.95,
-                 seed: int = 0):
-    """Percentile bootstrap interval ``(low, high)`` of the mean (or ``"median"``) of ``values``:
-    ``resamples`` resamples with replacement, seeded (the same numbers give the same interval).
-    Non-finite values are left out; one value gives a zero-width interval, none gives NaNs."""
-    import numpy as np
-
-    v = np.asarray(values, dtype=float).ravel()
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return float("nan"), float("nan")
-    if len(v) == 1:
-        return float(v[0]), float(v[0])
-    stat = np.median if statistic == "median" else np.mean
-    draws = stat(v[np.random.default_rng(seed).integers(0, len(v), (resamples, len(v)))], axis=1)
-    low, high = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(low), float(high)
-
-
 def summarize(values, statistic: str = "mean"):
     """``(centre, low, high, n)``: the mean (or median) of ``values``, its 95 % bootstrap
     interval and the number of finite values."""
@@ -91,7 +72,9 @@ def n_text(counts, what: str = "images") -> str:
 
 
 def _pretty(name) -> str:
-    return str(name).replace("_", " ")
+    """How a figure names ``name``: :func:`manipex.style.display_name` (``"beta_smoothing"`` ->
+    ``"β-smoothing"``, ``"lrp"`` -> ``"LRP"``)."""
+    return display_name(name)
 
 
 def _line_with_interval(ax, xs, stats, name, *, label=None, ms: float = 4, among=None):
@@ -158,13 +141,13 @@ def grouped_bars(ax, table, *, width: float = 0.8, low=None, high=None) -> None:
     for j, column in enumerate(table.columns):
         offsets = [i - width / 2 + w * (j + 0.5) for i in range(len(table.index))]
         heights = table[column].to_numpy(dtype=float)
-        ax.bar(offsets, heights, width=w, label=str(column), color=color_for(str(column), table.columns))
+        ax.bar(offsets, heights, width=w, label=_pretty(column), color=color_for(str(column), table.columns))
         if low is not None and high is not None:
             lo = low[column].reindex(table.index).to_numpy(dtype=float)
             hi = high[column].reindex(table.index).to_numpy(dtype=float)
             ax.errorbar(offsets, heights, yerr=[np.clip(heights - lo, 0, None), np.clip(hi - heights, 0, None)],
                         fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
-    ax.set_xticks(range(len(table.index)), [str(i) for i in table.index])
+    ax.set_xticks(range(len(table.index)), [_pretty(i) for i in table.index])
     ax.set_xlim(-0.5, len(table.index) - 0.5)
     if table.index.name is not None:
         ax.set_xlabel(str(table.index.name))
@@ -186,7 +169,6 @@ def aggregate(df, index: str, columns: str, value: str, statistic: str = "mean")
     return tuple(frames)
 
 
-@styled
 @dataclass(frozen=True)
 class Panel:
     """One panel of :func:`manipulation_grid`: ``title`` (shown above the first row's panel),
@@ -204,22 +186,33 @@ class Panel:
 PANEL_KINDS = ("map", "input", "signed")
 
 
-def manipulation_grid(rows: Dict[str, List[Panel]], path: Path, *, formats=None) -> Path:
+@styled
+def manipulation_grid(rows: Dict[str, List[Panel]], path: Path, *, formats=None, shared_scale="row") -> Path:
     """Dombrowski Fig. 2/3 layout: one row of :class:`Panel` per example (its label at the
-    left), every map with a colour bar (:func:`manipex.figures.draw_map`), column titles from
-    the first row. Writes ``path`` (its suffix's format) and each of ``formats`` (e.g.
-    :data:`manipex.style.FORMATS`) next to it; :func:`each_format` calls it once per format."""
-    from ..figures import add_colorbar, draw_input, draw_map, save_figure, wrap_title
+    left, the method's display name first), column titles from the first row. The maps of a row
+    share one colour scale and one colour bar (``shared_scale="row"``, default; ``True``: one
+    for the grid, ``"column"``: one per column, ``False``: a bar per map as
+    :func:`manipex.figures.draw_map`); on a shared scale each map is normalised to total 1
+    (:func:`manipex.figures.normalized`). Signed panels (perturbations) share one symmetric scale
+    and bar, grey inputs one pixel bar. Writes ``path`` (its suffix's format) and each of
+    ``formats`` (e.g. :data:`manipex.style.FORMATS`) next to it; :func:`each_format` calls it
+    once per format."""
+    from ..figures import (_group_key, add_colorbar, check_shared_scale, display_title, draw_input, draw_map,
+                           draw_shared, save_figure)
 
     if not rows:
         raise ValueError("manipulation_grid: no rows to draw")
+    shared_scale = check_shared_scale(shared_scale, "manipulation_grid")
+    shared = shared_scale is not False
     ncols = max(len(panels) for panels in rows.values())
     bad = sorted({p.kind for panels in rows.values() for p in panels} - set(PANEL_KINDS))
     if bad:
         raise ValueError(f"manipulation_grid: panel kind must be one of {PANEL_KINDS}, got {bad}")
-    fig, axes = _subplots(len(rows), ncols, figsize=(1.2 + 1.3 * ncols, 0.5 + 1.5 * len(rows)), squeeze=False,
-                          layout="constrained")
+    width = 1.2 + (1.3 if not shared else 1.15) * ncols + (0.6 if shared else 0.0)
+    fig, axes = _subplots(len(rows), ncols, figsize=(width, 0.5 + 1.5 * len(rows) + (0.45 if shared else 0.0)),
+                          squeeze=False, layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
+    maps, signed, grey = {}, [], []
     for i, (label, panels) in enumerate(rows.items()):
         for j in range(ncols):
             ax = axes[i][j]
@@ -230,17 +223,32 @@ def manipulation_grid(rows: Dict[str, List[Panel]], path: Path, *, formats=None)
             if panel.kind == "input":
                 im = draw_input(ax, panel.data)
                 if not (panel.data.dim() == 3 and panel.data.shape[0] == 3):  # grey: its scale
-                    add_colorbar(ax, im, label="pixel")
+                    grey.append((ax, im))
             elif panel.kind == "signed":
-                draw_map(ax, panel.data, sign="signed", percentile=100.0, label="x_adv − x")
+                signed.append((ax, panel.data, None))
             else:
-                draw_map(ax, panel.data, sign="absolute", label="relevance")
+                maps.setdefault(_group_key(shared_scale, i, j), []).append((ax, panel.data, None))
             if i == 0:
                 ax.set_title(panel.title, fontsize=7)
             if panel.note:
                 ax.set_xlabel(panel.note, fontsize=7, labelpad=2)
             if j == 0:
-                ax.set_ylabel(wrap_title(label), fontsize=7)
+                ax.set_ylabel(display_title(label), fontsize=7)
+    if shared:
+        if signed:
+            draw_shared({"signed": signed}, sign="signed", shared_scale="column", percentile=100.0, label="x_adv − x",
+                        normalize=False)
+        draw_shared(maps, sign="absolute", shared_scale=shared_scale, label="relevance\n(share of map total)")
+        if grey:
+            add_colorbar(grey[0][0], grey[0][1], label="pixel", axes=[ax for ax, _ in grey], location="bottom")
+    else:
+        for ax, im in grey:
+            add_colorbar(ax, im, label="pixel")
+        for ax, data, _ in signed:
+            draw_map(ax, data, sign="signed", percentile=100.0, label="x_adv − x")
+        for cells in maps.values():
+            for ax, data, _ in cells:
+                draw_map(ax, data, sign="absolute", label="relevance")
     return save_figure(fig, path, formats=formats)
 
 
@@ -306,7 +314,9 @@ def transfer_heatmap(matrix, path: Path, title: str, *, label: str = "", n=None)
     fig, ax = _subplots(figsize=(1.0 * len(matrix.columns) + 2.6, 0.8 * len(matrix) + 1.6))
     values = matrix.values.astype(float)
     im = ax.imshow(values, cmap="viridis")
-    ax.set_xticks(range(len(matrix.columns)), [c.replace("_", "\n") for c in matrix.columns], fontsize=7)
+    from ..figures import display_title
+
+    ax.set_xticks(range(len(matrix.columns)), [display_title(c, 10) for c in matrix.columns], fontsize=7)
     ax.set_yticks(range(len(matrix.index)), [_pretty(i) for i in matrix.index], fontsize=7)
     ax.grid(False)
     finite = values[np.isfinite(values)]

@@ -36,81 +36,23 @@ def is_text(table) -> bool:
 
 
 # -- numbers ---------------------------------------------------------------------------------------------
+# one convention for every table manipex shows (the report, the terminal): manipex.style.format_column
 
-MISSING = "–"
-
-
-def _is_number(v: Any) -> bool:
-    import numbers
-
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _finite(v: Any) -> bool:
-    import math
-
-    return _is_number(v) and math.isfinite(float(v))
-
-
-def format_column(values: Sequence[Any], name: str = "") -> List[str]:
-    """The cells of one numeric column as text, formatted from the column's magnitude: integers
-    as integers; decimals enough for three significant digits of the smallest value (at most 4, fewer
-    where every value has fewer),
-    or scientific notation (``3.20e-07``) when the values are tiny or huge or span too many
-    decades; a column whose name holds ``(%)`` with one decimal. Never ``-0``; missing values as ``–``."""
-    import math
-
-    nums = [float(v) for v in values if _finite(v)]
-    nonzero = [abs(v) for v in nums if v != 0]
-
-    def clean(text: str) -> str:  # -0, -0.000, -0.00e+00 -> without the sign
-        return text[1:] if text.startswith("-") and float(text) == 0 else text
-
-    if "(%)" in name:
-        fmt = "{:.1f}"
-    elif all(v == int(v) and abs(v) < 1e15 for v in nums):
-        fmt = "{:.0f}"
-    elif not nonzero:
-        fmt = "{:.0f}"
-    else:
-        big, small = max(nonzero), min(nonzero)
-        if big >= 1e6 or big < 1e-3 or 2 - math.floor(math.log10(small)) > 4 and big / small > 1e3:
-            fmt = "{:.2e}"
-        else:
-            most = max(0, min(4, 2 - math.floor(math.log10(small))))
-            # no trailing zeros every cell shares (eps 0.08, not 0.0800); one count of decimals per column
-            fewest = next(d for d in range(most + 1) if d == most or all(abs(v - round(v, d)) <= 1e-9 * max(1, abs(v))
-                                                                          for v in nums))
-            fmt = "{:.%df}" % fewest
-    out = []
-    for v in values:
-        if _finite(v):
-            out.append(clean(fmt.format(float(v) + 0.0)))
-        elif _is_number(v) and not math.isnan(float(v)):
-            out.append(str(float(v)))  # inf
-        elif v is None or _is_number(v) or (isinstance(v, float) and math.isnan(v)):
-            out.append(MISSING)
-        else:
-            out.append(str(v))
-    return out
+from ..style import MISSING, _finite, _is_flag_value, _is_number, _label, format_column, format_table  # noqa: E402,F401
 
 
 def _numeric(values: Sequence[Any]) -> bool:
+    """A column of numbers or flags (right-aligned, formatted by :func:`format_column`)."""
     import math
 
     present = [v for v in values if not (v is None or (isinstance(v, float) and math.isnan(v)))]
-    return bool(present) and all(_is_number(v) for v in present)
-
-
-def _label(key: Any) -> str:
-    if isinstance(key, tuple):
-        return " / ".join(str(k) for k in key if str(k) != "")
-    return "" if key is None else str(key)
+    return bool(present) and all(_is_number(v) or _is_flag_value(v) for v in present)
 
 
 def table_html(table) -> str:
     """An HTML table: index levels as left-hand header columns, each column formatted by
-    :func:`format_column`; numbers right-aligned, text left-aligned and wrapped; in a box that
+    :func:`manipex.style.format_column` (similarities to 3 decimals within their range, flags
+    yes / no, percentages to one decimal); numbers right-aligned, text left-aligned and wrapped; in a box that
     scrolls horizontally by itself when the table is wider than the page."""
     import pandas as pd
 
@@ -213,6 +155,16 @@ def run_html(folder: Path, meta: Dict[str, Any]) -> str:
         for k, v in rows) + "</dl>"
 
 
+def setting_html(config: Any) -> str:
+    """What the model is shown, above the configuration: the input normalisation in front of
+    the model (a config of images, :class:`~manipex.experiments.sources.SourceConfig`); else nothing."""
+    from .sources import SourceConfig, normalization_text
+
+    if not isinstance(config, SourceConfig):
+        return ""
+    return f'<p class="caption"><b>Inputs:</b> {html.escape(normalization_text(config))}.</p>'
+
+
 def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: Dict[str, Any],
                  figures: Sequence[Path], notes: Sequence[str] = ()) -> Path:
     """Write ``folder/report.html`` and return its path; ``notes`` (e.g. damaged result lines
@@ -231,7 +183,8 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
             img += f'<p class="caption">also as {links} (beside report.html)</p>'
         parts.append(_block(experiment, Path(fig).stem, img, {}, figure=True))
     values = config.to_dict() if hasattr(config, "to_dict") else config
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(values, indent=2)) + "</pre>")
+    parts.append("<h2>Configuration</h2>" + setting_html(config) + "<pre>"
+                 + html.escape(json.dumps(values, indent=2)) + "</pre>")
     meta = folder / "meta.json"
     if meta.is_file():
         text = meta.read_bytes()[:1 << 20].decode("utf-8", errors="replace")

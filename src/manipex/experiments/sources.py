@@ -14,11 +14,24 @@ batches, or a class-per-folder image tree (e.g. the ImageNet validation set). Im
   ``.pth``/``.pt`` state_dict, read with ``weights_only=True`` (nothing pickled is executed);
 * a Python factory ``arch = "package.module:function"`` returning an ``nn.Module`` (with
   ``weights`` loaded into it, or as it returns it). **Naming a factory imports and runs that
-  code**: name only code you trust. It is imported only when named;
+  code**: name only code you trust. It is imported only when named, from the current directory
+  first (``mynet:build_net`` is ``./mynet.py``), then ``PYTHONPATH`` and the installed packages
+  (:func:`import_factory`);
 * no ``weights`` with a zoo architecture: trained here on the data for ``train_epochs``.
 
 ``normalize`` is the normalisation the weights expect; the model sees it as a
 :class:`~manipex.models.Normalize` layer in front of it, so that attacks stay in pixel space.
+``auto`` is ImageNet's for an image folder (torchvision's weights expect it) and none otherwise:
+a model trained on :func:`manipex.data.load`'s [0, 1] images needs ``normalize = "none"``. The
+normalisation in force is printed when a run starts and shown in its report
+(:func:`normalization_text`).
+
+**Image folders** are read by :func:`manipex.data.load_image_folder`, the function the Python
+API uses, with ``image_size`` (an image already that size is kept as it is, others are resized
+and center-cropped as torchvision's ImageNet evaluation) and, for a tree without ``val``/``test``
+folders, ``holdout`` = the number of evaluated images and the run's ``seed``:
+``manipex.data.load("image_folder", root=R, split="test", image_size=S, holdout=n, seed=seed)``
+gives the images a run evaluates.
 
 Every key is checked before any work (:meth:`SourceConfig.check`: files, folders, names,
 the factory); the weights are checked against the architecture and the classes against the data
@@ -28,7 +41,9 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -74,16 +89,32 @@ def _architecture_choices():
 
 
 def import_factory(spec: str):
-    """The function named by ``package.module:function`` (imports that module: runs its code)."""
+    """The function named by ``package.module:function`` (imports that module: runs its code).
+
+    The module is found as ``python -c "import package.module"`` run in the current directory
+    would find it: the **current working directory first** (``mynet:build_net`` imports
+    ``./mynet.py`` or ``./mynet/__init__.py``), then ``PYTHONPATH`` and the installed packages.
+    The current directory is put in front of ``sys.path`` for the import only; ``sys.path`` is
+    as it was afterwards (the imported module stays in ``sys.modules``, as after any import)."""
     module_name, function_name = spec.split(":")
+    cwd = os.getcwd()
+    sys.path.insert(0, cwd)
     try:
+        importlib.invalidate_caches()  # a module written since the last import is found
         module = importlib.import_module(module_name)
     except Exception as err:  # the user's module may fail in any way while it is imported
-        raise ConfigError(f"config key 'arch': cannot import module {module_name!r} of factory {spec!r}: "
+        raise ConfigError(f"config key 'arch': cannot import module {module_name!r} of factory {spec!r} (looked in "
+                          f"the current directory {short(cwd, 120)}, then PYTHONPATH and the installed packages): "
                           f"{type(err).__name__}: {err}") from None
+    finally:
+        try:  # the entry put in front (the module's own code may have added others: they stay)
+            sys.path.remove(cwd)
+        except ValueError:  # the module removed it itself
+            pass
     factory = getattr(module, function_name, None)
     if not callable(factory):
-        raise ConfigError(f"config key 'arch': module {module_name!r} has no function {function_name!r}")
+        where = short(getattr(module, "__file__", None) or "", 120)
+        raise ConfigError(f"config key 'arch': module {module_name!r} ({where}) has no function {function_name!r}")
     return factory
 
 
@@ -95,22 +126,26 @@ class SourceConfig(Config):
                        "python batches, image_folder class-per-folder images (e.g. ImageNet val) under root",
                        choices=IMAGE_DATASETS)
     root: str = key("", "folder of the dataset's files (every dataset but mnist5k)")
-    split: str = key("test", "split whose images are attacked and evaluated (training uses train; an image "
-                     "folder without splits is split by a seeded permutation)", choices=("test", "val", "train"))
-    image_size: int = key(224, "image_folder: images are resized (shorter side x 256/224) and center-cropped to "
-                          "this size", ge=8, le=4096)
+    split: str = key("test", "split whose images are attacked and evaluated (training uses train; image_folder: "
+                     "root/test, else root/val; a folder without val/test subfolders is split by a seeded "
+                     "permutation, as manipex.data.load(..., holdout=N, seed=seed))", choices=("test", "val", "train"))
+    image_size: int = key(224, "image_folder: images of this size (square) are kept as they are; others are "
+                          "resized (shorter side to size x 256/224, bilinear) and center-cropped to it, as "
+                          "torchvision's ImageNet evaluation", ge=8, le=4096)
     labels: str = key("given", "labels for training and accuracy: given (the dataset's), or predicted (the model's "
                       "classes, e.g. for a subset of ImageNet's class folders)", choices=("given", "predicted"))
     weights: str = key("", "the model's weights: a .safetensors saved by manipex (records its architecture), or a "
                        ".safetensors/.pth/.pt state_dict for 'arch'; empty: the default model (mnist5k), the "
                        "factory's model, or one trained here")
-    arch: str = key("auto", "zoo architecture (manipex list), or a factory package.module:function (naming it "
-                    "runs that code); auto: the checkpoint's own, else mnist_cnn for MNIST-like data and vgg16 for "
-                    "CIFAR-10 and image folders")
+    arch: str = key("auto", "zoo architecture (manipex list), or a factory package.module:function returning an "
+                    "nn.Module (naming it runs that code; the module is looked up in the current directory first, "
+                    "then PYTHONPATH and the installed packages); auto: the checkpoint's own, else mnist_cnn for "
+                    "MNIST-like data and vgg16 for CIFAR-10 and image folders")
     num_classes: int = key(0, "the model's classes; 0: from the data (1000 for image_folder with predicted labels)",
                            ge=0, le=100_000)
-    normalize: str = key("auto", "normalisation the weights expect, applied by a layer in front of the model: "
-                         "auto (imagenet for image_folder, else none), none, imagenet, cifar10, or 'mean/std' "
+    normalize: str = key("auto", "normalisation the weights expect, applied by a layer in front of the model "
+                         "(printed when a run starts): auto (imagenet for image_folder, else none), none (the model "
+                         "takes [0, 1] pixels, as manipex.data.load gives them), imagenet, cifar10, or 'mean/std' "
                          "per channel such as '0.5,0.5,0.5/0.25,0.25,0.25'")
     train_epochs: int = key(3, "epochs to train a model here when no weights are given", ge=1, le=10_000)
 
@@ -163,12 +198,39 @@ class SourceConfig(Config):
             value = "imagenet" if self.dataset == "image_folder" else "none"
         return NORMALIZATIONS[value] if isinstance(value, str) else value
 
+    def normalization_name(self) -> Optional[str]:
+        """The named normalisation in force (``auto`` resolved), or None for per-channel values."""
+        value = _parse_normalize(self.normalize)
+        if value == "auto":
+            return "imagenet" if self.dataset == "image_folder" else "none"
+        return value if isinstance(value, str) else None
+
     def describe(self) -> str:
         """One line naming the model and data, for reports."""
         model = "the default MNIST-5k model" if self.is_default else (
             f"{self.weights or 'a model trained here'} ({self.arch})")
         data = self.dataset + (f" at {self.root}" if self.root else "")
         return f"{model} on {data}, split {self.split}"
+
+
+def _values(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def normalization_text(config: SourceConfig) -> str:
+    """What is in front of the model, in one sentence (printed when a run starts, and in the
+    report): ``inputs normalised with imagenet mean (0.485, 0.456, 0.406) / std (0.229, 0.224,
+    0.225) in front of the model (normalize = auto: imagenet for image_folder; ...)`` or ``no
+    normalisation in front of the model: it sees pixels in [0, 1] (normalize = none)``."""
+    norm, name = config.normalization(), config.normalization_name()
+    why = f"normalize = {config.normalize}" + (f": {name} for {config.dataset}" if config.normalize == "auto" else "")
+    if norm is None:
+        return f"no normalisation in front of the model: it sees pixels in [0, 1] ({why})"
+    mean, std = norm
+    if config.normalize == "auto":
+        why += "; set normalize to none for a model that takes [0, 1] pixels"
+    return (f"inputs normalised with {name + ' ' if name else ''}mean {_values(mean)} / std {_values(std)} in front "
+            f"of the model ({why})")
 
 
 @dataclass(frozen=True)
@@ -188,9 +250,12 @@ class ImageSource:
 
 def load_images(config: SourceConfig, *, n_train: Optional[int], n_eval: int, seed: int = 0):
     """``((x_train, y_train), (x_eval, y_eval))`` in pixel space: at most ``n_train`` training
-    images (None: all; 0: none, without reading them) and ``n_eval`` images of ``split``. An
-    image folder without ``train``/``val``/``test`` subfolders is split by a seeded
-    permutation: the first ``n_eval`` images for evaluation, the rest for training."""
+    images (None: all; 0: none, without reading them) and ``n_eval`` images of ``split``, read
+    by :func:`manipex.data.load`. An image folder is read with ``image_size``; ``split`` is
+    ``root/<split>``, else (for ``test``/``val``) the other one of the two; a folder without
+    ``val``/``test`` subfolders is split by :func:`manipex.data.load_image_folder`'s
+    ``holdout``: ``n_eval`` images held out by a permutation seeded with ``seed`` for
+    evaluation, the rest for training."""
     from .. import data
 
     dataset, root = config.dataset, Path(config.root).expanduser() if config.root else None
@@ -198,25 +263,21 @@ def load_images(config: SourceConfig, *, n_train: Optional[int], n_eval: int, se
     def load(split):
         kwargs = {} if dataset == "mnist5k" else {"root": root}
         if dataset == "image_folder":
-            kwargs.update(size=round(config.image_size * 256 / 224), crop=config.image_size)
+            kwargs.update(image_size=config.image_size, holdout=n_eval, seed=seed)
         try:
             return data.load(dataset, split=split, **kwargs)
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(f"config key 'split' ({split!r}) of dataset {dataset!r}: {err}") from None
 
-    if dataset == "image_folder" and not ((root / "train").is_dir() and any(
-            (root / s).is_dir() for s in ("val", "test"))):
-        x, y = load("all")
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-        test, train = (x[order[:n_eval]], y[order[:n_eval]]), (x[order[n_eval:]], y[order[n_eval:]])
-    else:
-        held_out = config.split
-        if dataset == "image_folder" and held_out != "train" and not (root / held_out).is_dir():
-            held_out = "val" if (root / "val").is_dir() else "test"
-        elif dataset != "image_folder" and held_out == "val":
-            raise ConfigError(f"config key 'split': dataset {dataset!r} has the splits train and test")
-        test = load(held_out)
-        train = load("train") if n_train != 0 else (test[0][:0], test[1][:0])
+    held_out = config.split
+    if dataset == "image_folder":
+        other = {"test": "val", "val": "test"}.get(held_out)
+        if other and not (root / held_out).is_dir() and (root / other).is_dir():
+            held_out = other
+    elif held_out == "val":
+        raise ConfigError(f"config key 'split': dataset {dataset!r} has the splits train and test")
+    test = load(held_out)
+    train = load("train") if n_train != 0 else (test[0][:0], test[1][:0])
     train = (train[0][:n_train], train[1][:n_train])
     test = (test[0][:n_eval], test[1][:n_eval])
     if n_train != 0 and len(train[0]) == 0 and config.trains_here:
@@ -239,10 +300,16 @@ def build_model(config: SourceConfig, num_classes: int) -> nn.Module:
     from .. import models
 
     if ":" in config.arch:
-        model = import_factory(config.arch)()
+        try:
+            model = import_factory(config.arch)()
+        except ConfigError:
+            raise
+        except Exception as err:  # the user's code may fail in any way
+            raise ConfigError(f"config key 'arch': factory {config.arch!r} failed: {type(err).__name__}: "
+                              f"{err}") from None
         if not isinstance(model, nn.Module):
-            raise ConfigError(f"config key 'arch': factory {config.arch!r} returned a {type(model).__name__}, "
-                              "not an nn.Module")
+            raise ConfigError(f"config key 'arch': factory {config.arch!r} returned an object of type "
+                              f"{type(model).__name__}, not an nn.Module")
         return model
     name, kwargs = _zoo_arch(config, num_classes)
     return models.build(name, **kwargs)
@@ -280,6 +347,8 @@ def original_model(config: SourceConfig, train: Tuple[Tensor, Tensor], device: s
                 model = models.load(path)
             else:
                 model = models.load(path, build_model(config, num_classes))
+        except ConfigError:  # the factory's own (it fails, or returns no nn.Module)
+            raise
         except (ValueError, RuntimeError) as err:
             raise ConfigError(f"config key 'weights': {config.weights!r} does not fit architecture "
                               f"{config.arch!r}: {err}") from None

@@ -71,19 +71,37 @@ NORMALISATIONS = ("none", "max", "relevance")
 _RESERVED = ("objective", "method", "method_options", "target", "eps", "norm", "clamp", "start")
 
 
-@dataclass
+@dataclass(repr=False)
 class RobustnessScores:
     """Per image (``N`` rows): ``score`` the metric (float32; the larger of ``sampled`` and
     ``adversarial``), ``sampled`` the maximum over the sampled points, ``adversarial`` the
     attack's value (None without ``adversarial``; NaN where the attack did not move or its
     point does not count), ``x_worst`` the input that gave ``score`` (``x`` itself where no
-    point counted) and ``counted`` how many sampled points counted."""
+    point counted) and ``counted`` how many sampled points counted. Its repr is a one-line
+    summary."""
 
     score: Tensor
     sampled: Tensor
     adversarial: Optional[Tensor]
     x_worst: Tensor
     counted: Tensor
+
+    def __repr__(self) -> str:
+        """``RobustnessScores(8 images, score mean 0.31 (max 0.52), sampled mean 0.27,
+        adversarial mean 0.3 on 7 images)``."""
+        def mean(t: Tensor) -> str:
+            finite = t[torch.isfinite(t)].double()
+            return f"{float(finite.mean()):.3g}" if finite.numel() else "–"
+
+        n = int(self.score.shape[0]) if self.score.dim() else 1
+        finite = self.score[torch.isfinite(self.score)]
+        top = f" (max {float(finite.max()):.3g})" if finite.numel() else ""
+        parts = [f"{n} image{'s' if n != 1 else ''}", f"score mean {mean(self.score)}{top}",
+                 f"sampled mean {mean(self.sampled)}"]
+        if self.adversarial is not None:
+            moved = int(torch.isfinite(self.adversarial).sum())
+            parts.append(f"adversarial mean {mean(self.adversarial)} on {moved} image{'s' if moved != 1 else ''}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
 
 def _normalise(a: Tensor, how: str) -> Tensor:
