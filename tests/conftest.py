@@ -78,8 +78,10 @@ def _process_state() -> dict:
     if "matplotlib" in sys.modules:
         import matplotlib
 
-        state["matplotlib rcParams"] = dict(matplotlib.rcParams)
-        state["matplotlib backend"] = matplotlib.get_backend()
+        # the backend as a name (pyplot's first import writes 'agg' as 'Agg' and sets the fallback)
+        state["matplotlib rcParams"] = {k: v for k, v in matplotlib.rcParams.items()
+                                        if k not in ("backend", "backend_fallback")}
+        state["matplotlib backend"] = matplotlib.get_backend().lower()
     return state
 
 
@@ -293,7 +295,8 @@ def model_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mnist_model(model_cache):
-    """The default MNIST-5k model, trained once per test session into the private cache."""
+    """The default MNIST-5k model: the weights shipped with manipex (the same on every machine;
+    nothing is trained or written to the private cache)."""
     return manipex.models.load_default("mnist", cache_dir=model_cache, progress=False)
 
 

@@ -29,6 +29,7 @@ SMOKE = {
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_benchmark_runs_and_prints_its_targets(name, capsys, tmp_path):
+    path = list(sys.path)  # a script puts its folder on sys.path when imported or run
     module = __import__(name)
     argv = list(SMOKE[name])
     if name in ("paper_protocol", "scaling"):
@@ -38,6 +39,7 @@ def test_benchmark_runs_and_prints_its_targets(name, capsys, tmp_path):
         module.main(argv)
     finally:  # the scripts set the thread count process-wide
         torch.set_num_threads(threads)
+        sys.path[:] = path
     out = capsys.readouterr().out
     assert re.search(r"\b(ok|miss)\b", out), out[-2000:]
     assert "nan" not in out.lower().replace("nanos", ""), out[-2000:]

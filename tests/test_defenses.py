@@ -51,7 +51,8 @@ def test_agg_mean_attacked_adaptively_moves_less_than_its_most_fragile_member(mn
     MNIST-5k CNN the measured ordering is gradient > AGG-Mean ≳ LRP, guided backprop (eps 0.05
     to 0.2, 100 to 200 steps): the aggregate halves the gradient's vulnerability and stays at
     or below the members' average, but the smooth LRP and guided-backprop maps of this small
-    network are as hard to move on their own. The test checks what holds here."""
+    network are as hard to move on their own. The test checks what holds here: directions with
+    a margin, not pinned figures (they must hold on any model of this kind)."""
     model, _, (xt, _) = mnist
     x, x_target = xt[:16], xt[16:32]
     deltas = {}
@@ -152,7 +153,8 @@ def clean_scores():
 def test_calibrated_detection_keeps_its_false_positive_rate(clean_scores):
     """Over every set of 3 references of 24 clean models (other seeds), the share of the other 21
     flagged at alpha = 0.05 is at most alpha (measured: 0.023; on the raw scale, not the log
-    scale, the gradient test exceeds alpha on such pools: benchmarks/detection_calibration.py)."""
+    scale, the gradient test exceeds alpha on such pools: benchmarks/detection_calibration.py).
+    A bound (rate <= alpha), not a pinned figure: it must hold on any pool of clean models."""
     import itertools
 
     from manipex.defenses.detection import prediction_interval_test

@@ -1,4 +1,8 @@
-"""Experiments: config validation, crash-safe store, resume after SIGKILL, sharding, reports."""
+"""Experiments: config validation, crash-safe store, resume after SIGKILL, sharding, reports.
+
+The findings checked here are directions with a margin (a defense lowers the attack's rise, a
+manipulation moves the center of mass), which must hold on any model at these tiny budgets; the
+figures pinned at their measured size, on the default model, are in test_fidelity.py."""
 from __future__ import annotations
 
 import json

@@ -189,7 +189,8 @@ def test_ig_penalty_is_taken_at_the_pgd_worst_point_which_beats_the_random_start
         after = reg.inner_objective(model, x, worst, y).detach()
     assert (after > before).all(), (before, after)  # the inner maximisation works, for every sample
     gained = reg.ig_l1(model, x, worst, y).mean() / reg.ig_l1(model, x, start, y).mean()
-    assert gained > 1.4, gained  # measured: 1.78 (IG-NORM), 1.63 (IG-SUM-NORM, which also raises the loss)
+    # a direction with a margin, on any model (measured: 1.78 IG-NORM, 1.63 IG-SUM-NORM, which also raises the loss)
+    assert gained > 1.4, gained
     # Danskin: the penalty and its weight gradient are those of ||IG||_1 at that point
     penalty, classification = reg.penalty(model, x, y, generator=gen(5))
     expected = reg.ig_l1(model, x, worst, y).mean()
@@ -224,8 +225,10 @@ def test_ssr_is_the_largest_eigenvalue_of_the_full_input_hessian():
         brute = torch.stack(tops).mean()
         penalty, replaced = SSR().penalty(model, x, y, generator=gen())
         assert replaced is None
-        assert penalty.item() == pytest.approx(brute.item(), rel=1e-9), act
-        assert brute.item() > 1e-4  # measured: 5.6e-4 (ReLU)
+        # SSR adds a 1e-12 jitter to the C x C matrix (its eigenvalues shift by exactly that): with it, 1e-9
+        # relative holds on 1 thread too (without it, only the 2-thread rounding happened to be within 1e-9)
+        assert penalty.item() == pytest.approx(brute.item() + 1e-12, rel=1e-9), act
+        assert brute.item() > 1e-4  # not degenerate, on any model (measured: 5.6e-4, ReLU)
 
 
 def _exact_hessian_sq_norm(model, x, y):

@@ -56,7 +56,8 @@ def test_gradient_is_sensitive_to_randomisation_and_guided_backprop_much_less(ca
     assert grad_sp[-1] < grad_sp[1] - 0.25
     # similarity falls along the cascade (each further layer removes more of the trained model)
     assert (grad_sp[1:].diff() < 0).all()
-    # guided backprop is much less sensitive at every step (measured gap >= 0.22)
+    # guided backprop is much less sensitive at every step: a direction with a margin, on any trained model
+    # (measured gap >= 0.22 on the default model)
     assert (gbp_ssim[1:] > grad_ssim[1:] + 0.15).all(), (gbp_ssim, grad_ssim)
     assert (gbp_sp[1:] > grad_sp[1:] + 0.15).all(), (gbp_sp, grad_sp)
     assert (1 - grad_ssim[-1]) > (1 - gbp_ssim[-1]) + 0.15
@@ -98,7 +99,7 @@ def test_signed_maps_of_the_gradient_lose_their_structure_faster(mnist_model, mn
     assert not signed.absolute and signed.metrics == ("spearman",)
     s = signed.score("gradient", "spearman").mean(1)
     assert s[0] == pytest.approx(1.0, abs=1e-5)
-    # the sign of the gradient follows the top layer: measured |rho| < 0.02 after step 1
+    # the sign of the gradient follows the top layer: a bound with a margin (measured |rho| < 0.02 after step 1)
     assert abs(float(s[-1])) < 0.1
     assert s[-1] < cascade.score("gradient", "spearman").mean(1)[-1] - 0.1
 

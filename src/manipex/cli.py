@@ -247,7 +247,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="manipex", description="Attack and defend explanation maps.")
+    parser = argparse.ArgumentParser(prog="manipex", description="Attack and defend explanation maps.", allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (for bug reports; "
                         "also MANIPEX_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -310,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild the HTML report of a run folder")
     p.add_argument("folder")
     p.set_defaults(func=_report)
+    for command in sub.choices.values():  # a shortened flag (--reference-epoch) is refused, never guessed
+        command.allow_abbrev = False
     return parser
 
 
