@@ -3,7 +3,7 @@
 
 Run from the repository root::
 
-    python benchmarks/pinned_spread.py               # 5 seeds, about 6 min on 2 CPU cores
+    python benchmarks/pinned_spread.py               # 5 seeds, about 5 min on 2 CPU cores
     python benchmarks/pinned_spread.py --seeds 0 1    # fewer
 
 The pinned figures are measured on the default model, whose weights ship with manipex and so
@@ -50,12 +50,16 @@ def targeted(model, method, steps=100, eps=0.2, **attack):
 
 
 def rieger(weights, out):
+    import contextlib
+    import io
+
     from manipex.experiments import run
 
-    tables = run("rieger2020", overrides={"n": 8, "batch": 8, "steps": 40, "transfer": [], "blank": [],
-                                          "budgets": [0.5], "weights": str(weights),
-                                          "methods": ["gradient", "guided_backprop", "lrp", "agg_mean"]},
-                 out=out, quiet=True)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # its tables
+            tables = run("rieger2020", overrides={"n": 8, "batch": 8, "steps": 40, "transfer": [], "blank": [],
+                                              "budgets": [0.5], "weights": str(weights),
+                                              "methods": ["gradient", "guided_backprop", "lrp", "agg_mean"]},
+                     out=out, quiet=True)
     d_pcc = next(v for k, v in tables.items() if k.startswith("Table 1"))["Δ-PCC"]
     larger = tables["Table 1 by budget: Δ-PCC of the targeted attack"]["eps 0.5"]
     return {**{f"rieger Δ-PCC eps 0.2 {m}": float(v) for m, v in d_pcc.items()},
