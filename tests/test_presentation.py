@@ -279,6 +279,18 @@ def test_the_report_and_the_terminal_show_the_same_cells():
     assert '<td class="num">yes</td>' in table_html(bools)
 
 
+
+def test_the_report_names_methods_and_defenses_as_papers_do_and_the_table_keeps_code_names():
+    from manipex.experiments.report import table_html
+
+    table = pd.DataFrame({"none": [0.356, 0.221], "beta_smoothing": [0.183, -0.003], "my_defense": [0.1, 0.2]},
+                         index=pd.Index(["grad_x_input", "lrp"], name="method"))
+    page = table_html(table)
+    for shown in (">Gradient × Input<", ">LRP<", ">no defense<", ">β-smoothing<", ">my_defense<"):
+        assert shown in page, shown  # a name manipex does not know is shown as it is
+    assert ">grad_x_input<" not in page and ">beta_smoothing<" not in page
+    assert list(table.index) == ["grad_x_input", "lrp"] and "beta_smoothing" in table.columns
+
 # --- reprs --------------------------------------------------------------------------------------------------
 
 def test_result_reprs_are_one_line_summaries(mnist_model):

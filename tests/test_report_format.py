@@ -37,7 +37,7 @@ def test_table_html_aligns_numbers_right_and_text_left():
     table = pd.DataFrame({"method": ["lrp", "gradient"], "mse": [3.2e-07, -0.0], "n": [4, 5]}).set_index("method")
     page = table_html(table)
     assert '<div class="scroll">' in page
-    assert '<th class="txt">lrp</th>' in page and '<td class="num">3.20e-07</td>' in page
+    assert '<th class="txt">LRP</th>' in page and '<td class="num">3.20e-07</td>' in page
     assert '<td class="num">0.00e+00</td>' in page and not re.search(r">-0[.<]", page)
     assert '<td class="num">4</td>' in page
     wide = pd.DataFrame([[0.5, 90.0, 1e-8]], columns=pd.MultiIndex.from_tuples(

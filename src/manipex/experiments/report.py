@@ -38,7 +38,7 @@ def is_text(table) -> bool:
 # -- numbers ---------------------------------------------------------------------------------------------
 # one convention for every table manipex shows (the report, the terminal): manipex.style.format_column
 
-from ..style import MISSING, _finite, _is_flag_value, _is_number, _label, format_column, format_table  # noqa: E402,F401
+from ..style import DISPLAY_NAMES, MISSING, _finite, _is_flag_value, _is_number, _label, format_column, format_table  # noqa: E402,F401
 
 
 def _numeric(values: Sequence[Any]) -> bool:
@@ -53,7 +53,10 @@ def table_html(table) -> str:
     """An HTML table: index levels as left-hand header columns, each column formatted by
     :func:`manipex.style.format_column` (similarities to 3 decimals within their range, flags
     yes / no, percentages to one decimal); numbers right-aligned, text left-aligned and wrapped; in a box that
-    scrolls horizontally by itself when the table is wider than the page."""
+    scrolls horizontally by itself when the table is wider than the page. Method and defense
+    names in the header and the index are shown as the papers name them
+    (:data:`manipex.style.DISPLAY_NAMES`: ``grad_x_input`` -> "Gradient × Input"); the table
+    itself keeps the code names."""
     import pandas as pd
 
     index = table.index
@@ -69,8 +72,12 @@ def table_html(table) -> str:
         if _numeric(values):
             rendered.append((name, format_column(values, name), "num", is_index))
         else:
-            rendered.append((name, [MISSING if v is None or v != v else str(v) for v in values], "txt", is_index))
-    head = "".join(f'<th class="{kind}">{html.escape(name)}</th>' for name, _, kind, _ in rendered)
+            text = [MISSING if v is None or v != v else str(v) for v in values]
+            if is_index:  # a method or defense named as a paper names it (exact names only)
+                text = [DISPLAY_NAMES.get(t, t) for t in text]
+            rendered.append((name, text, "txt", is_index))
+    head = "".join(f'<th class="{kind}">{html.escape(DISPLAY_NAMES.get(name, name))}</th>'
+                   for name, _, kind, _ in rendered)
     body = []
     for r in range(len(table)):
         cells = []
