@@ -15,10 +15,12 @@ benchmark's table in the third decimal). Two measures remove that:
   kernels), then restores what it changed.
 
 What it guarantees: the same bytes for the same code, seed, data and torch build on a CPU of the
-same instruction set (``torch.backends.cpu.get_cpu_capability()``), whatever the thread count,
-test order or earlier work of the process. Across instruction sets (AVX2 and AVX-512 kernels
-round differently) only files carry a model unchanged: that is why the default models ship
-their weights (:func:`manipex.models.load_default`).
+same instruction set (``torch.backends.cpu.get_cpu_capability()``), whatever the thread count
+or test order, provided manipex was imported before the process's first matrix product (MKL
+reads its mode then). Not covered: a torch built without MKL, and the fine-tuning loops
+(``manipulate_model``, ``train_robust``), which use every thread. Across instruction sets (AVX2
+and AVX-512 kernels round differently) only files carry a model unchanged: that is why the
+default model ships its weights (:func:`manipex.models.load_default`).
 """
 from __future__ import annotations
 
