@@ -30,7 +30,7 @@ from typing import Iterator, Optional, Union
 
 import torch
 
-__all__ = ["blas_reproducible", "cpu_capability", "reproducible"]
+__all__ = ["blas_reproducible", "cpu_capability", "kept_thread_count", "reproducible"]
 
 #: MKL's conditional numerical reproducibility (mkl_cbwr.h): query of the whole mode, STRICT flag.
 _MKL_CBWR_ALL, _MKL_CBWR_STRICT = -1, 0x10000
@@ -62,6 +62,18 @@ def blas_reproducible() -> Optional[bool]:
 
 
 @contextmanager
+def kept_thread_count() -> Iterator[None]:
+    """Within the block the thread count may change (``--threads``, :func:`reproducible`); it is
+    set back to what it was afterwards, also after an error."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+@contextmanager
 def reproducible(device: Optional[Union[str, torch.device]] = None, enabled: bool = True) -> Iterator[None]:
     """Within the block: one intra-op thread, and on CUDA deterministic cuDNN kernels without
     autotuning. The thread count and cuDNN flags in force before are restored afterwards, also
@@ -73,15 +85,13 @@ def reproducible(device: Optional[Union[str, torch.device]] = None, enabled: boo
         yield
         return
     device = torch.device(device) if device is not None else torch.device("cpu")
-    threads = torch.get_num_threads()
     cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    try:
-        if device.type == "cpu":
-            torch.set_num_threads(1)
-        else:
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+    with kept_thread_count():
+        try:
+            if device.type == "cpu":
+                torch.set_num_threads(1)
+            else:
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+            yield
+        finally:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn

@@ -11,7 +11,6 @@ for a few test images of the default model; ``manipex methods`` lists the method
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -154,6 +153,12 @@ def config_flags(args: argparse.Namespace) -> dict:
     return {k[len("key_"):]: v for k, v in vars(args).items() if k.startswith("key_") and v is not None}
 
 
+#: ``--fresh`` of ``manipex run`` and ``manipex audit``
+FRESH_HELP = ("start over: remove the earlier run's files (results, meta.json, report, figures, models/, references/, "
+              "maps/) in the experiment's folder under --out once the new config has passed its checks; without it, "
+              "a folder holding a run with another config is refused and nothing is deleted")
+
+
 def _run_parser(experiment) -> argparse.ArgumentParser:
     """``manipex run EXPERIMENT``'s flags: the common ones and one per key of its config."""
     parser = argparse.ArgumentParser(prog=f"manipex run {experiment.name}", description=experiment.title,
@@ -165,11 +170,7 @@ def _run_parser(experiment) -> argparse.ArgumentParser:
                         help="any config key as TOML, e.g. --set methods='[\"lrp\"]'")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quiet", action="store_true", help="no progress bar (for CI and logs); tables still print")
-    parser.add_argument("--fresh", action="store_true",
-                        help="start over: remove the earlier run's files (results, meta.json, report, figures, models/, "
-                        "references/, maps/) in the experiment's folder under --out once the new config has "
-                        "passed its checks; without it, a folder holding a run with another config is "
-                        "refused and nothing is deleted")
+    parser.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (for bug reports)")
     add_config_flags(parser, experiment.Config)
     return parser
@@ -296,11 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="manipex-runs", help="folder of runs (default ./manipex-runs)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quiet", action="store_true", help="no progress bar; the tables are still printed")
-    p.add_argument("--fresh", action="store_true",
-                   help="start over: remove the earlier run's files (results, meta.json, report, figures, models/, "
-                   "references/, maps/) in the experiment's folder under --out once the new config has "
-                   "passed its checks; without it, a folder holding a run with another config is "
-                   "refused and nothing is deleted")
+    p.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     add_config_flags(p, AuditConfig, skip=("weights", "references", "dataset"))
     p.set_defaults(func=_audit)
     p = sub.add_parser("list", help="experiments, methods, defenses and datasets; with an experiment, its config "
@@ -356,15 +353,6 @@ def _show_warning(prefix: str):
     return show
 
 
-@contextlib.contextmanager
-def _restore_threads(threads: int):
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """The command line; returns its exit code: 0 done, 2 a problem with the input (one line on
     stderr, no traceback), 1 a bug (one line; ``--debug`` or ``MANIPEX_DEBUG=1`` re-raises it with
@@ -381,8 +369,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     prefix = f"manipex {command}".rstrip()
     from manipex.experiments.store import DamagedResultsWarning
 
-    threads = torch.get_num_threads()
-    with warnings.catch_warnings(), _restore_threads(threads):
+    from manipex._determinism import kept_thread_count
+
+    with warnings.catch_warnings(), kept_thread_count():
         warnings.simplefilter("always", DamagedResultsWarning)  # each command reports the damage it finds
         if not debug:
             warnings.showwarning = _show_warning(prefix)

@@ -141,10 +141,7 @@ class Quick(Experiment):
         }
 
     def figures(self, df, config, out):
-        import textwrap
-
-        from ..figures import _subplots
-        from ..style import display_name
+        from ..figures import _subplots, display_title
         from .plots import CI_TEXT, aggregate, each_format, grouped_bars, manipulation_grid, n_text, save_figure, styled
 
         @styled
@@ -158,7 +155,7 @@ class Quick(Experiment):
             ax.axhline(0.0, color="black", lw=0.6)
             ax.set_ylabel("rise of PCC with target map\n(after − before; higher = more manipulated)")
             ax.set_xlabel("explanation method (attacked adaptively through the defense)")
-            ax.set_xticks(range(len(mean.index)), ["\n".join(textwrap.wrap(display_name(m), 12)) for m in mean.index])
+            ax.set_xticks(range(len(mean.index)), [display_title(m) for m in mean.index])
             ax.set_title(f"targeted attack per method and defense: mean rise\n({CI_TEXT}; "
                          f"{n_text(n.stack().dropna())})")
             return save_figure(fig, Path(out) / "quick_defenses.png")
