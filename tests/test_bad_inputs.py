@@ -88,17 +88,22 @@ NO_AUTOGRAD = {"explain:occlusion", "output_change", "class_agreement"}
 # the kinds of bad input: each changes one argument and names the error it must raise
 
 class Tuple1(nn.Module):
+    """Returns two candidate logits: manipex cannot tell which (one, or a "logits" key, is read)."""
+
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
 
     def forward(self, x):
-        return (self.inner(x),)
+        out = self.inner(x)
+        return (out, out)
 
 
 class Dict1(Tuple1):
+    """A dict without a "logits" key."""
+
     def forward(self, x):
-        return {"logits": self.inner(x)}
+        return {"scores": self.inner(x)}
 
 
 def _nan_weight(model):

@@ -44,9 +44,10 @@ def test_every_lrp_composite_is_exactly_differentiable(name, composite):
     check_second_order(model, x, "lrp", opts)
 
 
-def check_second_order(model, x, method, opts):
+def check_second_order(model, x, method, opts, step: float = EPS):
     """d/dx and d/dθ of a random linear functional of the map (itself a first derivative, so
-    these are second-order derivatives) against central differences along random directions."""
+    these are second-order derivatives) against central differences along random directions
+    (of ``step``)."""
     torch.manual_seed(4)
     h = manipex.explain(model, x, method, **opts)
     assert h.shape == x.shape and h.abs().sum() > 0, "map must be non-trivial for the check to mean anything"
@@ -56,7 +57,7 @@ def check_second_order(model, x, method, opts):
     xg = x.clone().requires_grad_(True)
     (gx,) = torch.autograd.grad(f(xg), xg)
     d = torch.randn_like(x)
-    assert relative_error((gx * d).sum().item(), central_difference(lambda t: f(x + t * d).item())) < 1e-5
+    assert relative_error((gx * d).sum().item(), central_difference(lambda t: f(x + t * d).item(), step)) < 1e-5
 
     # w.r.t. every parameter at once, along a random direction
     params = [p for p in model.parameters()]
@@ -72,7 +73,7 @@ def check_second_order(model, x, method, opts):
         return f(x).item()
 
     try:
-        numeric = central_difference(at)
+        numeric = central_difference(at, step)
     finally:
         with torch.no_grad():
             for p, p0 in zip(params, original):

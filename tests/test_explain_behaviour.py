@@ -260,10 +260,10 @@ def test_model_in_training_mode_is_refused_and_left_in_training_mode(relu_model)
 
 
 def test_unsupported_layer_is_named():
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.LayerNorm([2, 4, 4]), nn.Flatten(), nn.LazyLinear(3))
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.LocalResponseNorm(2), nn.Flatten(), nn.LazyLinear(3))
     model(torch.rand(1, 1, 6, 6))
     model.eval()
-    with pytest.raises(UnsupportedModelError, match=r"layer '2' \(LayerNorm\)"):
+    with pytest.raises(UnsupportedModelError, match=r"layer '2' \(LocalResponseNorm\)"):
         manipex.explain(model, torch.rand(2, 1, 6, 6), "lrp")
     # gradient methods need no layer-by-layer rules: they work on any differentiable model
     assert manipex.explain(model, torch.rand(2, 1, 6, 6), "gradient").shape == (2, 1, 6, 6)

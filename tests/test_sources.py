@@ -80,8 +80,15 @@ def test_every_experiment_runs_on_each_source_and_resumes_after_sigkill(name, so
     run(name, overrides=overrides, out=killed, quiet=True)
     a, b = _rows(tmp_path / "straight" / name), _rows(killed / name)
     assert len(a) == len(b) > 0
-    if not a.equals(b):  # name the units and columns that differ
+    # the first unit was computed in the killed process, the rest here: equal, up to the last bits
+    # of a float reduction that two processes may order differently (seen twice in ~40 runs of
+    # this test, on loaded machines: linf 0.020014 vs 0.020015 after 5 Adam steps)
+    numeric = [c for c in a.columns if a[c].dtype.kind == "f" and b[c].dtype.kind == "f"]
+    close = a[numeric].sub(b[numeric]).abs().le(1e-9 + 1e-4 * b[numeric].abs()) | (a[numeric].isna() & b[numeric].isna())
+    same = a.drop(columns=numeric).equals(b.drop(columns=numeric)) and bool(close.all().all())
+    if not same:  # name the units and columns that differ
         differ = a.ne(b) & ~(a.isna() & b.isna())
+        differ[numeric] = ~close
         rows = differ.any(axis=1)
         pytest.fail(f"resumed rows differ: units {sorted(set(a.unit[rows]))}, columns "
                     f"{list(differ.columns[differ.any()])}:\n{a[rows].to_string()}\n{b[rows].to_string()}")

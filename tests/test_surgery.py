@@ -66,7 +66,7 @@ def test_gradient_map_of_softplus_model_is_smooth():
     assert g.abs().sum() > 0
 
 
-def test_functional_relu_is_refused_then_canonicalised():
+def test_functional_relu_is_softplus_in_the_block_and_canonicalize_still_works():
     class Functional(nn.Module):
         def __init__(self):
             super().__init__()
@@ -76,11 +76,13 @@ def test_functional_relu_is_refused_then_canonicalised():
             return self.fc2(F.relu(self.fc1(x)))
 
     model = Functional().eval()
-    with pytest.raises(ValueError, match="functionally.*canonicalize"):
-        with surgery.softplus(model):
-            pass
-    canonical = surgery.canonicalize(model)
     x = torch.randn(5, 3)
+    relu_out = model(x)
+    with surgery.softplus(model, beta=2.0) as sp:  # no longer refused: F.relu is Softplus(2) here
+        assert len(sp) == 1 and sp.units[0] is surgery.functional_surrogate(model)
+        assert torch.allclose(model(x), model.fc2(F.softplus(model.fc1(x), beta=2.0)))
+    assert torch.equal(model(x), relu_out) and not model._forward_pre_hooks and not model._forward_hooks
+    canonical = surgery.canonicalize(model)
     assert torch.allclose(canonical(x), model(x))
     with surgery.softplus(canonical, beta=2.0):
         assert torch.allclose(canonical(x), model.fc2(F.softplus(model.fc1(x), beta=2.0)))

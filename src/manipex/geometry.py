@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._second_order import second_order
 from ._validation import (TargetLike, check_call, check_choice, check_int, check_real, check_target, predicted_target,
                           short)
 
@@ -27,8 +28,9 @@ from ._validation import (TargetLike, check_call, check_choice, check_int, check
 def _shape_operator(model: nn.Module, x: Tensor, k: Tensor):
     """The map ``v -> P H P v / ||grad g||`` at every sample of ``x`` (batched over samples)."""
     xg = x.detach().requires_grad_(True)
-    g = model(xg).gather(1, k[:, None]).sum()
-    (grad,) = torch.autograd.grad(g, xg, create_graph=True)
+    with second_order(model, "principal_curvature"):
+        g = model(xg).gather(1, k[:, None]).sum()
+        (grad,) = torch.autograd.grad(g, xg, create_graph=True)
     flat = grad.flatten(1)
     norm = flat.norm(dim=1, keepdim=True)
     n = (flat / norm).detach()
@@ -154,7 +156,8 @@ def curvature_vs_beta(model: nn.Module, x: Tensor, betas: Sequence[float] = (1.0
 def _logit_grad(model: nn.Module, x: Tensor, k: Tensor) -> Tensor:
     """``grad_x g_k(x)`` per sample, with ``create_graph=True`` (differentiable in ``x`` and the weights)."""
     x = x if x.requires_grad else x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(model(x).gather(1, k[:, None]).sum(), x, create_graph=True)
+    with second_order(model, "hessian_norm"):
+        (grad,) = torch.autograd.grad(model(x).gather(1, k[:, None]).sum(), x, create_graph=True)
     return grad
 
 

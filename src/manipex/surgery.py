@@ -15,44 +15,94 @@ smooth maximum of a window. The attack uses it (manipex's extension of Dombrowsk
 with hard max-pooling the surrogate's map has no derivative through the choice of the window's
 winner, so the attack cannot learn to switch winners.
 
-ReLUs called functionally (``F.relu`` in ``forward``) cannot be swapped in place: both refuse
-such models with an error naming the call; :func:`canonicalize` returns a traced copy in which
-those calls are ``nn.ReLU`` modules.
+ReLUs called functionally in ``forward`` (``F.relu``, ``torch.relu``, ``x.relu()``, their
+in-place forms; torchvision's DenseNet and Inception call ``F.relu(x, inplace=True)``) become
+Softplus too. They cannot be swapped in place; instead, while the surrogate is in effect, the
+model's own forward runs under a :class:`torch.overrides.TorchFunctionMode` that computes
+every such call as ``F.softplus(x, beta, threshold)`` of one ``nn.Softplus`` unit, which
+stands for all the call sites: it is in the handle's ``units`` (a β schedule moves it with the
+swapped modules) and :func:`functional_surrogate` returns it (the propagation graph, which
+evaluates the nodes itself rather than through ``forward``, evaluates functional ReLU nodes as
+that unit). A forward pre-hook on the root model enters the mode and a forward hook with
+``always_call=True`` exits it, also when the forward raises, so the mode is active only inside
+the model's forward, never in manipex's own code around it (guided backprop's rules and
+Grad-CAM's ReLU call ``F.relu`` too). :func:`softplus` removes the hooks on exit;
+:func:`smooth_copy`'s copy keeps them (deep copies of it carry their own). The hooks are put
+in only where ``forward`` calls ReLU functionally (fx-traced once per model structure and
+cached), and always for a model fx cannot trace. An in-place call (``F.relu(x, inplace=True)``,
+``x.relu_()``) is computed out of place and its result returned: a forward that uses the
+returned tensor (as torchvision's do) gets the softplus, one that relies on the side effect
+alone keeps the pre-activation. A call the hooks do not see (``model.forward(x)`` rather than
+``model(x)``, calls at the level of ``torch.ops.aten``) stays ReLU. :func:`canonicalize`
+returns a traced copy in which those calls are ``nn.ReLU`` modules.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
-from typing import Iterator, List, Sequence, Tuple, Union
+import weakref
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 FUNCTIONAL_RELUS = (F.relu, torch.relu, torch.relu_, F.relu_)
+#: what the surrogate's function mode computes as Softplus: the functional and method forms
+_RELU_CALLS = frozenset(FUNCTIONAL_RELUS + (Tensor.relu, Tensor.relu_))
 
 
 def functional_relus(model: nn.Module) -> List[str]:
     """Names of fx nodes where ``model.forward`` calls ReLU functionally ([] if untraceable)."""
+    return _trace_functional_relus(model) or []
+
+
+def _trace_functional_relus(model: nn.Module) -> Optional[List[str]]:
     try:
         graph = torch.fx.Tracer().trace(model)
     except Exception:
-        return []
+        return None
     return [
         n.name for n in graph.nodes
         if (n.op == "call_function" and n.target in FUNCTIONAL_RELUS) or (n.op == "call_method" and n.target in ("relu", "relu_"))
     ]
 
 
-def _check_no_functional_relu(model: nn.Module, where: str) -> None:
-    found = functional_relus(model)
-    if found:
-        raise ValueError(
-            f"{where}: the model's forward calls ReLU functionally (fx node {found[0]!r}), which "
-            "cannot be swapped for Softplus; use nn.ReLU modules or manipex.surgery.canonicalize(model)"
-        )
+#: per model, per structure fingerprint: whether its forward calls ReLU functionally
+_FUNCTIONAL: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple[Any, ...], Optional[bool]]]" = (
+    weakref.WeakKeyDictionary())
+_FINGERPRINTS_KEPT = 8  # per model (the in-place swap changes the structure for its block)
+
+
+def _fingerprint(model: nn.Module) -> Tuple[Any, ...]:
+    return (type(model).forward, id(model.__dict__.get("forward")),
+            tuple((name, type(m), id(m)) for name, m in model.named_modules()))
+
+
+def has_functional_relu(model: nn.Module, *, trace: bool = True) -> Optional[bool]:
+    """Whether ``model.forward`` calls ReLU functionally (``F.relu``, ``torch.relu``,
+    ``x.relu()``, in-place forms), found by an fx trace; None if fx cannot trace the model.
+
+    The answer is cached per model and structure (the names, types and identities of its
+    modules, and its ``forward``), so asking again costs no trace. ``trace=False``: only the
+    cached answer, None if there is none.
+    """
+    key = _fingerprint(model)
+    known = _FUNCTIONAL.get(model)
+    if known is not None and key in known:
+        return known[key]
+    if not trace:
+        return None
+    found = _trace_functional_relus(model)
+    answer = None if found is None else bool(found)
+    known = _FUNCTIONAL.setdefault(model, {})
+    while len(known) >= _FINGERPRINTS_KEPT:
+        known.pop(next(iter(known)))
+    known[key] = answer
+    return answer
 
 
 def _check_beta(beta: float, where: str) -> float:
@@ -172,6 +222,84 @@ class SoftplusHandle:
         return len(self.units)
 
 
+class _ReluAsSoftplus(TorchFunctionMode):
+    """Computes every functional ReLU call as ``F.softplus`` with ``unit``'s β and threshold
+    (in-place forms out of place, the result returned); every other call as it is."""
+
+    def __init__(self, unit: nn.Softplus) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        try:
+            relu = func in _RELU_CALLS
+        except TypeError:  # an unhashable callable: not a ReLU
+            relu = False
+        if relu:
+            x = args[0] if args else kwargs["input"]
+            return F.softplus(x, beta=self.unit.beta, threshold=self.unit.threshold)
+        return func(*args, **kwargs)
+
+
+class _FunctionalSurrogate:
+    """The hooks on a root model under which its forward runs in :class:`_ReluAsSoftplus`:
+    the pre-hook enters a mode, the forward hook (``always_call``: also when the forward
+    raises) exits the one its call entered; nested and re-entrant calls enter their own."""
+
+    def __init__(self, unit: nn.Softplus) -> None:
+        self.unit = unit
+        self._modes: List[_ReluAsSoftplus] = []
+
+    def enter(self, module: nn.Module, args: Any) -> None:
+        mode = _ReluAsSoftplus(self.unit)
+        mode.__enter__()
+        self._modes.append(mode)
+
+    def exit(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._modes:  # none when an earlier (global) pre-hook raised before ours ran
+            self._modes.pop().__exit__(None, None, None)
+
+    def attach(self, model: nn.Module) -> List[Any]:
+        """Register the hooks on ``model``: first among its pre-hooks and forward hooks, so that
+        the mode spans the forward itself; returns their handles."""
+        return [model.register_forward_pre_hook(self.enter, prepend=True),
+                model.register_forward_hook(self.exit, prepend=True, always_call=True)]
+
+    def __getstate__(self) -> Dict[str, Any]:  # copies and pickles: no modes in flight
+        return {"unit": self.unit, "_modes": []}
+
+
+#: the unit that stands for a model's functional ReLUs while the surrogate is in effect
+_SURROGATES: "weakref.WeakKeyDictionary[nn.Module, nn.Softplus]" = weakref.WeakKeyDictionary()
+
+
+def _attached_surrogate(model: nn.Module) -> Optional[_FunctionalSurrogate]:
+    for hook in model._forward_pre_hooks.values():
+        owner = getattr(hook, "__self__", None)
+        if isinstance(owner, _FunctionalSurrogate):
+            return owner
+    return None
+
+
+def functional_surrogate(model: nn.Module) -> Optional[nn.Softplus]:
+    """The ``nn.Softplus`` unit that stands for all of ``model``'s functional ReLU calls while
+    the surrogate is in effect (inside :func:`softplus`, and on a :func:`smooth_copy` or a deep
+    copy of one), None otherwise (also for a model that calls no ReLU functionally). Its
+    ``beta`` and ``threshold`` are read at every call, so a handle's β schedule moves it.
+
+    For code that evaluates the model's operations itself rather than through ``model(x)``
+    (manipex's propagation graph): evaluate each functional ReLU as this unit.
+    """
+    unit = _SURROGATES.get(model)
+    if unit is None:
+        surrogate = _attached_surrogate(model)
+        if surrogate is not None:  # a deep copy or unpickled copy of a smoothed model
+            unit = surrogate.unit
+            _SURROGATES[model] = unit
+    return unit
+
+
 def _relu_slots(model: nn.Module) -> List[Tuple[nn.Module, str, nn.ReLU]]:
     return [
         (parent, name, child)
@@ -182,55 +310,91 @@ def _relu_slots(model: nn.Module) -> List[Tuple[nn.Module, str, nn.ReLU]]:
 
 
 def has_relu(model: nn.Module) -> bool:
-    """Whether ``model`` has an ``nn.ReLU`` module that surgery would swap."""
-    return bool(_relu_slots(model))
+    """Whether surgery would swap something in ``model``: an ``nn.ReLU`` module, or a functional
+    ReLU call that fx finds in its forward (and that is not already a surrogate's)."""
+    if _relu_slots(model):
+        return True
+    return _attached_surrogate(model) is None and has_functional_relu(model) is True
+
+
+def _functional_unit(model: nn.Module, beta: float, check: bool) -> Optional[_FunctionalSurrogate]:
+    """A surrogate for ``model``'s functional ReLUs if it calls ReLU functionally or may (fx
+    cannot trace it; ``check=False`` and no cached answer); None if it does not, or if its
+    functional ReLUs are a surrogate's already (they keep their β, as Softplus modules do)."""
+    if _attached_surrogate(model) is not None:
+        return None
+    if has_functional_relu(model, trace=check) is False:
+        return None
+    return _FunctionalSurrogate(nn.Softplus(beta=beta).train(model.training))
 
 
 @contextlib.contextmanager
 def softplus(model: nn.Module, beta: float = 10.0, *, check: bool = True) -> Iterator[SoftplusHandle]:
-    """Swap every ``nn.ReLU`` of ``model`` for ``nn.Softplus(beta)`` while in the block.
+    """Swap every ``nn.ReLU`` of ``model`` for ``nn.Softplus(beta)`` while in the block, and
+    compute its functional ReLU calls as Softplus(β) (see the module's docstring).
 
     >>> with manipex.surgery.softplus(model, beta=10) as sp:
     ...     for step in range(steps):
     ...         sp.beta = 10 * 10 ** (step / steps)   # Dombrowski's exponential schedule
     ...         ...
+
+    On exit, also after an error, the model is as it was: the same ReLU objects, no hooks of
+    ours. ``check=False`` traces nothing: whether the forward calls ReLU functionally is taken
+    from the cache of :func:`has_functional_relu` (a caller that swaps once per batch asks it
+    once), and where it has no answer the functional surrogate is put in anyway (harmless
+    where the forward calls no ReLU).
     """
     beta = _check_beta(beta, "surgery.softplus")
-    if check:  # check=False: a caller that swaps once per batch has checked once (tracing costs)
-        _check_no_functional_relu(model, "surgery.softplus")
+    surrogate = _functional_unit(model, beta, check)
     slots = _relu_slots(model)
-    units = [nn.Softplus(beta=beta).train(relu.training) for _, _, relu in slots]
+    units: List[nn.Module] = [nn.Softplus(beta=beta).train(relu.training) for _, _, relu in slots]
+    handles: List[Any] = []
     try:
         for (parent, name, _), unit in zip(slots, units):
             setattr(parent, name, unit)
+        if surrogate is not None:
+            units.append(surrogate.unit)
+            _SURROGATES[model] = surrogate.unit
+            handles = surrogate.attach(model)
         yield SoftplusHandle(units, beta)
     finally:
+        for handle in reversed(handles):
+            handle.remove()
+        if surrogate is not None:
+            _SURROGATES.pop(model, None)
         for parent, name, relu in slots:
             setattr(parent, name, relu)
 
 
 def softplus_copy(model: nn.Module, beta: float = 10.0) -> nn.Module:
-    """A deep copy of ``model`` with every ``nn.ReLU`` replaced by ``nn.Softplus(beta)``."""
+    """A deep copy of ``model`` with every ``nn.ReLU`` replaced by ``nn.Softplus(beta)`` (and
+    its functional ReLUs computed as Softplus(β), by hooks on the copy)."""
     return smooth_copy(model, beta)[0]
 
 
 def smooth_copy(model: nn.Module, beta: float = 10.0, *, pools: bool = False) -> Tuple[nn.Module, SoftplusHandle]:
     """Like :func:`softplus_copy`, with the handle that sets β of exactly the swapped units
-    (Softplus layers the model had before keep their own β). The copy has its own parameters,
-    equal to the model's.
+    (Softplus layers the model had before keep their own β) and of the unit of its functional
+    ReLUs (:func:`functional_surrogate` of the copy), if it calls any. The copy has its own
+    parameters, equal to the model's, and keeps the hooks that make its functional ReLUs
+    Softplus.
 
     ``pools``: also swap every ``nn.MaxPool1d/2d/3d`` module (without ``return_indices``) for
     a :class:`SmoothMaxPool` of the same β. Functional max-pooling and adaptive max-pooling
     stay hard.
     """
     beta = _check_beta(beta, "surgery.softplus_copy")
-    _check_no_functional_relu(model, "surgery.softplus_copy")
+    surrogate = _functional_unit(model, beta, check=True)  # traced (once, cached) on the original
     clone = copy.deepcopy(model)
     units: List[nn.Module] = []
     for parent, name, relu in _relu_slots(clone):
         unit = nn.Softplus(beta=beta).train(relu.training)
         setattr(parent, name, unit)
         units.append(unit)
+    if surrogate is not None:
+        surrogate.attach(clone)
+        _SURROGATES[clone] = surrogate.unit
+        units.append(surrogate.unit)
     if pools:
         for parent, name, pool in _pool_slots(clone):
             unit = SmoothMaxPool.from_maxpool(pool, beta)
@@ -249,9 +413,13 @@ def _pool_slots(model: nn.Module) -> List[Tuple[nn.Module, str, nn.Module]]:
 
 
 def set_beta(model: nn.Module, beta: float) -> int:
-    """Set β of every ``nn.Softplus`` in ``model``; returns how many were set."""
+    """Set β of every ``nn.Softplus`` in ``model`` and of the unit of its functional ReLUs
+    (:func:`functional_surrogate`), if it has one; returns how many were set."""
     beta = _check_beta(beta, "surgery.set_beta")
     units = [m for m in model.modules() if isinstance(m, nn.Softplus)]
+    functional = functional_surrogate(model)
+    if functional is not None and not any(functional is m for m in units):
+        units.append(functional)
     for unit in units:
         unit.beta = beta
     return len(units)

@@ -31,11 +31,13 @@ import torch
 from torch import Tensor, nn
 
 from .. import surgery
+from .._second_order import second_order
 from .._validation import (TargetLike, check_bool, check_call, check_choice, check_input, check_int, check_real,
                            check_target, predicted_target, short)
 from ..explainers import get_explainer, relevance
 from ..explainers.base import capture_output
 from ..metrics import class_agreement, output_change
+from ..models.interfaces import Output, logits_model
 from ..objectives import Objective
 
 Bound = Union[float, Sequence[float], Tensor]
@@ -292,6 +294,7 @@ def manipulate_input(
     patience: Optional[int] = 10,
     start: Optional[Tensor] = None,
     progress: bool = True,
+    output: Optional[Output] = None,
 ) -> InputAttackResult:
     """Perturb ``x`` so that its ``method`` explanation meets ``objective`` while the output stays.
 
@@ -342,6 +345,9 @@ def manipulate_input(
             keep and the start map of the objective stay those of ``x`` (max-sensitivity's worst
             case starts at the worst sampled point).
         progress: show a progress bar (on a terminal or in a notebook; never in logs).
+        output: what selects the logits of a model that returns more than a tensor (a dict,
+            a tuple, an object with ``.logits``), as in :func:`manipex.explain`; None: a tensor
+            as it is, else its logits found automatically (with a warning once per model).
 
     Returns:
         :class:`InputAttackResult`.
@@ -363,6 +369,9 @@ def manipulate_input(
         if start.shape != x.shape:
             raise ValueError(f"{where}: start must have x's shape {tuple(x.shape)}, got {tuple(start.shape)}")
     x = x.detach()
+    # one wrapper for the whole run (where the model returns more than logits), so that the
+    # per-model caches (propagation graphs, parameter checks) are hit at every step
+    model = logits_model(model, x, output, where=where)
     target = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
 
     def relevance_on(m: nn.Module, inputs: Tensor, create_graph: bool = False) -> Tensor:
@@ -414,7 +423,7 @@ def manipulate_input(
         if handle is not None:
             handle.beta = _beta_at(beta, step, steps)
         # checked once above: the model, and x_adv, finite by construction (projected, clamped)
-        with torch.enable_grad(), capture_output(x_adv) as seen:  # also under a caller's no_grad()
+        with torch.enable_grad(), second_order(attacked, where), capture_output(x_adv) as seen:  # also under no_grad()
             r = relevance(explainer.compute(attacked, x_adv, target, True))
             logits = seen.output if share_output and seen.output is not None else attacked(x_adv)
             out_term = (logits.softmax(1) - p_orig).pow(2).mean(1)

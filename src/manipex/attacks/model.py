@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import surgery
+from .._second_order import second_order
 from .._resume import RunState, config_key, restore
 from .._validation import (check_bool, check_call, check_choice, check_int, check_labelled_data, check_model,
                            check_real, check_target_range, forward, short)
 from ..explainers import explain, get_explainer, relevance
+from ..models.interfaces import Output, logits_model
 from ..objectives import Objective
 
 CLASSIFICATION_TERMS = ("cross_entropy", "probabilities")
@@ -83,6 +85,7 @@ def manipulate_model(
     seed: int = 0,
     checkpoint: Union[None, str, os.PathLike] = None,
     progress: bool = True,
+    output: Optional[Output] = None,
 ) -> ModelAttackResult:
     """Fine-tune a copy of ``model`` so that ``objective`` holds for its ``method`` maps.
 
@@ -109,6 +112,11 @@ def manipulate_model(
         checkpoint: a file; the run saves its state there after every epoch and, started
             again with the same settings, resumes from it.
         progress: show a progress bar.
+        output: what selects the logits of a model that returns more than a tensor (a dict,
+            a tuple, an object with ``.logits``), as in :func:`manipex.explain`; None: a tensor
+            as it is, else its logits found automatically (with a warning once per model). The
+            returned model is of the kind passed in (its output as it was), with the new weights;
+            ``trainable`` names its parameters as they are named in it.
     """
     where = "manipulate_model"
     check_model(model, where=where)
@@ -132,6 +140,11 @@ def manipulate_model(
     method_options = dict(method_options or {})
     get_explainer(method, **method_options)
     names = _trainable_names(model, trainable)
+    user_model = model
+    # the run works on the logits (one wrapper for all steps, where the model returns more); the
+    # user's kind of model is trained, saved and returned
+    model = logits_model(model, x, output, where=where)
+    wrapped = model is not user_model
     with torch.no_grad():  # class indices of the original model: constants of the objective
         logits = [forward(model, b, where=where) for b in x.split(512)]
     check_target_range(y, logits[0].shape[1], where=where, what="label")
@@ -143,11 +156,12 @@ def manipulate_model(
     state = run_state.load() if run_state is not None else None
 
     work = surgery.softplus_copy(model, beta) if beta is not None else copy.deepcopy(model)
-    params = dict(work.named_parameters())
+    inner = work.model if wrapped else work  # the copy of the user's model (the wrapper has no state)
+    params = dict(inner.named_parameters())
     for n, p in params.items():
         p.requires_grad_(n in names)
     optimizer = torch.optim.Adam([params[n] for n in names], lr=lr)
-    start_epoch, history = restore(state, work, optimizer)
+    start_epoch, history = restore(state, inner, optimizer)
 
     from .._progress import progress_bar
 
@@ -176,7 +190,8 @@ def manipulate_model(
             expl = obj.loss(r).mean()
             loss = gamma * cls + lam * expl
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with second_order(work, where):  # a missing second derivative, named
+                loss.backward()
             optimizer.step()
             for k, v in (("loss", loss), ("classification", cls), ("objective", expl)):
                 totals[k] += v.item() * len(idx) / x.shape[0]
@@ -184,11 +199,11 @@ def manipulate_model(
             bar.set_postfix(epoch=epoch + 1, cls=f"{cls.item():.3g}", obj=f"{expl.item():.3g}", refresh=False)
         history.append({"epoch": epoch + 1, **totals})
         if run_state is not None:
-            run_state.save(model=work.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, history=history)
+            run_state.save(model=inner.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, history=history)
     bar.close()
 
-    manipulated = copy.deepcopy(model)
-    manipulated.load_state_dict(work.state_dict())
+    manipulated = copy.deepcopy(user_model)
+    manipulated.load_state_dict(inner.state_dict())
     return ModelAttackResult(manipulated.eval(), history, names)
 
 
@@ -247,11 +262,14 @@ def evaluate_manipulation(
     *,
     method_options: Optional[Dict[str, Dict[str, Any]]] = None,
     batch_size: int = 256,
+    output: Optional[Output] = None,
 ) -> ModelEvaluation:
     """Accuracy, output change and the objective's metric of every method, for both models.
 
     The metric (``objective.metric_name``) is averaged over ``data``; maps explain the class the
     original model predicts. ``output_change`` is the mean ``||softmax_new - softmax_orig||^2``.
+    ``output``: what selects the logits of models that return more than a tensor, for both
+    (as in :func:`manipex.explain`; None: found automatically).
     """
     import pandas as pd
 
@@ -271,6 +289,8 @@ def evaluate_manipulation(
     for method in methods:
         get_explainer(method, **method_options.get(method, {}))  # unknown names or options: before any work
     check_int(batch_size, where=where, name="batch_size", ge=1)
+    original = logits_model(original, x, output, where=f"{where}: original")
+    manipulated = logits_model(manipulated, x, output, where=f"{where}: manipulated")
     with torch.no_grad():  # evaluation only
         p_orig = torch.cat([forward(original, b, where=where).softmax(1) for b in x.split(batch_size)])
         p_new = torch.cat([forward(manipulated, b, where=where).softmax(1) for b in x.split(batch_size)])

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from .._validation import check_call, check_target, predicted_target, short
 from ..explainers import explain, get_explainer, relevance
+from ..models.interfaces import Output, logits_model
 from ..objectives import Objective
 from .input import manipulate_input
 
@@ -20,6 +21,7 @@ def transfer_matrix(
     *,
     eval_methods: Optional[Sequence[str]] = None,
     method_options: Optional[Dict[str, Dict[str, Any]]] = None,
+    output: Optional[Output] = None,
     **attack_options: Any,
 ):
     """Attack with each method A, measure the objective's improvement with each method B.
@@ -28,6 +30,8 @@ def transfer_matrix(
     improvement of the objective's metric in the attacker's favour (e.g. the rise of the PCC
     with the target map). The objective is prepared anew for every evaluated method, so a
     :class:`~manipex.objectives.TargetImage` uses method B's map of the target image.
+    ``output``: what selects the logits of a model that returns more than a tensor (as in
+    :func:`manipex.explain`; None: found automatically).
     """
     import pandas as pd
 
@@ -45,6 +49,7 @@ def transfer_matrix(
     for method in list(methods) + eval_methods:
         get_explainer(method, **method_options.get(method, {}))  # unknown names or options: before any work
     target = attack_options.pop("target", None)
+    model = logits_model(model, x, output, where=where)  # one wrapper for every attack and map
     t = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
     rows = {}
     for a in methods:

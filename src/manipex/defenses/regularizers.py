@@ -137,7 +137,9 @@ class HessianNorm(Regularizer):
 
     def prepare(self, model: nn.Module, original: nn.Module) -> nn.Module:
         if self.estimator == "hutchinson" and self.beta is not None:
-            surgery._check_no_functional_relu(model, f"{self.where} (Hutchinson, on Softplus({self.beta:g}))")
+            # traced once here (cached per model structure), so that the per-batch swap
+            # (check=False) puts the functional-ReLU surrogate in only where forward calls F.relu
+            surgery.has_functional_relu(model)
         return model
 
     def penalty(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator) -> Penalty:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._second_order import second_order
 from .._resume import RunState, config_key, restore
 from .._validation import (check_bool, check_call, check_int, check_labelled_data, check_real,
                            check_target_range, forward, short)
@@ -171,15 +172,16 @@ def train_robust(
                 ce = F.cross_entropy(out, yb)
                 classification, loss = ce, None
                 terms: Dict[str, float] = {}
-                for reg in regs:
-                    penalty, replaced = reg.penalty(work, xb, yb, generator=generator)
-                    if replaced is not None:
-                        classification = replaced
-                    loss = reg.weight * penalty if loss is None else loss + reg.weight * penalty
-                    terms[reg.name] = penalty.item()
-                loss = classification if loss is None else classification + loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with second_order(work, "train_robust"):  # penalties differentiate gradients
+                    for reg in regs:
+                        penalty, replaced = reg.penalty(work, xb, yb, generator=generator)
+                        if replaced is not None:
+                            classification = replaced
+                        loss = reg.weight * penalty if loss is None else loss + reg.weight * penalty
+                        terms[reg.name] = penalty.item()
+                    loss = classification if loss is None else classification + loss
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 optimizer.step()
                 share = len(idx) / x.shape[0]
                 totals["loss"] += loss.item() * share

@@ -18,7 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from .._registry import Registry
+from .._second_order import second_order
 from .._validation import TargetLike, check_call, check_target, translate_runtime_error
+from ..models.interfaces import Output, logits_model
 
 _REGISTRY: Registry[Type["Explainer"]] = Registry("method")
 
@@ -89,18 +91,22 @@ class Explainer(abc.ABC):
             return self.attribute(model, x, target, create_graph)
 
     def __call__(
-        self, model: nn.Module, x: Tensor, target: TargetLike = None, *, create_graph: bool = False
+        self, model: nn.Module, x: Tensor, target: TargetLike = None, *, create_graph: bool = False,
+        output: Optional[Output] = None,
     ) -> Tensor:
+        """The map of ``x``, as :func:`explain` computes it (its arguments, ``output`` too)."""
         where = f"explain(method={self.name!r})"
         if not isinstance(create_graph, bool):
             raise TypeError(f"{where}: create_graph must be True or False, got {create_graph!r}")
         check_call(model, x, where=where, autograd=self.needs_autograd or create_graph)
+        model = logits_model(model, x, output, where=where)  # a dict, tuple or .logits output: its logits
         resolved = check_target(target, x.shape[0], where=where)
         if resolved is not None:
             resolved = resolved.to(x.device)
         if x.is_inference():  # made under inference_mode: a normal tensor with the same values
             x = x.clone()
-        with torch.enable_grad():  # maps are gradients: also under a caller's no_grad()
+        exact = second_order(model, where) if create_graph else contextlib.nullcontext()
+        with torch.enable_grad(), exact:  # maps are gradients: also under a caller's no_grad()
             try:
                 h = self.compute(model, x, resolved, create_graph)
             except RuntimeError as err:  # e.g. a conv net given (N, H, W) instead of (N, C, H, W)
@@ -134,18 +140,28 @@ def explain(
     target: TargetLike = None,
     *,
     create_graph: bool = False,
+    output: Optional[Output] = None,
     **options: Any,
 ) -> Tensor:
     """Explanation map of ``model`` at the batch ``x`` for ``target``, by ``method``.
 
     Args:
-        model: an ``nn.Module`` in eval mode mapping ``x`` to logits ``(N, K)``. It is left
+        model: an ``nn.Module`` in eval mode mapping ``x`` to logits ``(N, K)`` (or to an
+            output holding them, see ``output``). It is left
             exactly as it was (parameters, modules, hooks, flags), also when an error is raised.
         x: a float batch ``(N, ...)``.
         method: a name from :func:`manipex.explainers.methods`, e.g. ``"gradient"``, ``"lrp"``.
         target: ``None`` (the predicted class), an int, or a tensor of ``N`` class indices.
         create_graph: keep the autograd graph, so that the map can be differentiated exactly
             (to second order) w.r.t. ``x`` and every parameter, as attacks and defenses need.
+        output: where the model returns more than a logits tensor, what selects the logits
+            (:class:`manipex.models.Logits`): an attribute or key name (``"logits"``), an index
+            into a tuple (``0``), or a function of the output. ``None`` (default): a model that
+            returns a tensor is used as it is; any other is run as ``Logits(model, "auto")``
+            (its ``.logits``, its ``"logits"`` key, or the logits of a tuple), with a
+            :class:`~manipex.models.ModelOutputWarning` once per model saying which part is
+            used. Which kind a model is, manipex learns once per model object, from one forward
+            of the first sample under ``torch.no_grad()``.
         **options: options of the method, e.g. ``steps=30`` for integrated gradients.
 
     Returns:
@@ -156,7 +172,7 @@ def explain(
         >>> h = manipex.explain(model, x, "lrp", composite="epsilon", epsilon=0.1)
         >>> r = manipex.relevance(h)          # (N, H, W), each summing to 1
     """
-    return get_explainer(method, **options)(model, x, target, create_graph=create_graph)
+    return get_explainer(method, **options)(model, x, target, create_graph=create_graph, output=output)
 
 
 def relevance(h: Tensor, *, eps: float = 1e-12) -> Tensor:

@@ -2,7 +2,10 @@
 
 A :class:`Composite` is data: an ordered list of ``(predicate, rule)`` pairs; a layer gets the
 rule of the first predicate that holds for it, else the rule of :data:`BASE_RULES` for its kind
-(activations and standalone BatchNorm pass relevance, parameter-free linear layers such as a
+(activations, standalone BatchNorm and normalisation layers pass relevance: the identity rule
+with the normaliser held constant, as AttnLRP and Zennit treat them;
+products of two activations use :class:`~manipex.explainers.rules.Product`, the gate held
+constant; parameter-free linear layers such as a
 residual sum, average pooling, means and interpolation share it proportionally, max-pooling is
 winner-takes-all, concatenation and reshapes route it back). This is Zennit's idea
 (``LayerMapComposite``), without hooks and with weight gradients kept.
@@ -40,7 +43,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 from .._registry import Registry
 from .graph import Layer
-from .rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Rule, ZBox, ZPlus
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Product, Rule, ZBox, ZPlus
 
 Predicate = Callable[[Layer], bool]
 
@@ -78,7 +81,8 @@ def both(a: Predicate, b: Predicate) -> Predicate:
 def base_rules(stabilizer: float = 1e-6) -> List[Tuple[Predicate, Rule]]:
     """The rules of layers without weights, shared by every composite."""
     return [
-        (kinds("activation", "batchnorm"), Pass()),
+        (kinds("activation", "batchnorm", "norm"), Pass()),
+        (kinds("product"), Product()),
         (kinds("add", "avgpool", "mean", "upsample", "scale"), Norm(stabilizer)),
         (kinds("maxpool", "cat", "reshape", "identity"), Gradient()),
     ]

@@ -5,12 +5,48 @@ convolutional layer's output ``A``, upsampled bilinearly to the input size and r
 the input's channels so that the map has ``x``'s shape. The layer's output is captured with a
 forward hook that is always removed; ``alpha`` is computed with ``create_graph`` so the map is
 exactly differentiable (almost everywhere: ReLU) w.r.t. the input and the weights.
+
+The default layer (:func:`default_layer`) is the output of the last convolutional stage: the
+tensor that reaches the classifier through pooling and linear layers only. Selvaraju et al. use
+the feature maps of the last convolutional layer, which keep the spatial layout and are the
+closest to the class decision; in a network whose last block has parallel branches (Inception)
+those maps are the block's output, the concatenation of all branches, not the branch
+convolution that the forward happens to call last (the former default, the last Conv2d
+called, was ``Mixed_7c.branch_pool.conv`` of an Inception-v3). The stage output is found by
+tracing the model with ``torch.fx`` and walking back from the output through the head:
+
+* Linear, Dropout/Identity, Flatten / ``view`` / ``reshape`` / ``flatten`` / ``squeeze``;
+* pooling of any kind (max, average, adaptive, LP; modules or functional calls), a mean, sum
+  or ``amax`` over the spatial dimensions;
+* element-wise activations, normalisations and softmax where they act on non-spatial
+  features, e.g. the ReLU and Dropout between a VGG's classifier Linears or ConvNeXt's
+  ``LayerNorm2d`` after the global pooling. Whether a tensor is spatial is decided by the
+  structure (before or after the pooling), not by shapes: the input size is not known.
+
+The first node met that is none of these is the stage output, and the default layer is the
+outermost module whose forward returns exactly that tensor (the outermost module the node
+leaves on its way into the head): ``layer4`` of a ResNet, the last ReLU of ``features`` of a
+VGG (``features.29``: the max-pool after it belongs to the head), the last Inception block
+(``Mixed_7c``), ``features`` of a DenseNet. A tensor that no module returns (torchvision's
+DenseNet applies ``F.relu(features)`` in its root forward) steps back through such element-wise
+activations to a module's output; an activation module that the root forward calls itself
+(manipex's DenseNet: ``self.relu(features)``) is treated alike, so that the two DenseNets get
+the same layer; in a flat ``nn.Sequential`` that is the layer before the last activation (the
+last Conv2d of ``Conv2d - ReLU - MaxPool2d - Flatten - Linear``). A module called several times
+(weights shared) is taken at the call that returns the stage output.
+
+The result is cached per model and module structure (tracing once, not on every step of an
+attack). A model that fx cannot trace (data-dependent control flow), or whose stage output no
+module returns, silently gets the former default: the last Conv2d that the forward calls.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple, Union
+import warnings
+import weakref
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -19,8 +55,8 @@ from .base import Explainer, requires_grad_input
 
 
 def find_layers(model: nn.Module, layer: Optional[Union[str, nn.Module]], where: str) -> List[nn.Module]:
-    """The module named (or given) by ``layer``; by default every Conv2d (the last one the
-    forward calls is taken)."""
+    """The module named (or given) by ``layer``; for ``None`` every Conv2d (the fallback
+    default: the last one the forward calls is taken)."""
     if layer is None:
         convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
         if not convs:
@@ -39,9 +75,360 @@ def find_layers(model: nn.Module, layer: Optional[Union[str, nn.Module]], where:
     raise TypeError(f"{where}: layer must be a module name or an nn.Module, got {type(layer).__name__}")
 
 
+# ---------------------------------------------------------------------------------------------
+# The default layer: the last convolutional stage's output, found with torch.fx.
+
+def _classes(*names: str) -> Tuple[type, ...]:
+    """The torch.nn classes of these names that this torch version has."""
+    return tuple(getattr(nn, n) for n in names if hasattr(nn, n))
+
+
+def _functions(module: Any, *names: str) -> set:
+    return {getattr(module, n) for n in names if hasattr(module, n)}
+
+
+#: Element-wise activations (leaf modules of torch.nn); swapping one for another (β-smoothing
+#: swaps ReLU for Softplus on every call) does not change the default layer.
+_ACTIVATION_MODULES = _classes(
+    "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
+    "Hardswish", "Hardsigmoid", "Hardtanh", "Sigmoid", "Tanh", "Softplus", "Softsign", "LogSigmoid",
+    "Tanhshrink", "Hardshrink", "Softshrink", "Threshold",
+)
+_ACTIVATION_FUNCTIONS = _functions(
+    F, "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "rrelu", "elu", "elu_", "selu", "celu",
+    "gelu", "silu", "mish", "hardswish", "hardsigmoid", "hardtanh", "hardtanh_", "sigmoid", "tanh",
+    "softplus", "softsign", "logsigmoid", "tanhshrink", "hardshrink", "softshrink", "threshold",
+) | _functions(torch, "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "selu", "celu")
+_ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
+
+_LINEAR_MODULES = (nn.Linear,)
+_LINEAR_FUNCTIONS = {F.linear}
+_IDENTITY_MODULES = _classes("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                             "FeatureAlphaDropout", "Identity")
+_IDENTITY_FUNCTIONS = _functions(F, "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+                                 "feature_alpha_dropout")
+_IDENTITY_METHODS = {"contiguous"}
+_RESHAPE_MODULES = (nn.Flatten,)
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze"}
+_POOL_MODULES = _classes(
+    "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "LPPool1d",
+    "LPPool2d", "LPPool3d", "FractionalMaxPool2d", "FractionalMaxPool3d",
+)
+_ADAPTIVE_MODULES = _classes("AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d",
+                             "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d")
+_POOL_FUNCTIONS = _functions(
+    F, "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "lp_pool1d", "lp_pool2d", "lp_pool3d", "fractional_max_pool2d", "fractional_max_pool3d",
+)
+_ADAPTIVE_FUNCTIONS = _functions(F, "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+                                 "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d")
+_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax}
+_REDUCE_METHODS = {"mean", "sum", "amax"}
+#: Normalisations and softmax: head layers only on pooled features (ConvNeXt's LayerNorm2d).
+_FLAT_MODULES = _classes("Softmax", "LogSoftmax", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+                         "LayerNorm", "GroupNorm")
+_FLAT_FUNCTIONS = _functions(F, "softmax", "log_softmax") | _functions(torch, "softmax", "log_softmax")
+_FLAT_METHODS = {"softmax", "log_softmax"}
+
+
+def _smooth_max_pool() -> type:
+    from ..surgery import SmoothMaxPool
+
+    return SmoothMaxPool
+
+
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, keeping manipex's input :class:`~manipex.models.normalize.Normalize` and the
+    attack's :class:`~manipex.surgery.SmoothMaxPool` (a max-pool) leaves, as
+    :mod:`manipex.explainers.graph` does, and subclasses of the head's layer kinds (ConvNeXt's
+    ``LayerNorm2d`` is an ``nn.LayerNorm``)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        from ..models.normalize import Normalize
+
+        kinds = (Normalize, _smooth_max_pool(), *_ACTIVATION_MODULES, *_LINEAR_MODULES, *_IDENTITY_MODULES,
+                 *_RESHAPE_MODULES, *_POOL_MODULES, *_ADAPTIVE_MODULES, *_FLAT_MODULES)
+        return isinstance(m, kinds) or super().is_leaf_module(m, module_qualified_name)
+
+
+class _Root(nn.Module):
+    """The model as the only child of the traced root: fx stores tensor constants of the
+    forward as attributes of the root (``_tensor_constant0``), here never on the model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+_PREFIX = "model."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _spatial_dims(node: torch.fx.Node) -> bool:
+    """A mean/sum/amax over dimensions other than batch and channel (``x.mean((2, 3))``)."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if _is_int(dims):
+        dims = (dims,)
+    if not isinstance(dims, (tuple, list)) or not dims:
+        return False
+    return all(_is_int(d) and (d >= 2 or d < 0) for d in dims)
+
+
+def _to_one(size: Any) -> bool:
+    """An adaptive pool's output size of 1 in every dimension: global pooling."""
+    sizes = size if isinstance(size, (tuple, list)) else (size,)
+    return bool(sizes) and all(_is_int(v) and v == 1 for v in sizes)
+
+
+def _head_kind(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> Optional[str]:
+    """What ``node`` is to the head: ``linear``; ``identity`` (dropout); ``reshape``
+    (flattening); ``pool`` (pooling that keeps a map); ``global`` (global pooling, a mean, sum
+    or max over the spatial dims); ``flat`` (an element-wise activation, a normalisation or
+    softmax, head layers only on pooled features); None: not a head layer."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if isinstance(m, _LINEAR_MODULES):
+            return "linear"
+        if isinstance(m, _IDENTITY_MODULES):
+            return "identity"
+        if isinstance(m, _RESHAPE_MODULES):
+            return "reshape"
+        if isinstance(m, _ADAPTIVE_MODULES):
+            return "global" if _to_one(m.output_size) else "pool"
+        if isinstance(m, _POOL_MODULES + (_smooth_max_pool(),)):
+            return "pool"
+        if isinstance(m, _ACTIVATION_MODULES + _FLAT_MODULES):
+            return "flat"
+        return None
+    if node.op == "call_function":
+        target = node.target
+        if target in _LINEAR_FUNCTIONS:
+            return "linear"
+        if target in _IDENTITY_FUNCTIONS:
+            return "identity"
+        if target in _RESHAPE_FUNCTIONS:
+            return "reshape"
+        if target in _ADAPTIVE_FUNCTIONS:
+            size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+            return "global" if _to_one(size) else "pool"
+        if target in _POOL_FUNCTIONS:
+            return "pool"
+        if target in _REDUCE_FUNCTIONS:
+            return "global" if _spatial_dims(node) else None
+        if target in _ACTIVATION_FUNCTIONS or target in _FLAT_FUNCTIONS:
+            return "flat"
+        return None
+    if node.op == "call_method":
+        target = node.target
+        if target in _IDENTITY_METHODS:
+            return "identity"
+        if target in _RESHAPE_METHODS:
+            return "reshape"
+        if target in _REDUCE_METHODS:
+            return "global" if _spatial_dims(node) else None
+        if target in _ACTIVATION_METHODS or target in _FLAT_METHODS:
+            return "flat"
+    return None
+
+
+def _is_activation(node: torch.fx.Node) -> bool:
+    """A functional element-wise activation (``F.relu(x)``, ``x.relu()``), which no module
+    returns; a module activation is its module's output."""
+    if node.op == "call_function":
+        return node.target in _ACTIVATION_FUNCTIONS
+    return node.op == "call_method" and node.target in _ACTIVATION_METHODS
+
+
+def _root_activation(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    """An element-wise activation module called by the model's own forward (not inside one of
+    its submodules): to the default layer the same as a functional activation there."""
+    if node.op != "call_module" or not isinstance(modules.get(node.target), _ACTIVATION_MODULES):
+        return False
+    stack = node.meta.get("nn_module_stack") or {}
+    return len([key for key in stack if key != _PREFIX[:-1]]) == 1
+
+
+def _tensor_input(node: torch.fx.Node) -> Optional[torch.fx.Node]:
+    """The tensor a single-input op reads (its first argument)."""
+    first = node.args[0] if node.args else node.kwargs.get("input")
+    if isinstance(first, torch.fx.Node) and first.op in ("call_module", "call_function", "call_method"):
+        return first
+    return None
+
+
+def _exited(node: torch.fx.Node, user: torch.fx.Node) -> List[Tuple[str, Any]]:
+    """The modules that ``node`` leaves on its way to ``user``, outermost first: in its module
+    stack but not in the user's (fx keys a module's later calls ``name@1``, ``name@2``...)."""
+    inner = node.meta.get("nn_module_stack") or {}
+    outer = user.meta.get("nn_module_stack") or {}
+    return [(key, value) for key, value in inner.items() if key not in outer]
+
+
+def _call_index(key: str, name: str, node: torch.fx.Node, nodes: List[torch.fx.Node]) -> int:
+    """Which call of the module (0: the first) returns ``node``."""
+    head, sep, tail = key.rpartition("@")
+    if sep and head == name and tail.isdigit():
+        return int(tail)
+    if node.op == "call_module" and node.target == name:  # torch without call suffixes
+        return sum(1 for n in nodes[:nodes.index(node)] if n.op == "call_module" and n.target == name)
+    return 0
+
+
+def _stage_output(output: torch.fx.Node, modules: Dict[str, nn.Module]
+                  ) -> Optional[Tuple[torch.fx.Node, torch.fx.Node]]:
+    """``(node, user)``: the first node, walking back from ``output`` through the head, that is
+    not part of the head (the stage output), and the head node that reads it.
+
+    The chain of head-like single-input ops is read back from the output. Linear layers,
+    activations, normalisations and softmax belong to the head only where they act on
+    non-spatial features: after (downstream of) a spatial reduction. A pooling or a global
+    reduction is one; a flatten is one unless a global pooling comes before it with only
+    activations and normalisations between (ConvNeXt's ``avgpool -> LayerNorm2d -> Flatten``).
+    """
+    chain: List[Tuple[torch.fx.Node, Optional[str]]] = []
+    node: Optional[torch.fx.Node] = output
+    while node is not None:
+        kind = _head_kind(node, modules)
+        chain.append((node, kind))
+        if kind is None:
+            break
+        node = _tensor_input(node)
+    if chain[-1][1] is not None:  # the chain ends at the input or at a constant
+        return None
+    spatial = False
+    for i, (node, kind) in enumerate(chain):
+        if kind is None or (spatial and kind in ("linear", "flat")):
+            return (node, chain[i - 1][0]) if spatial and i > 0 else None
+        if kind in ("pool", "global"):
+            spatial = True
+        elif kind == "reshape" and not spatial:
+            before = [k for _, k in chain[i + 1:] if k not in ("flat", "identity", "reshape")]
+            spatial = not before or before[0] != "global"
+    return None
+
+
+def _locate(model: nn.Module) -> Optional[Tuple[str, int]]:
+    """``(name, call)`` of the module whose ``call``-th output is the last convolutional stage's
+    output, or None where fx cannot trace the model or finds no such module."""
+    root = _Root(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = _Tracer().trace(root)
+    except Exception:  # fx raises many kinds of errors on dynamic code: use the fallback
+        return None
+    nodes = list(graph.nodes)
+    outputs = [n for n in nodes if n.op == "output"]
+    if len(outputs) != 1 or not outputs[0].args or not isinstance(outputs[0].args[0], torch.fx.Node):
+        return None
+    modules = dict(root.named_modules())
+    found = _stage_output(outputs[0].args[0], modules)
+    if found is None:
+        return None
+    node, user = found
+    exited = _exited(node, user)
+    # Back through activations of the root forward: a tensor no module returns (torchvision's
+    # DenseNet: F.relu(features)), or an activation module that the root forward calls itself
+    # (manipex's DenseNet: self.relu(features)), which must not make a difference.
+    while not exited or _root_activation(node, modules):
+        previous = _tensor_input(node) if _is_activation(node) or exited else None
+        if previous is None:
+            return None
+        node, user = previous, node
+        exited = _exited(node, user)
+    key, value = exited[0]
+    if isinstance(value, tuple) and value and isinstance(value[0], str):
+        name = value[0]  # (qualified name, type)
+    else:  # older torch: the key is the name
+        name = key.rpartition("@")[0] or key
+    if not name.startswith(_PREFIX):
+        return None
+    return name[len(_PREFIX):], _call_index(key, name, node, nodes)
+
+
+#: Default layers per model and module structure: ``(name, call)``, or None for the fallback.
+#: Names only, so a model that is no longer used is freed with its entries.
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple, Optional[Tuple[str, int]]]]" = weakref.WeakKeyDictionary()
+_PER_MODEL = 4
+
+
+def _fingerprint(model: nn.Module) -> Tuple:
+    """The module structure (names, types, identities, modes). Element-wise activation modules
+    count by position only: β-smoothing swaps every ReLU for a new Softplus on each call,
+    which changes neither the graph nor its stage output."""
+    return tuple(
+        (name, "activation", None, m.training) if type(m) in _ACTIVATION_MODULES else (name, type(m), id(m), m.training)
+        for name, m in model.named_modules()
+    )
+
+
+def _default(model: nn.Module) -> Optional[Tuple[str, int]]:
+    """:func:`_locate`, cached per model and module structure."""
+    key = _fingerprint(model)
+    try:
+        found = _CACHE.setdefault(model, {})
+    except TypeError:  # a model that cannot be weakly referenced or hashed
+        return _locate(model)
+    if key not in found:
+        if len(found) >= _PER_MODEL:
+            found.pop(next(iter(found)))
+        found[key] = _locate(model)
+    return found[key]
+
+
+def default_layer(model: nn.Module, x: Optional[Tensor] = None) -> Tuple[str, nn.Module]:
+    """Grad-CAM's default layer of ``model``, as ``(name, module)``: the output of the last
+    convolutional stage (see the module docstring), e.g. ``("layer4", ...)`` for a ResNet and
+    ``("Mixed_7c", ...)`` for an Inception network.
+
+    Where fx cannot trace the model (or no module returns the stage output), the fallback is
+    the last Conv2d that the forward calls on ``x`` (without ``x``: the last Conv2d registered,
+    the same for a sequential model). The model is left unchanged.
+
+    Raises:
+        ValueError: if the fallback is needed and the model has no Conv2d.
+    """
+    where = "gradcam.default_layer"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where}: model must be an nn.Module, got {type(model).__name__}")
+    found = _default(model)
+    if found is not None:
+        return found[0], model.get_submodule(found[0])
+    convs = find_layers(model, None, where)
+    if x is not None:
+        called: List[nn.Module] = []
+        handles = [m.register_forward_hook(lambda module, inputs, output: called.append(module)) for m in convs]
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if called:
+            convs = [called[-1]]
+    names = {id(m): n for n, m in model.named_modules()}
+    return names[id(convs[-1])], convs[-1]
+
+
 class GradCAM(Explainer):
-    """Grad-CAM. Options: ``layer`` (module or its name; default the last Conv2d that the
-    forward calls; for a ResNet the usual choice is the last stage, ``layer="layer4"``)."""
+    """Grad-CAM. Options: ``layer`` (a module or its name).
+
+    The default layer is the output of the last convolutional stage, the tensor that reaches
+    the classifier through pooling and linear layers only: Selvaraju et al. (2017) weight the
+    feature maps of the last convolutional layer, and for a block with parallel branches
+    those maps are the block's output. So ``layer4`` of a ResNet, ``features.29`` (the last
+    ReLU) of a VGG16, ``features`` of a DenseNet, ``Mixed_7c`` of an Inception-v3, never a
+    branch or shortcut convolution. It is found by tracing the model with ``torch.fx``, once
+    per model structure (see :func:`default_layer` and the module docstring); a model that fx
+    cannot trace falls back to the last Conv2d that the forward calls.
+    """
 
     name = "gradcam"
     options = {"layer": None}
@@ -50,7 +437,18 @@ class GradCAM(Explainer):
         where = "explain(method='gradcam')"
         if x.dim() != 4:
             raise ValueError(f"{where}: x must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
-        layers = find_layers(model, self.config["layer"], where)
+        call: Optional[int] = None
+        requirement = "the layer must be called once per forward and return (N, C, H, W) maps"
+        if self.config["layer"] is None:
+            found = _default(model)
+            if found is not None:
+                layers, call = [model.get_submodule(found[0])], found[1]
+                requirement = (f"the default layer {found[0]!r} (the last convolutional stage) must return "
+                               "(N, C, H, W) maps; pass layer=<module or name>")
+            else:
+                layers = find_layers(model, None, where)
+        else:
+            layers = find_layers(model, self.config["layer"], where)
         captured: List[Tuple[nn.Module, Tensor]] = []
         handles = [m.register_forward_hook(lambda module, inputs, output: captured.append((module, output)))
                    for m in layers]
@@ -59,9 +457,13 @@ class GradCAM(Explainer):
         finally:
             for handle in handles:
                 handle.remove()
-        chosen = [a for m, a in captured if captured and m is captured[-1][0]]
+        if call is not None:  # the stage's call of the default layer (a module may be called often)
+            outputs = [a for _, a in captured]
+            chosen = outputs[call:call + 1]
+        else:
+            chosen = [a for m, a in captured if captured and m is captured[-1][0]]
         if len(chosen) != 1 or not isinstance(chosen[0], Tensor) or chosen[0].dim() != 4:
-            raise ValueError(f"{where}: the layer must be called once per forward and return (N, C, H, W) maps")
+            raise ValueError(f"{where}: {requirement}")
         activation = chosen[0]
         t = select_target(out, target, where=where)
         score = out.gather(1, t[:, None]).sum()

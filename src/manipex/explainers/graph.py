@@ -2,28 +2,17 @@
 
 Guided backprop, LRP and PatternAttribution propagate a signal backwards layer by layer with
 their own rule per layer kind. :func:`model_graph` traces the model once with ``torch.fx``
-(cached per model and module structure) into a directed acyclic graph of :class:`Layer` s:
-
-* ``conv`` / ``dense``: Conv1d/2d/3d and Linear modules, with a BatchNorm that is the sole
-  consumer of their output merged into them (``batchnorm``: a BatchNorm standing alone, as in
-  DenseNet's pre-activation layers, is a per-channel affine map);
-* ``activation``: ReLU, Softplus, Tanh, Sigmoid (modules or functional calls; ``other`` for
-  ELU, LeakyReLU, GELU, SiLU), always evaluated out of place;
-* ``maxpool``; ``avgpool`` (average and adaptive average pooling);
-* ``add``: the sum or difference of two tensors (the residual add ``out += identity`` of a
-  ResNet), or of a tensor and a constant;
-* ``cat``: ``torch.cat`` of several tensors (DenseNet);
-* ``mean``: a mean or sum over non-batch dimensions (``x.mean((2, 3))``);
-* ``upsample``: ``F.interpolate`` and ``nn.Upsample``;
-* ``scale``: multiplication or division by a number or a constant tensor;
-* ``reshape`` (Flatten, ``view``, ``reshape``, ``torch.flatten``) and ``identity`` (Dropout
-  in eval mode, Identity, ``contiguous``).
+(cached per model and module structure) into a directed acyclic graph of
+:class:`~manipex.explainers.nodes.Layer` s; :mod:`manipex.explainers.nodes` holds the table of
+operations and the kind each one is (conv, dense, batchnorm, activation, norm, product, pooling,
+add, cat, mean, scale, reshape, identity). A forward whose arguments after the input have
+defaults (``forward(x, attn_mask=None)``) is traced with those defaults.
 
 A tensor may feed several layers (fan-out) and a module object may be called at several
 places (torchvision's BasicBlock calls ``self.relu`` twice): every call is its own layer.
-Anything else (a custom autograd Function, an in-place operation, a product of two
-activations, a functional layer reading its weights directly, data-dependent control flow
-that fx cannot trace) is refused with an error that names the node and the operation.
+Anything else (a custom autograd Function, an in-place operation, a division by an activation,
+a functional convolution reading its weights directly, data-dependent control flow that fx
+cannot trace) is refused with an error that names the node and the operation.
 
 :meth:`Graph.forward` evaluates the model layer by layer and records every layer's inputs and
 output; :meth:`Graph.backward` walks the records in reverse topological order, sums the signal
@@ -47,128 +36,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..surgery import SmoothMaxPool
+from .nodes import Layer, Site, UnsupportedModelError, batchnorm_affine, classify  # noqa: F401  (re-exported)
 
-
-class UnsupportedModelError(ValueError):
-    """The model contains a layer or a structure that a propagation method cannot handle."""
-
-
-AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-BATCHNORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-ACTIVATION_MODULES: Dict[type, str] = {
-    nn.ReLU: "relu", nn.Softplus: "softplus", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
-    nn.ELU: "other", nn.LeakyReLU: "other", nn.GELU: "other", nn.SiLU: "other",
-}
-MODULE_KINDS: Tuple[Tuple[Tuple[type, ...], str], ...] = (
-    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, SmoothMaxPool), "maxpool"),
-    ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-      nn.AdaptiveAvgPool3d), "avgpool"),
-    ((nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), "upsample"),
-    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity), "identity"),
-    ((nn.Flatten, nn.Unflatten), "reshape"),
-)
-ACTIVATION_FUNCTIONS: Dict[Any, str] = {
-    F.relu: "relu", torch.relu: "relu", F.softplus: "softplus", torch.tanh: "tanh",
-    F.tanh: "tanh", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
-}
-FUNCTION_KINDS: Dict[Any, str] = {
-    torch.flatten: "reshape", torch.reshape: "reshape",
-    F.max_pool1d: "maxpool", F.max_pool2d: "maxpool", F.max_pool3d: "maxpool",
-    F.adaptive_max_pool1d: "maxpool", F.adaptive_max_pool2d: "maxpool",
-    F.avg_pool1d: "avgpool", F.avg_pool2d: "avgpool", F.avg_pool3d: "avgpool",
-    F.adaptive_avg_pool1d: "avgpool", F.adaptive_avg_pool2d: "avgpool",
-    F.adaptive_avg_pool3d: "avgpool", F.dropout: "identity",
-    F.interpolate: "upsample", F.upsample: "upsample",
-    torch.cat: "cat", torch.concat: "cat", torch.concatenate: "cat",
-    operator.add: "add", torch.add: "add", operator.sub: "add", torch.sub: "add",
-    operator.mul: "scale", torch.mul: "scale", operator.truediv: "scale", torch.div: "scale",
-    operator.neg: "scale", torch.neg: "scale",
-    torch.mean: "mean", torch.sum: "mean",
-}
-METHOD_KINDS = {
-    "view": "reshape", "reshape": "reshape", "flatten": "reshape", "contiguous": "identity",
-    "relu": "activation", "tanh": "activation", "sigmoid": "activation",
-    "mean": "mean", "sum": "mean", "add": "add", "sub": "add", "mul": "scale", "div": "scale",
-    "neg": "scale",
-}
 SHAPE_METHODS = {"size", "dim"}
 #: Kinds whose output is a linear function of their (signal) inputs.
 LINEAR_KINDS = frozenset({"avgpool", "add", "mean", "upsample", "scale", "cat", "reshape", "identity"})
-
-
-def batchnorm_affine(bn: nn.Module) -> Tuple[Tensor, Tensor]:
-    """An eval-mode BatchNorm as ``x * scale + shift`` per channel, from its parameters."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = bn.weight * scale
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
-
-
-@dataclass(eq=False)
-class Layer:
-    """One node of the traced model, as the rules see it.
-
-    Attributes:
-        kind: ``conv``, ``dense``, ``batchnorm``, ``activation``, ``maxpool``, ``avgpool``,
-            ``add``, ``cat``, ``mean``, ``upsample``, ``scale``, ``reshape`` or ``identity``.
-        name: a description for messages, e.g. ``layer 'layer1.0.conv1' (Conv2d)``.
-        node: the ``torch.fx`` node.
-        module: the module called, if any (the same module may be several layers).
-        batchnorm: a BatchNorm merged into this conv/dense layer.
-        activation: for activations, ``relu``, ``softplus``, ``tanh``, ``sigmoid`` or ``other``.
-        first: a conv/dense layer that no other conv/dense layer precedes: it reads the model
-            input (through reshapes, pooling or other layers without weights).
-    """
-
-    kind: str
-    name: str
-    node: torch.fx.Node
-    module: Optional[nn.Module] = None
-    batchnorm: Optional[nn.Module] = None
-    activation: str = ""
-    beta: float = 1.0
-    first: bool = False
-
-    @property
-    def is_affine(self) -> bool:
-        """A layer with weights: conv, dense or standalone batchnorm."""
-        return self.kind in ("conv", "dense", "batchnorm")
-
-    def softplus_beta(self) -> float:
-        """β of a softplus activation, read from the module now (β schedules change it)."""
-        return float(getattr(self.module, "beta", self.beta)) if self.module is not None else self.beta
-
-    def parameters(self) -> Tuple[Tensor, Optional[Tensor]]:
-        """Weight and bias of an affine layer, with a merged BatchNorm folded in.
-
-        ``bn(W x + b) = (s W) x + s (b - mu) + beta`` with ``s = gamma / sqrt(var + eps)``,
-        computed from the parameters (not in place), so gradients reach all of them. A
-        standalone BatchNorm gives its per-channel scale and shift.
-        """
-        if self.kind == "batchnorm":
-            return batchnorm_affine(self.module)
-        weight, bias = self.module.weight, self.module.bias
-        if self.batchnorm is None:
-            return weight, bias
-        scale, shift = batchnorm_affine(self.batchnorm)
-        if bias is not None:
-            shift = shift + bias * scale
-        return weight * scale.reshape(-1, *([1] * (weight.dim() - 1))), shift
-
-    def forward_with(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-        """This affine layer's map with the given weight and bias (rules pass modified
-        weights); a standalone BatchNorm is ``x * weight + bias`` per channel."""
-        m = self.module
-        if isinstance(m, nn.Linear):
-            return F.linear(x, weight, bias)
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return m._conv_forward(x, weight, bias)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        out = x * weight.reshape(shape)
-        return out if bias is None else out + bias.reshape(shape)
 
 
 @dataclass
@@ -203,6 +75,9 @@ class Graph:
     result: torch.fx.Node
     modules: "weakref.WeakValueDictionary[str, nn.Module]" = field(default_factory=weakref.WeakValueDictionary)
     root: Optional["weakref.ReferenceType[nn.Module]"] = None
+    #: The per-sample input shape the graph was traced at, where the forward's control flow
+    #: reads the shape; None for a graph valid at any shape.
+    shape: Optional[Tuple[int, ...]] = None
 
     @functools.cached_property
     def piecewise_linear(self) -> bool:
@@ -294,8 +169,8 @@ class Graph:
             weight, bias = layer.parameters()
             return layer.forward_with(args[0], weight, bias)
         if layer.kind == "activation":
-            return _activation(layer, args[0], node)
-        if node.op == "call_function" and "inplace" in kwargs:  # e.g. F.relu(x, inplace=True)
+            return _activation(layer, node, args, kwargs)
+        if "inplace" in kwargs:  # e.g. F.dropout(x, inplace=True): out of place, a recorded input stays
             kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
         if layer.module is not None and getattr(layer.module, "inplace", False):
             return layer.module(args[0].clone(), *args[1:], **kwargs)
@@ -310,24 +185,28 @@ class Graph:
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         if node.op == "get_attr":
             return _get_attr(self.root(), node.target)
+        if node.op == "placeholder":  # an argument of the forward, traced at its default value
+            return node.args[0] if node.args else None
         raise UnsupportedModelError(f"fx node {node.op} is not supported")  # pragma: no cover
 
 
-def _activation(layer: Layer, x: Tensor, node: torch.fx.Node) -> Tensor:
-    """An activation evaluated out of place (an in-place ReLU would overwrite a recorded input)."""
-    m = layer.module
+def _activation(layer: Layer, node: torch.fx.Node, args: Tuple, kwargs: Dict) -> Tensor:
+    """An activation evaluated out of place (an in-place ReLU would overwrite a recorded input);
+    a softplus with a module reads its β now (β schedules, the surrogate's functional ReLUs)."""
+    x, m = args[0], layer.module
     if layer.activation == "relu":
         return F.relu(x)
-    if layer.activation == "softplus":
-        if m is not None:
-            return F.softplus(x, beta=m.beta, threshold=m.threshold)
-        kwargs = {k: v for k, v in node.kwargs.items() if k in ("beta", "threshold")}
-        return F.softplus(x, *node.args[1:], **kwargs)
-    if layer.activation == "tanh":
-        return torch.tanh(x)
-    if layer.activation == "sigmoid":
-        return torch.sigmoid(x)
-    return m(x.clone()) if getattr(m, "inplace", False) else m(x)
+    if layer.activation == "softplus" and m is not None:
+        return F.softplus(x, beta=m.beta, threshold=m.threshold)
+    if m is not None:
+        return m(x.clone()) if getattr(m, "inplace", False) else m(x)
+    kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+    if node.op == "call_method":
+        return getattr(x, node.target)(*args[1:], **kwargs)
+    if node.target in (F.relu6, F.hardtanh, F.elu, F.celu, F.selu, F.leaky_relu, F.hardsigmoid, F.hardswish,
+                       F.silu, F.mish, F.threshold) and len(args) > 1 and isinstance(args[-1], bool):
+        args = args[:-1]  # a positional inplace flag
+    return node.target(x, *args[1:], **kwargs)
 
 
 def _get_attr(root: nn.Module, target: str) -> Any:
@@ -345,101 +224,9 @@ def _is_shape_query(node: torch.fx.Node) -> bool:
     return False
 
 
-def _describe(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> str:
-    if node.op == "call_module":
-        return f"layer {node.target!r} ({type(modules[node.target]).__name__})"
-    if node.op == "call_method":
-        return f"method .{node.target}() at node {node.name!r}"
-    return f"call {getattr(node.target, '__name__', node.target)!s} at node {node.name!r}"
-
-
-SUPPORTED = (
-    "Conv1d/2d/3d, Linear, BatchNorm, ReLU, Softplus, Tanh, Sigmoid, ELU, LeakyReLU, GELU, SiLU, "
-    "MaxPool, AvgPool, AdaptiveAvgPool, Upsample, Flatten, Unflatten, Dropout, Identity; "
-    "+, -, torch.cat, mean/sum over non-batch dims, F.interpolate, scaling by constants, view/reshape"
-)
-
-
-def _classify(node: torch.fx.Node, modules: Dict[str, nn.Module], signal: set, method: str) -> Layer:
-    """The layer for an fx node that consumes a signal tensor, or an error naming it."""
-    where = f"explain(method={method!r})"
-    name = _describe(node, modules)
-    if node.op == "call_module":
-        module = modules[node.target]
-        if isinstance(module, AFFINE_MODULES):
-            kind = "dense" if isinstance(module, nn.Linear) else "conv"
-            return Layer(kind, name, node, module)
-        if isinstance(module, BATCHNORM_MODULES):
-            return Layer("batchnorm", name, node, module)
-        for cls, act in ACTIVATION_MODULES.items():
-            if type(module) is cls:
-                return Layer("activation", name, node, module, activation=act,
-                             beta=float(getattr(module, "beta", 1.0)))
-        for classes, kind in MODULE_KINDS:
-            if isinstance(module, classes):
-                return Layer(kind, name, node, module)
-        raise UnsupportedModelError(f"{where} does not support {name}; supported: {SUPPORTED}")
-    if node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS:
-        act = ACTIVATION_FUNCTIONS[node.target]
-        beta = 1.0
-        if act == "softplus":
-            beta = float(node.kwargs.get("beta", node.args[1] if len(node.args) > 1 else 1.0))
-        return Layer("activation", name, node, activation=act, beta=beta)
-    kind = None
-    if node.op == "call_function":
-        kind = FUNCTION_KINDS.get(node.target)
-    elif node.op == "call_method":
-        kind = METHOD_KINDS.get(node.target)
-    if kind is None:
-        what = getattr(node.target, "__name__", str(node.target))
-        hint = " (an in-place operation)" if what.endswith("_") and not what.startswith("_") else ""
-        raise UnsupportedModelError(
-            f"{where} does not support the operation {what!r}{hint} (fx node {node.name!r}) in the "
-            f"model's forward; supported: {SUPPORTED}"
-        )
-    if kind == "activation":
-        return Layer("activation", name, node, activation=node.target)
-    _check_arguments(node, kind, signal, where, name)
-    return Layer(kind, name, node)
-
-
-def _check_arguments(node: torch.fx.Node, kind: str, signal: set, where: str, name: str) -> None:
-    """Refuse uses of an operation that are not linear in the signal or mix the batch."""
-    tensors = [a for a in node.args if isinstance(a, torch.fx.Node) and a in signal]
-    if kind == "scale" and node.target in (operator.truediv, torch.div, "div") and (
-            len(node.args) < 2 or node.args[1] in signal):
-        raise UnsupportedModelError(f"{where} does not support {name}: it divides by an activation")
-    if kind == "scale" and len(tensors) > 1:
-        raise UnsupportedModelError(
-            f"{where} does not support {name}: it multiplies two activations (a gate or attention); "
-            "only products with constants are supported"
-        )
-    if kind == "cat":
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-        if dim == 0:
-            raise UnsupportedModelError(f"{where} does not support {name}: it concatenates along the batch dimension")
-    if kind == "mean":
-        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-        dims = dim if isinstance(dim, (tuple, list)) else (dim,)
-        if dim is None or any(isinstance(d, int) and d == 0 for d in dims):
-            raise UnsupportedModelError(
-                f"{where} does not support {name}: it reduces over the batch dimension; reduce "
-                "over the feature dimensions only (e.g. x.mean((2, 3)))"
-            )
-    if kind in ("add", "upsample", "avgpool", "reshape", "identity", "mean") and any(
-        isinstance(v, torch.fx.Node) and v in signal for v in node.kwargs.values()
-    ):
-        raise UnsupportedModelError(f"{where} does not support {name}: an activation passed as a keyword")
-
-
-def _signal_sources(node: torch.fx.Node, signal: set, aliases: Dict) -> Tuple[torch.fx.Node, ...]:
-    """The distinct signal nodes a node reads, in argument order, aliases resolved."""
-    out: List[torch.fx.Node] = []
-    for n in node.all_input_nodes:
-        n = aliases.get(n, n)
-        if n in signal and n not in out:
-            out.append(n)
-    return tuple(out)
+def _signal_sources(nodes: Sequence[torch.fx.Node], aliases: Dict) -> Tuple[torch.fx.Node, ...]:
+    """The distinct signal nodes a layer reads, in argument order, aliases resolved."""
+    return tuple(dict.fromkeys(aliases.get(n, n) for n in nodes))
 
 
 #: Graphs per model and module structure. The graph refers to the model's modules only weakly,
@@ -449,10 +236,20 @@ _CACHE: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple, Graph]]" = weakref.Wea
 _PER_MODEL = 4
 
 
+def _surrogate_unit(model: nn.Module) -> Optional[nn.Module]:
+    """The Softplus that stands for the model's functional ReLUs while the attack's surrogate is
+    in effect (:func:`manipex.surgery.functional_surrogate`), else None."""
+    from .. import surgery
+
+    lookup = getattr(surgery, "functional_surrogate", None)
+    return lookup(model) if lookup is not None else None
+
+
 def _fingerprint(model: nn.Module) -> Tuple:
-    """The module structure (names, types, identities); β is read at run time, so a β
-    schedule does not force a new trace every step."""
-    return tuple((name, type(m), id(m)) for name, m in model.named_modules())
+    """The module structure (names, types, identities) and the surrogate of functional ReLUs;
+    β is read at run time, so a β schedule does not force a new trace every step."""
+    unit = _surrogate_unit(model)
+    return tuple((name, type(m), id(m)) for name, m in model.named_modules()) + (id(unit) if unit is not None else None,)
 
 
 @contextlib.contextmanager
@@ -475,16 +272,22 @@ def _refusing_autograd_functions(where: str) -> Iterator[None]:
         function.apply = original
 
 
-def model_graph(model: nn.Module, method: str) -> Graph:
-    """Trace ``model`` into a :class:`Graph` (cached per model and module structure)."""
+def model_graph(model: nn.Module, method: str, example: Optional[Tensor] = None) -> Graph:
+    """Trace ``model`` into a :class:`Graph` (cached per model and module structure).
+
+    ``example``, an input batch: a forward whose Python control flow reads the input's shape
+    (Hugging Face's ``if pixel_values.shape[1] != self.num_channels: raise``) cannot be traced
+    symbolically; it is then traced at this input's shape (per sample; fx's meta tracer) and
+    cached for that shape."""
     key = _fingerprint(model)
     graphs = _CACHE.setdefault(model, {})
-    graph = graphs.get(key)
+    shaped = (key, tuple(example.shape[1:])) if example is not None else None
+    graph = graphs.get(key) or (graphs.get(shaped) if shaped is not None else None)
     if graph is None:
-        graph = _trace(model, method)
+        graph = _trace(model, method, example)
         if len(graphs) >= _PER_MODEL:
             graphs.pop(next(iter(graphs)))
-        graphs[key] = graph
+        graphs[shaped if graph.shape is not None else key] = graph
     return graph
 
 
@@ -499,14 +302,60 @@ class _Tracer(torch.fx.Tracer):
         return isinstance(m, (Normalize, SmoothMaxPool)) or super().is_leaf_module(m, module_qualified_name)
 
 
-def _trace(model: nn.Module, method: str) -> Graph:
+def _meta_tracer() -> torch.fx.Tracer:
+    """fx's meta tracer (shapes known while tracing: shape checks in the forward run) with
+    :class:`_Tracer`'s leaves."""
+    from torch.fx.experimental.meta_tracer import MetaTracer
+
+    class _MetaTracer(MetaTracer, _Tracer):  # MetaTracer's proxies, _Tracer's leaves
+        pass
+
+    return _MetaTracer()
+
+
+def _symbolic_trace(model: nn.Module, defaults: Dict[str, Any], example: Optional[Tensor]):
+    """fx's graph of the model and the per-sample shape it is specialised to (None: any)."""
+    try:
+        return _Tracer().trace(model, concrete_args=defaults or None), None
+    except torch.fx.proxy.TraceError:
+        if example is None:
+            raise
+    import inspect
+
+    name = next(iter(inspect.signature(model.forward).parameters))
+    meta = torch.empty(example.shape, dtype=example.dtype, device="meta")
+    return _meta_tracer().trace(model, meta_args={name: meta}, concrete_args=defaults or None), tuple(example.shape[1:])
+
+
+def _defaults(model: nn.Module, where: str) -> Dict[str, Any]:
+    """The forward's arguments after the input, at their defaults (``forward(x, mask=None,
+    causal=False)`` is traced as ``forward(x)``); one without a default is refused."""
+    import inspect
+
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - a builtin forward
+        return {}
+    required = [p.name for p in parameters[1:]
+                if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if not parameters or required:
+        raise UnsupportedModelError(
+            f"{where} needs a forward with a single input, {type(model).__name__}.forward takes "
+            f"{len(parameters)} ({', '.join(p.name for p in parameters)}); the arguments after the input "
+            f"need defaults ({', '.join(required) or 'the input itself is missing'} has none)"
+        )
+    return {p.name: p.default for p in parameters[1:] if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+
+def _trace(model: nn.Module, method: str, example: Optional[Tensor] = None) -> Graph:
     where = f"explain(method={method!r})"
     root = weakref.ref(model)
     if not list(model.children()):  # a single layer as the whole model, e.g. nn.Linear
         model = nn.Sequential(model)
+    defaults = _defaults(model, where)
     try:
         with _refusing_autograd_functions(where):
-            fx_graph = _Tracer().trace(model)
+            fx_graph, shape = _symbolic_trace(model, defaults, example)
     except UnsupportedModelError:
         raise
     except Exception as err:  # fx raises many kinds of errors on dynamic code
@@ -517,47 +366,53 @@ def _trace(model: nn.Module, method: str) -> Graph:
     modules = dict(model.named_modules())
     nodes = list(fx_graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
+    if len(placeholders) != 1 + len(defaults):
         raise UnsupportedModelError(
             f"{where} needs a forward with a single input, {type(model).__name__}.forward takes {len(placeholders)}"
         )
     signal = {placeholders[0]}
     layers: Dict[torch.fx.Node, Layer] = {}
     sources: Dict[torch.fx.Node, Tuple[torch.fx.Node, ...]] = {}
+    splits: Dict[torch.fx.Node, Tuple[torch.fx.Node, ...]] = {}  # chunk/split nodes -> what they split
     aliases: Dict[torch.fx.Node, torch.fx.Node] = {}
     ordered: List[torch.fx.Node] = []
+    unit = _surrogate_unit(root())
     result = None
     for node in nodes[1:]:
         if node.op == "output":
             value = node.args[0]
-            if not isinstance(value, torch.fx.Node) or value not in signal:
+            if not isinstance(value, torch.fx.Node) or value not in signal or value in splits:
                 raise UnsupportedModelError(f"{where} needs a forward that returns one tensor of logits")
             result = value
             continue
-        if node.op == "get_attr":
-            if isinstance(_get_attr(model, node.target), nn.Parameter):
-                raise UnsupportedModelError(
-                    f"{where} needs layers as modules, but the forward reads the parameter "
-                    f"{node.target!r} directly (a functional layer); use nn.Conv2d / nn.Linear modules"
-                )
-            ordered.append(node)  # a constant buffer
-            continue
         reads_signal = any(n in signal for n in node.all_input_nodes)
-        if not reads_signal or _is_shape_query(node):
-            ordered.append(node)  # constants and shape arithmetic
+        if node.op in ("get_attr", "placeholder") or not reads_signal or _is_shape_query(node):
+            ordered.append(node)  # parameters, buffers, defaults, constants and shape arithmetic
             continue
-        layer = _classify(node, modules, signal, method)
-        layers[node] = layer
-        sources[node] = _signal_sources(node, signal, aliases)
+        site = Site(node, modules, signal, method, layers, sources)
+        if node.op == "call_function" and node.target is operator.getitem and node.args[0] in splits:
+            layer = Layer("reshape", site.name, node)  # a piece of a split tensor
+            layers[node], sources[node] = layer, splits[node.args[0]]
+            signal.add(node)
+            ordered.append(node)
+            continue
+        layer, read, handler = classify(site)
         signal.add(node)
         ordered.append(node)
+        if handler.kind == "split":
+            splits[node] = _signal_sources(read, aliases)
+            continue
+        if layer.kind == "activation" and layer.activation == "relu" and layer.module is None and unit is not None:
+            layer = Layer("activation", layer.name, node, unit, activation="softplus")  # the attack's surrogate
+        layers[node] = layer
+        sources[node] = _signal_sources(read, aliases)
     _merge_batchnorm(ordered, layers, sources, aliases)
     _mark_first(ordered, layers, sources)
     resolved = aliases.get(result, result)
     weak_modules: "weakref.WeakValueDictionary[str, nn.Module]" = weakref.WeakValueDictionary(
         {name: m for name, m in modules.items() if name})
     return Graph(ordered, {n: l for n, l in layers.items() if n not in aliases}, sources, aliases,
-                 placeholders[0], resolved, weak_modules, root)
+                 placeholders[0], resolved, weak_modules, root, shape)
 
 
 def _merge_batchnorm(ordered, layers, sources, aliases) -> None:

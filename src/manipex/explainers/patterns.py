@@ -54,14 +54,18 @@ def _is_patterned(layer: Layer) -> bool:
 
 
 def _as_rows(layer: Layer, x: Tensor, y: Tensor):
-    """Inputs as rows ``(M, D)`` and outputs ``(M, O)`` of one affine layer."""
+    """Inputs as rows ``(M, G, D)`` and outputs ``(M, G, O / G)`` of one affine layer with ``G``
+    groups (a depthwise convolution: one group per channel; each output neuron sees the inputs
+    of its own group only, ``D`` of them)."""
     m = layer.module
     if isinstance(m, nn.Linear):
-        return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    if isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str):
-        cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, D, L)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1]), y.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
-    raise ValueError(f"fit_patterns supports Linear and Conv2d (groups=1, numeric padding) layers, not {layer.name}")
+        return x.reshape(-1, 1, x.shape[-1]), y.reshape(-1, 1, y.shape[-1])
+    if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+        g = m.groups
+        cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, C k k, L), channel-major
+        rows = cols.transpose(1, 2).reshape(-1, g, cols.shape[1] // g)
+        return rows, y.flatten(2).transpose(1, 2).reshape(-1, g, y.shape[1] // g)
+    raise ValueError(f"fit_patterns supports Linear and Conv2d (numeric padding) layers, not {layer.name}")
 
 
 def fit_patterns(
@@ -88,8 +92,7 @@ def fit_patterns(
     else:
         check_autograd(where)  # patterns made under inference_mode could not enter a map's graph later
         check_parameters(model, where=where)
-    graph = model_graph(model, "pattern_attribution")
-    rectified = {layer.node: _feeds_rectifier(graph, layer) for layer in graph.layers.values() if _is_patterned(layer)}
+    graph, rectified = None, {}
     if isinstance(data, Tensor):
         batches: Iterable = data.split(batch_size)
     else:
@@ -103,6 +106,10 @@ def fit_patterns(
                 raise TypeError(f"{where}: data must be a tensor or an iterable of tensors or (x, y) batches, "
                                 f"got a batch of type {type(x).__name__}")
             check_input(x, where=where, name="a batch of data")
+            if graph is None:  # traced at the first batch (a forward whose control flow reads shapes)
+                graph = model_graph(model, "pattern_attribution", x)
+                rectified = {layer.node: _feeds_rectifier(graph, layer) for layer in graph.layers.values()
+                             if _is_patterned(layer)}
             try:
                 _, records = graph.forward(x)
             except RuntimeError as err:
@@ -121,10 +128,10 @@ def fit_patterns(
                 xs, ys = xs.double(), ys.double()
                 mask = (ys > 0).double() if rectified[layer.node] else torch.ones_like(ys)
                 s = sums.setdefault(name, {"n": 0, "x": 0, "y": 0, "xy": 0})
-                s["n"] = s["n"] + mask.sum(0)
-                s["x"] = s["x"] + mask.T @ xs
-                s["y"] = s["y"] + (mask * ys).sum(0)
-                s["xy"] = s["xy"] + (mask * ys).T @ xs
+                s["n"] = s["n"] + mask.sum(0).flatten()
+                s["x"] = s["x"] + torch.einsum("mgo,mgd->god", mask, xs).flatten(0, 1)
+                s["y"] = s["y"] + (mask * ys).sum(0).flatten()
+                s["xy"] = s["xy"] + torch.einsum("mgo,mgd->god", mask * ys, xs).flatten(0, 1)
     if not sums:
         raise ValueError("fit_patterns: data was empty")
     patterns = Patterns()

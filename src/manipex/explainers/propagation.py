@@ -34,7 +34,7 @@ class PropagationExplainer(Explainer):
 
     def attribute(self, model, x, target, create_graph):
         where = f"explain(method={self.name!r})"
-        graph = model_graph(model, self.name)
+        graph = model_graph(model, self.name, x)
         xg = requires_grad_input(x)
         out, records = graph.forward(xg)
         report_output(xg, out)
@@ -95,7 +95,7 @@ class GuidedBackprop(PropagationExplainer):
 
     def attribute(self, model, x, target, create_graph):
         where = f"explain(method={self.name!r})"
-        graph = model_graph(model, self.name)
+        graph = model_graph(model, self.name, x)
         if not graph.piecewise_linear:
             return super().attribute(model, x, target, create_graph)
         xg = requires_grad_input(x)

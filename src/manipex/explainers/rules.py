@@ -95,13 +95,49 @@ class Gradient(Rule):
 
 
 class Pass(Rule):
-    """``R_in = R_out``: an element-wise layer passes relevance through (activations; a
-    standalone BatchNorm, whose bias is no input's contribution)."""
+    """``R_in = R_out``: the identity rule. An element-wise layer passes relevance through:
+    activations (Zennit's ``Pass``; AttnLRP's identity rule for element-wise nonlinearities
+    such as GELU and SiLU, Achtibat et al. 2024), a standalone BatchNorm (its bias is no input's contribution), and
+    normalisation layers (LayerNorm, GroupNorm, RMSNorm) with the normaliser held constant
+    (AttnLRP's treatment of normalisation: the centring and scaling are no input's contribution)."""
 
     def __call__(self, record, relevance, create_graph):
         if record.input.shape != relevance.shape:
             raise ValueError(f"LRP rule Pass needs a layer that keeps the shape, not {record.layer.name}")
         return relevance
+
+
+class Product(Rule):
+    """A product of two activations ``z = a * b`` (element-wise, broadcast).
+
+    * A **gate** ``z = x * g(s)`` with ``g`` a sigmoid or hardsigmoid (squeeze-excitation in
+      MobileNetV3, EfficientNet and RegNet-Y; :attr:`Layer.gate` says which operand): the gate
+      is held constant and the signal takes all, ``R_x = R``, ``R_g = 0`` (the "signal-take-all"
+      rule of Arras et al. 2017 for the gates of LSTMs). The gate only rescales each
+      channel of ``x``; passing its relevance down its own branch would spread it uniformly over
+      the positions that the gate's global pooling averaged, blurring the map.
+    * **Any other product** (GLU-style ``a * b`` of two signals): the uniform rule of AttnLRP
+      (Achtibat et al. 2024) for bilinear products, ``R_a = R_b = R / 2``.
+
+    Both conserve: the relevances sum to ``sum R`` (an operand broadcast over some dimensions
+    gets the sum over them). ``uniform=True`` applies the uniform rule to gates too.
+    """
+
+    kinds = ("product",)
+
+    def __init__(self, uniform: bool = False) -> None:
+        self.uniform = bool(uniform)
+
+    def __call__(self, record, relevance, create_graph):
+        operands = record.inputs
+        if len(operands) == 1:  # x * x: both shares go to x
+            return relevance.sum_to_size(operands[0].shape)
+        gate = record.layer.gate
+        if gate is not None and not self.uniform:
+            # the node's arguments are (a, b) in this order; inputs follow argument order
+            return tuple(torch.zeros_like(t) if i == gate else relevance.sum_to_size(t.shape)
+                         for i, t in enumerate(operands))
+        return tuple((relevance / 2).sum_to_size(t.shape) for t in operands)
 
 
 class Epsilon(Rule):
@@ -327,26 +363,38 @@ class Gamma(Rule):
 
 
 class GuidedReLU(Rule):
-    """Guided backprop through one activation (Springenberg et al. 2015).
+    """Guided backprop through one activation (Springenberg et al. 2015, Sec. 3.4).
 
-    ReLU: ``relu(R) * 1[z > 0]``. Softplus(β): ``softplus_β(R) * sigmoid(β z)``, the smooth
-    form of Dombrowski et al.'s reference code, so that the map of a softplus network is
-    twice differentiable. Other activations pass the ordinary gradient (as Captum).
+    * ReLU: ``relu(R) * 1[z > 0]`` (Springenberg's rule; Captum's ``GuidedBackprop``).
+    * Softplus(β): ``softplus_β(R) * sigmoid(β z)``, the smooth form of Dombrowski et al.'s
+      reference code, so that the map of a softplus network is twice differentiable.
+    * Other rectifiers (ReLU6, Hardswish, GELU, SiLU, Mish, ELU, LeakyReLU, ...:
+      :data:`~manipex.explainers.nodes.RECTIFIERS`): ``relu(R) * relu(f'(z))``: the signal
+      passes where the activation's derivative is positive and only its positive part, the
+      ReLU rule with ``1[z > 0]`` read as ``f'(z)^+`` (for ReLU the two agree).
+    * Squashing activations (tanh, sigmoid, hardsigmoid, hardtanh, softsign): the ordinary
+      gradient, as Captum does for every activation that is not an ``nn.ReLU``.
     """
 
     kinds = ("activation",)
 
     def __call__(self, record, relevance, create_graph):
+        from .nodes import RECTIFIERS
+
         layer, z = record.layer, record.input
+        relu = torch.nn.functional.relu
         if layer.activation == "relu":
-            return torch.where(z > 0, torch.nn.functional.relu(relevance), 0.0)
+            return torch.where(z > 0, relu(relevance), 0.0)
         if layer.activation == "softplus":
             beta = layer.softplus_beta()
             return torch.nn.functional.softplus(relevance, beta=beta) * torch.sigmoid(beta * z)
+        if layer.activation in RECTIFIERS:
+            slope = vjp(record.output, z, torch.ones_like(record.output), create_graph)
+            return relu(relevance) * relu(slope)
         return Gradient()(record, relevance, create_graph)
 
 
 __all__ = [
     "Rule", "Gradient", "Pass", "Epsilon", "Norm", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare",
-    "Gamma", "GuidedReLU", "vjp", "stabilize", "fit_bound",
+    "Gamma", "GuidedReLU", "Product", "vjp", "stabilize", "fit_bound",
 ]

@@ -10,7 +10,21 @@ Architectures (all built from plain modules; activations are modules):
   shortcuts; :class:`ResNet` is the one implementation behind all three.
 - :func:`densenet121` — DenseNet-121 (Huang et al. 2017), torchvision keys; its final ReLU is an
   ``nn.ReLU`` module.
+- :func:`mobilenet_v3_small` — MobileNetV3-Small (Howard et al. 2019), torchvision keys;
+  :func:`.mobilenet.mobilenet_v3` builds it from any bottleneck table.
+- :func:`efficientnet_b0` — EfficientNet-B0 (Tan & Le 2019), torchvision keys;
+  :func:`.efficientnet.efficientnet` scales it (width/depth) or takes any MBConv table.
+- :func:`convnext_tiny` — ConvNeXt-T (Liu et al. 2022), torchvision keys;
+  :func:`.convnext.convnext` builds it from any stage table. The configurable builders stay in
+  their submodules (``models.convnext`` is the module), e.g.
+  ``from manipex.models.convnext import convnext``.
 - :func:`tabular_mlp` — an MLP for tabular data.
+
+Models that return a dict, a tuple or an object with ``.logits`` (Hugging Face's
+``ImageClassifierOutput``): :class:`Logits` wraps one into a model returning its logits
+(``Logits(hf_model)``, ``Logits(model, 0)``, ``Logits(model, lambda out: out["scores"])``); the
+entry points (``manipex.explain``, the attacks) do it themselves with ``output=None`` and warn
+once per model which part they use (:mod:`.interfaces`).
 
 Build any of them by name with :func:`build` (see :func:`architectures`). Checkpoints are written
 by :func:`save` as ``.safetensors`` with the architecture in the header, and read by :func:`load`,
@@ -33,16 +47,24 @@ from .architectures import (
     atex_cnn,
     build,
     cifar_resnet,
+    convnext_tiny,
     densenet121,
+    efficientnet_b0,
     mnist_cnn,
+    mobilenet_v3_small,
     register,
     resnet18,
     resnet50,
     tabular_mlp,
     vgg16,
 )
+from ._blocks import LayerNorm2d, StochasticDepth, stochastic_depth
 from .checkpoint import load, read_metadata, save
+from .convnext import ConvNeXt
 from .densenet import DenseNet
+from .efficientnet import EfficientNet
+from .mobilenet import MobileNetV3
+from .interfaces import Logits, ModelOutputWarning, logits_model
 from .normalize import Normalize, input_normalization, with_normalization
 from .pretrained import DEFAULT_RECIPES, Recipe, default_cache_dir, load_default
 from .resnet import BasicBlock, Bottleneck, ResNet
@@ -53,26 +75,38 @@ __all__ = [
     "VGG",
     "BasicBlock",
     "Bottleneck",
+    "ConvNeXt",
     "DenseNet",
+    "EfficientNet",
+    "LayerNorm2d",
+    "Logits",
+    "MobileNetV3",
+    "ModelOutputWarning",
     "Normalize",
     "Recipe",
     "ResNet",
+    "StochasticDepth",
     "accuracy",
     "architectures",
     "atex_cnn",
     "build",
     "cifar_resnet",
+    "convnext_tiny",
     "default_cache_dir",
     "densenet121",
+    "efficientnet_b0",
     "load",
     "load_default",
+    "logits_model",
     "input_normalization",
     "mnist_cnn",
+    "mobilenet_v3_small",
     "read_metadata",
     "register",
     "resnet18",
     "resnet50",
     "save",
+    "stochastic_depth",
     "tabular_mlp",
     "train_classifier",
     "vgg16",

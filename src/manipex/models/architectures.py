@@ -6,6 +6,8 @@ The chain networks here are built only from ``nn.Conv2d``, ``nn.Linear``, ``nn.B
 model surgery (ReLU -> Softplus, BatchNorm merging) can see and rewrite every layer. The graph
 networks (ResNets in :mod:`.resnet`, DenseNet in :mod:`.densenet`) keep the same rule for their
 activations; their additions and concatenations are visible to ``torch.fx``.
+MobileNetV3-Small, EfficientNet-B0 and ConvNeXt-T (:mod:`.mobilenet`, :mod:`.efficientnet`,
+:mod:`.convnext`) are torchvision's modules exactly, built from the blocks in :mod:`._blocks`.
 
 The registry maps a name to a factory; :func:`build` records the name and keyword arguments on the
 model so that :func:`manipex.models.save` can write them into the checkpoint and
@@ -25,7 +27,10 @@ import torch
 from torch import nn
 
 from .._registry import Registry
+from .convnext import convnext_tiny
 from .densenet import densenet121
+from .efficientnet import efficientnet_b0
+from .mobilenet import mobilenet_v3_small
 from .resnet import cifar_resnet, resnet18, resnet50
 
 __all__ = [
@@ -248,3 +253,6 @@ resnet18 = register("resnet18", resnet18)
 resnet50 = register("resnet50", resnet50)
 cifar_resnet = register("cifar_resnet", cifar_resnet)
 densenet121 = register("densenet121", densenet121)
+mobilenet_v3_small = register("mobilenet_v3_small", mobilenet_v3_small)
+efficientnet_b0 = register("efficientnet_b0", efficientnet_b0)
+convnext_tiny = register("convnext_tiny", convnext_tiny)
