@@ -24,6 +24,7 @@ SMOKE = {
     "attack_step": ["--batches", "1", "2", "--repeats", "1", "--warmup", "1", "--no-zennit", "--threads", "2"],
     "create_graph_memory": ["--batch", "2", "--steps", "2", "--samples", "2", "--chunks", "none,2", "--no-captum",
                             "--threads", "2"],
+    "modern_cnns": ["--quick", "--threads", "2"],
 }
 
 

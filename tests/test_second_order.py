@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import manipex
-from manipex._second_order import MissingDerivativeError, second_order
+from manipex._second_order import second_order
+from manipex.explainers import MissingDerivativeError
 from manipex.objectives import TargetImage
 from conftest import assert_same_state, state_of
 from replicas import build

@@ -3,6 +3,7 @@
 Importing this package registers every method; :func:`methods` lists them.
 """
 from .base import Explainer, explain, get_explainer, methods, relevance
+from .._second_order import MissingDerivativeError
 from .graph import UnsupportedModelError
 from .gradient import Gradient, GradXInput, IntegratedGradients
 from .propagation import GuidedBackprop
@@ -15,6 +16,6 @@ from .aggregate import AggMean, AggVar
 
 __all__ = [
     "Explainer", "explain", "get_explainer", "methods", "relevance", "fit_patterns", "Patterns",
-    "UnsupportedModelError", "Gradient", "GradXInput", "IntegratedGradients", "GuidedBackprop",
+    "UnsupportedModelError", "MissingDerivativeError", "Gradient", "GradXInput", "IntegratedGradients", "GuidedBackprop",
     "LRP", "PatternAttribution", "SmoothGrad", "GradCAM", "Occlusion", "AggMean", "AggVar",
 ]
