@@ -529,6 +529,10 @@ SUPPORTED = (
 )
 
 
+ANY_MODEL = ("Methods without layer rules (gradient, grad_x_input, integrated_gradients, smoothgrad, occlusion) "
+             "work on any differentiable model.")
+
+
 def handler_for(site: Site) -> Optional[Handler]:
     """The handler of an fx node, or None if the operation is unknown."""
     node = site.node
@@ -558,12 +562,13 @@ def classify(site: Site) -> Tuple[Layer, Tuple[torch.fx.Node, ...], Handler]:
     node = site.node
     if handler is None:
         if node.op == "call_module":
-            raise UnsupportedModelError(f"{site.where} does not support {site.name}; supported: {SUPPORTED}")
+            raise UnsupportedModelError(f"{site.where} does not support {site.name}; supported: {SUPPORTED}. "
+                                        f"{ANY_MODEL}")
         what = getattr(node.target, "__name__", str(node.target))
         hint = " (an in-place operation)" if what.endswith("_") and not what.startswith("_") else ""
         raise UnsupportedModelError(
             f"{site.where} does not support the operation {what!r}{hint} (fx node {node.name!r}) in the "
-            f"model's forward; supported: {SUPPORTED}"
+            f"model's forward; supported: {SUPPORTED}. {ANY_MODEL}"
         )
     layer = handler.layer(site)
     return layer, tuple(dict.fromkeys(handler.sources(site))), handler
