@@ -309,11 +309,8 @@ def test_hugging_face_convnext_through_every_method():
         opts = {"integrated_gradients": {"steps": 3}, "smoothgrad": {"samples": 2, "seed": 0},
                 "occlusion": {"window": 8, "stride": 8}}.get(method, {})
         if method == "pattern_attribution":
-            opts = {"patterns": manipex.fit_patterns(manipex.models.Logits(model), torch.rand(8, 3, 32, 32))}
-            h = manipex.explain(manipex.models.Logits(model), x.clone().requires_grad_(True), method,
-                                create_graph=True, **opts)
-        else:
-            h = manipex.explain(model, x.clone().requires_grad_(True), method, create_graph=True, **opts)
+            opts = {"patterns": manipex.fit_patterns(model, torch.rand(8, 3, 32, 32))}
+        h = manipex.explain(model, x.clone().requires_grad_(True), method, create_graph=True, **opts)
         assert h.shape == x.shape and torch.isfinite(h).all() and h.abs().sum() > 0, method
     assert_same_state(before, state_of(model))
     wrapped = manipex.models.Logits(model.double())

@@ -73,6 +73,7 @@ def fit_patterns(
     data: Union[Tensor, Iterable],
     *,
     batch_size: int = 256,
+    output=None,
 ) -> Patterns:
     """Fit the PatternAttribution patterns of ``model`` on ``data``.
 
@@ -81,6 +82,10 @@ def fit_patterns(
         data: a tensor of inputs ``(N, ...)`` or an iterable of batches (tensors or
             ``(x, y)`` tuples, e.g. a DataLoader).
         batch_size: batch size used when ``data`` is a tensor.
+        output: what selects the logits of a model that returns more than a tensor, as in
+            :func:`manipex.explain` (None: found automatically); the patterns then fit
+            ``explain(model, x, "pattern_attribution", patterns=..., output=...)`` with the same
+            ``output``.
 
     Returns:
         :class:`Patterns`, to pass as ``explain(model, x, "pattern_attribution", patterns=...)``.
@@ -107,6 +112,9 @@ def fit_patterns(
                                 f"got a batch of type {type(x).__name__}")
             check_input(x, where=where, name="a batch of data")
             if graph is None:  # traced at the first batch (a forward whose control flow reads shapes)
+                from ..models.interfaces import logits_model
+
+                model = logits_model(model, x, output, where=where)  # a dict or .logits output: its logits
                 graph = model_graph(model, "pattern_attribution", x)
                 rectified = {layer.node: _feeds_rectifier(graph, layer) for layer in graph.layers.values()
                              if _is_patterned(layer)}
