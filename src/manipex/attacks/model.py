@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import surgery
-from .._second_order import second_order
 from .._resume import RunState, config_key, restore
+from .._second_order import second_order
 from .._validation import (check_bool, check_call, check_choice, check_int, check_labelled_data, check_model,
                            check_real, check_target_range, forward, short)
 from ..explainers import explain, get_explainer, relevance

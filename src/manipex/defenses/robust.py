@@ -11,14 +11,14 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._second_order import second_order
 from .._resume import RunState, config_key, restore
+from .._second_order import second_order
 from .._validation import (check_bool, check_call, check_int, check_labelled_data, check_real,
                            check_target_range, forward, short)
 from .regularizers import Regularizer, make
