@@ -197,7 +197,7 @@ class AlphaBeta(Rule):
         wp, wn = weight.clamp(min=0), weight.clamp(max=0)
         if not self.bias:
             bias = None
-        negative = bool((x < 0).any())
+        negative = bool(x.amin() < 0)
         if self.alpha == 1 and not negative:
             # z+ on non-negative inputs (after a ReLU): z >= 0, so stab(z) = z + eps; the same
             # values and derivatives as the general form, with fewer operations
@@ -206,20 +206,22 @@ class AlphaBeta(Rule):
         xp = x.clamp(min=0)
         xn = x.clamp(max=0) if negative else None
 
-        def share(w_pos: Tensor, w_neg: Tensor, b: Optional[Tensor]) -> Tensor:
-            z = layer.forward_with(xp, w_pos, b)
+        def share(w_pos: Tensor, w_neg: Tensor, b: Optional[Tensor], sign: float) -> Tensor:
+            # every term of the positive share is >= 0 and of the negative one <= 0: stab(z) is
+            # z + eps or z - eps, without looking at z's sign
             if xn is None:
-                return xp * vjp(z, xp, relevance / stabilize(z, self.stabilizer), create_graph)
-            z = z + layer.forward_with(xn, w_neg, None)
-            gp, gn = torch.autograd.grad(z, (xp, xn), relevance / stabilize(z, self.stabilizer),
+                z = layer.forward_with(xp, w_pos, b)
+                return xp * vjp(z, xp, relevance / (z + sign * self.stabilizer), create_graph)
+            z = layer.forward_with(xp, w_pos, b) + layer.forward_with(xn, w_neg, None)
+            gp, gn = torch.autograd.grad(z, (xp, xn), relevance / (z + sign * self.stabilizer),
                                          create_graph=create_graph, retain_graph=True)
             return xp * gp + xn * gn
 
-        out = share(wp, wn, None if bias is None else bias.clamp(min=0))
+        out = share(wp, wn, None if bias is None else bias.clamp(min=0), 1.0)
         if self.alpha != 1:
             out = self.alpha * out
         if self.beta != 0:
-            out = out - self.beta * share(wn, wp, None if bias is None else bias.clamp(max=0))
+            out = out - self.beta * share(wn, wp, None if bias is None else bias.clamp(max=0), -1.0)
         return out
 
 
