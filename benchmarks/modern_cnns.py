@@ -42,7 +42,7 @@ Measured on 2 CPU cores (torch 2.13, quiet machine, 224 px, batch 8), LRP step /
 composite           efficientnet_b0  convnext_tiny
 ==================  ===============  ============  ===========================================
 ``epsilon``         0.91x            1.21x         met
-``zb_zplus``        1.78x            3.17x         missed: z+ on inputs of both signs (SiLU,
+``zb_zplus``        1.8-1.9x         3.2x          missed: z+ on inputs of both signs (SiLU,
 (the default)                                      GELU, LayerNorm outputs) needs two
                                                    convolutions per layer and their two VJPs
 ==================  ===============  ============  ===========================================
