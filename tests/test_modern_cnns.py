@@ -371,3 +371,17 @@ def test_the_model_is_untouched_after_errors(name):
         manipulate_input(model, bad_channels, TargetImage(bad_channels), "gradient", steps=2, progress=False)
     assert_same_state(before, state_of(model))
     assert not model._forward_hooks and not model._forward_pre_hooks
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "lrp"])
+def test_propagation_under_the_surrogate_sees_functional_relus_as_softplus(method):
+    """β-smoothing (``softplus_beta``) of the Inception replica, whose ReLUs are ``F.relu``
+    calls: the propagation graph evaluates them as the surrogate's Softplus, so the map equals
+    the one of the canonicalised model (the same calls as ``nn.ReLU`` modules, swapped)."""
+    model, x = replica("inception")
+    canonical = manipex.surgery.canonicalize(model)
+    t = model(x).argmax(1)
+    ours = manipex.explain(model, x, method, t, softplus_beta=2.0)
+    theirs = manipex.explain(canonical, x, method, t, softplus_beta=2.0)
+    assert torch.allclose(ours, theirs, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(ours, manipex.explain(model, x, method, t), atol=1e-6)
