@@ -227,3 +227,19 @@ class StochasticDepth(nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(p={self.p}, mode={self.mode})"
+
+
+def init_conv_norm_linear(model: nn.Module, init_linear: Callable[[nn.Linear], None]) -> None:
+    """torchvision's weight initialisation of MobileNetV3 and EfficientNet, in module order:
+    Conv2d Kaiming-normal (fan out) with zero bias, BatchNorm/GroupNorm weight 1 and bias 0,
+    Linear by ``init_linear`` (the two models differ only there)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            init_linear(m)

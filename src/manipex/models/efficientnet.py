@@ -24,7 +24,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from ._blocks import Conv2dNormActivation, SqueezeExcitation, StochasticDepth, make_divisible
+from ._blocks import (Conv2dNormActivation, SqueezeExcitation, StochasticDepth, init_conv_norm_linear,
+                      make_divisible)
 
 __all__ = ["EfficientNet", "MBConv", "MBConvConfig", "efficientnet", "efficientnet_b0"]
 
@@ -142,6 +143,13 @@ class MBConv(nn.Module):
         return result
 
 
+def _init_linear(m: nn.Linear) -> None:
+    """torchvision's EfficientNet classifier init: uniform in +-1/sqrt(out_features), zero bias."""
+    init_range = 1.0 / math.sqrt(m.out_features)
+    nn.init.uniform_(m.weight, -init_range, init_range)
+    nn.init.zeros_(m.bias)
+
+
 class EfficientNet(nn.Module):
     """EfficientNet (Tan & Le 2019) with torchvision's module names and state_dict keys.
 
@@ -211,18 +219,7 @@ class EfficientNet(nn.Module):
             nn.Linear(lastconv_output_channels, num_classes),
         )
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                init_range = 1.0 / math.sqrt(m.out_features)
-                nn.init.uniform_(m.weight, -init_range, init_range)
-                nn.init.zeros_(m.bias)
+        init_conv_norm_linear(self, _init_linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits for a batch ``x`` of shape (N, 3, H, W)."""

@@ -23,7 +23,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ._blocks import Conv2dNormActivation, SqueezeExcitation, make_divisible
+from ._blocks import Conv2dNormActivation, SqueezeExcitation, init_conv_norm_linear, make_divisible
 
 __all__ = [
     "InvertedResidual",
@@ -164,6 +164,12 @@ class InvertedResidual(nn.Module):
         return result
 
 
+def _init_linear(m: nn.Linear) -> None:
+    """torchvision's MobileNetV3 classifier init: N(0, 0.01), zero bias."""
+    nn.init.normal_(m.weight, 0, 0.01)
+    nn.init.zeros_(m.bias)
+
+
 class MobileNetV3(nn.Module):
     """MobileNetV3 (Howard et al. 2019) with torchvision's module names and state_dict keys.
 
@@ -218,17 +224,7 @@ class MobileNetV3(nn.Module):
             nn.Linear(last_channel, num_classes),
         )
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_conv_norm_linear(self, _init_linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the logits for a batch ``x`` of shape (N, 3, H, W)."""
