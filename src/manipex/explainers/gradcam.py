@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from .._validation import select_target, short
 from .base import Explainer, requires_grad_input
+from .nodes import ACTIVATIONS, FUNCTIONAL_ACTIVATIONS
 
 
 def find_layers(model: nn.Module, layer: Optional[Union[str, nn.Module]], where: str) -> List[nn.Module]:
@@ -87,18 +88,14 @@ def _functions(module: Any, *names: str) -> set:
     return {getattr(module, n) for n in names if hasattr(module, n)}
 
 
-#: Element-wise activations (leaf modules of torch.nn); swapping one for another (β-smoothing
-#: swaps ReLU for Softplus on every call) does not change the default layer.
-_ACTIVATION_MODULES = _classes(
-    "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish",
-    "Hardswish", "Hardsigmoid", "Hardtanh", "Sigmoid", "Tanh", "Softplus", "Softsign", "LogSigmoid",
-    "Tanhshrink", "Hardshrink", "Softshrink", "Threshold",
-)
-_ACTIVATION_FUNCTIONS = _functions(
-    F, "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "rrelu", "elu", "elu_", "selu", "celu",
-    "gelu", "silu", "mish", "hardswish", "hardsigmoid", "hardtanh", "hardtanh_", "sigmoid", "tanh",
-    "softplus", "softsign", "logsigmoid", "tanhshrink", "hardshrink", "softshrink", "threshold",
-) | _functions(torch, "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "selu", "celu")
+#: Element-wise activations: the propagation graph's (:mod:`manipex.explainers.nodes`), and the
+#: random and in-place forms that the head walk also steps over (no LRP rule needs them).
+#: Swapping one for another (β-smoothing swaps ReLU for Softplus on every call) does not change
+#: the default layer.
+_ACTIVATION_MODULES = tuple(ACTIVATIONS) + _classes("RReLU")
+_ACTIVATION_FUNCTIONS = set(FUNCTIONAL_ACTIVATIONS) | _functions(
+    F, "relu_", "leaky_relu_", "rrelu", "elu_", "hardtanh_", "threshold") | _functions(
+    torch, "relu_", "sigmoid_", "tanh_", "celu")
 _ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
 
 _LINEAR_MODULES = (nn.Linear,)

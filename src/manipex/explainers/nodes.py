@@ -465,7 +465,8 @@ MODULE_HANDLERS: Tuple[Tuple[Tuple[type, ...], Handler], ...] = (
       nn.PixelUnshuffle), _PLUMBING),
 )
 
-_FUNCTIONAL_ACTIVATIONS: Dict[Any, str] = {
+#: Element-wise activation functions and their names.
+FUNCTIONAL_ACTIVATIONS: Dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", F.relu6: "relu6", F.softplus: "softplus", torch.tanh: "tanh",
     F.tanh: "tanh", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", F.hardsigmoid: "hardsigmoid",
     F.hardswish: "hardswish", F.hardtanh: "hardtanh", F.gelu: "gelu", F.silu: "silu", F.mish: "mish",
@@ -476,7 +477,7 @@ _FUNCTIONAL_ACTIVATIONS: Dict[Any, str] = {
 
 #: Functions -> handler.
 FUNCTION_HANDLERS: Dict[Any, Handler] = {
-    **{f: Activation(a) for f, a in _FUNCTIONAL_ACTIVATIONS.items()},
+    **{f: Activation(a) for f, a in FUNCTIONAL_ACTIVATIONS.items()},
     F.batch_norm: BatchNorm(),
     F.layer_norm: _NORM, F.group_norm: _NORM, F.rms_norm: _NORM, F.instance_norm: _NORM,
     F.max_pool1d: _POOL_MAX, F.max_pool2d: _POOL_MAX, F.max_pool3d: _POOL_MAX,
@@ -576,6 +577,6 @@ def classify(site: Site) -> Tuple[Layer, Tuple[torch.fx.Node, ...], Handler]:
 
 __all__ = [
     "Layer", "UnsupportedModelError", "batchnorm_affine", "Handler", "Site", "classify", "handler_for",
-    "ACTIVATIONS", "RECTIFIERS", "GATE_ACTIVATIONS", "MODULE_HANDLERS", "FUNCTION_HANDLERS", "METHOD_HANDLERS",
+    "ACTIVATIONS", "FUNCTIONAL_ACTIVATIONS", "RECTIFIERS", "GATE_ACTIVATIONS", "MODULE_HANDLERS", "FUNCTION_HANDLERS", "METHOD_HANDLERS",
     "NAMED_FUNCTIONS", "SUPPORTED",
 ]
