@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import manipex
+from conftest import CNN_METHODS
 from manipex.attacks import evaluate_manipulation, manipulate_input, manipulate_model, transfer_matrix
 from manipex.defenses import atex_finetune, beta_sweep, detect_manipulation, noise_maps, weight_noise_test
 from manipex.defenses.detection import with_weight_noise
@@ -50,7 +51,7 @@ def _explain(method: str) -> Callable:
 ATTACK = dict(steps=1, progress=False)
 
 ENTRY_POINTS: Dict[str, Tuple[Callable, bool]] = {  # name -> (call, takes a target)
-    **{f"explain:{m}": (_explain(m), True) for m in manipex.methods()},
+    **{f"explain:{m}": (_explain(m), True) for m in CNN_METHODS},
     "manipulate_input": (lambda model, x, t, y, c: manipulate_input(
         model, x, TargetImage(c["x_target"]), "gradient", target=t, **ATTACK), True),
     "manipulate_input:lrp": (lambda model, x, t, y, c: manipulate_input(

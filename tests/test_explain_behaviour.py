@@ -9,7 +9,7 @@ from torch import nn
 import manipex
 from manipex.explainers import UnsupportedModelError
 
-from conftest import assert_same_state, make, method_options, state_of
+from conftest import CNN_METHODS, assert_same_state, make, method_options, state_of
 
 
 # ----------------------------------------------------------------------------- closed forms
@@ -170,7 +170,7 @@ def test_smoothgrad_map_of_an_image_does_not_depend_on_its_batch():
 
 # ----------------------------------------------------------------------------- model unchanged
 
-ALL_METHODS = manipex.methods()
+ALL_METHODS = CNN_METHODS
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)

@@ -292,7 +292,7 @@ REFUSED = [
     (lambda m, h: h if h.sum() > 0 else -h, r"torch.fx could not trace|needs a model that torch.fx can trace"),
     (lambda m, h: h - h.mean(0, keepdim=True), r"reduces over the batch dimension"),
     (lambda m, h: torch.cat([h, h], 0)[: h.shape[0]], r"concatenates along the batch dimension"),
-    (lambda m, h: F.conv2d(h, m.conv.weight, padding=1), r"reads the parameter 'conv.weight' directly"),
+    (lambda m, h: F.conv2d(h, m.conv.weight * h[0, 0, 0, 0], padding=1), r"computed from an activation \(a dynamic filter\)"),
     (lambda m, h: h / h.sum((1, 2, 3), keepdim=True), r"call truediv at node 'truediv': it divides by an activation"),
 ]
 

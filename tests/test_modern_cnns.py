@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import manipex
-from conftest import assert_same_state, state_of
+from conftest import CNN_METHODS, assert_same_state, state_of
 from replicas import REPLICAS, build
 from test_derivatives import COMPOSITES, check_second_order
 from test_zennit_agreement import ZENNIT  # at import: it puts benchmarks/ on sys.path
@@ -54,7 +54,7 @@ def options(method: str, name: str, model) -> dict:
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("method", manipex.methods())
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_second_order_matches_finite_differences(name, method):
     model, x = replica(name, softplus=True)
     before = state_of(model)
@@ -305,7 +305,7 @@ def test_hugging_face_convnext_through_every_method():
     model = transformers.ConvNextForImageClassification(config).eval()
     x = torch.rand(2, 3, 32, 32)
     before = state_of(model)
-    for method in manipex.methods():
+    for method in CNN_METHODS:
         opts = {"integrated_gradients": {"steps": 3}, "smoothgrad": {"samples": 2, "seed": 0},
                 "occlusion": {"window": 8, "stride": 8}}.get(method, {})
         if method == "pattern_attribution":

@@ -12,10 +12,11 @@ from .patterns import PatternAttribution, Patterns, fit_patterns
 from .smoothgrad import SmoothGrad
 from .gradcam import GradCAM
 from .occlusion import Occlusion
+from .rollout import AttentionRollout
 from .aggregate import AggMean, AggVar
 
 __all__ = [
     "Explainer", "explain", "get_explainer", "methods", "relevance", "fit_patterns", "Patterns",
     "UnsupportedModelError", "MissingDerivativeError", "Gradient", "GradXInput", "IntegratedGradients", "GuidedBackprop",
-    "LRP", "PatternAttribution", "SmoothGrad", "GradCAM", "Occlusion", "AggMean", "AggVar",
+    "LRP", "PatternAttribution", "SmoothGrad", "GradCAM", "Occlusion", "AttentionRollout", "AggMean", "AggVar",
 ]

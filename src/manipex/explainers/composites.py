@@ -31,7 +31,24 @@ from the LRP options (``low``, ``high``, ``epsilon``, ``alpha``, ``beta``, ``gam
 ``epsilon_plus_flat``     the same with the flat rule on the first layer (Zennit's ``EpsilonPlusFlat``)
 ``epsilon_gamma_box``     zB on the first convolution, γ on the other convolutions, ε on dense layers
                           (Zennit's ``EpsilonGammaBox``; Montavon et al. 2019, Sec. 10.2)
+``attn_lrp``              transformers, AttnLRP (Achtibat et al. 2024): ε on conv/dense layers, the
+                          identity rule on activations, the normaliser held constant in LayerNorm
+                          (:class:`~manipex.explainers.rules.LinearizedNorm`), the softmax rule
+                          (:class:`~manipex.explainers.rules.Softmax`), the uniform rule on matrix
+                          and element-wise products of two activations
+``cp_lrp``                transformers, CP-LRP (Ali et al. 2022): as ``attn_lrp`` with the attention
+                          matrix held constant in ``A @ v`` (no relevance to queries and keys)
+``attn_lrp_gamma``,       the same with γ (option ``gamma``) instead of ε on conv/dense layers, as
+``cp_lrp_gamma``          LXT recommends for vision transformers
 ========================  ==========================================================================
+
+Every composite uses AttnLRP's softmax and uniform matmul rules on attention (the base rules), so
+the CNN composites also run on transformers. Where the transformer composites conserve: every
+rule but the softmax's conserves on a model without biases (up to the stabilisers); the softmax
+rule does not (its implicit bias absorbs a share, AttnLRP Sec. 3.3), so ``attn_lrp``'s map sums
+to the logit only up to that share, and ``cp_lrp``, which sends nothing through the softmax,
+conserves. Additive constants (position embeddings, class tokens, biases) absorb their share in
+every composite.
 
 The three Zennit composites follow Zennit 0.5 exactly, including its bias handling (z+ and γ
 keep the positive bias in the denominator); the first three follow manipex's papers.
@@ -43,7 +60,8 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 from .._registry import Registry
 from .graph import Layer
-from .rules import AlphaBeta, Epsilon, Flat, Gamma, Gradient, Norm, Pass, Product, Rule, ZBox, ZPlus
+from .rules import (AlphaBeta, Epsilon, Flat, Gamma, Gradient, LinearizedNorm, Matmul, Norm, Pass, Product, Rule,
+                    Softmax, ZBox, ZPlus)
 
 Predicate = Callable[[Layer], bool]
 
@@ -83,6 +101,8 @@ def base_rules(stabilizer: float = 1e-6) -> List[Tuple[Predicate, Rule]]:
     return [
         (kinds("activation", "batchnorm", "norm"), Pass()),
         (kinds("product"), Product()),
+        (kinds("matmul"), Matmul(stabilizer=stabilizer)),
+        (kinds("softmax"), Softmax()),
         (kinds("add", "avgpool", "mean", "upsample", "scale"), Norm(stabilizer)),
         (kinds("maxpool", "cat", "reshape", "identity"), Gradient()),
     ]
@@ -176,6 +196,32 @@ def _epsilon_gamma_box(low, high, epsilon, gamma, stabilizer, **_):
     return Composite([(both(first_layer, conv), ZBox(low, high, stabilizer)), (conv, Gamma(gamma, stabilizer)),
                       (dense, Epsilon(epsilon))], "epsilon_gamma_box", stabilizer)
 
+
+def _transformer(name: str, hold_attention: bool, linear: Rule, stabilizer: float) -> Composite:
+    return Composite([(kinds("conv", "dense"), linear), (kinds("norm"), LinearizedNorm(stabilizer)),
+                      (kinds("matmul"), Matmul(hold_attention, stabilizer)), (kinds("softmax"), Softmax()),
+                      (kinds("product"), Product(uniform=True))], name, stabilizer)
+
+
+def _attn_lrp(epsilon, stabilizer, **_):
+    return _transformer("attn_lrp", False, Epsilon(epsilon), stabilizer)
+
+
+def _cp_lrp(epsilon, stabilizer, **_):
+    return _transformer("cp_lrp", True, Epsilon(epsilon), stabilizer)
+
+
+def _attn_lrp_gamma(gamma, stabilizer, **_):
+    return _transformer("attn_lrp_gamma", False, Gamma(gamma, stabilizer), stabilizer)
+
+
+def _cp_lrp_gamma(gamma, stabilizer, **_):
+    return _transformer("cp_lrp_gamma", True, Gamma(gamma, stabilizer), stabilizer)
+
+
+for _name, _factory in [("attn_lrp", _attn_lrp), ("cp_lrp", _cp_lrp), ("attn_lrp_gamma", _attn_lrp_gamma),
+                        ("cp_lrp_gamma", _cp_lrp_gamma)]:
+    register_composite(_name, _factory)
 
 for _name, _factory in [("zb_zplus", _zb_zplus), ("epsilon", _epsilon), ("alpha_beta", _alpha_beta),
                         ("epsilon_plus", _epsilon_plus), ("epsilon_plus_flat", _epsilon_plus_flat),

@@ -35,22 +35,31 @@ the same layer; in a flat ``nn.Sequential`` that is the layer before the last ac
 last Conv2d of ``Conv2d - ReLU - MaxPool2d - Flatten - Linear``). A module called several times
 (weights shared) is taken at the call that returns the stage output.
 
+Transformers: taking the class token (``x[:, 0]``) or the mean of the tokens (``x.mean(1)``)
+is a reduction as well, and so is a pooling fed by a permute (Swin's channels-last
+``permute(0, 3, 1, 2) -> avgpool``); upstream of it the walk steps over token slicing, permutes
+and LayerNorm/RMSNorm (the final norm). An output that averages several heads (DeiT's
+``(head(x[:, 0]) + head_dist(x[:, 1])) / 2``) is walked along each. Where the head takes the
+class token, the default is the input of the last block (see :class:`GradCAM`).
+
 The result is cached per model and module structure (tracing once, not on every step of an
 attack). A model that fx cannot trace (data-dependent control flow), or whose stage output no
 module returns, silently gets the former default: the last Conv2d that the forward calls.
 """
 from __future__ import annotations
 
+import math
+import operator
 import warnings
 import weakref
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import select_target, short
+from .._validation import check_int, select_target, short
 from .base import Explainer, requires_grad_input
 from .nodes import ACTIVATIONS, FUNCTIONAL_ACTIVATIONS
 
@@ -127,6 +136,16 @@ _FLAT_MODULES = _classes("Softmax", "LogSoftmax", "BatchNorm1d", "BatchNorm2d", 
                          "LayerNorm", "GroupNorm")
 _FLAT_FUNCTIONS = _functions(F, "softmax", "log_softmax") | _functions(torch, "softmax", "log_softmax")
 _FLAT_METHODS = {"softmax", "log_softmax"}
+#: Normalisations of tokens (per token, over the features): stepped over between a token
+#: sequence and its pooling (a transformer's final norm).
+_TOKEN_NORM_MODULES = _classes("LayerNorm", "RMSNorm")
+_TOKEN_NORM_FUNCTIONS = _functions(F, "layer_norm", "rms_norm")
+#: Moving the features' axis: channels-last maps (torchvision's Swin) or tokens (N, T, D) to the
+#: layout of a pooling (``permute(0, 3, 1, 2)``, ``transpose(1, 2)``).
+_PERMUTE_FUNCTIONS = _functions(torch, "permute", "transpose", "movedim", "swapaxes")
+_PERMUTE_METHODS = {"permute", "transpose", "movedim", "swapaxes"}
+_SCALE_FUNCTIONS = {operator.truediv, operator.mul, torch.div, torch.mul}
+_ADD_FUNCTIONS = {operator.add, torch.add}
 
 
 def _smooth_max_pool() -> type:
@@ -145,7 +164,7 @@ class _Tracer(torch.fx.Tracer):
         from ..models.normalize import Normalize
 
         kinds = (Normalize, _smooth_max_pool(), *_ACTIVATION_MODULES, *_LINEAR_MODULES, *_IDENTITY_MODULES,
-                 *_RESHAPE_MODULES, *_POOL_MODULES, *_ADAPTIVE_MODULES, *_FLAT_MODULES)
+                 *_RESHAPE_MODULES, *_POOL_MODULES, *_ADAPTIVE_MODULES, *_FLAT_MODULES, *_TOKEN_NORM_MODULES)
         return isinstance(m, kinds) or super().is_leaf_module(m, module_qualified_name)
 
 
@@ -178,6 +197,45 @@ def _spatial_dims(node: torch.fx.Node) -> bool:
     return all(_is_int(d) and (d >= 2 or d < 0) for d in dims)
 
 
+def _token_dim(node: torch.fx.Node) -> bool:
+    """A mean/sum/amax over dimension 1 only, the tokens of ``(N, T, D)`` (timm's
+    ``x[:, prefix:].mean(dim=1)``)."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if isinstance(dims, (tuple, list)) and len(dims) == 1:
+        dims = dims[0]
+    return _is_int(dims) and dims == 1
+
+
+def _token_index(node: torch.fx.Node) -> Optional[str]:
+    """``x[:, i]`` (also ``x[:, i, :]``, ``x.select(1, i)``): ``"token"``, one token taken;
+    ``x[:, a:b]`` (``x.narrow(1, ...)``): ``"slice"``, some tokens kept; None: another index."""
+    if node.op == "call_method" and node.target in ("select", "narrow") or (
+            node.op == "call_function" and node.target in (torch.select, torch.narrow)):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if not _is_int(dim) or dim != 1:
+            return None
+        return "token" if node.target in ("select", torch.select) else "slice"
+    if node.op != "call_function" or node.target is not operator.getitem or len(node.args) != 2:
+        return None
+    index = node.args[1]
+    if not isinstance(index, tuple) or len(index) < 2 or index[0] != slice(None):
+        return None
+    if any(i != slice(None) and i is not Ellipsis for i in index[2:]):
+        return None
+    if _is_int(index[1]):
+        return "token"
+    if isinstance(index[1], slice) and all(v is None or _is_int(v) for v in (index[1].start, index[1].stop, index[1].step)):
+        return "slice"
+    return None
+
+
+def _is_token_norm(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> bool:
+    """A LayerNorm or RMSNorm (module or functional call)."""
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), _TOKEN_NORM_MODULES)
+    return node.op == "call_function" and node.target in _TOKEN_NORM_FUNCTIONS
+
+
 def _to_one(size: Any) -> bool:
     """An adaptive pool's output size of 1 in every dimension: global pooling."""
     sizes = size if isinstance(size, (tuple, list)) else (size,)
@@ -201,11 +259,16 @@ def _head_kind(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> Optional[s
             return "global" if _to_one(m.output_size) else "pool"
         if isinstance(m, _POOL_MODULES + (_smooth_max_pool(),)):
             return "pool"
-        if isinstance(m, _ACTIVATION_MODULES + _FLAT_MODULES):
+        if isinstance(m, _ACTIVATION_MODULES + _FLAT_MODULES + _TOKEN_NORM_MODULES):
             return "flat"
         return None
+    index = _token_index(node)
+    if index is not None:
+        return index
     if node.op == "call_function":
         target = node.target
+        if target in _PERMUTE_FUNCTIONS:
+            return "permute"
         if target in _LINEAR_FUNCTIONS:
             return "linear"
         if target in _IDENTITY_FUNCTIONS:
@@ -218,8 +281,8 @@ def _head_kind(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> Optional[s
         if target in _POOL_FUNCTIONS:
             return "pool"
         if target in _REDUCE_FUNCTIONS:
-            return "global" if _spatial_dims(node) else None
-        if target in _ACTIVATION_FUNCTIONS or target in _FLAT_FUNCTIONS:
+            return "global" if _spatial_dims(node) else "token" if _token_dim(node) else None
+        if target in _ACTIVATION_FUNCTIONS or target in _FLAT_FUNCTIONS or target in _TOKEN_NORM_FUNCTIONS:
             return "flat"
         return None
     if node.op == "call_method":
@@ -228,8 +291,10 @@ def _head_kind(node: torch.fx.Node, modules: Dict[str, nn.Module]) -> Optional[s
             return "identity"
         if target in _RESHAPE_METHODS:
             return "reshape"
+        if target in _PERMUTE_METHODS:
+            return "permute"
         if target in _REDUCE_METHODS:
-            return "global" if _spatial_dims(node) else None
+            return "global" if _spatial_dims(node) else "token" if _token_dim(node) else None
         if target in _ACTIVATION_METHODS or target in _FLAT_METHODS:
             return "flat"
     return None
@@ -279,15 +344,56 @@ def _call_index(key: str, name: str, node: torch.fx.Node, nodes: List[torch.fx.N
 
 
 def _stage_output(output: torch.fx.Node, modules: Dict[str, nn.Module]
-                  ) -> Optional[Tuple[torch.fx.Node, torch.fx.Node]]:
-    """``(node, user)``: the first node, walking back from ``output`` through the head, that is
-    not part of the head (the stage output), and the head node that reads it.
+                  ) -> Optional[Tuple[torch.fx.Node, torch.fx.Node, bool, bool]]:
+    """``(node, user, channels_last, single)``: the first node, walking back from ``output``
+    through the head, that is not part of the head (the stage output), the head node that reads
+    it, whether it is a channels-last map (a permute between it and the pooling), and whether
+    the head takes a single token of it (the class token: see :func:`_block_input`).
+
+    An output that averages several heads (DeiT: ``(head(x[:, 0]) + head_dist(x[:, 1])) / 2``)
+    is walked along each; they must reach the same stage output.
+    """
+    found = [_chain_stage(branch, modules) for branch in _head_branches(output)]
+    if not found or any(f is None for f in found) or len({f[0] for f in found}) != 1:
+        return None
+    return found[0]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _head_branches(node: torch.fx.Node) -> List[torch.fx.Node]:
+    """The heads whose sum (scaled by numbers) is the output: ``[node]`` for one head."""
+    if node.op == "call_function" and node.target in _SCALE_FUNCTIONS and len(node.args) == 2:
+        a, b = node.args
+        if isinstance(a, torch.fx.Node) and _number(b):
+            return _head_branches(a)
+        if isinstance(b, torch.fx.Node) and _number(a) and node.target in (operator.mul, torch.mul):
+            return _head_branches(b)
+    if (node.op == "call_function" and node.target in _ADD_FUNCTIONS and len(node.args) == 2 and not node.kwargs
+            and all(isinstance(a, torch.fx.Node) for a in node.args)):
+        return _head_branches(node.args[0]) + _head_branches(node.args[1])
+    return [node]
+
+
+def _chain_stage(output: torch.fx.Node, modules: Dict[str, nn.Module]
+                 ) -> Optional[Tuple[torch.fx.Node, torch.fx.Node, bool, bool]]:
+    """:func:`_stage_output` along one head.
 
     The chain of head-like single-input ops is read back from the output. Linear layers,
     activations, normalisations and softmax belong to the head only where they act on
     non-spatial features: after (downstream of) a spatial reduction. A pooling or a global
     reduction is one; a flatten is one unless a global pooling comes before it with only
     activations and normalisations between (ConvNeXt's ``avgpool -> LayerNorm2d -> Flatten``).
+
+    Tokens: taking one token (``x[:, 0]``, the class token) or a mean over the tokens
+    (``x.mean(dim=1)``) is a reduction too, and so is a global pooling that a permute or
+    transpose feeds (torchvision's Swin: ``norm -> permute(0, 3, 1, 2) -> avgpool``; Hugging
+    Face's: ``layernorm -> transpose(1, 2) -> AdaptiveAvgPool1d``). Upstream of such a token
+    reduction the walk also steps over token slicing (``x[:, prefix:]``), dropout/identity,
+    permutes and LayerNorm/RMSNorm: a transformer's final norm normalises each token alone and
+    is not part of the last stage.
     """
     chain: List[Tuple[torch.fx.Node, Optional[str]]] = []
     node: Optional[torch.fx.Node] = output
@@ -299,21 +405,73 @@ def _stage_output(output: torch.fx.Node, modules: Dict[str, nn.Module]
         node = _tensor_input(node)
     if chain[-1][1] is not None:  # the chain ends at the input or at a constant
         return None
-    spatial = False
+    spatial = tokens = channels_last = pooled = single = False
     for i, (node, kind) in enumerate(chain):
-        if kind is None or (spatial and kind in ("linear", "flat")):
-            return (node, chain[i - 1][0]) if spatial and i > 0 else None
+        if tokens:  # upstream of a token reduction
+            if kind in ("identity", "slice") or (kind == "flat" and _is_token_norm(node, modules)):
+                continue
+            if kind == "permute":
+                channels_last = not channels_last
+                continue
+            return (node, chain[i - 1][0], channels_last, single) if i > 0 else None
+        if spatial and kind == "permute" and pooled:  # a pooling of permuted tokens (Swin)
+            tokens, channels_last = True, True
+            continue
+        if kind is None or (spatial and kind in ("linear", "flat", "token", "slice", "permute")):
+            return (node, chain[i - 1][0], False, False) if spatial and i > 0 else None
+        pooled = kind in ("pool", "global") or (pooled and kind == "identity")
         if kind in ("pool", "global"):
             spatial = True
+        elif kind == "token":
+            spatial = tokens = True
+            single = _token_index(node) == "token"  # one token taken (the class token), not a mean
         elif kind == "reshape" and not spatial:
             before = [k for _, k in chain[i + 1:] if k not in ("flat", "identity", "reshape")]
             spatial = not before or before[0] != "global"
     return None
 
 
-def _locate(model: nn.Module) -> Optional[Tuple[str, int]]:
+def _block_input(exited: List[Tuple[str, Any]], nodes: List[torch.fx.Node]
+                 ) -> Optional[Tuple[torch.fx.Node, torch.fx.Node, List[Tuple[str, Any]]]]:
+    """Where the head takes one token (the class token) of the last block's output, the other
+    tokens of that output never reach the head (the final norm acts on each token alone and no
+    attention follows): their gradient is exactly zero and Grad-CAM there is blank. The map is
+    then taken at the input of the last block, the last tensor whose patch tokens reach the
+    class token (through the block's attention): ``(node, user, exited)`` of that input, as for
+    the stage output; None where it is no module's output.
+
+    The last block is the module the stage output leaves just inside the outermost one
+    (``blocks.11`` of ``blocks``; a block of a ModuleList, which is never called, is the
+    outermost itself)."""
+    key = (exited[1] if len(exited) > 1 else exited[0])[0]
+    inside = [n for n in nodes if key in (n.meta.get("nn_module_stack") or {})]
+    if not inside:
+        return None
+    first = inside[0]
+    for arg in first.all_input_nodes:
+        if arg.op in ("call_module", "call_function", "call_method") and key not in (arg.meta.get("nn_module_stack") or {}):
+            before = _exited(arg, first)
+            if before:
+                return arg, first, before
+    return None
+
+
+class _Found(tuple):
+    """``(name, call)`` of the default layer, with ``channels_last``: its output is a
+    channels-last map ``(N, H, W, C)`` (found by the structure: a permute before the pooling)."""
+
+    channels_last: bool
+
+    def __new__(cls, name: str, call: int, channels_last: bool = False) -> "_Found":
+        found = super().__new__(cls, (name, call))
+        found.channels_last = channels_last
+        return found
+
+
+def _locate(model: nn.Module) -> Optional[_Found]:
     """``(name, call)`` of the module whose ``call``-th output is the last convolutional stage's
-    output, or None where fx cannot trace the model or finds no such module."""
+    (or last transformer block's) output, with its layout (``.channels_last``), or None where fx
+    cannot trace the model or finds no such module."""
     root = _Root(model)
     try:
         with warnings.catch_warnings():
@@ -329,8 +487,12 @@ def _locate(model: nn.Module) -> Optional[Tuple[str, int]]:
     found = _stage_output(outputs[0].args[0], modules)
     if found is None:
         return None
-    node, user = found
+    node, user, channels_last, single = found
     exited = _exited(node, user)
+    if single and exited:
+        shifted = _block_input(exited, nodes)
+        if shifted is not None:
+            node, user, exited = shifted
     # Back through activations of the root forward: a tensor no module returns (torchvision's
     # DenseNet: F.relu(features)), or an activation module that the root forward calls itself
     # (manipex's DenseNet: self.relu(features)), which must not make a difference.
@@ -347,12 +509,12 @@ def _locate(model: nn.Module) -> Optional[Tuple[str, int]]:
         name = key.rpartition("@")[0] or key
     if not name.startswith(_PREFIX):
         return None
-    return name[len(_PREFIX):], _call_index(key, name, node, nodes)
+    return _Found(name[len(_PREFIX):], _call_index(key, name, node, nodes), channels_last)
 
 
 #: Default layers per model and module structure: ``(name, call)``, or None for the fallback.
 #: Names only, so a model that is no longer used is freed with its entries.
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple, Optional[Tuple[str, int]]]]" = weakref.WeakKeyDictionary()
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple, Optional[_Found]]]" = weakref.WeakKeyDictionary()
 _PER_MODEL = 4
 
 
@@ -366,7 +528,7 @@ def _fingerprint(model: nn.Module) -> Tuple:
     )
 
 
-def _default(model: nn.Module) -> Optional[Tuple[str, int]]:
+def _default(model: nn.Module) -> Optional[_Found]:
     """:func:`_locate`, cached per model and module structure."""
     key = _fingerprint(model)
     try:
@@ -414,8 +576,45 @@ def default_layer(model: nn.Module, x: Optional[Tensor] = None) -> Tuple[str, nn
     return names[id(convs[-1])], convs[-1]
 
 
+def token_grid(tokens: int, size: Tuple[int, int], prefix: Optional[int], where: str) -> Tuple[int, int, int]:
+    """``(prefix, h, w)``: how ``tokens`` tokens of an input of spatial ``size`` ``(H, W)`` lie
+    on a grid: the first ``prefix`` tokens (class, distillation, register tokens) are dropped and
+    the rest fill an ``h x w`` grid, row by row, with the input's aspect ratio (``h W = w H``).
+
+    ``prefix=None``: inferred, the fewest prefix tokens that leave such a grid: for a square
+    input ``tokens`` less the largest square ``<= tokens`` (197 -> 1, DeiT's 198 -> 2).
+    """
+    height, width = size
+
+    def grid(patches: int) -> Optional[Tuple[int, int]]:
+        if patches < 1:
+            return None
+        h = max(1, round(math.sqrt(patches * height / width)))
+        for hh in (h - 1, h, h + 1):
+            if hh >= 1 and patches % hh == 0 and hh * width == (patches // hh) * height:
+                return hh, patches // hh
+        side = math.isqrt(patches)
+        return (side, side) if prefix is not None and side * side == patches else None
+
+    candidates = range(tokens) if prefix is None else [prefix]
+    for p in candidates:
+        found = grid(tokens - p)
+        if found is not None:
+            return (p, *found)
+    if prefix is None:
+        raise ValueError(f"{where}: cannot lay {tokens} tokens on a grid with the input's aspect ratio "
+                         f"{height}x{width}; pass prefix_tokens=<number of class/distillation tokens> or reshape=")
+    raise ValueError(f"{where}: {tokens} tokens less prefix_tokens={prefix} leave {tokens - prefix} patch tokens, "
+                     f"which do not fill a grid with the input's aspect ratio {height}x{width}; pass reshape=")
+
+
+def _aspect(a: int, b: int, size: Tuple[int, int]) -> bool:
+    return a * size[1] == b * size[0]
+
+
 class GradCAM(Explainer):
-    """Grad-CAM. Options: ``layer`` (a module or its name).
+    """Grad-CAM. Options: ``layer`` (a module or its name), ``prefix_tokens``, ``channels_last``,
+    ``reshape``.
 
     The default layer is the output of the last convolutional stage, the tensor that reaches
     the classifier through pooling and linear layers only: Selvaraju et al. (2017) weight the
@@ -425,23 +624,71 @@ class GradCAM(Explainer):
     branch or shortcut convolution. It is found by tracing the model with ``torch.fx``, once
     per model structure (see :func:`default_layer` and the module docstring); a model that fx
     cannot trace falls back to the last Conv2d that the forward calls.
+
+    Transformers (the idea of pytorch-grad-cam's ``reshape_transform``): where the layer's
+    output is a token sequence ``(N, T, D)`` (ViT) or a channels-last map ``(N, H, W, C)``
+    (torchvision's Swin), the activation and its gradient are laid out as ``(N, D, h, w)``
+    maps first: the ``prefix_tokens`` first tokens (class, distillation) are dropped and the
+    patch tokens put on their grid, row by row (:func:`token_grid`); channels-last maps are
+    permuted. Then Grad-CAM as usual: channel weights the spatial mean of the gradient, ReLU
+    of the weighted sum, bilinear upsampling to the input.
+
+    For a transformer the default layer is the output of the last transformer block where
+    the head reads every token (mean pooling: timm's ``blocks`` with ``global_pool="avg"``; the
+    last stage, ``features``, of torchvision's Swin): the token tensor that reaches the head
+    only through the final norm, a pooling of the tokens (or of permuted tokens), slicing and
+    linear layers. It is preferred to pytorch-grad-cam's recommendation ``blocks[-1].norm1``
+    as the analogue of the last convolutional stage: the last tensor with the patches'
+    spatial layout, from which all of them reach the head. The final norm is stepped over: it
+    normalises each token alone and is no spatial stage. Where the head takes the class token
+    (``x[:, 0]``: timm's ``blocks``, torchvision's ``encoder.layers``, DeiT), the patch tokens
+    of the last block's output never reach the head (no attention follows; their gradient is
+    exactly zero and the map would be blank), so the default is the *input* of the last block,
+    the output of the block before it (``blocks.10`` of 12, ``encoder.layers.encoder_layer_10``):
+    the last tensor whose patch tokens reach the class token, through the last attention.
+    pytorch-grad-cam's ``blocks[-1].norm1`` is that tensor after the block's LayerNorm. Both
+    rules are structural (the fx walk of the module docstring and :func:`_block_input`), not
+    by name.
+
+    Options:
+        layer: a module or its name; None: the default layer above.
+        prefix_tokens: tokens before the patch tokens in an ``(N, T, D)`` activation; None
+            (default): inferred, ``T`` less the largest square ``<= T`` for a square input (the
+            fewest that leave a grid with the input's aspect ratio).
+        channels_last: whether a 4-d activation is ``(N, H, W, C)``; None (default): for the
+            default layer, what the structure says (a permute before the pooling); for a given
+            layer, True where ``(H, W)`` has the input's aspect ratio and ``(W, C)`` has not.
+        reshape: a callable mapping the layer's output (and, the same way, its gradient) to
+            ``(N, C, h, w)`` maps, overriding the above (pytorch-grad-cam's
+            ``reshape_transform``); it must be differentiable (torch operations only).
     """
 
     name = "gradcam"
-    options = {"layer": None}
+    options = {"layer": None, "prefix_tokens": None, "channels_last": None, "reshape": None}
+
+    def validate_options(self) -> None:
+        where = "explain(method='gradcam')"
+        check_int(self.config["prefix_tokens"], where=where, name="prefix_tokens", ge=0, allow_none=True)
+        if self.config["channels_last"] not in (None, True, False):
+            raise TypeError(f"{where}: channels_last must be None, True or False, got {short(self.config['channels_last'])}")
+        if self.config["reshape"] is not None and not callable(self.config["reshape"]):
+            raise TypeError(f"{where}: reshape must be None or a callable, got {short(self.config['reshape'])}")
 
     def attribute(self, model, x, target, create_graph):
         where = "explain(method='gradcam')"
         if x.dim() != 4:
             raise ValueError(f"{where}: x must be a batch of images (N, C, H, W), got shape {tuple(x.shape)}")
         call: Optional[int] = None
-        requirement = "the layer must be called once per forward and return (N, C, H, W) maps"
+        structural: Optional[bool] = None
+        requirement = ("the layer must be called once per forward and return (N, C, H, W) maps, (N, H, W, C) "
+                       "channels-last maps or (N, T, D) tokens (or pass reshape=)")
         if self.config["layer"] is None:
             found = _default(model)
             if found is not None:
                 layers, call = [model.get_submodule(found[0])], found[1]
+                structural = getattr(found, "channels_last", False)
                 requirement = (f"the default layer {found[0]!r} (the last convolutional stage) must return "
-                               "(N, C, H, W) maps; pass layer=<module or name>")
+                               "(N, C, H, W) maps, (N, H, W, C) or (N, T, D) tokens; pass layer=<module or name>")
             else:
                 layers = find_layers(model, None, where)
         else:
@@ -459,13 +706,45 @@ class GradCAM(Explainer):
             chosen = outputs[call:call + 1]
         else:
             chosen = [a for m, a in captured if captured and m is captured[-1][0]]
-        if len(chosen) != 1 or not isinstance(chosen[0], Tensor) or chosen[0].dim() != 4:
+        reshape = self.config["reshape"]
+        if len(chosen) != 1 or not isinstance(chosen[0], Tensor) or (reshape is None and chosen[0].dim() not in (3, 4)):
             raise ValueError(f"{where}: {requirement}")
         activation = chosen[0]
         t = select_target(out, target, where=where)
         score = out.gather(1, t[:, None]).sum()
         (grad,) = torch.autograd.grad(score, activation, create_graph=create_graph)
+        layout = self._layout(activation, x, structural, where)
+        activation, grad = layout(activation), layout(grad)
         weights = grad.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activation).sum(1, keepdim=True))
         cam = F.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False)
         return cam.expand(-1, x.shape[1], -1, -1).contiguous()
+
+    def _layout(self, activation: Tensor, x: Tensor, structural: Optional[bool], where: str
+                ) -> Callable[[Tensor], Tensor]:
+        """The map from the layer's output (or its gradient) to ``(N, C, h, w)``."""
+        reshape = self.config["reshape"]
+        n = x.shape[0]
+        if reshape is not None:
+            def user(a: Tensor) -> Tensor:
+                maps = reshape(a)
+                if not isinstance(maps, Tensor) or maps.dim() != 4 or maps.shape[0] != n:
+                    got = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+                    raise ValueError(f"{where}: reshape must return (N, C, h, w) maps with N = {n}, got {got}")
+                return maps
+
+            return user
+        size = (int(x.shape[2]), int(x.shape[3]))
+        if activation.dim() == 3:  # tokens (N, T, D)
+            prefix, h, w = token_grid(activation.shape[1], size, self.config["prefix_tokens"], where)
+            return lambda a: a[:, prefix:].reshape(a.shape[0], h, w, a.shape[2]).permute(0, 3, 1, 2)
+        channels_last = self.config["channels_last"]
+        if channels_last is None:
+            if structural is not None:
+                channels_last = structural
+            else:
+                _, a1, a2, a3 = activation.shape
+                channels_last = _aspect(a1, a2, size) and not _aspect(a2, a3, size)
+        if channels_last:
+            return lambda a: a.permute(0, 3, 1, 2)
+        return lambda a: a

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..surgery import SmoothMaxPool
+from . import attention
 from .nodes import Layer, Site, UnsupportedModelError, batchnorm_affine, classify  # noqa: F401  (re-exported)
 
 SHAPE_METHODS = {"size", "dim"}
@@ -50,6 +51,14 @@ class Record:
     layer: Layer
     inputs: Tuple[Tensor, ...]
     output: Tensor
+    #: The call's evaluated arguments (signal inputs, parameters, constants).
+    args: Tuple = ()
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def parameters(self) -> Tuple[Tensor, Optional[Tensor]]:
+        """The weight and bias of this affine layer as it was called (a functional layer's
+        from its arguments), a merged BatchNorm folded in: :meth:`Layer.parameters`."""
+        return self.layer.parameters(self.args, self.kwargs)
 
     @property
     def input(self) -> Tensor:
@@ -130,7 +139,7 @@ class Graph:
             value = activation(layer, args[0]) if activation is not None and layer.kind == "activation" else None
             if value is None:
                 value = self._evaluate(layer, node, args, kwargs)
-            records.append(Record(layer, inputs, value))
+            records.append(Record(layer, inputs, value, args, kwargs))
             env[node] = value
         return env[self.result], records
 
@@ -166,7 +175,7 @@ class Graph:
 
     def _evaluate(self, layer: Layer, node: torch.fx.Node, args: Tuple, kwargs: Dict) -> Tensor:
         if layer.kind in ("conv", "dense", "batchnorm"):
-            weight, bias = layer.parameters()
+            weight, bias = layer.parameters(args, kwargs)
             return layer.forward_with(args[0], weight, bias)
         if layer.kind == "activation":
             return _activation(layer, node, args, kwargs)
@@ -301,14 +310,27 @@ class _Tracer(torch.fx.Tracer):
 
         return isinstance(m, (Normalize, SmoothMaxPool)) or super().is_leaf_module(m, module_qualified_name)
 
+    def call_module(self, m: nn.Module, forward: Callable, args: Tuple, kwargs: Dict) -> Any:
+        if type(m) is nn.MultiheadAttention:  # written out (a subclass may change the forward)
+            return attention.trace_multihead(self, m, *args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
 
 def _meta_tracer() -> torch.fx.Tracer:
     """fx's meta tracer (shapes known while tracing: shape checks in the forward run) with
     :class:`_Tracer`'s leaves."""
-    from torch.fx.experimental.meta_tracer import MetaTracer
+    from torch.fx.experimental.meta_tracer import MetaProxy, MetaTracer
+
+    class _MetaProxy(MetaProxy):
+        def size(self, dim=None):  # MetaProxy.size(0) gives the whole size (``if dim`` on 0)
+            meta = getattr(self, "_tensor_meta", None)
+            if meta is not None:
+                return meta.size() if dim is None else meta.size(dim)
+            return self.tracer.create_proxy("call_method", "size", (self,) if dim is None else (self, dim), {})
 
     class _MetaTracer(MetaTracer, _Tracer):  # MetaTracer's proxies, _Tracer's leaves
-        pass
+        def proxy(self, node):
+            return _MetaProxy(node, self)
 
     return _MetaTracer()
 
@@ -325,6 +347,30 @@ def _symbolic_trace(model: nn.Module, defaults: Dict[str, Any], example: Optiona
     name = next(iter(inspect.signature(model.forward).parameters))
     meta = torch.empty(example.shape, dtype=example.dtype, device="meta")
     return _meta_tracer().trace(model, meta_args={name: meta}, concrete_args=defaults or None), tuple(example.shape[1:])
+
+
+#: Functions that libraries hide from fx with ``torch.fx.wrap`` (recorded as one call) but whose
+#: steps the rules must see: torchvision's Swin attention and patch-merging padding. They are
+#: traced into (their shape arithmetic then needs the meta tracer, at the example's shape).
+TRACED_INTO = frozenset({"shifted_window_attention", "_patch_merging_pad"})
+
+
+@contextlib.contextmanager
+def _tracing_into_wrapped() -> Iterator[None]:
+    """While tracing, the functions of :data:`TRACED_INTO` are not fx leaves."""
+    from torch.fx import _symbolic_trace
+
+    table = getattr(_symbolic_trace, "_wrapped_fns_to_patch", None)
+    if not isinstance(table, dict):  # pragma: no cover - another torch.fx layout
+        yield
+        return
+    hidden = {key: value for key, value in table.items() if isinstance(key, tuple) and key[-1] in TRACED_INTO}
+    for key in hidden:
+        del table[key]
+    try:
+        yield
+    finally:
+        table.update(hidden)
 
 
 def _defaults(model: nn.Module, where: str) -> Dict[str, Any]:
@@ -354,7 +400,7 @@ def _trace(model: nn.Module, method: str, example: Optional[Tensor] = None) -> G
         model = nn.Sequential(model)
     defaults = _defaults(model, where)
     try:
-        with _refusing_autograd_functions(where):
+        with _refusing_autograd_functions(where), _tracing_into_wrapped():
             fx_graph, shape = _symbolic_trace(model, defaults, example)
     except UnsupportedModelError:
         raise
@@ -363,6 +409,7 @@ def _trace(model: nn.Module, method: str, example: Optional[Tensor] = None) -> G
             f"{where} needs a model that torch.fx can trace (no data-dependent control flow), but "
             f"tracing {type(model).__name__} failed: {type(err).__name__}: {err}"
         ) from err
+    attention.expand_sdpa(fx_graph, where)
     modules = dict(model.named_modules())
     nodes = list(fx_graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]

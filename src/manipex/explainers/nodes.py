@@ -20,6 +20,9 @@ Kinds:
 ``norm``        LayerNorm (also channels-last), GroupNorm, RMSNorm, InstanceNorm, modules or calls
 ``product``     the element-wise product of two activations: a gate ``x * sigmoid(s(x))``
                 (squeeze-excitation), GLU-style products
+``matmul``      a matrix product ``a @ b`` (``matmul``, ``bmm``): of two activations (attention
+                scores ``q @ k^T``, ``A @ v``) or of an activation and a constant
+``softmax``     a softmax over one dimension (attention probabilities)
 ``maxpool``     max-pooling; ``avgpool`` average and adaptive average pooling; ``upsample``
 ``add``         the sum or difference of two tensors, or of a tensor and a constant (a residual
                 sum, a position embedding)
@@ -35,13 +38,18 @@ Kinds:
 Parameters read in the forward (a layer scale ``gamma * x``, a position embedding ``x + pos``, a
 functional LayerNorm's weight) are constants to the rules; the graph evaluates them from the
 live parameters, so their gradients flow. A functional convolution or linear map reading its
-weight directly is refused (its weight is not a layer the rules can see).
+weight that is a parameter (or computed from parameters, as ``nn.MultiheadAttention``'s packed
+projection) is a ``dense``/``conv`` layer read at each call; one whose weight is computed from an
+activation is refused. ``F.scaled_dot_product_attention`` and ``nn.MultiheadAttention`` are
+written out as matmul, scale, mask, softmax and matmul nodes while tracing
+(:mod:`manipex.explainers.attention`), so that the rules see every step.
 """
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import functools
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.fx
@@ -94,6 +102,18 @@ class Layer:
     beta: float = 1.0
     first: bool = False
     gate: Optional[int] = None
+    #: For a ``softmax``, the dimension it normalises.
+    dim: Optional[int] = None
+    #: For a ``matmul`` of two activations, the position (0 or 1) of the operand that is an
+    #: attention matrix (a softmax output, through plumbing), or None.
+    attention: Optional[int] = None
+    #: For a ``matmul``: how many of its two operands are activations (1: linear in the other).
+    operands: int = 0
+    #: For a functional conv/dense layer (``F.linear(x, w, b)``, ``F.conv2d``):
+    #: ``call(x, weight, bias)`` with the call's other arguments (stride, padding, ...) fixed,
+    #: and where the call reads its weight and bias (position, keyword).
+    call: Optional[Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]] = None
+    weight_at: Tuple[Tuple[int, str], ...] = ()
 
     @property
     def is_affine(self) -> bool:
@@ -104,16 +124,25 @@ class Layer:
         """β of a softplus activation, read from the module now (β schedules change it)."""
         return float(getattr(self.module, "beta", self.beta)) if self.module is not None else self.beta
 
-    def parameters(self) -> Tuple[Tensor, Optional[Tensor]]:
+    def parameters(self, args: Tuple = (), kwargs: Optional[Dict[str, Any]] = None) -> Tuple[Tensor, Optional[Tensor]]:
         """Weight and bias of an affine layer, with a merged BatchNorm folded in.
 
         ``bn(W x + b) = (s W) x + s (b - mu) + beta`` with ``s = gamma / sqrt(var + eps)``,
         computed from the parameters (not in place), so gradients reach all of them. A
-        standalone BatchNorm gives its per-channel scale and shift.
+        standalone BatchNorm gives its per-channel scale and shift. A functional layer reads
+        them from the call's evaluated arguments ``args``/``kwargs`` (a recorded call:
+        :meth:`Record.parameters <manipex.explainers.graph.Record.parameters>`).
         """
         if self.kind == "batchnorm":
             return batchnorm_affine(self.module)
-        weight, bias = self.module.weight, self.module.bias
+        if self.call is not None:
+            if not args:
+                raise UnsupportedModelError(f"{self.name} is a functional layer: its weight is read at each call")
+            kwargs = kwargs or {}
+            weight, bias = (kwargs[key] if key in kwargs else (args[i] if len(args) > i else None)
+                            for i, key in self.weight_at)
+        else:
+            weight, bias = self.module.weight, self.module.bias
         if self.batchnorm is None:
             return weight, bias
         scale, shift = batchnorm_affine(self.batchnorm)
@@ -124,6 +153,8 @@ class Layer:
     def forward_with(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """This affine layer's map with the given weight and bias (rules pass modified
         weights); a standalone BatchNorm is ``x * weight + bias`` per channel."""
+        if self.call is not None:
+            return self.call(x, weight, bias)
         m = self.module
         if isinstance(m, nn.Linear):
             return F.linear(x, weight, bias)
@@ -389,15 +420,73 @@ class Negate(Handler):
 
 
 class FunctionalAffine(Handler):
-    """``F.conv2d(x, self.weight)`` / ``F.linear``: refused, the weight is not a layer."""
+    """``F.linear(x, w, b)`` / ``F.conv2d(x, w, b, stride, padding, dilation, groups)`` with a
+    weight that is no activation (a parameter, or computed from parameters: the packed
+    projection of ``nn.MultiheadAttention``, a slice of it): a ``dense``/``conv`` layer whose
+    weight and bias are read at each call. A weight computed from an activation (a dynamic
+    filter) is refused."""
+
+    def __init__(self, function: Callable, options: Tuple[Tuple[str, Any], ...] = ()) -> None:
+        self.function, self.options = function, options
 
     def layer(self, site):
         weight = site.argument(1, "weight")
-        what = f"the parameter {weight.target!r}" if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" else "a weight"
-        raise UnsupportedModelError(
-            f"{site.where} needs layers as modules, but the forward reads {what} directly "
-            f"({site.name}, a functional layer); use nn.Conv2d / nn.Linear modules"
-        )
+        if weight is None or _reads_signal(weight, site) or _reads_signal(site.argument(2, "bias"), site):
+            raise site.refuse("its weight or bias is computed from an activation (a dynamic filter), which "
+                              "no layer rule can share relevance over")
+        if not site.is_signal(site.node.args[0] if site.node.args else site.node.kwargs.get("input")):
+            raise site.refuse("the activation is not its input")
+        fixed = {}
+        for position, (key, default) in enumerate(self.options, start=3):
+            value = site.argument(position, key, default)
+            if isinstance(value, torch.fx.Node):
+                raise site.refuse(f"its {key} is computed in the forward; it must be a constant")
+            fixed[key] = value
+        kind = "dense" if self.function is F.linear else "conv"
+        call = functools.partial(_call_affine, self.function, fixed)
+        return Layer(kind, site.name, site.node, call=call, weight_at=((1, "weight"), (2, "bias")))
+
+    def sources(self, site):
+        return [site.node.args[0]]
+
+
+def _call_affine(function: Callable, fixed: Dict[str, Any], x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    return function(x, weight, bias, **fixed)
+
+
+class Matmul(Handler):
+    """``a @ b``, ``torch.matmul``, ``torch.bmm``: with two activations, a ``matmul`` (the
+    attention scores ``q @ k^T``, the attention-weighted values ``A @ v``); with one operand
+    constant, linear in the other (also a ``matmul``: the rules share it proportionally).
+    :attr:`Layer.attention` marks an operand that is an attention matrix (a softmax output)."""
+
+    kind = "matmul"
+
+    def layer(self, site):
+        self.check(site)
+        if len(site.node.args) != 2:
+            raise site.refuse("a matrix product needs two operands")
+        marks = [i for i, a in enumerate(site.node.args[:2]) if _traces_to(a, site, ("softmax",))]
+        return Layer(self.kind, site.name, site.node, attention=marks[0] if len(marks) == 1 else None,
+                     operands=len(site.signal_operands()))
+
+
+class Softmax(Handler):
+    """``softmax(x, dim)`` (function, method or ``nn.Softmax``): attention probabilities."""
+
+    kind = "softmax"
+
+    def layer(self, site):
+        self.check(site)
+        dim = site.module.dim if site.module is not None else site.argument(1, "dim")
+        if not isinstance(dim, int):
+            raise site.refuse("softmax needs its dim as a constant integer")
+        if site.module is None and site.argument(3, "dtype") is not None:
+            raise site.refuse("softmax with a dtype argument; cast before the softmax")
+        return Layer(self.kind, site.name, site.node, site.module, dim=dim)
+
+    def sources(self, site):
+        return [site.node.args[0]]
 
 
 def _reads_signal(value: Any, site: Site) -> bool:
@@ -413,18 +502,28 @@ GATE_ACTIVATIONS = frozenset({"sigmoid", "hardsigmoid"})
 
 def _is_gate(value: Any, site: Site) -> bool:
     """Whether an operand is a gate: a sigmoid or hardsigmoid output, through plumbing."""
+    layer = _through_plumbing(value, site)
+    return layer is not None and layer.kind == "activation" and layer.activation in GATE_ACTIVATIONS
+
+
+def _traces_to(value: Any, site: Site, kinds: Tuple[str, ...]) -> bool:
+    """Whether an operand is the output of a layer of one of ``kinds``, through plumbing."""
+    layer = _through_plumbing(value, site)
+    return layer is not None and layer.kind in kinds
+
+
+def _through_plumbing(value: Any, site: Site) -> Optional[Layer]:
+    """The first layer behind ``value`` that is not plumbing (reshape, identity), or None."""
     node = value
     while isinstance(node, torch.fx.Node):
         layer = site.layers.get(node)
         if layer is None:
-            return False
-        if layer.kind == "activation":
-            return layer.activation in GATE_ACTIVATIONS
+            return None
         sources = site.sources.get(node, ())
         if layer.kind not in _GATE_PLUMBING or len(sources) != 1:
-            return False
+            return layer
         node = sources[0]
-    return False
+    return None
 
 
 # --- the tables ----------------------------------------------------------------------------------
@@ -449,6 +548,8 @@ _POOL_AVG = Pool("avgpool", True)
 _UPSAMPLE = Pool("upsample", True)
 _PLUMBING, _IDENTITY, _SPLIT, _ADD, _CAT, _MEAN = Plumbing(), Identity(), Split(), Add(), Cat(), Mean()
 _MUL, _DIV, _NORM = Multiply(), Divide(), Norm()
+_MATMUL, _SOFTMAX = Matmul(), Softmax()
+_CONV_OPTIONS = (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))
 
 #: Module types (isinstance, in order) -> handler; activations are in :data:`ACTIVATIONS`.
 MODULE_HANDLERS: Tuple[Tuple[Tuple[type, ...], Handler], ...] = (
@@ -459,6 +560,7 @@ MODULE_HANDLERS: Tuple[Tuple[Tuple[type, ...], Handler], ...] = (
     ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
       nn.AdaptiveAvgPool3d), _POOL_AVG),
     ((nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d), _UPSAMPLE),
+    ((nn.Softmax,), _SOFTMAX),
     ((nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity), _IDENTITY),
     ((nn.Flatten, nn.Unflatten, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
       nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReplicationPad1d, nn.ReplicationPad2d, nn.PixelShuffle,
@@ -497,8 +599,10 @@ FUNCTION_HANDLERS: Dict[Any, Handler] = {
     torch.roll: _PLUMBING, torch.flip: _PLUMBING, torch.broadcast_to: _PLUMBING, torch.tile: _PLUMBING,
     operator.getitem: _PLUMBING, F.pixel_shuffle: _PLUMBING, F.pixel_unshuffle: _PLUMBING,
     torch.chunk: _SPLIT, torch.split: _SPLIT, torch.unbind: _SPLIT, torch.tensor_split: _SPLIT,
-    F.conv1d: FunctionalAffine(), F.conv2d: FunctionalAffine(), F.conv3d: FunctionalAffine(),
-    F.linear: FunctionalAffine(),
+    F.conv1d: FunctionalAffine(F.conv1d, _CONV_OPTIONS), F.conv2d: FunctionalAffine(F.conv2d, _CONV_OPTIONS),
+    F.conv3d: FunctionalAffine(F.conv3d, _CONV_OPTIONS), F.linear: FunctionalAffine(F.linear),
+    operator.matmul: _MATMUL, torch.matmul: _MATMUL, torch.bmm: _MATMUL,
+    F.softmax: _SOFTMAX, torch.softmax: _SOFTMAX,
 }
 
 #: Functions recognised by name (defined in packages manipex does not import), with the position
@@ -519,6 +623,7 @@ METHOD_HANDLERS: Dict[str, Handler] = {
     "view_as": ShapedLike(), "reshape_as": ShapedLike(), "expand_as": ShapedLike(), "type_as": ShapedLike(),
     "contiguous": _IDENTITY, "clone": _IDENTITY, "to": _IDENTITY, "float": _IDENTITY, "double": _IDENTITY,
     "chunk": _SPLIT, "split": _SPLIT, "unbind": _SPLIT, "tensor_split": _SPLIT,
+    "matmul": _MATMUL, "bmm": _MATMUL, "softmax": _SOFTMAX,
 }
 
 SUPPORTED = (
@@ -526,7 +631,9 @@ SUPPORTED = (
     "ReLU6, Softplus, GELU, SiLU, Hardswish, Hardsigmoid, Mish, ELU, tanh, sigmoid, ...), MaxPool, AvgPool, "
     "AdaptiveAvgPool, Upsample, Flatten, Dropout, Identity, stochastic depth; +, -, products of two "
     "activations (gates), scaling by constants, torch.cat/stack, mean/sum over non-batch dims, "
-    "F.interpolate, view/reshape/permute/transpose/getitem/pad/roll/expand/chunk/split"
+    "F.interpolate, view/reshape/permute/transpose/getitem/pad/roll/expand/chunk/split; attention: "
+    "matmul/bmm, softmax, F.scaled_dot_product_attention, nn.MultiheadAttention, F.linear/F.conv with "
+    "parameter weights"
 )
 
 

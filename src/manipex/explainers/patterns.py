@@ -189,7 +189,7 @@ class PatternAttribution(PropagationExplainer):
     def propagate(self, record, signal, create_graph):
         layer = record.layer
         if _is_patterned(layer):
-            weight, _ = layer.parameters()
+            weight, _ = record.parameters()
             pattern = self.config["patterns"][layer.node.name].to(weight)
             x = record.input
             return vjp(layer.forward_with(x, weight * pattern, None), x, signal, create_graph)

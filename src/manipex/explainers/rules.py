@@ -9,14 +9,14 @@ input and every weight (Zennit's hooks drop weight gradients). Notation: ``x`` t
 ``w``/``b`` its weight and bias (a following BatchNorm merged in), ``z_j = sum_i x_i w_ij + b_j``,
 ``R_j`` the relevance of output ``j``, ``stab(z) = z + eps sign(z)`` with ``sign(0) = 1``.
 
-Writing your own rule: subclass :class:`Rule` and compute with ``record.layer.parameters()``,
+Writing your own rule: subclass :class:`Rule` and compute with ``record.parameters()``,
 ``record.layer.forward_with(x, weight, bias)``, :func:`vjp` and :func:`stabilize`. For example
 LRP-0 with absolute weights::
 
     class AbsZ(Rule):
         def __call__(self, record, relevance, create_graph):
             x = record.input
-            weight, _ = record.layer.parameters()
+            weight, _ = record.parameters()
             z = record.layer.forward_with(x, weight.abs(), None)
             return x * vjp(z, x, relevance / stabilize(z, 1e-6), create_graph)
 
@@ -193,7 +193,7 @@ class AlphaBeta(Rule):
 
     def __call__(self, record, relevance, create_graph):
         layer, x = record.layer, record.input
-        weight, bias = layer.parameters()
+        weight, bias = record.parameters()
         wp, wn = weight.clamp(min=0), weight.clamp(max=0)
         if not self.bias:
             bias = None
@@ -253,20 +253,20 @@ class ZBox(Rule):
 
     def __call__(self, record, relevance, create_graph):
         layer, x = record.layer, record.input
-        weight, _ = layer.parameters()
+        weight, _ = record.parameters()
         low, high = (fit_bound(b, x) for b in (self.low, self.high))
         terms = [(x, weight), (high.expand_as(x), -weight.clamp(max=0))]
         if bool(low.any()):
             terms.insert(1, (low.expand_as(x), -weight.clamp(min=0)))
         m = layer.module
-        stackable = layer.kind == "dense" or (layer.kind == "conv" and m.groups == 1)
+        stackable = layer.call is None and (layer.kind == "dense" or (layer.kind == "conv" and m.groups == 1))
         if stackable:
-            inputs = torch.cat([t for t, _ in terms], dim=1)  # in the graph through x
+            axis = -1 if layer.kind == "dense" else 1  # a Linear reads the last axis (N, ..., C)
+            inputs = torch.cat([t for t, _ in terms], dim=axis)  # in the graph through x
             z = layer.forward_with(inputs, torch.cat([w for _, w in terms], dim=1), None)
             (g,) = torch.autograd.grad(z, inputs, relevance / stabilize(z, self.stabilizer),
                                        create_graph=create_graph, retain_graph=True)
-            width = x.shape[1]
-            return sum(t * g[:, i * width:(i + 1) * width] for i, (t, _) in enumerate(terms))
+            return sum(t * g_i for (t, _), g_i in zip(terms, g.chunk(len(terms), dim=axis)))
         leaves = [x] + [t.clone().requires_grad_(True) for t, _ in terms[1:]]
         z = sum(layer.forward_with(t, w, None) for t, (_, w) in zip(leaves, terms))
         grads = torch.autograd.grad(z, leaves, relevance / stabilize(z, self.stabilizer),
@@ -302,7 +302,7 @@ class Flat(Rule):
         self.stabilizer = check_number("Flat", "stabilizer", stabilizer)
 
     def __call__(self, record, relevance, create_graph):
-        return _receptive_share(record, relevance, torch.ones_like(record.layer.parameters()[0]),
+        return _receptive_share(record, relevance, torch.ones_like(record.parameters()[0]),
                                 self.stabilizer, create_graph)
 
 
@@ -316,7 +316,7 @@ class WSquare(Rule):
         self.stabilizer = check_number("WSquare", "stabilizer", stabilizer)
 
     def __call__(self, record, relevance, create_graph):
-        weight = record.layer.parameters()[0]
+        weight = record.parameters()[0]
         return _receptive_share(record, relevance, weight * weight, self.stabilizer, create_graph)
 
 
@@ -345,7 +345,7 @@ class Gamma(Rule):
 
     def __call__(self, record, relevance, create_graph):
         layer, x, z = record.layer, record.input, record.output
-        weight, bias = layer.parameters()
+        weight, bias = record.parameters()
         g = self.gamma
         w_up, w_down = weight + g * weight.clamp(min=0), weight + g * weight.clamp(max=0)
         b_up = None if bias is None else bias + g * bias.clamp(min=0)
@@ -400,7 +400,130 @@ class GuidedReLU(Rule):
         return Gradient()(record, relevance, create_graph)
 
 
+class Softmax(Rule):
+    """The softmax rule of AttnLRP (Achtibat et al. 2024, Prop. 3.1), for attention
+    probabilities ``s = softmax(x)`` along ``dim``: ``R_in_i = x_i (R_i - s_i sum_j R_j)``, the
+    first-order Taylor decomposition of the softmax at ``x`` (gradient x input of the relevance
+    signal ``R / s``: the same as LXT's plain gradient through the softmax, written without
+    dividing by ``s``, which is zero at masked positions). Masked scores (``-inf``) get none.
+
+    It does not conserve: ``sum R_in = sum_i x_i R_i - (sum_i x_i s_i) sum_j R_j``, and the
+    rest is the share of the softmax's implicit bias (AttnLRP, Sec. 3.3). Shifting all scores
+    by a constant changes the map.
+    """
+
+    kinds = ("softmax",)
+
+    def __call__(self, record, relevance, create_graph):
+        x, s = record.input, record.output
+        x = torch.where(torch.isfinite(x), x, torch.zeros((), dtype=x.dtype, device=x.device))
+        return x * (relevance - s * relevance.sum(record.layer.dim, keepdim=True))
+
+
+class Matmul(Rule):
+    """A matrix product ``z = a @ b``, ``z_jk = sum_i a_ji b_ik`` (attention: ``q @ k^T``,
+    ``A @ v``).
+
+    * Two activations, the **uniform rule** of AttnLRP (Achtibat et al. 2024, Eq. 7): each
+      product ``a_ji b_ik`` gets ``a_ji b_ik / stab(z_jk) R_jk`` and gives half of it to each
+      factor: ``R_a = a * ((R / stab(z)) @ b^T) / 2``, ``R_b = b * (a^T @ (R / stab(z))) / 2``
+      (LXT's ``divide_gradient`` by 2 at the product). Conserves: ``sum R_a + sum R_b = sum R``
+      (up to the stabiliser).
+    * ``hold_attention=True`` (**CP-LRP**, Ali et al. 2022, the AH-rule): an operand that is an
+      attention matrix (a softmax output, :attr:`Layer.attention`) is held constant: the other
+      operand takes all, ``R_v = v * (A^T @ (R / stab(z)))``, and the attention none; so no
+      relevance reaches the queries and keys. Conserves.
+    * One activation and a constant (``x @ W``): linear in ``x``, shared in proportion,
+      ``R_x = x * ((R / stab(z)) @ W^T)`` (the ε-rule without bias). Conserves.
+    """
+
+    kinds = ("matmul",)
+
+    def __init__(self, hold_attention: bool = False, stabilizer: float = 1e-6) -> None:
+        self.hold_attention = bool(hold_attention)
+        self.stabilizer = check_number("Matmul", "stabilizer", stabilizer)
+
+    def __call__(self, record, relevance, create_graph):
+        layer, z = record.layer, record.output
+        signal = relevance / stabilize(z, self.stabilizer)
+        grads = torch.autograd.grad(z, record.inputs, signal, create_graph=create_graph, retain_graph=True)
+        shares = [x * g for x, g in zip(record.inputs, grads)]
+        if layer.operands < 2:
+            return tuple(shares)
+        if len(shares) == 1:  # x @ x.mT: both halves go to x; x * grad counts both factors
+            return shares[0] / 2
+        if self.hold_attention and layer.attention is not None:
+            return tuple(torch.zeros_like(t) if i == layer.attention else t for i, t in enumerate(shares))
+        return tuple(t / 2 for t in shares)
+
+
+class LinearizedNorm(Rule):
+    """A normalisation layer with its normaliser held constant, the ε-rule on what is left
+    (the LN-rule of Ali et al. 2022, Sec. 3.2; AttnLRP, Achtibat et al. 2024, as LXT implements
+    it): LayerNorm ``y = (x - mean(x)) / sigma * w + b`` is linear in ``x`` for a fixed
+    ``sigma``, so ``R_in = x * J^T (R / stab(y))`` with ``J = dy/dx`` at constant ``sigma``
+    (the centring kept: every input shares in each output). ``sigma`` is held constant inside
+    the rule only: it is still computed from ``x``, so the map stays exactly differentiable
+    w.r.t. ``x`` through it (LXT detaches it, which drops that derivative).
+
+    Conserves without bias (``J x = y``); the bias ``b`` absorbs its share. LayerNorm
+    (module or ``F.layer_norm``), RMSNorm (``y = x / rms(x) * w``) and GroupNorm are
+    supported; :class:`Pass` is the identity rule for the others.
+    """
+
+    kinds = ("norm",)
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        self.stabilizer = check_number("LinearizedNorm", "stabilizer", stabilizer)
+
+    def __call__(self, record, relevance, create_graph):
+        x = record.input
+        xv = x.view_as(x)  # the input the partial derivative is taken at; sigma is read from x
+        y = _linearized_norm(record, x, xv)
+        return x * vjp(y, xv, relevance / stabilize(y, self.stabilizer), create_graph)
+
+
+def _linearized_norm(record: Record, x: Tensor, xv: Tensor) -> Tensor:
+    """The norm layer's output, linear in ``xv`` with the normaliser computed from ``x``."""
+    import torch.nn.functional as F
+
+    layer, m = record.layer, record.layer.module
+    args, kwargs = record.args, record.kwargs
+
+    def arg(i: int, key: str, default=None):
+        return kwargs[key] if key in kwargs else (args[i] if len(args) > i else default)
+
+    if isinstance(m, torch.nn.LayerNorm) or (m is None and layer.node.target is F.layer_norm):
+        shape, weight, bias, eps = ((m.normalized_shape, m.weight, m.bias, m.eps) if m is not None else
+                                    (arg(1, "normalized_shape"), arg(2, "weight"), arg(3, "bias"), arg(4, "eps", 1e-5)))
+        dims = tuple(range(-len(tuple(shape)), 0))
+        sigma = torch.sqrt(x.var(dims, unbiased=False, keepdim=True) + eps)
+        y = (xv - xv.mean(dims, keepdim=True)) / sigma
+    elif isinstance(m, torch.nn.RMSNorm) or (m is None and layer.node.target is F.rms_norm):
+        shape, weight, eps = ((m.normalized_shape, m.weight, m.eps) if m is not None else
+                              (arg(1, "normalized_shape"), arg(2, "weight"), arg(3, "eps")))
+        bias = None
+        eps = torch.finfo(x.dtype).eps if eps is None else eps
+        dims = tuple(range(-len(tuple(shape)), 0))
+        y = xv * torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps)
+    elif isinstance(m, torch.nn.GroupNorm) or (m is None and layer.node.target is F.group_norm):
+        groups, weight, bias, eps = ((m.num_groups, m.weight, m.bias, m.eps) if m is not None else
+                                     (arg(1, "num_groups"), arg(2, "weight"), arg(3, "bias"), arg(4, "eps", 1e-5)))
+        grouped, view = x.unflatten(1, (groups, -1)), xv.unflatten(1, (groups, -1))
+        dims = tuple(range(2, grouped.dim()))
+        sigma = torch.sqrt(grouped.var(dims, unbiased=False, keepdim=True) + eps)
+        y = ((view - view.mean(dims, keepdim=True)) / sigma).flatten(1, 2)
+        shape = (-1,) + (1,) * (x.dim() - 2)
+        weight = weight.reshape(shape) if weight is not None else None
+        bias = bias.reshape(shape) if bias is not None else None
+    else:
+        raise ValueError(f"LRP rule LinearizedNorm does not know {layer.name}; use Pass for it in the composite")
+    if weight is not None:
+        y = y * weight
+    return y if bias is None else y + bias
+
+
 __all__ = [
     "Rule", "Gradient", "Pass", "Epsilon", "Norm", "AlphaBeta", "ZPlus", "ZBox", "Flat", "WSquare",
-    "Gamma", "GuidedReLU", "Product", "vjp", "stabilize", "fit_bound",
+    "Gamma", "GuidedReLU", "Product", "Softmax", "Matmul", "LinearizedNorm", "vjp", "stabilize", "fit_bound",
 ]

@@ -1,0 +1,290 @@
+"""Transformers (issue 25): small replicas of torchvision's ViT (nn.MultiheadAttention), timm's
+ViT (fused qkv, SDPA or the explicit softmax), DeiT (distillation token), a Swin stage and a BERT
+encoder (tests/transformer_replicas.py) through every method: exact to second order (float64
+finite differences), conserving where the rules conserve, agreeing with LXT's AttnLRP and
+CP-LRP rules on the same nets, the model untouched."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import manipex
+from conftest import assert_same_state, state_of
+from test_derivatives import check_second_order
+from transformer_replicas import KIND, build, example
+
+#: Swin's attention (torchvision's shifted_window_attention) builds its shift mask with in-place
+#: writes on shapes that fx cannot trace: it runs the methods without layer rules only.
+PROPAGATING = ["vit_tv", "vit_timm", "vit_timm_explicit", "deit", "bert", "bert_sdpa"]
+NAMES = PROPAGATING + ["swin"]
+TRANSFORMER_COMPOSITES = ["attn_lrp", "cp_lrp", "attn_lrp_gamma", "cp_lrp_gamma"]
+WITHOUT_RULES = ["gradient", "grad_x_input", "integrated_gradients", "smoothgrad", "occlusion", "gradcam"]
+
+
+def replica(name: str, plain: bool = False, dtype=torch.float64):
+    return build(name, plain=plain, dtype=dtype), example(name, dtype=dtype)
+
+
+def methods_for(name: str):
+    """The methods that apply: Grad-CAM and occlusion need images; swin has no layer rules."""
+    out = list(manipex.methods())
+    if KIND[name] == "text":
+        out = [m for m in out if m not in ("gradcam", "occlusion")]
+    if name not in PROPAGATING:  # Swin: also no rollout (windowed attention is refused)
+        out = [m for m in out if m in WITHOUT_RULES]
+    return out
+
+
+_PATTERNS: dict = {}
+
+
+def options(method: str, name: str, model) -> dict:
+    if method == "pattern_attribution":
+        if name not in _PATTERNS:
+            torch.manual_seed(3)
+            _PATTERNS[name] = manipex.fit_patterns(model, torch.cat([example(name, 16, seed=s, dtype=torch.float64)
+                                                                     for s in range(2)]))
+        return {"patterns": _PATTERNS[name]}
+    if method == "attention_rollout" and name == "deit":
+        return {"prefix_tokens": 2}  # the class and distillation tokens
+    if method == "lrp" and KIND[name] == "text":
+        return {"low": -4.0, "high": 4.0}  # zB's box for embeddings (normal, |x| < 4)
+    return {"integrated_gradients": {"steps": 3}, "smoothgrad": {"samples": 2, "seed": 1, "sigma": 0.1},
+            "occlusion": {"window": 4, "stride": 4}}.get(method, {})
+
+
+TABLE = [(name, method) for name in NAMES for method in methods_for(name)]
+
+
+def fd_step(method: str) -> float:
+    """1e-7 for the maps that use z+ (the default composite, inside AGG-Mean/Var): on signed
+    transformer activations z+ divides by sums of positive contributions near zero and the
+    curvature is large (at 1e-6 the five-point stencil is off by 1e-4; AGG-Var, the square of
+    such maps, needs 3e-8: at 1e-7 it is off by 2e-5, at 3e-8 by 4e-9)."""
+    return {"lrp": 1e-7, "agg_mean": 1e-7, "agg_var": 3e-8}.get(method, 1e-6)
+
+
+@pytest.mark.parametrize("name,method", TABLE)
+def test_second_order_matches_finite_differences(name, method):
+    model, x = replica(name)
+    before = state_of(model)
+    check_second_order(model, x, method, options(method, name, model), fd_step(method))
+    assert_same_state(before, state_of(model))
+
+
+@pytest.mark.parametrize("name", PROPAGATING)
+@pytest.mark.parametrize("composite", TRANSFORMER_COMPOSITES)
+def test_every_transformer_composite_is_exactly_differentiable(name, composite):
+    """Step 1e-7: the uniform rule divides by the entries of ``A @ v``, of both signs and some
+    near zero, so the map curves steeply in the value weights (at 1e-5 the stencil is off by 2x,
+    at 1e-6 and 1e-7 it agrees with autograd)."""
+    model, x = replica(name)
+    check_second_order(model, x, "lrp", {"composite": composite, "epsilon": 1e-3, "gamma": 0.1}, 1e-7)
+
+
+# --- conservation ------------------------------------------------------------------------------
+
+
+def total(model, x, composite: str):
+    """The map's sum per sample, for the logit of class 0 (start relevance 1)."""
+    r = manipex.explain(model, x, "lrp", 0, composite=composite, epsilon=0.0, stabilizer=1e-12)
+    return r.flatten(1).sum(1)
+
+
+@pytest.mark.parametrize("name", PROPAGATING)
+def test_cp_lrp_conserves_on_plain_replicas(name):
+    """Without biases and additive constants every CP-LRP rule conserves: the ε-rule (ε = 0),
+    the linearised LayerNorm (``J x = y``), the residual sums, the matmul with the attention held
+    constant, and nothing passes through the softmax."""
+    model, x = replica(name, plain=True)
+    assert torch.allclose(total(model, x, "cp_lrp"), torch.ones(2, dtype=torch.float64), atol=1e-6)
+
+
+#: attn_lrp's map sums on the plain replicas (seed 0, float64, class 0): all that is not 1 is
+#: what the softmax rule gives its implicit bias (``sum_i x_i s_i sum_j R_j``), measured.
+ATTN_LRP_SUMS = {
+    "vit_tv": (0.470927, 0.471509), "vit_timm": (0.661455, 0.802711), "vit_timm_explicit": (0.661455, 0.802711),
+    "deit": (0.698564, 0.564664), "bert": (0.723132, 1.988684), "bert_sdpa": (0.723132, 1.988684),
+}
+
+
+@pytest.mark.parametrize("name", PROPAGATING)
+def test_attn_lrp_loses_only_the_softmax_share_on_plain_replicas(name):
+    model, x = replica(name, plain=True)
+    sums = total(model, x, "attn_lrp")
+    assert sums.tolist() == pytest.approx(ATTN_LRP_SUMS[name], abs=1e-5)
+    # every other rule conserves: the sum is 1 plus what the softmax layers add or lose
+    from manipex.explainers.composites import Composite, kinds
+    from manipex.explainers.rules import Epsilon, LinearizedNorm, Matmul, Softmax
+
+    changes = []
+
+    class Counted(Softmax):
+        def __call__(self, record, relevance, create_graph):
+            out = super().__call__(record, relevance, create_graph)
+            changes.append(out.flatten(1).sum(1) - relevance.flatten(1).sum(1))
+            return out
+
+    counted = Composite([(kinds("conv", "dense"), Epsilon(0.0)), (kinds("norm"), LinearizedNorm(1e-12)),
+                         (kinds("matmul"), Matmul(False, 1e-12)), (kinds("softmax"), Counted())], "counted", 1e-12)
+    again = manipex.explain(model, x, "lrp", 0, composite=counted).flatten(1).sum(1)
+    assert torch.allclose(again, sums, atol=1e-9)
+    assert len(changes) >= 2 and torch.allclose(sums, 1 + sum(changes), atol=1e-8)
+    assert (sum(changes).abs() > 1e-3).all()
+
+
+# --- agreement with LXT ------------------------------------------------------------------------
+
+
+def lxt_modules():
+    """LXT 2.1's ``lxt.efficient.rules`` and ``.patches`` (``pip install --no-deps lxt==2.1``).
+    The package's ``__init__`` imports its model patches, which need the transformers 4 and
+    torchvision that this environment lacks; the two modules themselves need only torch, so
+    they are loaded without it."""
+    import importlib.util
+    import sys
+    import types
+
+    spec = importlib.util.find_spec("lxt")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("lxt is not installed (pip install --no-deps lxt==2.1)")
+    if "lxt.efficient" not in sys.modules:
+        package = types.ModuleType("lxt.efficient")
+        package.__path__ = [f"{spec.submodule_search_locations[0]}/efficient"]
+        sys.modules["lxt.efficient"] = package
+    import lxt.efficient.patches as patches
+    import lxt.efficient.rules as rules
+
+    return rules, patches
+
+
+@contextlib.contextmanager
+def lxt_rules(cp: bool):
+    """LXT 2.1's own rule functions on a model's forward, as its patches apply them to Hugging
+    Face and torchvision models: LayerNorm as ``lxt.efficient.patches.layer_norm_forward`` (the
+    standard deviation detached), element-wise nonlinearities through ``identity_rule_implicit``,
+    every matrix product of two activations followed by ``divide_gradient(., 2)`` (AttnLRP's
+    uniform rule) and, for CP-LRP, the softmax output detached (``stop_gradient``). The relevance
+    is then ``x * d logit / dx`` (gradient x input)."""
+    lxt, patches = lxt_modules()
+    from types import SimpleNamespace
+
+    nonlinear = {F.gelu, torch.tanh, F.tanh}
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is F.layer_norm:
+                x, shape = args[0], args[1]
+                weight, bias = (args[2] if len(args) > 2 else kwargs.get("weight"),
+                                args[3] if len(args) > 3 else kwargs.get("bias"))
+                eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
+                assert len(shape) == 1
+                return patches.layer_norm_forward(SimpleNamespace(weight=weight, bias=bias, eps=eps), x)
+            if func in nonlinear:
+                return lxt.identity_rule_implicit(lambda t: func(t, *args[1:], **kwargs), args[0])
+            if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__) and all(
+                    isinstance(a, torch.Tensor) and a.requires_grad for a in args[:2]):
+                return lxt.divide_gradient(func(*args, **kwargs), 2)
+            if cp and func in (torch.softmax, F.softmax, torch.Tensor.softmax):
+                return lxt.stop_gradient(func(*args, **kwargs))
+            if func is F.scaled_dot_product_attention:  # LXT's (cp_)wrap_attention_forward
+                q, k, v = args[:3]
+                if cp:
+                    q, k = lxt.stop_gradient(q), lxt.stop_gradient(k)
+                else:
+                    q, k, v = lxt.divide_gradient(q, 4), lxt.divide_gradient(k, 4), lxt.divide_gradient(v, 2)
+                with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+                    return func(q, k, v, *args[3:], **kwargs)
+            return func(*args, **kwargs)
+
+    with Mode():
+        yield
+
+
+def lxt_map(model, x, target: int, cp: bool):
+    """LXT's relevance over the logit: gradient x input starts from the logit's value at the
+    output (``z * dz/dz``), manipex from 1 (Dombrowski et al. 2019, Eq. 1); every rule is
+    linear in the relevance, so the two differ by that factor per sample."""
+    xg = x.clone().requires_grad_(True)
+    with lxt_rules(cp):
+        out = model(xg)
+    (g,) = torch.autograd.grad(out[:, target].sum(), xg)
+    logit = out[:, target].detach().reshape(-1, *([1] * (x.dim() - 1)))
+    return (xg * g).detach() / logit
+
+
+@pytest.mark.parametrize("name", ["vit_timm_explicit", "vit_timm", "deit", "bert", "bert_sdpa"])
+@pytest.mark.parametrize("composite", ["attn_lrp", "cp_lrp"])
+def test_transformer_composites_match_lxt(name, composite):
+    """Agreement with LXT 2.1 within 1e-5 of the map's scale: the same rules (ε-rule with ε = 0
+    on linear layers, LXT's plain gradient; identity on GELU/tanh; LayerNorm with the normaliser
+    held constant; the softmax rule; the uniform matmul rule; CP's constant attention). LXT's
+    identity rule divides by ``x + 1e-10`` and manipex's stabiliser is 1e-12: both far below
+    the tolerance."""
+    model, x = replica(name)
+    ours = manipex.explain(model, x, "lrp", 1, composite=composite, epsilon=0.0, stabilizer=1e-12)
+    theirs = lxt_map(model, x, 1, cp=composite == "cp_lrp")
+    scale = theirs.abs().max()
+    assert scale > 0
+    assert (ours - theirs).abs().max() <= 1e-5 * scale
+
+
+def test_lxt_disagrees_where_the_rules_differ():
+    """The check can fail: CP-LRP's map is not AttnLRP's (the softmax passes relevance in one)."""
+    model, x = replica("vit_timm_explicit")
+    ours = manipex.explain(model, x, "lrp", 1, composite="attn_lrp", epsilon=0.0, stabilizer=1e-12)
+    theirs = lxt_map(model, x, 1, cp=True)
+    assert (ours - theirs).abs().max() > 1e-2 * theirs.abs().max()
+
+
+# --- the forms of attention are the same function to the rules ----------------------------------
+
+
+@pytest.mark.parametrize("pair", [("vit_timm", "vit_timm_explicit"), ("bert", "bert_sdpa")])
+@pytest.mark.parametrize("composite", ["attn_lrp", "cp_lrp", "zb_zplus"])
+def test_sdpa_is_written_out_as_the_explicit_attention(pair, composite):
+    """``F.scaled_dot_product_attention`` is traced as scores, scale, mask, softmax and matmul:
+    the same maps as the model that writes those steps itself (same weights)."""
+    a, b = (build(n, dtype=torch.float64) for n in pair)
+    x = example(pair[0], dtype=torch.float64)
+    opts = {"composite": composite, **options("lrp", pair[0], a)} if composite == "zb_zplus" else {"composite": composite}
+    assert torch.allclose(manipex.explain(a, x, "lrp", 0, **opts), manipex.explain(b, x, "lrp", 0, **opts),
+                          atol=1e-10, rtol=1e-8)
+
+
+def test_multihead_attention_is_written_out_exactly():
+    """torchvision's ViT calls nn.MultiheadAttention; the traced steps compute its output (the
+    graph's logits equal the model's) and its map equals the one of the same net with the
+    attention written out by hand."""
+    from manipex.explainers.graph import model_graph
+
+    model, x = replica("vit_tv")
+    graph = model_graph(model, "lrp", x)
+    out, records = graph.forward(x)
+    assert torch.allclose(out, model(x), atol=1e-12)
+    kinds = {r.layer.kind for r in records}
+    assert {"matmul", "softmax", "dense"} <= kinds
+    # the packed in-projection is a functional dense layer reading the live parameter
+    dense = [r for r in records if r.layer.kind == "dense" and r.layer.call is not None]
+    assert dense and all(r.parameters()[0] is model.encoder.layers[0].self_attention.in_proj_weight
+                         or r.parameters()[0] is model.encoder.layers[1].self_attention.in_proj_weight for r in dense)
+
+
+# --- the model is untouched ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_model_is_untouched_after_calls_and_errors(name):
+    model, x = replica(name, dtype=torch.float32)
+    before = state_of(model)
+    for composite in TRANSFORMER_COMPOSITES if name in PROPAGATING else []:
+        manipex.explain(model, x, "lrp", 0, composite=composite)
+    with pytest.raises(ValueError):
+        manipex.explain(model, x, "lrp", 99, composite="attn_lrp")  # no class 99
+    with pytest.raises(ValueError):
+        manipex.explain(model, x * float("nan"), "gradient", 0)
+    assert_same_state(before, state_of(model))
