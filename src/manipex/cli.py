@@ -203,14 +203,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit(args: argparse.Namespace) -> int:
-    from manipex.experiments import run
-
+def audit_overrides(args: argparse.Namespace) -> dict:
+    """The audit's config keys from ``manipex audit``'s arguments: the model ('default': no
+    ``weights``, so the default model of ``--arch``: auto is the CNN, vit_mnist the ViT; see
+    :attr:`manipex.experiments.sources.SourceConfig.default_model`), the references and one key per flag."""
     overrides = config_flags(args)
     if args.model != "default":
         overrides["weights"] = args.model
     if args.reference:
         overrides["references"] = list(overrides.get("references", [])) + args.reference
+    return overrides
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from manipex.experiments import run
+
+    overrides = audit_overrides(args)
     torch.set_num_threads(max(1, args.threads))
     run("audit", overrides=overrides, out=args.out, device=_device(args.device), quiet=args.quiet, fresh=args.fresh)
     return 0
@@ -286,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "detection against reference models, a verdict; an HTML report (resumes if killed)")
     p.add_argument("model", nargs="?", default="default",
                    help="the audited model: a .safetensors saved by manipex, a .pth state_dict (with --arch), or "
-                        "'default' (the MNIST-5k model); a factory is given as --arch package.module:function")
+                        "'default' (the default MNIST-5k model: the CNN, or the ViT with --arch vit_mnist); a "
+                        "factory is given as --arch package.module:function")
     p.add_argument("--data", dest="key_dataset", metavar="DATASET", help="dataset: mnist5k (default), mnist, fashion_mnist, cifar10, "
                    "image_folder")
     p.add_argument("--reference", action="append", metavar="TRUSTED",

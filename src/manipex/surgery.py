@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 import weakref
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -315,6 +316,29 @@ def has_relu(model: nn.Module) -> bool:
     if _relu_slots(model):
         return True
     return _attached_surrogate(model) is None and has_functional_relu(model) is True
+
+
+class NothingToSmoothWarning(UserWarning):
+    """β-smoothing was asked of a model without ReLUs: the map is the model's own."""
+
+
+_WARNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def warn_nothing_to_smooth(model: nn.Module, where: str) -> None:
+    """Warn, once per model, that β-smoothing (Dombrowski et al. 2019, Sec. 4: every ReLU
+    replaced by Softplus(β), which bounds the map's curvature by β) finds no ReLU in ``model``.
+    On a GELU or SiLU network (vision transformers, BERT, EfficientNet, ConvNeXt) the
+    activations are smooth already and their curvature is the model's own: there is nothing
+    to replace, and the map computed is the unsmoothed one. SmoothGrad and AGG-Mean are the
+    defenses that apply there."""
+    if model in _WARNED:
+        return
+    _WARNED.add(model)
+    warnings.warn(
+        f"{where}: the model has no ReLU for beta-smoothing to replace with Softplus (its activations are "
+        "smooth already, e.g. GELU), so the map is the model's own, unsmoothed; use SmoothGrad or AGG-Mean "
+        "as a defense on such models", NothingToSmoothWarning, stacklevel=4)
 
 
 def _functional_unit(model: nn.Module, beta: float, check: bool) -> Optional[_FunctionalSurrogate]:

@@ -15,6 +15,10 @@ a killed audit resumes):
   more references) and the similarity as Gaussian noise is added to the weights (Pasliev Sec. 4);
 * **(e) a verdict** with the numbers behind it and what the audit cannot see.
 
+The audited model is given as for every experiment (:mod:`.sources`); on MNIST-5k without
+``weights``, ``arch = "vit_mnist"`` audits the default ViT (``models.load_default("vit_mnist")``)
+as ``auto`` audits the default CNN (:attr:`.sources.SourceConfig.default_model`).
+
 Without ``references``, ``n_references`` references are trained here on the audit's data (its
 ``train`` split, ``n_train`` images): the audited model's architecture (the default model's, a
 zoo architecture, the one a checkpoint records, or the factory ``arch = "package.module:function"``,
@@ -82,7 +86,8 @@ class AuditConfig(SourceConfig):
     weight_noise: List[float] = key([0.0, 0.05, 0.1], "weight-noise scales (relative to each tensor's sd)", ge=0, le=100)
     n_train: int = key(0, "training images for references trained here (0: all)", ge=0, le=10_000_000)
     reference_epochs: int = key(0, "epochs of each reference trained here; 0: the audited model's (the default "
-                                "model's recipe, 3, for the default model, else train_epochs)", ge=0, le=10_000)
+                                "model's recipe for a default model: 3 for the CNN, 50 for vit_mnist; else "
+                                "train_epochs)", ge=0, le=10_000)
     reference_lr: float = key(1e-3, "Adam learning rate of the references trained here", gt=0, le=1)
     reference_batch_size: int = key(64, "batch size of the references trained here", ge=1, le=100_000)
     reference_seed: int = key(1, "seed of the first reference trained here: reference k (1, 2, ...) is built and "
@@ -249,7 +254,7 @@ class Audit(Experiment):
 
         seeds = tuple(config.reference_seed + k for k in range(config.n_references))
         if config.is_default:
-            default = models.DEFAULT_RECIPES["mnist"]
+            default = models.DEFAULT_RECIPES[config.default_model]
             name, kwargs, epochs = default.arch, {}, default.epochs
         elif ":" in config.arch:
             name, kwargs, epochs = config.arch, {}, config.train_epochs

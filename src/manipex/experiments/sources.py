@@ -183,9 +183,24 @@ class SourceConfig(Config):
         return not self.weights and ":" not in self.arch and not self.is_default
 
     @property
+    def default_model(self) -> Optional[str]:
+        """The default model this config runs on (a key of ``models.DEFAULT_RECIPES``), or None:
+        without ``weights`` on MNIST-5k, ``arch`` ``auto`` or ``mnist_cnn`` is the default CNN
+        (``"mnist"``) and the architecture of another default recipe on that data
+        (``vit_mnist``) is that default model, loaded with its shipped weights."""
+        if self.weights or self.dataset != "mnist5k":
+            return None
+        if self.arch in ("auto", "mnist_cnn"):
+            return "mnist"
+        from .. import models
+
+        return next((name for name, recipe in models.DEFAULT_RECIPES.items()
+                     if recipe.dataset == self.dataset and recipe.arch == self.arch), None)
+
+    @property
     def is_default(self) -> bool:
-        """The embedded data with the default model."""
-        return not self.weights and self.dataset == "mnist5k" and self.arch in ("auto", "mnist_cnn")
+        """The embedded data with a default model (:attr:`default_model`)."""
+        return self.default_model is not None
 
     def auto_arch(self) -> str:
         """The zoo architecture ``arch = "auto"`` means for a model without a recorded one."""
@@ -207,7 +222,8 @@ class SourceConfig(Config):
 
     def describe(self) -> str:
         """One line naming the model and data, for reports."""
-        model = "the default MNIST-5k model" if self.is_default else (
+        name = self.default_model if self.is_default else None
+        model = (f"the default MNIST-5k model{'' if name in (None, 'mnist') else ' ' + name}" if self.is_default else
             f"{self.weights or 'a model trained here'} ({self.arch})")
         data = self.dataset + (f" at {self.root}" if self.root else "")
         return f"{model} on {data}, split {self.split}"
@@ -338,7 +354,7 @@ def original_model(config: SourceConfig, train: Tuple[Tensor, Tensor], device: s
         return (prepare(model) if prepare is not None else model).to(device).eval()
 
     if config.is_default:
-        return ready(models.load_default("mnist", progress=False))
+        return ready(models.load_default(config.default_model or "mnist", progress=False))
     num_classes = _classes(config, train[1] if labels is None else labels)
     if config.weights:
         path = Path(config.weights).expanduser()

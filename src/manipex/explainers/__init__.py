@@ -14,6 +14,8 @@ from .gradcam import GradCAM
 from .occlusion import Occlusion
 from .rollout import AttentionRollout
 from .aggregate import AggMean, AggVar
+from . import swin  # noqa: F401  (registers the tracing patch for torchvision's Swin attention)
+from . import huggingface  # noqa: F401  (registers the tracing patch for Hugging Face transformers)
 
 __all__ = [
     "Explainer", "explain", "get_explainer", "methods", "relevance", "fit_patterns", "Patterns",

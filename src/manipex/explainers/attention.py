@@ -17,12 +17,12 @@ the values. Two ways of writing attention hide those steps from ``torch.fx``:
 
 Masks: a boolean mask keeps the positions where it is ``True`` (SDPA's convention) or drops them
 (``nn.MultiheadAttention``'s ``attn_mask`` and ``key_padding_mask``); :func:`add_mask` turns
-either into ``0`` / ``-inf`` added to the scores, in the scores' dtype. A float mask is added as
+either into ``0`` / the dtype's lowest number added to the scores (as Hugging Face does: the
+softmax gives exactly 0 there, and no infinity reaches a rule's arithmetic). A float mask is added as
 it is (Hugging Face passes ``torch.finfo(dtype).min`` at masked positions).
 """
 from __future__ import annotations
 
-import math
 import operator
 from typing import Any, Optional
 
@@ -36,13 +36,14 @@ from .nodes import UnsupportedModelError
 
 def add_mask(scores: Tensor, mask: Optional[Tensor], keep: bool = True) -> Tensor:
     """``scores`` plus an attention mask: a float mask as it is; a boolean one as ``0`` where the
-    score is kept and ``-inf`` where it is masked (``keep=True``: ``True`` keeps, SDPA's
+    score is kept and ``torch.finfo(dtype).min`` where it is masked (``keep=True``: ``True`` keeps, SDPA's
     convention; ``keep=False``: ``True`` masks, ``nn.MultiheadAttention``'s)."""
     if mask is None:
         return scores
     if mask.dtype == torch.bool:
         dropped = ~mask if keep else mask
-        mask = torch.zeros(dropped.shape, dtype=scores.dtype, device=scores.device).masked_fill(dropped, -math.inf)
+        lowest = torch.finfo(scores.dtype).min
+        mask = torch.zeros(dropped.shape, dtype=scores.dtype, device=scores.device).masked_fill(dropped, lowest)
     return scores + mask
 
 

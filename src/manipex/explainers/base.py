@@ -85,8 +85,10 @@ class Explainer(abc.ABC):
         beta = self.config["softplus_beta"]
         if beta is None:
             return self.attribute(model, x, target, create_graph)
-        from ..surgery import softplus
+        from ..surgery import has_relu, softplus, warn_nothing_to_smooth
 
+        if not has_relu(model):
+            warn_nothing_to_smooth(model, f"explain(method={self.name!r}, softplus_beta={beta})")
         with softplus(model, beta):
             return self.attribute(model, x, target, create_graph)
 

@@ -84,8 +84,9 @@ class Graph:
     result: torch.fx.Node
     modules: "weakref.WeakValueDictionary[str, nn.Module]" = field(default_factory=weakref.WeakValueDictionary)
     root: Optional["weakref.ReferenceType[nn.Module]"] = None
-    #: The per-sample input shape the graph was traced at, where the forward's control flow
-    #: reads the shape; None for a graph valid at any shape.
+    #: The input shape (batch included: the meta tracer records sizes such as
+    #: ``cls_token.expand(N, -1, -1)`` as constants) the graph was traced at, where the forward's
+    #: control flow reads the shape; None for a graph valid at any shape.
     shape: Optional[Tuple[int, ...]] = None
 
     @functools.cached_property
@@ -286,11 +287,11 @@ def model_graph(model: nn.Module, method: str, example: Optional[Tensor] = None)
 
     ``example``, an input batch: a forward whose Python control flow reads the input's shape
     (Hugging Face's ``if pixel_values.shape[1] != self.num_channels: raise``) cannot be traced
-    symbolically; it is then traced at this input's shape (per sample; fx's meta tracer) and
-    cached for that shape."""
+    symbolically; it is then traced at this input's shape (fx's meta tracer, which records the
+    batch size too) and cached for that shape."""
     key = _fingerprint(model)
     graphs = _CACHE.setdefault(model, {})
-    shaped = (key, tuple(example.shape[1:])) if example is not None else None
+    shaped = (key, tuple(example.shape)) if example is not None else None
     graph = graphs.get(key) or (graphs.get(shaped) if shaped is not None else None)
     if graph is None:
         graph = _trace(model, method, example)
@@ -346,13 +347,13 @@ def _symbolic_trace(model: nn.Module, defaults: Dict[str, Any], example: Optiona
 
     name = next(iter(inspect.signature(model.forward).parameters))
     meta = torch.empty(example.shape, dtype=example.dtype, device="meta")
-    return _meta_tracer().trace(model, meta_args={name: meta}, concrete_args=defaults or None), tuple(example.shape[1:])
+    return _meta_tracer().trace(model, meta_args={name: meta}, concrete_args=defaults or None), tuple(example.shape)
 
 
 #: Functions that libraries hide from fx with ``torch.fx.wrap`` (recorded as one call) but whose
-#: steps the rules must see: torchvision's Swin attention and patch-merging padding. They are
-#: traced into (their shape arithmetic then needs the meta tracer, at the example's shape).
-TRACED_INTO = frozenset({"shifted_window_attention", "_patch_merging_pad"})
+#: steps the rules must see, traced into: torchvision's patch-merging padding (Swin's attention
+#: is swapped for a traceable equivalent instead, :mod:`manipex.explainers.swin`).
+TRACED_INTO = frozenset({"_patch_merging_pad"})  # shifted_window_attention: explainers/swin.py
 
 
 @contextlib.contextmanager
@@ -371,6 +372,28 @@ def _tracing_into_wrapped() -> Iterator[None]:
         yield
     finally:
         table.update(hidden)
+
+
+#: Context managers entered, each given the model, while a model is traced: they swap
+#: fx-traceable forms in for library code that fx cannot trace as it is (and put the original
+#: back on exit, also after an error). See :func:`register_tracing_patch`.
+_TRACING_PATCHES: List[Callable[[nn.Module], Any]] = []
+
+
+def register_tracing_patch(patch: Callable[[nn.Module], Any]) -> None:
+    """Enter ``patch(model)`` (a context manager) whenever a model is traced for the rules;
+    for example a module that replaces a library's attention function by a traceable equivalent
+    while tracing. The patch must not change the model."""
+    if patch not in _TRACING_PATCHES:
+        _TRACING_PATCHES.append(patch)
+
+
+@contextlib.contextmanager
+def _tracing_patches(model: nn.Module) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for patch in _TRACING_PATCHES:
+            stack.enter_context(patch(model))
+        yield
 
 
 def _defaults(model: nn.Module, where: str) -> Dict[str, Any]:
@@ -400,7 +423,7 @@ def _trace(model: nn.Module, method: str, example: Optional[Tensor] = None) -> G
         model = nn.Sequential(model)
     defaults = _defaults(model, where)
     try:
-        with _refusing_autograd_functions(where), _tracing_into_wrapped():
+        with _refusing_autograd_functions(where), _tracing_into_wrapped(), _tracing_patches(model):
             fx_graph, shape = _symbolic_trace(model, defaults, example)
     except UnsupportedModelError:
         raise
@@ -495,4 +518,5 @@ def _mark_first(ordered, layers, sources) -> None:
             after_affine.add(node)
 
 
-__all__ = ["Graph", "Layer", "Record", "model_graph", "UnsupportedModelError", "batchnorm_affine", "LINEAR_KINDS"]
+__all__ = ["Graph", "Layer", "Record", "model_graph", "register_tracing_patch", "UnsupportedModelError",
+           "batchnorm_affine", "LINEAR_KINDS"]

@@ -8,6 +8,8 @@ networks (ResNets in :mod:`.resnet`, DenseNet in :mod:`.densenet`) keep the same
 activations; their additions and concatenations are visible to ``torch.fx``.
 MobileNetV3-Small, EfficientNet-B0 and ConvNeXt-T (:mod:`.mobilenet`, :mod:`.efficientnet`,
 :mod:`.convnext`) are torchvision's modules exactly, built from the blocks in :mod:`._blocks`.
+The Vision Transformer (:mod:`.vit`, ``vit_mnist``) uses ``nn.GELU`` and ``nn.LayerNorm`` modules and
+``F.scaled_dot_product_attention``; its token plumbing is visible to ``torch.fx``.
 
 The registry maps a name to a factory; :func:`build` records the name and keyword arguments on the
 model so that :func:`manipex.models.save` can write them into the checkpoint and
@@ -32,6 +34,7 @@ from .densenet import densenet121
 from .efficientnet import efficientnet_b0
 from .mobilenet import mobilenet_v3_small
 from .resnet import cifar_resnet, resnet18, resnet50
+from .vit import vit_mnist
 
 __all__ = [
     "VGG",
@@ -256,3 +259,4 @@ densenet121 = register("densenet121", densenet121)
 mobilenet_v3_small = register("mobilenet_v3_small", mobilenet_v3_small)
 efficientnet_b0 = register("efficientnet_b0", efficientnet_b0)
 convnext_tiny = register("convnext_tiny", convnext_tiny)
+vit_mnist = register("vit_mnist", vit_mnist)

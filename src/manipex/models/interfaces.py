@@ -23,7 +23,7 @@ import sys
 import warnings
 import weakref
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Set, Tuple, Union
 
 import torch
 import torch.fx
@@ -287,6 +287,121 @@ class Logits(nn.Module):
         return f"output={getattr(output, '__name__', None) or short(output, 40) if callable(output) else repr(output)}"
 
 
+class EmbeddingsModel(Logits):
+    """A text model as a function of its input embeddings: ``forward(inputs_embeds) -> logits``.
+
+    Explanations of a text classifier are taken w.r.t. its token embeddings ``(N, L, D)`` (token
+    ids are not differentiable). ``EmbeddingsModel(bert, attention_mask=mask)`` runs
+    ``bert(inputs_embeds=e, attention_mask=mask, ...)`` and returns its logits (selected as by
+    :class:`Logits`, ``output="logits"``)::
+
+        net = manipex.models.interfaces.EmbeddingsModel(bert, attention_mask=batch["attention_mask"])
+        e = net.embed(batch["input_ids"])                       # (N, L, D), the word embeddings
+        r = manipex.explain(net, e, "lrp", composite="attn_lrp")  # (N, L, D); r.sum(-1): per token
+
+    Args:
+        model: a Hugging Face model (or any module) taking ``inputs_embeds=`` and the inputs
+            below as keywords; registered as the child ``model``, never copied. ``.training`` is
+            the wrapped model's flag (eval mode when it is).
+        attention_mask, token_type_ids, **inputs: further keyword inputs of the model, tensors
+            of shape ``(L,)``, ``(1, L)`` (the same for every sample: broadcast to any batch) or
+            ``(N, L)`` (one row per sample: only batches of those ``N`` samples); None leaves
+            one out. Held as non-persistent buffers (``.to(device)`` moves them; no
+            ``state_dict`` entries); read at every call, so they may be replaced. Inputs that
+            are not tensors are passed as they are: a decoder (``is_decoder=True``, GPT-style)
+            wants ``use_cache=False``, so that no key/value cache is built (nothing is generated,
+            and fx cannot trace the cache's bookkeeping).
+        output: what selects the logits from the model's output (see :class:`Logits`).
+
+    Methods that evaluate the model on many copies of the batch (integrated gradients,
+    SmoothGrad, occlusion) need inputs shared by every sample (``(L,)`` or ``(1, L)``); with
+    per-sample rows they raise a ``ValueError`` rather than pair rows with the wrong samples.
+
+    The forward checks the embeddings' shape in Python (``(N, L, D)``, ``D`` the width of the
+    model's input embeddings, ``L`` that of the inputs): the propagation graph is then traced at
+    the input's shape (fx's meta tracer), which Hugging Face's forwards need (BERT slices its
+    position ids by the sequence length).
+    """
+
+    def __init__(self, model: nn.Module, attention_mask: Optional[Tensor] = None,
+                 token_type_ids: Optional[Tensor] = None, *, output: Output = "logits", **inputs: Optional[Tensor]) -> None:
+        super().__init__(model, output)
+        where = "manipex.models.interfaces.EmbeddingsModel"
+        names = []
+        #: keyword inputs that are not tensors (``use_cache=False``), passed as they are
+        self.options: Dict[str, Any] = {}
+        for name, value in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids), *inputs.items()):
+            if value is not None and not isinstance(value, Tensor):
+                if name in ("attention_mask", "token_type_ids"):
+                    raise TypeError(f"{where}: {name} must be a tensor or None, got {type(value).__name__}")
+                self.options[name] = value
+                continue
+            if value is not None and not 1 <= value.dim() <= 2:
+                raise ValueError(f"{where}: {name} must have shape (L,), (1, L) or (N, L), got {tuple(value.shape)}")
+            self.register_buffer(name, value, persistent=False)
+            names.append(name)
+        #: the keyword inputs passed to the model besides ``inputs_embeds``
+        self.inputs: Tuple[str, ...] = tuple(names)
+
+    def width(self) -> Optional[int]:
+        """``D``, the width of the wrapped model's input embeddings (None where it has none)."""
+        try:
+            embeddings = self.model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):
+            return None
+        return getattr(embeddings, "embedding_dim", None)
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """The word embeddings of ``input_ids`` ``(N, L)``: the input this wrapper explains,
+        ``(N, L, D)``, detached (position and token-type embeddings are added by the model)."""
+        return self.model.get_input_embeddings()(input_ids).detach()
+
+    def forward(self, inputs_embeds: Tensor) -> Tensor:  # type: ignore[override]
+        where = "manipex.models.interfaces.EmbeddingsModel"
+        width = self.width()
+        if inputs_embeds.dim() != 3 or (width is not None and inputs_embeds.shape[-1] != width):
+            raise ValueError(f"{where}: inputs_embeds must have shape (N, L, {width or 'D'}), got "
+                             f"{tuple(inputs_embeds.shape)}")
+        kwargs = {}
+        for name in self.inputs:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value.shape[-1] != inputs_embeds.shape[1]:
+                raise ValueError(f"{where}: {name} has length {value.shape[-1]}, inputs_embeds "
+                                 f"{inputs_embeds.shape[1]} tokens")
+            kwargs[name] = _per_row(value, inputs_embeds, name)
+        return self.select(self.model(inputs_embeds=inputs_embeds, **self.options, **kwargs),
+                           inputs_embeds.shape[0] if isinstance(inputs_embeds, Tensor) else None)
+
+    def extra_repr(self) -> str:
+        return f"inputs={list(self.inputs)}, " + super().extra_repr()
+
+
+def _batch_rows(value: Tensor, n: int, name: str = "input") -> Tensor:
+    """``value`` ``(L,)``, ``(1, L)`` or ``(N, L)`` as ``(n, L)`` rows."""
+    if value.dim() == 1:
+        value = value.unsqueeze(0)
+    if value.shape[0] == n:
+        return value
+    if value.shape[0] == 1:
+        return value.expand(n, -1)
+    raise ValueError(f"manipex.models.interfaces.EmbeddingsModel: {name} has {value.shape[0]} rows, the batch "
+                     f"{n}; give one row shared by every sample ((L,) or (1, L)) for methods that evaluate "
+                     "the model on copies of the batch (integrated gradients, SmoothGrad, occlusion)")
+
+
+def _per_row(value: Tensor, like: Any, name: str) -> Any:
+    """:func:`_batch_rows` for the batch of ``like``; while fx traces, one node evaluated when
+    the graph runs (the buffer read live, so a replaced mask takes effect; no expanded copy
+    stored by fx as a constant on the wrapper)."""
+    if isinstance(like, torch.fx.Proxy):
+        tracer = like.tracer
+        n = tracer.create_proxy("call_method", "size", (like, 0), {})
+        return tracer.create_proxy("call_function", _batch_rows, (value, n, name), {})
+    return _batch_rows(value, like.shape[0], name)
+
+
 def _parts(out: Any) -> list:
     if isinstance(out, (tuple, list)):
         return list(out)
@@ -379,4 +494,4 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-__all__ = ["Logits", "ModelOutputWarning", "logits_model", "unwrap", "check_output_selector"]
+__all__ = ["Logits", "EmbeddingsModel", "ModelOutputWarning", "logits_model", "unwrap", "check_output_selector"]
