@@ -120,3 +120,25 @@ def test_audit_on_idx_files_with_a_model_saved_by_manipex(mnist_model, tmp_path)
     tables = run("audit", overrides=config, out=tmp_path / "runs", quiet=True)
     verdict = tables["Verdict"]
     assert "uncalibrated" in verdict.loc["Was the model itself manipulated?", "finding"]
+
+
+def test_the_verdict_says_when_no_defense_holds_and_curvature_does_not_fall():
+    """A GELU network (the default ViT) is unchanged by beta-smoothing: the verdict must not call
+    an equal rise a defense that holds, nor a flat curvature a fall."""
+    import pandas as pd
+
+    from manipex.experiments.audit import Audit
+
+    empty = pd.DataFrame()
+    same = pd.DataFrame({"defense": ["none", "beta_smoothing"], "pcc_rise": [0.152, 0.152]})
+    flat = pd.DataFrame({"beta": [3.0, 1.0], "curvature": [3.1, 3.1]})
+    text = Audit.verdict(empty, same, flat, empty, None)["finding"]
+    assert text["Which defense holds?"].startswith("none:")
+    assert "does not fall" in text["Curvature (Dombrowski Thm 1)"]
+    held = pd.DataFrame({"defense": ["none", "beta_smoothing"], "pcc_rise": [0.30, 0.05]})
+    falls = pd.DataFrame({"beta": [3.0, 1.0], "curvature": [8.0, 2.0]})
+    text = Audit.verdict(empty, held, falls, empty, None)["finding"]
+    assert text["Which defense holds?"].startswith("beta_smoothing:")
+    assert "falls from 8 at beta = 3 to 2 at beta = 1" in text["Curvature (Dombrowski Thm 1)"]
+    one = Audit.verdict(empty, held, flat[:1], empty, None)["finding"]
+    assert "one beta" in one["Curvature (Dombrowski Thm 1)"]

@@ -534,14 +534,24 @@ class Audit(Experiment):
         if len(defense):
             rise = defense.groupby("defense")["pcc_rise"].mean()
             best = rise.drop("none", errors="ignore").idxmin() if len(rise.drop("none", errors="ignore")) else None
-            if best is not None:
+            undefended = float(rise.get("none", float("nan")))
+            if best is not None and not rise[best] < undefended - 0.01 and undefended == undefended:
+                rows.append(("Which defense holds?", f"none: the adaptive attack raises the PCC with its target by "
+                             f"{undefended:.3f} without defense and by {rise[best]:.3f} or more with each"))
+            elif best is not None:
                 rows.append(("Which defense holds?", f"{best}: the adaptive attack raises the PCC with its target by "
-                             f"{rise[best]:.3f} against {rise.get('none', float('nan')):.3f} without defense"))
+                             f"{rise[best]:.3f} against {undefended:.3f} without defense"))
         if len(curvature):
             med = curvature.groupby("beta")["curvature"].median().sort_index(ascending=False)
-            rows.append(("Curvature (Dombrowski Thm 1)", "the largest principal curvature falls from "
-                         f"{med.iloc[0]:.3g} at beta = {med.index[0]:g} to {med.iloc[-1]:.3g} at beta = "
-                         f"{med.index[-1]:g}: smoothing makes the maps harder to manipulate"))
+            if len(med) > 1 and med.iloc[-1] < med.iloc[0]:
+                text = (f"the largest principal curvature falls from {med.iloc[0]:.3g} at beta = {med.index[0]:g} to "
+                        f"{med.iloc[-1]:.3g} at beta = {med.index[-1]:g}: smoothing makes the maps harder to manipulate")
+            elif len(med) > 1:
+                text = (f"the largest principal curvature does not fall with smoothing ({med.iloc[0]:.3g} at beta = "
+                        f"{med.index[0]:g}, {med.iloc[-1]:.3g} at beta = {med.index[-1]:g})")
+            else:
+                text = f"the largest principal curvature is {med.iloc[0]:.3g} at beta = {med.index[0]:g} (one beta: no trend)"
+            rows.append(("Curvature (Dombrowski Thm 1)", text))
         if len(detection):
             flagged = detection[detection.manipulated > 0]
             calibrated = bool(detection.calibrated.min() > 0)

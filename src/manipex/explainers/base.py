@@ -177,20 +177,29 @@ def explain(
     return get_explainer(method, **options)(model, x, target, create_graph=create_graph, output=output)
 
 
-def relevance(h: Tensor, *, eps: float = 1e-12) -> Tensor:
+def relevance(h: Tensor, *, eps: float = 1e-12, channel_dim: Optional[int] = None) -> Tensor:
     """The relevance map that the papers compare (Dombrowski et al. 2019, Sec. 3):
 
     ``r = sum_c |h_c|`` over the channel axis, normalised to sum 1 per sample. For a batch of
-    images ``(N, C, H, W)`` this gives ``(N, H, W)``; a batch of vectors ``(N, D)`` has no
-    channel axis and gives ``(N, D)``. Differentiable; an all-zero map stays zero.
+    images ``(N, C, H, W)`` (and volumes) the channels are axis 1, giving ``(N, H, W)``; a
+    batch of token embeddings ``(N, L, D)`` (a text transformer explained w.r.t. its
+    ``inputs_embeds``) is summed over the embedding axis, giving one relevance per token
+    ``(N, L)``; a batch of vectors ``(N, D)`` has no channel axis and gives ``(N, D)``.
+    ``channel_dim`` names the axis for another layout (``1`` for 1-D signals ``(N, C, L)``).
+    Differentiable; an all-zero map stays zero.
     """
     if not isinstance(h, Tensor) or not h.is_floating_point():
         raise TypeError("relevance: h must be a floating torch.Tensor")
     if h.dim() < 2:
         raise ValueError(f"relevance: h must have shape (N, ...), got {tuple(h.shape)}")
+    if channel_dim is not None and (not isinstance(channel_dim, int) or isinstance(channel_dim, bool)
+                                    or not 1 <= channel_dim % h.dim() < h.dim() or h.dim() < 3):
+        raise ValueError(f"relevance: channel_dim must be a non-batch axis of a map with a channel axis, got "
+                         f"{channel_dim!r} for shape {tuple(h.shape)}")
     r = h.abs()
     if h.dim() >= 3:
-        r = r.sum(dim=1)
+        axis = channel_dim if channel_dim is not None else (-1 if h.dim() == 3 else 1)
+        r = r.sum(dim=axis)
     total = r.flatten(1).sum(dim=1).reshape(-1, *([1] * (r.dim() - 1)))
     return r / (total + eps)
 
