@@ -327,3 +327,41 @@ def test_topk_attack_on_text_embeddings_moves_the_top_tokens_and_keeps_the_class
         assert topk_intersection(res.maps_before, res.maps_after, 2).mean().item() <= 0.7
         assert res.class_kept.all()
     assert_same_state(before, state_of(model))
+
+
+# --- agreement with Captum -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_family_matches_captum_on_transformers(name):
+    """Captum's Saliency, InputXGradient and IntegratedGradients on the same replica (float64,
+    to 1e-6 of the map's scale): the fused attention kernels and the math kernel manipex uses for
+    second order compute the same gradient."""
+    captum = pytest.importorskip("captum.attr")
+    model, x = replica(name)
+    t = model(x).argmax(1)
+
+    def close(ours, theirs):
+        assert ours.abs().max() > 0
+        assert ((ours - theirs).abs().max() / theirs.abs().max()).item() < 1e-6
+
+    close(manipex.explain(model, x, "gradient", t), captum.Saliency(model).attribute(x, t, abs=False))
+    close(manipex.explain(model, x, "grad_x_input", t), captum.InputXGradient(model).attribute(x, t))
+    close(manipex.explain(model, x, "integrated_gradients", t, steps=5, rule="riemann_middle"),
+          captum.IntegratedGradients(model).attribute(x, target=t, n_steps=5, method="riemann_middle"))
+
+
+@pytest.mark.parametrize("regularizer", ["hessian_norm", "curvature", "ssr", "atex"])
+def test_robust_training_runs_on_a_vision_transformer(regularizer):
+    """The robust-explanation regularizers differentiate the map again (through the math attention
+    kernel): they train a ViT; the model passed in is untouched."""
+    from manipex.defenses import train_robust
+
+    model = build("vit_timm")
+    x = example("vit_timm", 8)
+    y = torch.arange(8) % 10
+    before = state_of(model)
+    result = train_robust(model, (x, y), regularizer, epochs=1, batch_size=4, progress=False)
+    assert_same_state(before, state_of(model))
+    changed = any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), result.model.state_dict().values()))
+    assert changed and not result.model.training
