@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import operator
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -262,14 +263,22 @@ def _fingerprint(model: nn.Module) -> Tuple:
     return tuple((name, type(m), id(m)) for name, m in model.named_modules()) + (id(unit) if unit is not None else None,)
 
 
+#: One trace at a time: tracing swaps process-wide functions (below, and the tracing patches).
+_TRACING = threading.RLock()
+
+
 @contextlib.contextmanager
 def _refusing_autograd_functions(where: str) -> Iterator[None]:
     """fx would trace into a custom ``torch.autograd.Function``'s forward and silently drop its
-    backward; while tracing, calling one raises an error that names it instead."""
+    backward; while tracing, calling one raises an error that names it instead. Only in the
+    tracing thread: another thread's forward calls its Functions as usual meanwhile."""
     function = torch.autograd.function.Function
     original = function.__dict__["apply"]
+    tracing_thread = threading.get_ident()
 
     def refuse(cls, *args, **kwargs):
+        if threading.get_ident() != tracing_thread:
+            return original.__get__(None, cls)(*args, **kwargs)
         raise UnsupportedModelError(
             f"{where} does not support the custom autograd Function {cls.__name__} in the model's "
             "forward: its backward replaces the gradient, which propagation rules cannot see"
@@ -423,7 +432,7 @@ def _trace(model: nn.Module, method: str, example: Optional[Tensor] = None) -> G
         model = nn.Sequential(model)
     defaults = _defaults(model, where)
     try:
-        with _refusing_autograd_functions(where), _tracing_into_wrapped(), _tracing_patches(model):
+        with _TRACING, _refusing_autograd_functions(where), _tracing_into_wrapped(), _tracing_patches(model):
             fx_graph, shape = _symbolic_trace(model, defaults, example)
     except UnsupportedModelError:
         raise

@@ -69,11 +69,19 @@ class LRP(PropagationExplainer):
             raise ValueError(f"{where}: low must be below high (the input domain of zB), got low={c['low']}, "
                              f"high={c['high']}")
 
-    def attribute(self, model, x, target, create_graph):
+    def propagator(self, model, x, create_graph):
+        """The composite's rules for this call (zB's bounds mapped through the model's input
+        normalisation for this ``x``)."""
         low, high = self.bounds(x, model)
         options = {k: self.config[k] for k in ("epsilon", "alpha", "beta", "gamma", "stabilizer")}
-        self._composite = get_composite(self.config["composite"], {**options, "low": low, "high": high})
-        return super().attribute(model, x, target, create_graph)
+        composite = get_composite(self.config["composite"], {**options, "low": low, "high": high})
+
+        def propagate(record, signal):
+            rule = composite.rule_for(record.layer)
+            rule.check(record)
+            return rule(record, signal, create_graph)
+
+        return propagate
 
     def bounds(self, x: Tensor, model: Optional[nn.Module] = None) -> Tuple[Tensor, Tensor]:
         """``low`` and ``high`` as tensors broadcast to one input ``x[0]``; where ``model``
@@ -98,7 +106,3 @@ class LRP(PropagationExplainer):
             out = [norm(b).detach() for b in out]
         return out[0], out[1]
 
-    def propagate(self, record, signal, create_graph):
-        rule = self._composite.rule_for(record.layer)
-        rule.check(record)
-        return rule(record, signal, create_graph)

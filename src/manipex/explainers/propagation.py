@@ -10,7 +10,7 @@ differentiable w.r.t. the input and every parameter (Zennit's hooks drop weight 
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +41,16 @@ class PropagationExplainer(Explainer):
         t = select_target(out, target, where=where)
         signal = F.one_hot(t, out.shape[1]).to(out.dtype)
         self.prepare(model, records)
-        return graph.backward(xg, records, signal, lambda record, s: self.propagate(record, s, create_graph))
+        return graph.backward(xg, records, signal, self.propagator(model, x, create_graph))
 
     def prepare(self, model, records: List[Record]) -> None:
         """Hook for per-call set-up (e.g. checking that patterns fit the model)."""
+
+    def propagator(self, model, x: Tensor, create_graph: bool) -> Callable[[Record, Tensor], Relevances]:
+        """The rule of this call, ``propagate(record, signal)``: by default :meth:`propagate`.
+        Per-call state (LRP's composite for this input) lives in the returned function, not on
+        the explainer, so one explainer may serve several calls at once."""
+        return lambda record, signal: self.propagate(record, signal, create_graph)
 
     def propagate(self, record: Record, signal, create_graph: bool) -> Relevances:
         return _GRADIENT(record, signal, create_graph)
