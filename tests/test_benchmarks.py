@@ -25,6 +25,7 @@ SMOKE = {
     "create_graph_memory": ["--batch", "2", "--steps", "2", "--samples", "2", "--chunks", "none,2", "--no-captum",
                             "--threads", "2"],
     "modern_cnns": ["--quick", "--threads", "2"],
+    "transformer_lrp": ["--quick", "--threads", "2"],
 }
 
 

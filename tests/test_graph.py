@@ -384,3 +384,16 @@ def test_a_model_is_freed_after_explanations():
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_lrp_zero_on_an_all_zero_receptive_field_gives_no_nan():
+    """ε = 0 (LRP-0): a bias-free convolution over a black border sums to exactly 0; that sum
+    shares nothing instead of dividing 0 by 0."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 3, bias=False)).eval()
+    x = torch.zeros(2, 1, 8, 8)
+    x[:, :, 3:5, 3:5] = torch.rand(2, 1, 2, 2) + 0.1
+    h = manipex.explain(net, x, "lrp", 0, composite="epsilon", epsilon=0.0)
+    assert torch.isfinite(h).all() and h.abs().sum() > 0
+    assert (h[:, :, :2] == 0).all()  # the black border gets nothing

@@ -5,15 +5,13 @@ finite differences), conserving where the rules conserve, agreeing with LXT's At
 CP-LRP rules on the same nets, the model untouched."""
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 import manipex
 from conftest import assert_same_state, state_of
 from test_derivatives import check_second_order
+from test_zennit_agreement import ZENNIT  # noqa: F401  (at import: it puts benchmarks/ on sys.path)
 from transformer_replicas import KIND, build, example
 
 #: Every replica runs every method; Swin's attention is traced through manipex.explainers.swin.
@@ -141,82 +139,16 @@ def test_attn_lrp_loses_only_the_softmax_share_on_plain_replicas(name):
 # --- agreement with LXT ------------------------------------------------------------------------
 
 
-def lxt_modules():
-    """LXT 2.1's ``lxt.efficient.rules`` and ``.patches`` (``pip install --no-deps lxt==2.1``).
-    The package's ``__init__`` imports its model patches, which need the transformers 4 and
-    torchvision that this environment lacks; the two modules themselves need only torch, so
-    they are loaded without it."""
-    import importlib.util
-    import sys
-    import types
+def lxt_map(model, x, target, cp: bool):
+    """LXT 2.1's AttnLRP (``cp=False``) or CP-LRP map over the logit (``benchmarks/_lxt.py``:
+    LXT's own rule functions applied to the model's forward); skipped without lxt."""
+    import _lxt
 
-    spec = importlib.util.find_spec("lxt")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("lxt is not installed (pip install --no-deps lxt==2.1)")
-    if "lxt.efficient" not in sys.modules:
-        package = types.ModuleType("lxt.efficient")
-        package.__path__ = [f"{spec.submodule_search_locations[0]}/efficient"]
-        sys.modules["lxt.efficient"] = package
-    import lxt.efficient.patches as patches
-    import lxt.efficient.rules as rules
-
-    return rules, patches
-
-
-@contextlib.contextmanager
-def lxt_rules(cp: bool):
-    """LXT 2.1's own rule functions on a model's forward, as its patches apply them to Hugging
-    Face and torchvision models: LayerNorm as ``lxt.efficient.patches.layer_norm_forward`` (the
-    standard deviation detached), element-wise nonlinearities through ``identity_rule_implicit``,
-    every matrix product of two activations followed by ``divide_gradient(., 2)`` (AttnLRP's
-    uniform rule) and, for CP-LRP, the softmax output detached (``stop_gradient``). The relevance
-    is then ``x * d logit / dx`` (gradient x input)."""
-    lxt, patches = lxt_modules()
-    from types import SimpleNamespace
-
-    nonlinear = {F.gelu, torch.tanh, F.tanh}
-
-    class Mode(torch.overrides.TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            if func is F.layer_norm:
-                x, shape = args[0], args[1]
-                weight, bias = (args[2] if len(args) > 2 else kwargs.get("weight"),
-                                args[3] if len(args) > 3 else kwargs.get("bias"))
-                eps = args[4] if len(args) > 4 else kwargs.get("eps", 1e-5)
-                assert len(shape) == 1
-                return patches.layer_norm_forward(SimpleNamespace(weight=weight, bias=bias, eps=eps), x)
-            if func in nonlinear:
-                return lxt.identity_rule_implicit(lambda t: func(t, *args[1:], **kwargs), args[0])
-            if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__) and all(
-                    isinstance(a, torch.Tensor) and a.requires_grad for a in args[:2]):
-                return lxt.divide_gradient(func(*args, **kwargs), 2)
-            if cp and func in (torch.softmax, F.softmax, torch.Tensor.softmax):
-                return lxt.stop_gradient(func(*args, **kwargs))
-            if func is F.scaled_dot_product_attention:  # LXT's (cp_)wrap_attention_forward
-                q, k, v = args[:3]
-                if cp:
-                    q, k = lxt.stop_gradient(q), lxt.stop_gradient(k)
-                else:
-                    q, k, v = lxt.divide_gradient(q, 4), lxt.divide_gradient(k, 4), lxt.divide_gradient(v, 2)
-                with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
-                    return func(q, k, v, *args[3:], **kwargs)
-            return func(*args, **kwargs)
-
-    with Mode():
-        yield
-
-
-def lxt_map(model, x, target: int, cp: bool):
-    """LXT's relevance over the logit: gradient x input starts from the logit's value at the
-    output (``z * dz/dz``), manipex from 1 (Dombrowski et al. 2019, Eq. 1); every rule is
-    linear in the relevance, so the two differ by that factor per sample."""
-    xg = x.clone().requires_grad_(True)
-    with lxt_rules(cp):
-        out = model(xg)
-    (g,) = torch.autograd.grad(out[:, target].sum(), xg)
-    logit = out[:, target].detach().reshape(-1, *([1] * (x.dim() - 1)))
-    return (xg * g).detach() / logit
+    try:
+        _lxt.lxt_modules()
+    except ImportError as err:
+        pytest.skip(str(err))
+    return _lxt.lxt_map(model, x, target, cp=cp)
 
 
 @pytest.mark.parametrize("name", ["vit_timm_explicit", "vit_timm", "deit", "bert", "bert_sdpa"])

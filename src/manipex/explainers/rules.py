@@ -48,7 +48,11 @@ def stabilize(z: Tensor, eps: float) -> Tensor:
 
     Computed as ``z + copysign(eps, z)``, two passes over ``z`` instead of three (half the time
     of ``torch.where(z >= 0, eps, -eps)`` on large maps); ``-0.0`` takes ``-eps``, which changes
-    nothing: a sum that is exactly ``-0.0`` has only zero contributions to share."""
+    nothing: a sum that is exactly ``-0.0`` has only zero contributions to share. With ``eps = 0``
+    (LRP-0) a sum that is exactly zero is divided by 1 instead of 0: where all its contributions
+    are zero (a convolution over a black border) it shares nothing, and never gives NaN."""
+    if eps == 0:  # LRP-0: a sum that is exactly 0 (an all-zero receptive field) shares nothing
+        return torch.where(z == 0, torch.ones_like(z), z)
     return z + torch.copysign(torch.tensor(eps, dtype=z.dtype, device=z.device), z)
 
 
