@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_real, predicted_target, short
-from .base import Explainer, explain_many, get_explainer, relevance
+from .base import Explainer, channel_axis, explain_many, get_explainer, relevance
 
 
 def _specs(methods, where):
@@ -53,9 +53,12 @@ class AggregateExplainer(Explainer):
         return torch.stack([relevance(h) for h in maps])  # (J, N, ...)
 
     def to_input_shape(self, heat, x):
+        """The heatmap spread evenly over the channel axis that :func:`relevance` summed (the
+        embedding axis of ``(N, L, D)`` token maps), so that ``relevance`` of it is ``heat``."""
         if x.dim() <= 2:
             return heat
-        return (heat.unsqueeze(1) / x.shape[1]).expand(x.shape).contiguous()
+        axis = channel_axis(x)
+        return (heat.unsqueeze(axis) / x.shape[axis]).expand(x.shape).contiguous()
 
 
 class AggMean(AggregateExplainer):

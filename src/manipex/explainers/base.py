@@ -177,6 +177,12 @@ def explain(
     return get_explainer(method, **options)(model, x, target, create_graph=create_graph, output=output)
 
 
+def channel_axis(h: Tensor) -> int:
+    """The axis :func:`relevance` sums by default: 1 for images ``(N, C, H, W)`` and volumes,
+    the last for token embeddings ``(N, L, D)``."""
+    return -1 if h.dim() == 3 else 1
+
+
 def relevance(h: Tensor, *, eps: float = 1e-12, channel_dim: Optional[int] = None) -> Tensor:
     """The relevance map that the papers compare (Dombrowski et al. 2019, Sec. 3):
 
@@ -198,7 +204,7 @@ def relevance(h: Tensor, *, eps: float = 1e-12, channel_dim: Optional[int] = Non
                          f"{channel_dim!r} for shape {tuple(h.shape)}")
     r = h.abs()
     if h.dim() >= 3:
-        axis = channel_dim if channel_dim is not None else (-1 if h.dim() == 3 else 1)
+        axis = channel_dim if channel_dim is not None else channel_axis(h)
         r = r.sum(dim=axis)
     total = r.flatten(1).sum(dim=1).reshape(-1, *([1] * (r.dim() - 1)))
     return r / (total + eps)

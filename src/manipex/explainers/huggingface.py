@@ -42,8 +42,8 @@ code and puts the originals back on exit, also after an error:
   (``torch.fx.experimental.meta_tracer.manual_meta_overrides``).
 
 Nothing here touches the model: the swaps are of functions in ``transformers`` modules and of
-``torch.fx`` settings, process-wide while one model is traced (tracing in two threads at once is
-not supported); the model's modules, parameters, buffers, hooks and config are as they were.
+``torch.fx`` settings, process-wide while one model is traced (traces are one at a time:
+:mod:`~manipex.explainers.graph` holds a lock); the model's modules, parameters, buffers, hooks and config are as they were.
 Models are recognised by their classes (a module whose class is defined in ``transformers``),
 so this is inert for every other model.
 
