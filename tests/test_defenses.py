@@ -207,3 +207,52 @@ def test_detection_with_fewer_than_three_references_says_it_is_uncalibrated(clea
     assert not report.calibrated and "uncalibrated" in str(report)
     with pytest.raises(ValueError, match="alpha"):
         detect_manipulation(models[3], (1, 28, 28), models[:3], n=16, alpha=5)
+
+
+def test_a_test_that_cannot_reach_significance_is_inconclusive_not_clean():
+    """Three references with this spread put the threshold above 1, the largest mean PCC there
+    is: no model could be flagged, so the finding is "inconclusive" with the references it would
+    need, never "no evidence of manipulation" (issue 30, seen on a user's model: threshold 1.189)."""
+    from manipex.defenses.detection import MAX_SCORE, DetectionReport, prediction_interval_test, references_needed
+
+    wide = (0.35, 0.43, 0.6)
+    p_value, threshold, test = prediction_interval_test(0.627, wide)
+    assert threshold > MAX_SCORE
+    needed = references_needed(wide)
+    assert needed is not None and needed > 3
+    # with that many references of the same spread the threshold is below 1
+    import math
+    logs = [math.log(v) for v in wide]
+    m = sum(logs) / 3
+    sd = math.sqrt(sum((v - m) ** 2 for v in logs) / 2)
+    from manipex.defenses.detection import student_t_quantile
+    assert math.exp(m + student_t_quantile(0.95, needed - 1) * sd * math.sqrt(1 + 1 / needed)) < 1
+    assert math.exp(m + student_t_quantile(0.95, needed - 2) * sd * math.sqrt(1 + 1 / (needed - 1))) >= 1
+    report = DetectionReport(0.627, threshold, p_value < 0.05, wide, "gradient", p_value, 0.05, test, needed)
+    assert not report.conclusive and report.finding().startswith("inconclusive")
+    assert f"about {needed} are needed" in str(report)
+    hopeless = (0.2, 0.43, 0.8)  # not even many references of this spread could flag anything
+    p_value, threshold, test = prediction_interval_test(0.627, hopeless)
+    assert references_needed(hopeless) is None
+    report = DetectionReport(0.627, threshold, False, hopeless, "gradient", p_value, 0.05, test, None)
+    assert "no number of references" in report.finding()
+    tight = (0.40, 0.43, 0.45)
+    p_value, threshold, test = prediction_interval_test(0.44, tight)
+    clean = DetectionReport(0.44, threshold, p_value < 0.05, tight, "gradient", p_value, 0.05, test)
+    assert clean.conclusive and clean.finding() == "no evidence of manipulation"
+
+
+def test_the_audit_verdict_says_inconclusive_where_the_detection_cannot_flag():
+    import pandas as pd
+
+    from manipex.experiments.audit import Audit
+
+    empty = pd.DataFrame()
+    detection = pd.DataFrame({"method": ["gradient"], "score": [0.627], "threshold": [1.189], "p_value": [0.19],
+                              "manipulated": [0.0], "calibrated": [1.0], "conclusive": [0.0],
+                              "references_needed": [9.0], "references": [3]})
+    text = Audit.verdict(empty, empty, empty, detection, None)["finding"]["Was the model itself manipulated?"]
+    assert text.startswith("inconclusive") and "about 9 are needed" in text
+    detection = detection.assign(threshold=[0.7], conclusive=[1.0], references_needed=[float("nan")])
+    text = Audit.verdict(empty, empty, empty, detection, None)["finding"]["Was the model itself manipulated?"]
+    assert text.startswith("no evidence")

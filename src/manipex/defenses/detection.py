@@ -158,11 +158,38 @@ class DetectionReport:
     p_value: Optional[float] = None
     alpha: float = 0.05
     test: str = ""
+    #: Where the test cannot reach significance: about how many references of the same spread
+    #: it would need (None where it can, or where the spread cannot be estimated).
+    references_needed: Optional[int] = None
 
     @property
     def calibrated(self) -> bool:
         """Whether the false-positive rate is controlled at ``alpha`` (3 or more references)."""
         return self.p_value is not None
+
+    @property
+    def conclusive(self) -> bool:
+        """Whether a clean verdict means something: the model is flagged, or the threshold lies
+        below the largest score there is (a mean PCC is at most 1). A threshold at or above 1,
+        from few references with a wide spread, could flag no model at all: "no evidence" would
+        then be a statement about the references, not about the model."""
+        return self.manipulated or self.threshold < MAX_SCORE
+
+    def finding(self) -> str:
+        """``MANIPULATED``, ``inconclusive: ...`` or ``no evidence of manipulation``."""
+        if self.manipulated:
+            return "MANIPULATED"
+        if not self.conclusive:
+            k = len(self.reference_scores)
+            if self.references_needed is not None:
+                needed = f"; about {self.references_needed} are needed"
+            elif k < 3:
+                needed = "; give 3 or more references"
+            else:
+                needed = "; no number of references with this spread would do (it is too wide near the maximum)"
+            return (f"inconclusive: {k} reference{'s' if k != 1 else ''} are too few for this spread (the threshold "
+                    f"{self.threshold:.3g} is above the largest attainable score, 1){needed}")
+        return "no evidence of manipulation"
 
     def __repr__(self) -> str:
         """``DetectionReport(method 'gradient', score 0.81, threshold 0.52, manipulated yes, p 0.003,
@@ -173,7 +200,7 @@ class DetectionReport:
                 f"manipulated {'yes' if self.manipulated else 'no'}{p}, {k} reference{'s' if k != 1 else ''})")
 
     def __str__(self) -> str:
-        verdict = "MANIPULATED" if self.manipulated else "no evidence of manipulation"
+        verdict = self.finding()
         p = f", p = {self.p_value:.3g} (alpha {self.alpha:g})" if self.p_value is not None else " (uncalibrated)"
         return (f"noise-map similarity ({self.method}): {self.score:.3f}; threshold {self.threshold:.3f} "
                 f"from {len(self.reference_scores)} reference model(s){p}: {verdict}")
@@ -234,10 +261,33 @@ def detect_manipulation(
     k = len(refs)
     if k >= 3:
         p_value, threshold, test = prediction_interval_test(score, refs, alpha)
-        return DetectionReport(score, threshold, p_value < alpha, refs, method, p_value, alpha, test)
+        needed = references_needed(refs, alpha) if threshold >= MAX_SCORE else None
+        return DetectionReport(score, threshold, p_value < alpha, refs, method, p_value, alpha, test, needed)
     threshold = max(similarity_threshold(s, margin) for s in sims)
     return DetectionReport(score, threshold, score > threshold, refs, method, None, alpha,
                            f"mean + {margin:g} sd of a reference's pairs (uncalibrated)")
+
+
+#: The largest noise-map similarity there is: a mean of PCCs.
+MAX_SCORE = 1.0
+
+
+def references_needed(reference_scores: Sequence[float], alpha: float = 0.05, at_most: int = 1000) -> Optional[int]:
+    """The smallest number ``K`` of references with the spread of ``reference_scores`` (their
+    mean and standard deviation, on the test's scale) for which the prediction-interval
+    threshold of :func:`prediction_interval_test` falls below :data:`MAX_SCORE`, so that a model
+    could be flagged at all; None if not even ``at_most`` would do (the references' mean is at
+    the maximum already)."""
+    k = len(reference_scores)
+    log = all(r > 0 for r in reference_scores)
+    values = [math.log(r) if log else r for r in reference_scores]
+    m = sum(values) / k
+    sd = math.sqrt(sum((r - m) ** 2 for r in values) / (k - 1))
+    top = math.log(MAX_SCORE) if log else MAX_SCORE
+    for n in range(max(k, 3), at_most + 1):
+        if m + student_t_quantile(1 - alpha, n - 1) * sd * math.sqrt(1 + 1 / n) < top:
+            return n
+    return None
 
 
 def _finite_score(sims: Tensor, who: str) -> float:

@@ -441,6 +441,8 @@ class Audit(Experiment):
         rows = [{"part": "detection", "method": method, "score": report.score, "threshold": report.threshold,
                  "p_value": math.nan if report.p_value is None else report.p_value,
                  "manipulated": float(report.manipulated), "calibrated": float(report.calibrated),
+                 "conclusive": float(report.conclusive),
+                 "references_needed": math.nan if report.references_needed is None else report.references_needed,
                  "references": len(refs), "reference_mean": sum(report.reference_scores) / len(refs),
                  "test": report.test, **source}]
         for sigma in config.weight_noise:
@@ -555,9 +557,18 @@ class Audit(Experiment):
         if len(detection):
             flagged = detection[detection.manipulated > 0]
             calibrated = bool(detection.calibrated.min() > 0)
-            text = ("MANIPULATED by " + ", ".join(f"{r.method} (p = {r.p_value:.3g})" for r in flagged.itertuples())
-                    if len(flagged) else "no evidence of manipulation: " + ", ".join(
-                        f"{r.method} similarity {r.score:.3f}, threshold {r.threshold:.3f}" for r in detection.itertuples()))
+            open_ = detection[detection.conclusive <= 0] if "conclusive" in detection else detection.iloc[0:0]
+            if len(flagged):
+                text = "MANIPULATED by " + ", ".join(f"{r.method} (p = {r.p_value:.3g})" for r in flagged.itertuples())
+            elif len(open_):
+                text = "inconclusive: " + ", ".join(
+                    f"{r.method} threshold {r.threshold:.3f} is above the largest attainable similarity (1), so "
+                    f"{int(r.references)} references are too few for their spread"
+                    + (f" (about {int(r.references_needed)} are needed)" if r.references_needed == r.references_needed
+                       else "") for r in open_.itertuples())
+            else:
+                text = "no evidence of manipulation: " + ", ".join(
+                    f"{r.method} similarity {r.score:.3f}, threshold {r.threshold:.3f}" for r in detection.itertuples())
             if not calibrated:
                 text += " (uncalibrated: fewer than 3 references)"
             rows.append(("Was the model itself manipulated?", text))
