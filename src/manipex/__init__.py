@@ -25,7 +25,8 @@ from .figures import plot_maps
 
 __version__ = "0.1.0"
 
-_SUBMODULES = {"models", "data", "surgery", "explainers", "cli", "metrics", "objectives", "attacks", "figures", "defenses", "geometry", "sanity"}
+_SUBMODULES = {"models", "data", "surgery", "explainers", "cli", "metrics", "objectives", "attacks", "figures",
+               "defenses", "geometry", "sanity"}
 
 
 def __getattr__(name: str) -> Any:

@@ -29,7 +29,9 @@ def _explain(args: argparse.Namespace) -> int:
     from manipex.figures import map_grid
 
     torch.set_num_threads(max(1, args.threads))
-    methods = args.methods or sorted(manipex.methods(), key=lambda m: (m not in DISPLAY_ORDER, DISPLAY_ORDER.index(m) if m in DISPLAY_ORDER else 0, m))
+    methods = args.methods or sorted(
+        manipex.methods(),
+        key=lambda m: (m not in DISPLAY_ORDER, DISPLAY_ORDER.index(m) if m in DISPLAY_ORDER else 0, m))
     unknown = [m for m in methods if m not in manipex.methods()]
     if unknown:
         from manipex.experiments.config import short
@@ -141,7 +143,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip=()) -> No
             continue
         if field.kind.startswith("list"):
             kwargs["nargs"] = "*" if field.empty else "+"
-        kwargs["type"] = {"int": int, "float": float, "optional_float": float, "list[float]": float}.get(field.kind, str)
+        kwargs["type"] = {"int": int, "float": float, "optional_float": float,
+                          "list[float]": float}.get(field.kind, str)
         if field.choices is not None and len(field.choices) <= 16:
             kwargs["choices"] = field.choices
         kwargs["metavar"] = name.upper()
@@ -256,7 +259,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="manipex", description="Attack and defend explanation maps.", allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="manipex", description="Attack and defend explanation maps.",
+                                     allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (for bug reports; "
                         "also MANIPEX_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the audited model: a .safetensors saved by manipex, a .pth state_dict (with --arch), or "
                         "'default' (the default MNIST-5k model: the CNN, or the ViT with --arch vit_mnist); a "
                         "factory is given as --arch package.module:function")
-    p.add_argument("--data", dest="key_dataset", metavar="DATASET", help="dataset: mnist5k (default), mnist, fashion_mnist, cifar10, "
-                   "image_folder")
+    p.add_argument("--data", dest="key_dataset", metavar="DATASET",
+                   help="dataset: mnist5k (default), mnist, fashion_mnist, cifar10, image_folder")
     p.add_argument("--reference", action="append", metavar="TRUSTED",
                    help="a trusted clean model of the same kind (repeat; 3 or more give a calibrated test); "
                         "default: n_references (3) trained here on the data, with the audited model's architecture "

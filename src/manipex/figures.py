@@ -58,7 +58,8 @@ def save_figure(fig, path, *, formats: Optional[Iterable[str]] = None, dpi: int 
     path = Path(path)
     if not path.suffix:
         path = path.with_suffix(".png")
-    extra = [] if formats is None else [str(f).lower().lstrip(".") for f in ([formats] if isinstance(formats, str) else formats)]
+    extra = [] if formats is None else [str(f).lower().lstrip(".")
+                                        for f in ([formats] if isinstance(formats, str) else formats)]
     for f in extra:
         if f not in FORMATS:
             raise ValueError(f"save_figure: format {f!r} is not one of {FORMATS}")
@@ -78,7 +79,8 @@ def wrap_title(name: str, width: int = 12) -> str:
     (``"integrated_gradients"`` -> ``"integrated\\ngradients"``), so that titles do not run
     into each other. Code names are shown as they are (with spaces); :func:`display_title`
     gives the display name."""
-    lines = [textwrap.fill(line.replace("_", " "), width=width, break_long_words=False) for line in str(name).split("\n")]
+    lines = [textwrap.fill(line.replace("_", " "), width=width, break_long_words=False)
+             for line in str(name).split("\n")]
     return "\n".join(lines) or str(name)  # explicit line breaks are kept
 
 
@@ -237,7 +239,8 @@ def draw_map(
         im = ax.imshow(m.numpy(), cmap=CMAP_SIGNED, vmin=-top, vmax=top, **kw)
     _plain(ax)
     if cbar:
-        add_colorbar(ax, im, label=("relevance" if sign == "absolute" else "relevance (signed)") if label is None else label)
+        add_colorbar(ax, im,
+                     label=("relevance" if sign == "absolute" else "relevance (signed)") if label is None else label)
     return im
 
 
@@ -691,7 +694,8 @@ def randomization_figure(result):
     for j, (ax, metric) in enumerate(zip(axes[0], metrics)):
         for i, method in enumerate(methods):
             c = colors[method]
-            ax.plot(xs, mean[i, :, j], marker="o", markersize=3.5, linewidth=1.4, color=c, label=display_title(method, 24))
+            ax.plot(xs, mean[i, :, j], marker="o", markersize=3.5, linewidth=1.4, color=c,
+                    label=display_title(method, 24))
             ax.fill_between(xs, mean[i, :, j] - std[i, :, j], mean[i, :, j] + std[i, :, j], color=c, alpha=0.15,
                             linewidth=0)
         ax.axhline(0, color="black", linewidth=0.6, linestyle="--", alpha=0.6)
@@ -703,7 +707,8 @@ def randomization_figure(result):
         if j == 0:
             kind = "relevance maps" if result.absolute else "signed maps"
             ax.set_ylabel(f"similarity to original\n({kind})")
-    fig.suptitle(f"{result.mode.capitalize()} randomisation, top layer first: mean ± s.d. over {scores.shape[-1]} inputs")
+    fig.suptitle(f"{result.mode.capitalize()} randomisation, top layer first: mean ± s.d. over "
+                 f"{scores.shape[-1]} inputs")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside right upper", frameon=False, title="method")
     return fig

@@ -19,8 +19,8 @@ explanation function being attacked. Every sample carries its own target: batche
 | :class:`MapDistance` | ``r`` away from the start map (or a given map) | worst case of Yeh 2019's max-sensitivity |
 
 Success: an attack succeeds on a sample when the metric reaches the objective's threshold, which
-it had not reached before the attack (and the class is kept). Defaults, per sample (set ``objective.success_threshold``, in the metric's
-units, to state your own):
+it had not reached before the attack (and the class is kept). Defaults, per sample (set
+``objective.success_threshold``, in the metric's units, to state your own):
 
 | objective | success when |
 |---|---|
@@ -171,7 +171,8 @@ class TargetImage(TargetMap):
 
     def prepare(self, explain_fn, x, r_start):
         if self.x_target.shape != x.shape:
-            raise ValueError(f"TargetImage: x_target of shape {tuple(self.x_target.shape)} must match x {tuple(x.shape)}")
+            raise ValueError(f"TargetImage: x_target of shape {tuple(self.x_target.shape)} must match "
+                             f"x {tuple(x.shape)}")
         self.target = explain_fn(self.x_target).detach()
         return self
 
@@ -301,7 +302,8 @@ class _Region(Objective):
         try:
             return torch.broadcast_to(m, r.shape)
         except RuntimeError:
-            raise ValueError(f"{type(self).__name__}: mask of shape {tuple(m.shape)} does not fit maps {tuple(r.shape)}") from None
+            raise ValueError(f"{type(self).__name__}: mask of shape {tuple(m.shape)} does not fit "
+                             f"maps {tuple(r.shape)}") from None
 
     def metric(self, r):
         return mass_in(r.detach(), self._mask(r))
@@ -310,7 +312,8 @@ class _Region(Objective):
         return 0.1 * before  # hide: 10 % of the start mass is left (RegionHighlight overrides)
 
     def select(self, index):
-        return self._inherit(type(self)(self.mask[index] if self.mask.dim() > 2 and self.mask.shape[0] > 1 else self.mask))
+        return self._inherit(type(self)(self.mask[index] if self.mask.dim() > 2 and self.mask.shape[0] > 1
+                                        else self.mask))
 
 
 class RegionHighlight(_Region):
@@ -364,7 +367,8 @@ class HideFeatures(Objective):
         try:
             kept = r * (~torch.broadcast_to(self.mask.to(r.device), r.shape)).to(r.dtype)
         except RuntimeError:
-            raise ValueError(f"HideFeatures: mask of shape {tuple(self.mask.shape)} does not fit maps {tuple(r.shape)}") from None
+            raise ValueError(f"HideFeatures: mask of shape {tuple(self.mask.shape)} does not fit "
+                             f"maps {tuple(r.shape)}") from None
         self.target = kept / (kept.flatten(1).sum(1).reshape(-1, *([1] * (r.dim() - 1))) + 1e-12)
         return self
 
@@ -412,9 +416,11 @@ class MapDistance(Objective):
         self.fixed = reference is not None
         if reference is not None:
             if not isinstance(reference, Tensor) or not reference.is_floating_point():
-                raise TypeError(f"MapDistance: reference must be None or a float tensor of maps, got {type(reference).__name__}")
+                raise TypeError(f"MapDistance: reference must be None or a float tensor of maps, "
+                                f"got {type(reference).__name__}")
             if reference.dim() < 2 or reference.shape[0] == 0:
-                raise ValueError(f"MapDistance: reference must be a batch of maps (N, ...), got shape {tuple(reference.shape)}")
+                raise ValueError(f"MapDistance: reference must be a batch of maps (N, ...), "
+                                 f"got shape {tuple(reference.shape)}")
             if not bool(torch.isfinite(reference).all()):
                 raise ValueError("MapDistance: reference contains NaN or Inf values")
             r = reference.detach().abs()

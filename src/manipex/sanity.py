@@ -58,7 +58,8 @@ import torch
 from torch import Tensor, nn
 
 from ._progress import progress_bar
-from ._validation import TargetLike, check_bool, check_call, check_choice, check_int, check_target, predicted_target, short
+from ._validation import (TargetLike, check_bool, check_call, check_choice, check_int, check_target, predicted_target,
+                          short)
 
 MODES = ("cascading", "independent")
 
@@ -108,7 +109,8 @@ class RandomizationResult:
         n = int(self.scores.shape[-1]) if isinstance(self.scores, Tensor) and self.scores.dim() else 0
         shown = ", ".join(methods[:4]) + (", ..." if len(methods) > 4 else "")
         layers = max(0, len(self.steps) - 1)
-        return (f"{type(self).__name__}({self.mode}, {len(methods)} method{'s' if len(methods) != 1 else ''} ({shown}), "
+        return (f"{type(self).__name__}({self.mode}, {len(methods)} method{'s' if len(methods) != 1 else ''} "
+                f"({shown}), "
                 f"{layers} layer{'s' if layers != 1 else ''}, metrics {', '.join(self.metrics)}, {n} images)")
 
     def score(self, method: str, metric: str) -> Tensor:
@@ -307,7 +309,8 @@ def _options(method_options: Any, methods: Tuple[str, ...]) -> Dict[str, Dict[st
 def _metrics(metrics: Any) -> Tuple[str, ...]:
     names = [metrics] if isinstance(metrics, str) else metrics
     if not isinstance(names, (list, tuple)) or not names:
-        raise TypeError(f"{_WHERE}: metrics must be a metric name or a non-empty sequence of names, got {short(metrics)}")
+        raise TypeError(f"{_WHERE}: metrics must be a metric name or a non-empty sequence of names, "
+                        f"got {short(metrics)}")
     for name in names:
         check_choice(name, SIMILARITIES, where=_WHERE, name="metrics")
     if len(set(names)) != len(names):

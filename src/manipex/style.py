@@ -132,7 +132,8 @@ def figure_formats() -> Tuple[str, ...]:
         return FORMATS
     unknown = [f for f in named if f not in FORMATS]
     if unknown:
-        raise ValueError(f"MANIPEX_FIGURE_FORMATS: unknown format {unknown[0][:20]!r}; choose from {', '.join(FORMATS)}")
+        raise ValueError(f"MANIPEX_FIGURE_FORMATS: unknown format {unknown[0][:20]!r}; "
+                         f"choose from {', '.join(FORMATS)}")
     return ("png",) + tuple(f for f in FORMATS if f in named and f != "png")
 
 #: rcParams of the house style: readable sizes at a column width of about 3.3 inches.
@@ -191,8 +192,8 @@ def styled(function: F) -> F:
 
 
 __all__ = ["PALETTE", "SMOOTHGRAD", "CYCLE", "FIXED", "DISPLAY_NAMES", "METRIC_LABELS", "CMAP_ABSOLUTE", "CMAP_SIGNED",
-           "CMAP_INPUT", "FORMATS", "RC", "color_for", "colors_for", "display_name", "code_name", "metric_label", "styled",
-           "figure_formats", "column_kind", "format_column", "format_value", "format_table"]
+           "CMAP_INPUT", "FORMATS", "RC", "color_for", "colors_for", "display_name", "code_name", "metric_label",
+           "styled", "figure_formats", "column_kind", "format_column", "format_value", "format_table"]
 
 
 # -- numbers in tables ------------------------------------------------------------------------------------

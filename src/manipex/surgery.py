@@ -68,7 +68,8 @@ def _trace_functional_relus(model: nn.Module) -> Optional[List[str]]:
         return None
     return [
         n.name for n in graph.nodes
-        if (n.op == "call_function" and n.target in FUNCTIONAL_RELUS) or (n.op == "call_method" and n.target in ("relu", "relu_"))
+        if (n.op == "call_function" and n.target in FUNCTIONAL_RELUS)
+        or (n.op == "call_method" and n.target in ("relu", "relu_"))
     ]
 
 

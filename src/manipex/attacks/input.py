@@ -170,7 +170,8 @@ def _bounds(value: Optional[Tuple[Bound, Bound]], x: Tensor) -> Optional[Tuple[T
         try:
             t = torch.as_tensor(v, dtype=x.dtype, device=x.device)
         except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"manipulate_input: clamp bound {short(v)} is not a number or a sequence of numbers") from None
+            raise TypeError(f"manipulate_input: clamp bound {short(v)} is not a number or a sequence of "
+                            "numbers") from None
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"manipulate_input: clamp bounds must be finite, got {short(v)}")
         if t.dim() == 1 and x.dim() > 2 and t.shape[0] == x.shape[1]:  # per channel
@@ -178,12 +179,14 @@ def _bounds(value: Optional[Tuple[Bound, Bound]], x: Tensor) -> Optional[Tuple[T
         try:
             out.append(torch.broadcast_to(t, x.shape[1:]))
         except RuntimeError:
-            raise ValueError(f"manipulate_input: clamp bound of shape {tuple(t.shape)} does not fit inputs {tuple(x.shape[1:])}") from None
+            raise ValueError(f"manipulate_input: clamp bound of shape {tuple(t.shape)} does not fit inputs "
+                             f"{tuple(x.shape[1:])}") from None
     low, high = out
     if (low > high).any():
         raise ValueError("manipulate_input: clamp low must not exceed high")
     if (x < low - 1e-6).any() or (x > high + 1e-6).any():
-        raise ValueError("manipulate_input: x lies outside the clamp range; pass clamp=(low, high) of your data or clamp=None")
+        raise ValueError("manipulate_input: x lies outside the clamp range; pass clamp=(low, high) of your data or "
+                         "clamp=None")
     return low, high
 
 

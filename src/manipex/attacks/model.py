@@ -232,7 +232,8 @@ class ModelEvaluation:
             methods = [str(m) for m in table.index]
             head = f"{metric}, {len(methods)} method{'s' if len(methods) != 1 else ''}"
             head += f" on {n} images" if n is not None else ""
-            shown = [f"{display_name(m)} {float(table.loc[m, 'original']):.3g} -> {float(table.loc[m, 'manipulated']):.3g}"
+            shown = [f"{display_name(m)} {float(table.loc[m, 'original']):.3g} -> "
+                     f"{float(table.loc[m, 'manipulated']):.3g}"
                      for m in methods[:3]]
             parts.append(head + ": " + ", ".join(shown) + (", ..." if len(methods) > 3 else ""))
         except (AttributeError, KeyError, TypeError, ValueError):  # a hand-made table of another shape

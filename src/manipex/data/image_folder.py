@@ -124,7 +124,8 @@ def _channel_values(values: object, name: str) -> tuple[float, ...]:
     if array.shape != (3,):
         raise ValueError(f"image_folder: {name} must hold 3 values (R, G, B), got shape {array.shape}")
     if not np.isfinite(array).all() or (name == "std" and array.min() <= 0):
-        raise ValueError(f"image_folder: {name} must hold 3 finite values{' > 0' if name == 'std' else ''}, got {array.tolist()}")
+        raise ValueError(f"image_folder: {name} must hold 3 finite values{' > 0' if name == 'std' else ''}, "
+                         f"got {array.tolist()}")
     return tuple(array.tolist())
 
 

@@ -127,13 +127,15 @@ def atex_finetune(
     from .._determinism import reproducible
     from .._progress import progress_bar
 
-    bar = progress_bar(total=epochs * ((x.shape[0] + batch_size - 1) // batch_size), desc="ATEX", enabled=progress, leave=False)
+    bar = progress_bar(total=epochs * ((x.shape[0] + batch_size - 1) // batch_size), desc="ATEX", enabled=progress,
+                       leave=False)
     with bar, reproducible(x.device, enabled=deterministic):
         for _ in range(epochs):
             order = torch.randperm(x.shape[0], generator=generator).to(x.device)
             for i in range(0, x.shape[0], batch_size):
                 xb = x[order[i : i + batch_size]]
-                x_i, x_p = atex_samples(model, xb, eps=eps, shift=shift, copies=copies, samples=samples, generator=generator)
+                x_i, x_p = atex_samples(model, xb, eps=eps, shift=shift, copies=copies, samples=samples,
+                                        generator=generator)
                 with torch.no_grad():  # the teacher's outputs are fixed targets
                     t_x, t_i = model(xb), model(x_i)
                 loss = distillation_loss(student(xb), t_x, temperature)

@@ -196,7 +196,8 @@ class DetectionReport:
         5 references)``."""
         p = f", p {self.p_value:.3g}" if self.p_value is not None else ", uncalibrated"
         k = len(self.reference_scores)
-        return (f"{type(self).__name__}(method {self.method!r}, score {self.score:.3g}, threshold {self.threshold:.3g}, "
+        return (f"{type(self).__name__}(method {self.method!r}, score {self.score:.3g}, "
+                f"threshold {self.threshold:.3g}, "
                 f"manipulated {'yes' if self.manipulated else 'no'}{p}, {k} reference{'s' if k != 1 else ''})")
 
     def __str__(self) -> str:

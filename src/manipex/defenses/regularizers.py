@@ -24,7 +24,7 @@ draws what the first one would have.
 
 Add your own: subclass :class:`Regularizer`, implement :meth:`Regularizer.penalty`, and pass an
 instance to ``train_robust`` (or :func:`register` it to use it by name).
-"""
+"""  # noqa: E501 -- the rows of the table above cannot be wrapped
 from __future__ import annotations
 
 import abc

@@ -102,8 +102,8 @@ class AdultFairwashing(Experiment):
             model = classifier(x)
         blind = classifier(x[:, ~mask])  # the same model without the race and sex features
         washed = manipulate_model(model, (x, y), HideFeatures(mask), "gradient", classification="probabilities",
-                                  lam=config.lam, lr=config.lr, epochs=config.finetune_epochs or config.epochs, batch_size=128,
-                                  seed=config.seed, progress=False).model
+                                  lam=config.lam, lr=config.lr, epochs=config.finetune_epochs or config.epochs,
+                                  batch_size=128, seed=config.seed, progress=False).model
         perm = torch.randperm(len(xt), generator=torch.Generator().manual_seed(config.seed)).to(dev)
         rows = []
         names = adult_feature_names()

@@ -54,7 +54,7 @@ from ..objectives import TargetImage, TopKSuppression
 from .base import Experiment, Unit
 from .common import (DEFENSES, ImageContext, defended, defense_choices, load_model, per_image, save_model, seeded)
 from .config import ConfigError, key, method_choices
-from .sources import SourceConfig, build_model, eps_text, require_model
+from .sources import SourceConfig, eps_text, require_model
 
 OBJECTIVES = ("targeted", "topk")
 
@@ -83,7 +83,8 @@ class AuditConfig(SourceConfig):
     betas: List[float] = key([10.0, 3.0, 1.0], "softplus betas of the curvature part", gt=0, le=10_000)
     noise_n: int = key(32, "noise inputs of the detection test", ge=2, le=100_000)
     alpha: float = key(0.05, "stated false-positive rate of the detection test", gt=0, lt=1)
-    weight_noise: List[float] = key([0.0, 0.05, 0.1], "weight-noise scales (relative to each tensor's sd)", ge=0, le=100)
+    weight_noise: List[float] = key([0.0, 0.05, 0.1], "weight-noise scales (relative to each tensor's sd)", ge=0,
+                                    le=100)
     n_train: int = key(0, "training images for references trained here (0: all)", ge=0, le=10_000_000)
     reference_epochs: int = key(0, "epochs of each reference trained here; 0: the audited model's (the default "
                                 "model's recipe for a default model: 3 for the CNN, 50 for vit_mnist; else "
@@ -531,8 +532,8 @@ class Audit(Experiment):
             worst = top.idxmax()
             rows.append(("Can the maps be manipulated by the input?",
                          f"{'yes' if top.max() >= 0.5 else 'partly' if top.max() > 0 else 'not at this budget'}: "
-                         f"at eps = {eps_text(eps)} the {worst[1]} attack succeeds on {top.max():.0%} of the images with "
-                         f"{worst[0]} (class kept); the map's own change is invisible to a user"))
+                         f"at eps = {eps_text(eps)} the {worst[1]} attack succeeds on {top.max():.0%} of the images "
+                         f"with {worst[0]} (class kept); the map's own change is invisible to a user"))
         if len(defense):
             rise = defense.groupby("defense")["pcc_rise"].mean()
             best = rise.drop("none", errors="ignore").idxmin() if len(rise.drop("none", errors="ignore")) else None
@@ -547,12 +548,14 @@ class Audit(Experiment):
             med = curvature.groupby("beta")["curvature"].median().sort_index(ascending=False)
             if len(med) > 1 and med.iloc[-1] < med.iloc[0]:
                 text = (f"the largest principal curvature falls from {med.iloc[0]:.3g} at beta = {med.index[0]:g} to "
-                        f"{med.iloc[-1]:.3g} at beta = {med.index[-1]:g}: smoothing makes the maps harder to manipulate")
+                        f"{med.iloc[-1]:.3g} at beta = {med.index[-1]:g}: smoothing makes the maps harder to "
+                        "manipulate")
             elif len(med) > 1:
                 text = (f"the largest principal curvature does not fall with smoothing ({med.iloc[0]:.3g} at beta = "
                         f"{med.index[0]:g}, {med.iloc[-1]:.3g} at beta = {med.index[-1]:g})")
             else:
-                text = f"the largest principal curvature is {med.iloc[0]:.3g} at beta = {med.index[0]:g} (one beta: no trend)"
+                text = (f"the largest principal curvature is {med.iloc[0]:.3g} at beta = {med.index[0]:g} "
+                        "(one beta: no trend)")
             rows.append(("Curvature (Dombrowski Thm 1)", text))
         if len(detection):
             flagged = detection[detection.manipulated > 0]
@@ -580,7 +583,8 @@ class Audit(Experiment):
 
     def figures(self, df, config, out):
         from ..figures import _subplots
-        from .plots import CI_TEXT, _line_with_interval, _single_x, legend_outside, n_text, save_figure, styled, summarize
+        from .plots import (CI_TEXT, _line_with_interval, _single_x, legend_outside, n_text, save_figure, styled,
+                            summarize)
 
         attack = _part(df, "attack")
         if not len(attack):

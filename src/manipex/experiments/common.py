@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .._registry import Registry
 from .base import Context, Unit
-from .config import ConfigError, key, method_choices
+from .config import ConfigError, key
 from .sources import ImageSource, SourceConfig, load_source
 
 #: Integrated-gradients steps inside attacks and training (Pasliev's setting), the default of

@@ -64,7 +64,8 @@ class Dombrowski2019(Experiment):
                       "budget eps and, for the same image, at each larger budget; under each map its PCC with the "
                       "target. A successful attack makes the manipulated map look like the target while the input "
                       "barely changes. On MNIST the maps that follow the input (gradient x input, integrated "
-                      "gradients, LRP) can keep much of the digit at eps 0.2: a background pixel can rise by at most eps, "
+                      "gradients, LRP) can keep much of the digit at eps 0.2: a background pixel can rise by at "
+                      "most eps, "
                       "while a stroke is 1; the larger budgets' columns show that this limit is the budget's."),
         "fig4_beta_curve": ("Fig. 4: similarity against the smoothing parameter beta",
                             "PCC of the smoothed manipulated map with the original map and with the target as beta "

@@ -67,7 +67,8 @@ class Pasliev2020Config(SourceConfig):
     seed: int = key(0, "seed", ge=0, le=2**32 - 1)
     profile: str = profile_key("a fast run (about 2.5 min on 2 CPU cores)", "the thesis' optimiser, Adam lr 5e-5, "
                                "batches of 256, 200 epochs (its F_com; F_th and F_ipp had 1050 and 1350) on all "
-                               "training images (about 2 h on 2 CPU cores: 6 s per model and epoch); the objectives' weights stay ours, the thesis' "
+                               "training images (about 2 h on 2 CPU cores: 6 s per model and epoch); the "
+                               "objectives' weights stay ours, the thesis' "
                                "lambda are in other units")
 
     PROFILES = {"paper": {"lr": 5e-5, "batch": 256, "epochs": 200, "n_train": 0}}
@@ -321,7 +322,8 @@ class Pasliev2020(Experiment):
             com = [m for m in order if m == "acc" or m.startswith("com_")]
             t31 = test[test.model.isin(com)].pivot_table(index="model", columns="method", values="com_distance")
             t31 = t31.reindex(index=com, columns=methods)
-            t31.insert(0, "accuracy (%)", mean_by_model(test[test.method == methods[0]], ["accuracy (%)"])["accuracy (%)"])
+            t31.insert(0, "accuracy (%)",
+                       mean_by_model(test[test.method == methods[0]], ["accuracy (%)"])["accuracy (%)"])
             out[self.T31] = t31.round(3)
             out["Table 3.1 as published"] = published(PASLIEV_T31)
             th = [m for m in order if m == "acc" or m.startswith("th_")]
@@ -330,7 +332,8 @@ class Pasliev2020(Experiment):
             t32 = part.groupby(["model", "method"])[metrics].mean()
             t32 = t32.reindex([(mod, m) for mod in th for m in methods if (mod, m) in t32.index])
             out[self.T32] = t32
-            pub32 = pd.DataFrame.from_dict({(mod, m): list(v) for mod in PASLIEV_T32 for m, v in PASLIEV_T32[mod].items()},
+            pub32 = pd.DataFrame.from_dict({(mod, m): list(v)
+                                            for mod in PASLIEV_T32 for m, v in PASLIEV_T32[mod].items()},
                                            orient="index", columns=metrics)
             pub32.index = pd.MultiIndex.from_tuples(pub32.index, names=["model", "method"])
             pub32["target_mse"] = pub32["target_mse"] * 1e-6  # published x1e6

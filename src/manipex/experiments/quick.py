@@ -108,7 +108,8 @@ class Quick(Experiment):
                           Panel(f"manipulated input\n(eps {config.eps:g})", ex["x_adv"], "input"),
                           Panel("original map", ex["original"]), Panel("target map", ex["target"])]
                 panels += [Panel(f"shown after attack:\n{DEFENSE_TITLES.get(d, d)}", kept[d][i]["manipulated"],
-                                 note=f"PCC {float(kept[d][i]['pcc_before']):.2f} → {float(kept[d][i]['pcc_after']):.2f}")
+                                 note=f"PCC {float(kept[d][i]['pcc_before']):.2f} → "
+                                      f"{float(kept[d][i]['pcc_after']):.2f}")
                            for d in config.defenses if i in kept[d]]
                 rows[f"{method}\n{label}\nimage {i}"] = panels
         return rows

@@ -198,8 +198,8 @@ class Rieger2020(Experiment):
             budgets.columns = [f"eps {e:g}" for e in budgets.columns]
             out["Table 1 by budget: Δ-PCC of the targeted attack"] = budgets.round(3)
         if len(transfer):
-            out["Fig. 2: transfer, rise of PCC with the target (rows attacked, columns evaluated)"] = transfer.pivot_table(
-                index="attacked", columns="evaluated", values="d_pcc", aggfunc="mean").round(3)
+            out["Fig. 2: transfer, rise of PCC with the target (rows attacked, columns evaluated)"] = (
+                transfer.pivot_table(index="attacked", columns="evaluated", values="d_pcc", aggfunc="mean").round(3))
         if len(blank):
             out["Table 4: blank-square attack (share of the square's relevance kept; map preserved)"] = blank.groupby(
                 "method")[["square_mass_before", "square_mass_after", "square_relevance_kept", "map_preserved",

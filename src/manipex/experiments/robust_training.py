@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
 
-import torch
 from torch import Tensor, nn
 
 from .base import Experiment, Unit

@@ -336,8 +336,9 @@ def _run_locked(experiment, config, store: ResultStore, folder: Path, rank: int,
     if ready is not None:  # --fresh: the checks passed, the earlier run's files go
         ready()
     if rank == 0:
-        store.write_meta({"experiment": experiment.name, "config": config.to_dict(), "seed": getattr(config, "seed", None),
-                          "environment": environment(device), "world_size": world, "started": time.time()})
+        store.write_meta({"experiment": experiment.name, "config": config.to_dict(),
+                          "seed": getattr(config, "seed", None), "environment": environment(device),
+                          "world_size": world, "started": time.time()})
     if todo:
         bar = progress_bar(total=len(units), initial=len(units) - len(todo), desc=program if lines else experiment.name,
                            unit="unit", enabled=not quiet, log_lines=True, started=started)

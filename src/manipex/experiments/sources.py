@@ -394,7 +394,8 @@ def _normalized(model: nn.Module, norm) -> nn.Module:
 
 
 def load_source(config: SourceConfig, device: str, *, n_train: Optional[int], n_eval: int, seed: int = 0,
-                cache: Optional[Path] = None, prepare: Optional[Callable[[nn.Module], nn.Module]] = None) -> ImageSource:
+                cache: Optional[Path] = None,
+                prepare: Optional[Callable[[nn.Module], nn.Module]] = None) -> ImageSource:
     """Data and model of ``config``, checked against each other (``num_classes``, ``labels``);
     ``prepare``: see :func:`original_model`."""
     train, test = load_images(config, n_train=n_train, n_eval=n_eval, seed=seed)

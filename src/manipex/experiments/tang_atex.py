@@ -180,7 +180,8 @@ class TangATEX(Experiment):
             if attack == "untargeted":
                 published = TANG_TABLE1.table(config, "the gap between ATEX and softplus, not the values")
                 published["accuracy_atex"] = published["accuracy_atex"] * 100
-                published.columns = [c.replace("accuracy_", "accuracy (%) ").replace("_", " ") for c in published.columns]
+                published.columns = [c.replace("accuracy_", "accuracy (%) ").replace("_", " ")
+                                     for c in published.columns]
                 published.index.name = "eps"
                 out[title] = table.round(3)
                 out[self.TABLE1_PUBLISHED] = published

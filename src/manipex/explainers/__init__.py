@@ -19,6 +19,7 @@ from . import huggingface  # noqa: F401  (registers the tracing patch for Huggin
 
 __all__ = [
     "Explainer", "explain", "get_explainer", "methods", "relevance", "fit_patterns", "Patterns",
-    "UnsupportedModelError", "MissingDerivativeError", "Gradient", "GradXInput", "IntegratedGradients", "GuidedBackprop",
+    "UnsupportedModelError", "MissingDerivativeError", "Gradient", "GradXInput", "IntegratedGradients",
+    "GuidedBackprop",
     "LRP", "PatternAttribution", "SmoothGrad", "GradCAM", "Occlusion", "AttentionRollout", "AggMean", "AggVar",
 ]

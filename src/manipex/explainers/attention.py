@@ -96,7 +96,8 @@ def trace_multihead(tracer: torch.fx.Tracer, m: nn.MultiheadAttention, query, ke
     path = tracer.path_of_module(m)
     where = f"nn.MultiheadAttention {path!r}"
     if m.bias_k is not None or m.add_zero_attn:
-        raise UnsupportedModelError(f"{where}: add_bias_kv and add_zero_attn are not supported by the propagation rules")
+        raise UnsupportedModelError(f"{where}: add_bias_kv and add_zero_attn are not supported by the propagation "
+                                    "rules")
     if m.training and m.dropout > 0:
         raise UnsupportedModelError(f"{where} applies dropout in training mode; call model.eval() first")
 

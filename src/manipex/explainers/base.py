@@ -60,8 +60,10 @@ class Explainer(abc.ABC):
             )
         self.config: Dict[str, Any] = {**accepted, **options}
         beta = self.config["softplus_beta"]
-        if beta is not None and (not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 < beta < float("inf")):
-            raise ValueError(f"explain(method={self.name!r}): softplus_beta must be None or a positive number, got {beta!r}")
+        if beta is not None and (not isinstance(beta, (int, float)) or isinstance(beta, bool)
+                                 or not 0 < beta < float("inf")):
+            raise ValueError(f"explain(method={self.name!r}): softplus_beta must be None or a positive number, "
+                             f"got {beta!r}")
         self.validate_options()
 
     def validate_options(self) -> None:

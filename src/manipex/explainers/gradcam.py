@@ -77,7 +77,8 @@ def find_layers(model: nn.Module, layer: Optional[Union[str, nn.Module]], where:
             return [model.get_submodule(layer)]
         except AttributeError:
             names = [n for n, _ in model.named_modules() if n]
-            raise ValueError(f"{where}: the model has no layer {short(layer)}; layers: {', '.join(names[:20])}") from None
+            raise ValueError(f"{where}: the model has no layer {short(layer)}; "
+                             f"layers: {', '.join(names[:20])}") from None
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
             raise ValueError(f"{where}: layer {type(layer).__name__} is not a submodule of the model")
@@ -224,7 +225,8 @@ def _token_index(node: torch.fx.Node) -> Optional[str]:
         return None
     if _is_int(index[1]):
         return "token"
-    if isinstance(index[1], slice) and all(v is None or _is_int(v) for v in (index[1].start, index[1].stop, index[1].step)):
+    if isinstance(index[1], slice) and all(v is None or _is_int(v)
+                                           for v in (index[1].start, index[1].stop, index[1].step)):
         return "slice"
     return None
 
@@ -449,7 +451,8 @@ def _block_input(exited: List[Tuple[str, Any]], nodes: List[torch.fx.Node]
         return None
     first = inside[0]
     for arg in first.all_input_nodes:
-        if arg.op in ("call_module", "call_function", "call_method") and key not in (arg.meta.get("nn_module_stack") or {}):
+        if (arg.op in ("call_module", "call_function", "call_method")
+                and key not in (arg.meta.get("nn_module_stack") or {})):
             before = _exited(arg, first)
             if before:
                 return arg, first, before
@@ -670,7 +673,8 @@ class GradCAM(Explainer):
         where = "explain(method='gradcam')"
         check_int(self.config["prefix_tokens"], where=where, name="prefix_tokens", ge=0, allow_none=True)
         if self.config["channels_last"] not in (None, True, False):
-            raise TypeError(f"{where}: channels_last must be None, True or False, got {short(self.config['channels_last'])}")
+            raise TypeError(f"{where}: channels_last must be None, True or False, "
+                            f"got {short(self.config['channels_last'])}")
         if self.config["reshape"] is not None and not callable(self.config["reshape"]):
             raise TypeError(f"{where}: reshape must be None or a callable, got {short(self.config['reshape'])}")
 

@@ -260,7 +260,8 @@ def _fingerprint(model: nn.Module) -> Tuple:
     """The module structure (names, types, identities) and the surrogate of functional ReLUs;
     β is read at run time, so a β schedule does not force a new trace every step."""
     unit = _surrogate_unit(model)
-    return tuple((name, type(m), id(m)) for name, m in model.named_modules()) + (id(unit) if unit is not None else None,)
+    return (tuple((name, type(m), id(m)) for name, m in model.named_modules())
+            + (id(unit) if unit is not None else None,))
 
 
 #: One trace at a time: tracing swaps process-wide functions (below, and the tracing patches).
@@ -490,7 +491,7 @@ def _trace(model: nn.Module, method: str, example: Optional[Tensor] = None) -> G
     resolved = aliases.get(result, result)
     weak_modules: "weakref.WeakValueDictionary[str, nn.Module]" = weakref.WeakValueDictionary(
         {name: m for name, m in modules.items() if name})
-    return Graph(ordered, {n: l for n, l in layers.items() if n not in aliases}, sources, aliases,
+    return Graph(ordered, {n: entry for n, entry in layers.items() if n not in aliases}, sources, aliases,
                  placeholders[0], resolved, weak_modules, root, shape)
 
 

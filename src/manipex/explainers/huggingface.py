@@ -43,7 +43,8 @@ code and puts the originals back on exit, also after an error:
 
 Nothing here touches the model: the swaps are of functions in ``transformers`` modules and of
 ``torch.fx`` settings, process-wide while one model is traced (traces are one at a time:
-:mod:`~manipex.explainers.graph` holds a lock); the model's modules, parameters, buffers, hooks and config are as they were.
+:mod:`~manipex.explainers.graph` holds a lock); the model's modules, parameters, buffers, hooks and
+config are as they were.
 Models are recognised by their classes (a module whose class is defined in ``transformers``),
 so this is inert for every other model.
 
@@ -193,7 +194,8 @@ class MaskNode:
         kwargs = dict(self.constants)
         meta = False
         for name, value in zip(self.names, values):
-            if name in _METADATA_ONLY and isinstance(value, tuple) and len(value) == 3 and isinstance(value[1], torch.dtype):
+            if (name in _METADATA_ONLY and isinstance(value, tuple) and len(value) == 3
+                    and isinstance(value[1], torch.dtype)):
                 shape, dtype, device = value
                 meta = meta or str(device) == "meta"
                 value = None if meta else torch.empty(tuple(shape), dtype=dtype, device=device)

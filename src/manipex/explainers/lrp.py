@@ -56,7 +56,8 @@ class LRP(PropagationExplainer):
         for key in ("epsilon", "alpha", "beta", "gamma", "stabilizer"):
             check_number(where, key, c[key])
         if abs(c["alpha"] - c["beta"] - 1) > 1e-9:
-            raise ValueError(f"{where}: alpha - beta must be 1 (conservation), got alpha={c['alpha']}, beta={c['beta']}")
+            raise ValueError(f"{where}: alpha - beta must be 1 (conservation), "
+                             f"got alpha={c['alpha']}, beta={c['beta']}")
         for key in ("low", "high"):
             value = c[key]
             if not isinstance(value, (int, float, Tensor)) or isinstance(value, bool):

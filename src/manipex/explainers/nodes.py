@@ -450,7 +450,8 @@ class FunctionalAffine(Handler):
         return [site.node.args[0]]
 
 
-def _call_affine(function: Callable, fixed: Dict[str, Any], x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+def _call_affine(function: Callable, fixed: Dict[str, Any], x: Tensor, weight: Tensor,
+                 bias: Optional[Tensor]) -> Tensor:
     return function(x, weight, bias, **fixed)
 
 
@@ -684,6 +685,7 @@ def classify(site: Site) -> Tuple[Layer, Tuple[torch.fx.Node, ...], Handler]:
 
 __all__ = [
     "Layer", "UnsupportedModelError", "batchnorm_affine", "Handler", "Site", "classify", "handler_for",
-    "ACTIVATIONS", "FUNCTIONAL_ACTIVATIONS", "RECTIFIERS", "GATE_ACTIVATIONS", "MODULE_HANDLERS", "FUNCTION_HANDLERS", "METHOD_HANDLERS",
+    "ACTIVATIONS", "FUNCTIONAL_ACTIVATIONS", "RECTIFIERS", "GATE_ACTIVATIONS", "MODULE_HANDLERS", "FUNCTION_HANDLERS",
+    "METHOD_HANDLERS",
     "NAMED_FUNCTIONS", "SUPPORTED",
 ]

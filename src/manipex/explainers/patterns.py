@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_autograd, check_call, check_input, check_model, check_parameters, translate_runtime_error
+from .._validation import (check_autograd, check_call, check_input, check_model, check_parameters,
+                           translate_runtime_error)
 from .graph import Graph, Layer, model_graph
 from .propagation import PropagationExplainer
 from .rules import vjp

@@ -251,7 +251,8 @@ class ZBox(Rule):
 
     kinds = AFFINE
 
-    def __init__(self, low: Union[float, Tensor] = 0.0, high: Union[float, Tensor] = 1.0, stabilizer: float = 1e-6) -> None:
+    def __init__(self, low: Union[float, Tensor] = 0.0, high: Union[float, Tensor] = 1.0,
+                 stabilizer: float = 1e-6) -> None:
         self.low, self.high = low, high
         self.stabilizer = check_number("ZBox", "stabilizer", stabilizer)
 
@@ -324,7 +325,8 @@ class WSquare(Rule):
         return _receptive_share(record, relevance, weight * weight, self.stabilizer, create_graph)
 
 
-def _receptive_share(record: Record, relevance: Tensor, weight: Tensor, stabilizer: float, create_graph: bool) -> Tensor:
+def _receptive_share(record: Record, relevance: Tensor, weight: Tensor, stabilizer: float,
+                     create_graph: bool) -> Tensor:
     """``R_i = sum_j v_ij / sum_i' v_i'j R_j`` for a non-negative weight ``v`` (flat, w²)."""
     ones = torch.ones_like(record.input).requires_grad_(True)
     z = record.layer.forward_with(ones, weight, None)

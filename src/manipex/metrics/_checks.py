@@ -23,7 +23,7 @@ import math
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._validation import check_dtype_match, check_model, forward
 

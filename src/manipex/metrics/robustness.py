@@ -32,8 +32,9 @@ loose. The attack :func:`manipex.attacks.manipulate_input` with the objective
 ``x`` for a point whose normalised relevance map is far from that of ``x``, starting from the
 best sampled point (from ``x`` where no sample counted; on the model itself, with
 ``attack_options={"beta": None}``, the objective has no gradient at ``x``), on a softplus
-surrogate of the model (its ``beta``), keeping the predicted class of ``x``. The attack's point is scored with the metric's own ratio on
-the model as it is, and the score is the larger of the sampled and the adversarial value: never
+surrogate of the model (its ``beta``), keeping the predicted class of ``x``. The attack's point
+is scored with the metric's own ratio on the model as it is, and the score is the larger of the
+sampled and the adversarial value: never
 below the sampled score, by construction. The attack runs on the whole batch at once (each
 image's start and budget its own). ``return_details=True`` gives both values
 (:class:`RobustnessScores`).
@@ -42,7 +43,7 @@ Checks (before any work): the model an ``nn.Module`` in eval mode with finite pa
 a finite floating batch of the model's dtype and device, a known ``method`` and options,
 positive radii, ``samples >= 1``; ``TypeError``/``ValueError`` naming the argument. The model
 is never changed.
-"""
+"""  # noqa: E501 -- the rows of the table above cannot be wrapped
 from __future__ import annotations
 
 import math
@@ -281,13 +282,15 @@ def _check_clamp(clamp: Any, x: Tensor, *, where: str) -> Tuple[Optional[Tensor]
     if not low < high:
         raise ValueError(f"{where}: clamp must have low < high, got {short(clamp)}")
     if bool((x < low).any()) or bool((x > high).any()):
-        raise ValueError(f"{where}: x lies outside clamp=({low:g}, {high:g}); pass the range of your data or clamp=None")
+        raise ValueError(f"{where}: x lies outside clamp=({low:g}, {high:g}); pass the range of your data or "
+                         "clamp=None")
     return (torch.tensor(low, dtype=x.dtype, device=x.device), torch.tensor(high, dtype=x.dtype, device=x.device))
 
 
 def _check_perturbations(p: Any, x: Tensor, *, where: str) -> Tensor:
     if not isinstance(p, Tensor) or not p.is_floating_point():
-        raise TypeError(f"{where}: perturbations must be None or a float tensor (S, *x.shape[1:]), got {type(p).__name__}")
+        raise TypeError(f"{where}: perturbations must be None or a float tensor (S, *x.shape[1:]), "
+                        f"got {type(p).__name__}")
     if tuple(p.shape[1:]) != tuple(x.shape[1:]) or p.shape[0] == 0:
         raise ValueError(f"{where}: perturbations must have shape (S, {', '.join(map(str, x.shape[1:]))}) with S >= 1, "
                          f"got {tuple(p.shape)}")

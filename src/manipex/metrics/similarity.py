@@ -63,7 +63,8 @@ def _average_ranks(v: Tensor) -> Tensor:
     group = new_group.long().cumsum(1) - 1 + (torch.arange(n, device=v.device) * d)[:, None]
     positions = torch.arange(1, d + 1, dtype=v.dtype, device=v.device).expand(n, d)
     sums = torch.zeros(n * d, dtype=v.dtype, device=v.device).index_add_(0, group.flatten(), positions.flatten())
-    counts = torch.zeros(n * d, dtype=v.dtype, device=v.device).index_add_(0, group.flatten(), torch.ones_like(positions).flatten())
+    counts = torch.zeros(n * d, dtype=v.dtype, device=v.device).index_add_(0, group.flatten(),
+                                                                          torch.ones_like(positions).flatten())
     mean_rank = (sums / counts.clamp(min=1))[group]
     ranks = torch.empty_like(mean_rank)
     ranks.scatter_(1, order, mean_rank)

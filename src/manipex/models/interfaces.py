@@ -324,7 +324,8 @@ class EmbeddingsModel(Logits):
     """
 
     def __init__(self, model: nn.Module, attention_mask: Optional[Tensor] = None,
-                 token_type_ids: Optional[Tensor] = None, *, output: Output = "logits", **inputs: Optional[Tensor]) -> None:
+                 token_type_ids: Optional[Tensor] = None, *, output: Output = "logits",
+                 **inputs: Optional[Tensor]) -> None:
         super().__init__(model, output)
         where = "manipex.models.interfaces.EmbeddingsModel"
         names = []

@@ -107,8 +107,9 @@ def load_default(
     batch 64, one intra-op thread) for 50 epochs: 0.942 test accuracy, 58.5 s of training on one
     thread (AVX-512). Its test accuracy plateaus at 0.94-0.945 from about 40 epochs (measured up
     to 150 epochs, batch 64-256, lr 5e-4-2e-3, depth 6, 8 heads, 4x4 patches): on 4000 images
-    without augmentation it does not pass the CNN. The shipped file's metadata (:func:`manipex.models.read_metadata`) holds the
-    recipe, the digest of its weights (:func:`state_digest`), the test accuracy, the torch
+    without augmentation it does not pass the CNN. The shipped file's metadata
+    (:func:`manipex.models.read_metadata`) holds the recipe, the digest of its weights
+    (:func:`state_digest`), the test accuracy, the torch
     version and CPU instruction set it was trained with; both digests are checked on load.
     A recipe without a shipped file is trained on first use and cached as
     ``<cache>/<name>-<recipe digest>.safetensors``, written atomically. Training uses its own
@@ -162,7 +163,8 @@ def _load_shipped(path: Path, recipe: Recipe) -> nn.Module:
 def train_recipe(recipe: Recipe, *, progress: bool = False) -> tuple[nn.Module, dict]:
     """Train ``recipe`` from scratch; return the model (eval mode) and the metadata a default
     model's file records: the recipe, :func:`state_digest`, test accuracy, training time, torch
-    version, CPU instruction set and whether MKL ran in its reproducible mode. The caller's global RNG and thread count are restored."""
+    version, CPU instruction set and whether MKL ran in its reproducible mode. The caller's global
+    RNG and thread count are restored."""
     from manipex import data  # lazy: data is a heavier, independent subpackage
 
     x_train, y_train = data.load(recipe.dataset, split="train")
