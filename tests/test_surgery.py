@@ -181,3 +181,26 @@ def test_maps_of_the_pool_smoothed_copy_approach_the_hard_pools_as_beta_grows(me
     smooth, _ = surgery.smooth_copy(model, 1e4, pools=True)
     ref = manipex.explain(surgery.smooth_copy(model, 1e4)[0], x, method)  # the same softplus, hard pools
     assert torch.allclose(manipex.explain(smooth, x, method), ref, atol=1e-3 * ref.abs().max().item())
+
+
+def test_beta_smoothing_names_the_kinked_activations_it_leaves_and_warns_where_there_is_no_relu():
+    """β-smoothing replaces ReLUs; a LeakyReLU or ReLU6 beside them stays kinked, and a GELU
+    network has nothing to smooth: both are said, once per model, never a silent no-op."""
+    import warnings
+
+    from manipex.surgery import NothingToSmoothWarning, PartlySmoothedWarning
+
+    mixed = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.LeakyReLU(), nn.ReLU6(),
+                          nn.Linear(4, 2)).eval()
+    x = torch.rand(3, 4)
+    with pytest.warns(PartlySmoothedWarning, match=r"LeakyReLU \(1 module\), ReLU6 \(1 module\)"):
+        manipex.explain(mixed, x, "gradient", 0, softplus_beta=3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        manipex.explain(mixed, x, "gradient", 0, softplus_beta=3.0)  # once per model
+        plain = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+        manipex.explain(plain, x, "gradient", 0, softplus_beta=3.0)  # ReLU only: nothing to say
+    gelu = nn.Sequential(nn.Linear(4, 4), nn.GELU(), nn.Linear(4, 2)).eval()
+    with pytest.warns(NothingToSmoothWarning, match="no ReLU"):
+        h = manipex.explain(gelu, x, "gradient", 0, softplus_beta=3.0)
+    assert torch.equal(h, manipex.explain(gelu, x, "gradient", 0))

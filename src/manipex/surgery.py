@@ -342,6 +342,33 @@ def warn_nothing_to_smooth(model: nn.Module, where: str) -> None:
         "as a defense on such models", NothingToSmoothWarning, stacklevel=4)
 
 
+class PartlySmoothedWarning(UserWarning):
+    """β-smoothing left some piecewise-linear activations of the model as they are."""
+
+
+#: Activation modules with kinks that β-smoothing does not replace (it swaps ``nn.ReLU`` only).
+KINKED = (nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Threshold,
+          nn.Hardshrink, nn.Softshrink)
+
+_WARNED_PARTLY: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
+def warn_unsmoothed(model: nn.Module, where: str) -> None:
+    """Warn, once per model, naming the piecewise-linear activation modules (LeakyReLU, ReLU6,
+    Hardswish, ...) that β-smoothing leaves as they are: it replaces ``nn.ReLU`` modules and
+    functional ReLU calls only, so the map of such a model keeps their kinks."""
+    counts: Dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, KINKED) and type(m) is not nn.ReLU:
+            counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
+    if not counts or model in _WARNED_PARTLY:
+        return
+    _WARNED_PARTLY.add(model)
+    kept = ", ".join(f"{name} ({n} module{'s' if n != 1 else ''})" for name, n in counts.items())
+    warnings.warn(f"{where}: beta-smoothing replaces nn.ReLU (and functional ReLU calls) with Softplus; these "
+                  f"piecewise-linear activations are left as they are: {kept}", PartlySmoothedWarning, stacklevel=4)
+
+
 def _functional_unit(model: nn.Module, beta: float, check: bool) -> Optional[_FunctionalSurrogate]:
     """A surrogate for ``model``'s functional ReLUs if it calls ReLU functionally or may (fx
     cannot trace it; ``check=False`` and no cached answer); None if it does not, or if its

@@ -87,10 +87,12 @@ class Explainer(abc.ABC):
         beta = self.config["softplus_beta"]
         if beta is None:
             return self.attribute(model, x, target, create_graph)
-        from ..surgery import has_relu, softplus, warn_nothing_to_smooth
+        from ..surgery import has_relu, softplus, warn_nothing_to_smooth, warn_unsmoothed
 
+        where = f"explain(method={self.name!r}, softplus_beta={beta})"
         if not has_relu(model):
-            warn_nothing_to_smooth(model, f"explain(method={self.name!r}, softplus_beta={beta})")
+            warn_nothing_to_smooth(model, where)
+        warn_unsmoothed(model, where)
         with softplus(model, beta):
             return self.attribute(model, x, target, create_graph)
 
