@@ -397,3 +397,37 @@ def test_lrp_zero_on_an_all_zero_receptive_field_gives_no_nan():
     h = manipex.explain(net, x, "lrp", 0, composite="epsilon", epsilon=0.0)
     assert torch.isfinite(h).all() and h.abs().sum() > 0
     assert (h[:, :, :2] == 0).all()  # the black border gets nothing
+
+
+@pytest.mark.parametrize("method", ["lrp", "guided_backprop", "agg_mean"])
+def test_propagation_refuses_a_model_with_hooks_naming_the_module_and_the_hook(method):
+    """The rules evaluate layers without calling their modules: a user's hook would be skipped
+    silently, so the model is refused, naming module and hook; the gradient family honours hooks."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    x = torch.rand(3, 4)
+
+    def double_it(module, inputs, output):
+        return output * 2
+
+    for register, kind in ((net[0].register_forward_hook, "forward hook"),
+                           (lambda h: net[2].register_forward_pre_hook(lambda m, a: None), "forward pre hook"),
+                           (lambda h: net[2].register_full_backward_hook(lambda m, gi, go: None), "backward hook")):
+        handle = register(double_it)
+        try:
+            with pytest.raises(UnsupportedModelError, match=f"{kind} .* on module '[02]'"):
+                manipex.explain(net, x, method, 0)
+            if kind == "forward hook":  # the gradient family sees the hook's doubling
+                assert torch.allclose(manipex.explain(net, x, "gradient", 0), _doubled(net, x))
+        finally:
+            handle.remove()
+    manipex.explain(net, x, method, 0)  # without hooks: as before
+
+
+def _doubled(net, x):
+    """The gradient map with net[0]'s output doubled, computed by hand (net[0]'s own map,
+    without calling the module and its hook)."""
+    xg = x.clone().requires_grad_(True)
+    out = net[2](net[1](2 * F.linear(xg, net[0].weight, net[0].bias)))
+    (g,) = torch.autograd.grad(out[:, 0].sum(), xg)
+    return g

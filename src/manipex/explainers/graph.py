@@ -292,13 +292,45 @@ def _refusing_autograd_functions(where: str) -> Iterator[None]:
         function.apply = original
 
 
+def check_hooks(model: nn.Module, where: str) -> None:
+    """Refuse a model with forward or backward hooks, naming the module and the hook: the graph
+    evaluates each layer's operation, not the module's ``__call__``, so a hook would be skipped
+    without a word (the gradient family runs the model itself and honours them). manipex's own
+    hooks (the attack surrogate's, :mod:`manipex.surgery`) are not refused."""
+    from ..surgery import _FunctionalSurrogate
+    from .nodes import ANY_MODEL
+
+    advice = (" the propagation rules evaluate each layer's operation without calling the module, so the hook "
+              "would be skipped; remove it for this call (handle.remove()). " + ANY_MODEL + " They honour hooks.")
+    g = torch.nn.modules.module
+    for kind in ("forward", "forward_pre", "backward", "backward_pre"):
+        table = getattr(g, f"_global_{kind}_hooks", None)
+        if table:
+            raise UnsupportedModelError(f"{where} does not honour the global {kind.replace('_', ' ')} hook "
+                                        f"{_hook_name(next(iter(table.values())))};" + advice)
+    for name, m in model.named_modules():
+        for kind, table in (("forward", m._forward_hooks), ("forward pre", m._forward_pre_hooks),
+                            ("backward", m._backward_hooks), ("backward pre", m._backward_pre_hooks)):
+            for hook in table.values():
+                if isinstance(getattr(hook, "__self__", None), _FunctionalSurrogate):
+                    continue
+                raise UnsupportedModelError(
+                    f"{where} does not honour the {kind} hook {_hook_name(hook)} on module {name or '<model>'!r} "
+                    f"({type(m).__name__}):" + advice)
+
+
+def _hook_name(hook: Any) -> str:
+    return repr(getattr(hook, "__qualname__", None) or getattr(hook, "__name__", None) or hook)
+
+
 def model_graph(model: nn.Module, method: str, example: Optional[Tensor] = None) -> Graph:
     """Trace ``model`` into a :class:`Graph` (cached per model and module structure).
 
     ``example``, an input batch: a forward whose Python control flow reads the input's shape
     (Hugging Face's ``if pixel_values.shape[1] != self.num_channels: raise``) cannot be traced
     symbolically; it is then traced at this input's shape (fx's meta tracer, which records the
-    batch size too) and cached for that shape."""
+    batch size too) and cached for that shape. A model with hooks is refused (:func:`check_hooks`)."""
+    check_hooks(model, f"explain(method={method!r})")
     key = _fingerprint(model)
     graphs = _CACHE.setdefault(model, {})
     shaped = (key, tuple(example.shape)) if example is not None else None
