@@ -81,10 +81,11 @@ def test_every_experiment_runs_on_each_source_and_resumes_after_sigkill(name, so
     a, b = _rows(tmp_path / "straight" / name), _rows(killed / name)
     assert len(a) == len(b) > 0
     # the first unit was computed in the killed process, the rest here: equal, up to the last bits
-    # of a float reduction that two processes may order differently (seen twice in ~40 runs of
-    # this test, on loaded machines: linf 0.020014 vs 0.020015 after 5 Adam steps)
+    # of a float reduction that two processes may order differently, amplified by the attack's
+    # Adam steps (seen three times in ~45 runs of this test: linf 0.020014 vs 0.020015, and once
+    # pcc_after 0.368419 vs 0.368367, 1.4e-4 relative, after 5 steps)
     numeric = [c for c in a.columns if a[c].dtype.kind == "f" and b[c].dtype.kind == "f"]
-    close = a[numeric].sub(b[numeric]).abs().le(1e-9 + 1e-4 * b[numeric].abs()) | (a[numeric].isna() & b[numeric].isna())
+    close = a[numeric].sub(b[numeric]).abs().le(1e-9 + 1e-3 * b[numeric].abs()) | (a[numeric].isna() & b[numeric].isna())
     same = a.drop(columns=numeric).equals(b.drop(columns=numeric)) and bool(close.all().all())
     if not same:  # name the units and columns that differ
         differ = a.ne(b) & ~(a.isna() & b.isna())
