@@ -63,3 +63,31 @@ def test_hide_features_keeps_the_rest_of_the_map_where_blank_region_does_not():
         assert after[:, mask].sum(1).mean() < 0.5 * before[:, mask].sum(1).mean()
         rest[type(objective).__name__] = pcc(after[:, ~mask], before[:, ~mask]).mean().item()
     assert rest["HideFeatures"] > rest["BlankRegion"]
+
+
+def test_objective_arguments_are_checked_when_made_not_after_an_attack():
+    """Issue 26: a one-coordinate point, a negative square, a NaN or text threshold are refused
+    at once, naming the argument; per-sample points, as documented, are accepted."""
+    import math as _math
+
+    from manipex.objectives import CenterOfMass, TopKSuppression, square_mask
+
+    objective = TopKSuppression(5)
+    for bad in (float("nan"), _math.inf, "high", True):
+        with pytest.raises(ValueError, match="success_threshold"):
+            objective.success_threshold = bad
+    objective.success_threshold = 0.3
+    assert objective.success_threshold == 0.3 and objective.select(torch.tensor([0])).success_threshold == 0.3
+    objective.success_threshold = None
+    with pytest.raises(ValueError, match="1 coordinate"):
+        CenterOfMass((3.0,)).prepare(None, None, torch.rand(2, 8, 8))
+    per_sample = CenterOfMass([[0.0, 0.0], [7.0, 7.0]]).prepare(None, None, torch.rand(2, 8, 8))
+    r = torch.zeros(2, 8, 8)
+    r[0, 0, 0] = r[1, 7, 7] = 1.0
+    assert torch.allclose(per_sample.metric(r), torch.zeros(2))
+    with pytest.raises(ValueError, match="3 per-sample points for 2 maps"):
+        CenterOfMass([[0.0, 0.0]] * 3).prepare(None, None, torch.rand(2, 8, 8))
+    for args in (((8, 8), -3), ((8, 8), 0), ((8, 8), 2.5), ((8, 8), 2, (9, 0)), ((8, -8), 2)):
+        with pytest.raises(ValueError, match="square_mask"):
+            square_mask(*args)
+    assert square_mask((8, 8), 3).sum() == 9

@@ -35,6 +35,8 @@ it had not reached before the attack (and the class is kept). Defaults, per samp
 from __future__ import annotations
 
 import abc
+import math
+import numbers
 
 from typing import Callable, Optional, Sequence, Tuple, Union
 
@@ -52,8 +54,22 @@ class Objective(abc.ABC):
 
     metric_name: str = ""
     metric_higher_is_better: bool = True
-    #: Success threshold in the metric's units (None: the objective's default, see the table).
-    success_threshold: Optional[float] = None
+
+    @property
+    def success_threshold(self) -> Optional[float]:
+        """Success threshold in the metric's units (None: the objective's default, see the
+        table). Checked when set: a finite number, or None; a wrong one fails at once, not after
+        an attack has run."""
+        return self.__dict__.get("_success_threshold")
+
+    @success_threshold.setter
+    def success_threshold(self, value: Optional[float]) -> None:
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{type(self).__name__}: success_threshold must be a finite number in the units of "
+                                 f"its metric {self.metric_name!r}, or None; got {short(value)}")
+            value = float(value)
+        self.__dict__["_success_threshold"] = value
 
     def default_threshold(self, before: Tensor) -> Tensor:
         """The default success threshold per sample, given the metric at the start."""
@@ -239,15 +255,23 @@ class CenterOfMass(Objective):
                 point = torch.as_tensor(point, dtype=torch.float32)
             except (TypeError, ValueError, RuntimeError):
                 raise TypeError(f"CenterOfMass: point must be a sequence of coordinates, got {short(point)}") from None
-            if point.dim() != 1 or point.numel() == 0 or not bool(torch.isfinite(point).all()):
-                raise ValueError(f"CenterOfMass: point must be finite coordinates, one per map axis, e.g. (0, 0); "
-                                 f"got {short(point.tolist())}")
+            if point.dim() not in (1, 2) or point.numel() == 0 or not bool(torch.isfinite(point).all()):
+                raise ValueError(f"CenterOfMass: point must be finite coordinates, one per map axis, e.g. (0, 0), or "
+                                 f"one such row per sample (N, axes); got {short(point.tolist())}")
         self.point = point
         self.start_com: Optional[Tensor] = None
         self.metric_name = "com_distance_to_point" if point is not None else "com_shift"
         self.metric_higher_is_better = point is None
 
     def prepare(self, explain_fn, x, r_start):
+        if self.point is not None:
+            axes = r_start.dim() - 1
+            if self.point.shape[-1] != axes:
+                raise ValueError(f"CenterOfMass: point has {self.point.shape[-1]} coordinate(s), but the maps have "
+                                 f"{axes} axes (shape {tuple(r_start.shape[1:])}): give one coordinate per axis, "
+                                 f"e.g. {(0,) * axes}")
+            if self.point.dim() == 2 and self.point.shape[0] != r_start.shape[0]:
+                raise ValueError(f"CenterOfMass: {self.point.shape[0]} per-sample points for {r_start.shape[0]} maps")
         self.start_com = center_of_mass(r_start.detach())
         self.size = max(r_start.shape[1:])
         return self
@@ -454,7 +478,19 @@ class MapDistance(Objective):
 
 
 def square_mask(shape: Tuple[int, int], size: int, corner: Tuple[int, int] = (0, 0)) -> Tensor:
-    """A ``(H, W)`` bool mask with a ``size x size`` square at ``corner`` (row, column)."""
+    """A ``(H, W)`` bool mask with a ``size x size`` square at ``corner`` (row, column), inside
+    the map (``size >= 1``, the corner within ``shape``)."""
+    def whole(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if not (isinstance(shape, (tuple, list)) and len(shape) == 2 and all(whole(v) and v >= 1 for v in shape)):
+        raise ValueError(f"square_mask: shape must be (H, W) of positive integers, got {short(shape)}")
+    if not whole(size) or size < 1:
+        raise ValueError(f"square_mask: size must be a positive integer (pixels), got {short(size)}")
+    if not (isinstance(corner, (tuple, list)) and len(corner) == 2 and all(whole(v) for v in corner)
+            and 0 <= corner[0] < shape[0] and 0 <= corner[1] < shape[1]):
+        raise ValueError(f"square_mask: corner must be (row, column) inside a map of shape {tuple(shape)}, got "
+                         f"{short(corner)}")
     mask = torch.zeros(shape, dtype=torch.bool)
     mask[corner[0] : corner[0] + size, corner[1] : corner[1] + size] = True
     return mask
