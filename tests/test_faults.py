@@ -677,3 +677,24 @@ def test_fuzzed_config_files_through_the_command_line(tmp_path):
         assert done.returncode == 2, (path.read_bytes()[:200], done.stderr[-500:])
         _one_line_error(done.stderr, "run")
         assert len(done.stderr) < 1100 and not out.exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_a_pipe_given_as_config_is_refused_at_once_not_read_forever(tmp_path):
+    """Issue 26: a FIFO as ``--config`` hung forever (open blocks until a writer comes)."""
+    path = tmp_path / "pipe.toml"
+    os.mkfifo(path)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(None, path, {})
+    assert time.perf_counter() - start < 5
+
+
+def test_a_toml_config_with_a_byte_order_mark_is_read_as_its_yaml_twin_is(tmp_path):
+    """Issue 26: the same bytes with a UTF-8 BOM passed as YAML and were refused as TOML."""
+    toml, yaml = tmp_path / "bom.toml", tmp_path / "bom.yaml"
+    toml.write_bytes(b"\xef\xbb\xbfexperiment = \"quick\"\nsteps = 3\n")
+    yaml.write_bytes(b"\xef\xbb\xbfexperiment: quick\nsteps: 3\n")
+    from manipex.experiments.config import read_config
+
+    assert read_config(toml) == read_config(yaml) == {"experiment": "quick", "steps": 3}

@@ -153,3 +153,13 @@ def test_bad_arguments(mnist):
         manipulate_model(model, x[:8], CORNER)
     with pytest.raises(ValueError, match="labels"):
         manipulate_model(model, (x[:8], y[:7]), CORNER)
+
+
+def test_an_empty_trainable_list_is_refused_naming_the_argument():
+    """Issue 26: ``trainable=[]`` said "optimizer got an empty parameter list"."""
+    from manipex.objectives import CenterOfMass
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match="trainable is empty.*'1'"):
+        manipex.attacks.manipulate_model(model, (x, y), CenterOfMass((0, 0)), "gradient", trainable=[], progress=False)

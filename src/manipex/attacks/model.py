@@ -60,6 +60,10 @@ def _trainable_names(model: nn.Module, trainable: Optional[Sequence[str]]) -> Li
         return names
     if isinstance(trainable, str):
         trainable = [trainable]
+    if not list(trainable):
+        raise ValueError("manipulate_model: trainable is empty, so no parameter would be trained; name parameters "
+                         f"or module prefixes to train (e.g. {names[-1].rpartition('.')[0] or names[-1]!r}), or pass "
+                         "None to train all" if names else "manipulate_model: the model has no parameters to train")
     chosen = [n for n in names if any(n == p or n.startswith(p + ".") for p in trainable)]
     unknown = [p for p in trainable if not any(n == p or n.startswith(p + ".") for n in names)]
     if unknown:

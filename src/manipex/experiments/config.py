@@ -39,8 +39,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import reprlib
+import stat
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -374,6 +376,16 @@ def _read_bytes(path: Path) -> bytes:
     """The bytes of a config file, at most :data:`MAX_FILE_BYTES` of them."""
     name = short(str(path), 200)
     try:
+        kind = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"config file {name} does not exist") from None
+    except OSError as err:
+        raise ConfigError(f"config file {name} cannot be read: {err.strerror or err}") from None
+    if stat.S_ISDIR(kind):
+        raise ConfigError(f"config file {name} is a folder, not a file")
+    if not stat.S_ISREG(kind):  # a FIFO, a device or a socket: reading it could wait forever
+        raise ConfigError(f"config file {name} is not a regular file (a pipe, device or socket); give a file")
+    try:
         with open(path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
@@ -447,7 +459,7 @@ def read_toml(path: Path) -> Dict[str, Any]:
     name = short(str(path), 200)
     raw = _read_bytes(path)
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark (some editors write one) is no content
     except UnicodeDecodeError as err:
         raise ConfigError(f"config file {name} is not valid TOML: not UTF-8 text (byte {err.start})") from None
     try:
