@@ -698,3 +698,30 @@ def test_a_toml_config_with_a_byte_order_mark_is_read_as_its_yaml_twin_is(tmp_pa
     from manipex.experiments.config import read_config
 
     assert read_config(toml) == read_config(yaml) == {"experiment": "quick", "steps": 3}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_files_written_atomically_get_the_mode_open_gives(tmp_path):
+    """Issue 26: report.html and meta.json (and saved checkpoints) were 0600, made by mkstemp,
+    while results.jsonl beside them was 0644."""
+    import stat as stat_
+
+    import torch
+
+    import manipex
+    from manipex.experiments.store import ResultStore
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    expected = stat_.S_IMODE(plain.stat().st_mode)
+    store = ResultStore(tmp_path / "run")
+    store.write_meta({"config": {}})
+    saved = manipex.models.save(torch.nn.Linear(2, 2), tmp_path / "net.safetensors")
+    from manipex.experiments.report import write_report
+
+    class Experiment:
+        title = "t"
+
+    page = write_report(tmp_path / "run", Experiment(), {}, {}, [])
+    for path in (tmp_path / "run" / "meta.json", saved, page):
+        assert stat_.S_IMODE(os.stat(path).st_mode) == expected, path

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from .._files import give_plain_mode
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;padding:0 1em;color:#222}
 h1{font-size:1.4em} h2{font-size:1.1em;margin-top:1.6em} h1,h2,p{overflow-wrap:anywhere}
@@ -209,6 +211,7 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
     # a name of its own: a run and a `manipex report` may write the page at the same time
     fd, tmp = tempfile.mkstemp(prefix=".report.html.", suffix=".tmp", dir=folder)
     try:
+        give_plain_mode(fd)  # as results.jsonl beside it, not mkstemp's 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:  # the page declares utf-8; titles hold Δ, β
             f.write(page)
         os.replace(tmp, path)

@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
+from .._files import give_plain_mode
 from .config import ConfigError, short
 
 try:  # POSIX; absent on Windows, where the exclusive-file lock is used
@@ -196,6 +197,7 @@ class ResultStore:
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".meta.json.", suffix=".tmp", dir=self.root)
         try:
+            give_plain_mode(fd)  # as results.jsonl beside it, not mkstemp's 0600
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2, default=str)
                 f.flush()

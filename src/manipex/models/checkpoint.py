@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._files import give_plain_mode
 from .architectures import ARCH_ATTR, build
 
 __all__ = ["load", "read_metadata", "save"]
@@ -79,6 +80,7 @@ def save(
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": "pt", _META_KEY: header_json})
+        give_plain_mode(tmp)  # as open() would create it, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
