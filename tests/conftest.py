@@ -370,12 +370,6 @@ def adult_sources(tmp_path_factory):
     return {"default": {}, "checkpoint_idx": {"root": str(root)}, "image_folder": {"weights": str(path)}}
 
 
-def _needs_attention(method: str) -> bool:
-    from manipex.explainers.base import _REGISTRY
-
-    return bool(getattr(_REGISTRY.get(method), "requires_attention", False))
-
-
 #: The methods that apply to any model, CNNs included: all but those that read self-attention
 #: (attention rollout, which refuses a model without attention).
-CNN_METHODS = [m for m in manipex.methods() if not _needs_attention(m)]
+CNN_METHODS = [m for m in manipex.methods() if not manipex.explainers.base.requires_attention(m)]

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+import manipex
 from manipex.cli import main
 
 
@@ -13,6 +16,17 @@ def test_explain_writes_a_figure(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     path = Path(out.strip().split("wrote ")[-1])
     assert path.exists() and path.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("arch,rollout", [("auto", False), ("vit_mnist", True)])
+def test_explain_without_methods_shows_every_method_that_applies(tmp_path, capsys, arch, rollout):
+    """The README's `manipex explain`: every method on the default CNN (attention rollout needs
+    a transformer and is left out there), and every method, rollout too, on the default ViT."""
+    assert main(["explain", "--n", "2", "--arch", arch, "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert ("attention_rollout" in out) == rollout
+    assert all(m in out for m in manipex.methods() if m != "attention_rollout")
+    assert Path(out.strip().split("wrote ")[-1]).stat().st_size > 1000
 
 
 def test_explain_rejects_unknown_method(capsys):

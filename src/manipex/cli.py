@@ -52,6 +52,16 @@ def _explain(args: argparse.Namespace) -> int:
     require_model(config, "explain")
     source = load_source(config, "cpu", n_train=2000 if "pattern_attribution" in methods else 0, n_eval=args.n)
     model, (x, y), x_train = source.model, source.test, source.train[0]
+    if not args.methods:  # every method that applies: rollout only where the model computes attention
+        from manipex.explainers.base import requires_attention
+
+        def applies(method: str) -> bool:
+            try:
+                return not requires_attention(method) or manipex.explain(model, x[:1], method) is not None
+            except ValueError:
+                return False
+
+        methods = [m for m in methods if applies(m)]
     predicted = model(x).argmax(1)
     options = {m: method_options(m) for m in methods}
     if "pattern_attribution" in methods:

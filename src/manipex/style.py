@@ -53,7 +53,7 @@ DISPLAY_NAMES: Dict[str, str] = {
     "gradient": "Gradient", "grad_x_input": "Gradient × Input", "integrated_gradients": "Integrated Gradients",
     "guided_backprop": "Guided Backprop", "lrp": "LRP", "pattern_attribution": "PatternAttribution",
     "smoothgrad": "SmoothGrad", "gradcam": "Grad-CAM", "occlusion": "Occlusion",
-    "agg_mean": "AGG-Mean", "agg_var": "AGG-Var",
+    "agg_mean": "AGG-Mean", "agg_var": "AGG-Var", "attention_rollout": "Attention Rollout",
     # defenses (and the training regularisers of the robust-training experiment)
     "none": "no defense", "beta_smoothing": "β-smoothing", "agg": "aggregation", "atex": "ATEX",
     "weight_decay": "weight decay", "hessian_norm": "Hessian norm", "ssr": "SSR", "ig_norm": "IG norm",

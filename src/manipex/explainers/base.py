@@ -139,6 +139,12 @@ def methods() -> List[str]:
     return _REGISTRY.names()
 
 
+def requires_attention(method: str) -> bool:
+    """Whether ``method`` reads a model's self-attention (attention rollout), so that it applies
+    to transformers only and refuses other models."""
+    return bool(getattr(_REGISTRY.get(method), "requires_attention", False))
+
+
 def explain(
     model: nn.Module,
     x: Tensor,
