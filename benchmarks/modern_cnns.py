@@ -142,21 +142,26 @@ def attack_net(model: nn.Module, method: str) -> Tuple[nn.Module, int]:
 
 
 def step_fn(net: nn.Module, x: Tensor, target: Tensor, method: str, target_maps: Tensor,
-            p_orig: Tensor) -> Callable[[], Tensor]:
-    """One step of manipulate_input's loop on ``net`` (see the module docstring)."""
+            p_orig: Tensor, options: Optional[Dict[str, Any]] = None, box: bool = True) -> Callable[[], Tensor]:
+    """One step of manipulate_input's loop on ``net`` (see the module docstring); ``options``
+    of the method (default :data:`OPTIONS`), ``box``: also project onto [0, 1] (images; not
+    token embeddings). benchmarks/transformer_lrp.py times the same step."""
+    options = OPTIONS[method] if options is None else options
     objective = TargetMap(target_maps)
     x_adv = x.clone().requires_grad_(True)
     adam = torch.optim.Adam([x_adv], lr=LR)
-    low, high = (x - EPS).clamp(min=0.0), (x + EPS).clamp(max=1.0)
+    low, high = x - EPS, x + EPS
+    if box:
+        low, high = low.clamp(min=0.0), high.clamp(max=1.0)
 
     def step() -> Tensor:
         with torch.enable_grad():
             if capture_output is not None:
                 with capture_output(x_adv) as seen:
-                    h = manipex.explain(net, x_adv, method, target, create_graph=True, **OPTIONS[method])
+                    h = manipex.explain(net, x_adv, method, target, create_graph=True, **options)
                 logits = seen.output if seen.output is not None else net(x_adv)
             else:
-                h = manipex.explain(net, x_adv, method, target, create_graph=True, **OPTIONS[method])
+                h = manipex.explain(net, x_adv, method, target, create_graph=True, **options)
                 logits = net(x_adv)
             r = manipex.relevance(h)
             out_term = (logits.softmax(1) - p_orig).pow(2).mean(1)

@@ -124,27 +124,18 @@ from torch import Tensor, nn
 
 import manipex
 from manipex.models.vit import VisionTransformer
-from manipex.objectives import TargetMap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from graph_lrp import on_device, warm_up  # noqa: E402
-from modern_cnns import default_threads, time_rounds  # noqa: E402
-
-try:  # what manipulate_input uses to reuse the map's forward for the output term
-    from manipex.explainers.base import capture_output
-except ImportError:  # pragma: no cover - an older manipex: a second forward
-    capture_output = None
+from modern_cnns import default_threads, step_fn, time_rounds  # noqa: E402
 
 MODELS = ("vit", "bert")
-GAMMA = 100.0     # manipulate_input's default
-LR = 1e-2         # manipulate_input's default
-EPS = 0.1         # L∞ budget of the step's projection
 MAP_TARGET = 1.0  # map <= 1.0x LXT's map
 STEP_TARGET = 3.0  # create_graph step <= 3x the map
 OPTIONS = {"composite": "attn_lrp"}
-#: LXT's rules: the plain gradient on linear layers, i.e. ε -> 0. Not ε = 0 itself: manipex's
-#: ε-rule divides by ``z + copysign(ε, z)``, and the benchmarked BERT has a pre-activation that
-#: is exactly 0 in float32 (one of 128 x 3072 in layer 6's intermediate dense, at seed 0): 0 / 0.
+#: LXT's rules: the plain gradient on linear layers, i.e. ε -> 0 (1e-12, the figures' setting; the
+#: benchmarked BERT has a pre-activation that is exactly 0 in float32, one of 128 x 3072 in layer
+#: 6's intermediate dense at seed 0, which ε = 0 now shares as nothing instead of 0 / 0).
 MATCHED = {"epsilon": 1e-12, "stabilizer": 1e-12}
 
 #: full size (ViT-B/16, BERT-base) and --quick size
@@ -341,43 +332,6 @@ def build(name: str, quick: bool, batch: int, device: torch.device) -> Tuple[nn.
     return model.eval().to(device), x.to(device), f"{what}: {params / 1e6:.2f} M parameters"
 
 
-def relevance_of(h: Tensor, name: str) -> Tensor:
-    """Per pixel (images) or per token (embeddings: |h| summed over the features)."""
-    return manipex.relevance(h)
-
-
-def step_fn(model: nn.Module, name: str, x: Tensor, target: Tensor, target_maps: Tensor,
-            p_orig: Tensor) -> Callable[[], Tensor]:
-    """One step of manipulate_input's loop (see the module docstring)."""
-    objective = TargetMap(target_maps)
-    x_adv = x.clone().requires_grad_(True)
-    adam = torch.optim.Adam([x_adv], lr=LR)
-    low, high = x - EPS, x + EPS
-    if name == "vit":
-        low, high = low.clamp(min=0.0), high.clamp(max=1.0)
-
-    def step() -> Tensor:
-        with torch.enable_grad():
-            if capture_output is not None:
-                with capture_output(x_adv) as seen:
-                    h = manipex.explain(model, x_adv, "lrp", target, create_graph=True, **OPTIONS)
-                logits = seen.output if seen.output is not None else model(x_adv)
-            else:
-                h = manipex.explain(model, x_adv, "lrp", target, create_graph=True, **OPTIONS)
-                logits = model(x_adv)
-            r = relevance_of(h, name)
-            out_term = (logits.softmax(1) - p_orig).pow(2).mean(1)
-            loss = (objective.loss(r) + GAMMA * out_term).sum()
-            (grad,) = torch.autograd.grad(loss, x_adv)
-        with torch.no_grad():
-            x_adv.grad = grad
-            adam.step()
-            x_adv.copy_(torch.minimum(torch.maximum(x_adv, low), high))
-        return grad
-
-    return step
-
-
 def bench(name: str, batch: int, args, device: torch.device, lxt_map) -> Tuple[Dict[str, Any], str]:
     """Seconds, rounds and peak MiB of map, LXT and step on one model and batch; the agreement."""
     model, x, line = build(name, args.quick, batch, device)
@@ -385,13 +339,14 @@ def bench(name: str, batch: int, args, device: torch.device, lxt_map) -> Tuple[D
         logits = model(x)
     target, p_orig = logits.argmax(1), logits.softmax(1)
     torch.manual_seed(2)
-    target_maps = torch.rand(relevance_of(torch.zeros_like(x), name).shape, device=device)
+    target_maps = torch.rand(manipex.relevance(torch.zeros_like(x)).shape, device=device)
 
     fns: Dict[str, Callable[[], None]] = {
         "map": on_device(lambda: manipex.explain(model, x, "lrp", target, **OPTIONS), device)}
     if lxt_map is not None:
         fns["LXT"] = on_device(lambda: lxt_map(model, x, target, cp=False), device)
-    fns["step"] = on_device(step_fn(model, name, x, target, target_maps, p_orig), device)
+    fns["step"] = on_device(step_fn(model, x, target, "lrp", target_maps, p_orig, OPTIONS, box=name == "vit"),
+                            device)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
