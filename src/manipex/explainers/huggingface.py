@@ -65,7 +65,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from .attention import causal_mask
+from .attention import add_mask, causal_mask
 from .nodes import UnsupportedModelError
 
 #: The mask helpers recorded as one node each (the names a modeling module imports them by).
@@ -82,19 +82,6 @@ def is_hugging_face(model: nn.Module) -> bool:
 
 
 # --- attention ----------------------------------------------------------------------------------
-
-
-def add_attention_mask(scores: Tensor, mask: Optional[Tensor]) -> Tensor:
-    """``scores`` plus an attention mask: a float mask as it is (HF's eager masks hold
-    ``finfo(dtype).min`` at masked positions, Swin's a relative position bias); a boolean mask
-    (``True`` attends, SDPA's convention) as ``0`` / ``finfo(dtype).min``; None adds nothing.
-    One node of the traced graph, an ``add`` of a constant to the rules."""
-    if mask is None:
-        return scores
-    if mask.dtype == torch.bool:
-        low = torch.tensor(torch.finfo(scores.dtype).min, dtype=scores.dtype, device=scores.device)
-        mask = torch.where(mask, torch.zeros((), dtype=scores.dtype, device=scores.device), low)
-    return scores + mask
 
 
 def _node(function: Callable, *args: Any) -> Any:
@@ -121,12 +108,12 @@ def _attention(module: nn.Module, query, key, value, attention_mask, scaling, dr
     scores = torch.matmul(query, key.transpose(-2, -1)) * scaling
     position_bias = kwargs.get("position_bias")
     if position_bias is not None:
-        scores = _node(add_attention_mask, scores, position_bias)
+        scores = _node(add_mask, scores, position_bias)
     if causal:
         lengths = (query.size(-2), key.size(-2))
-        scores = _node(add_attention_mask, scores, _node(causal_mask, *lengths, query.device))
+        scores = _node(add_mask, scores, _node(causal_mask, *lengths, query.device))
     if attention_mask is not None:
-        scores = _node(add_attention_mask, scores, attention_mask)
+        scores = _node(add_mask, scores, attention_mask)
     weights = torch.softmax(scores, -1)
     out = torch.matmul(weights, value).transpose(1, 2).contiguous()
     return out, weights
@@ -320,13 +307,11 @@ def hugging_face_tracing(model: nn.Module) -> Iterator[None]:
 
 def _register() -> None:
     from .graph import register_tracing_patch
-    from .nodes import FUNCTION_HANDLERS, Add
 
-    FUNCTION_HANDLERS[add_attention_mask] = Add()  # a constant added to the scores
-    register_tracing_patch(hugging_face_tracing)
+    register_tracing_patch(hugging_face_tracing)  # masks: attention.add_mask, an add of a constant
 
 
 _register()
 
-__all__ = ["add_attention_mask", "eager_attention", "sdpa_attention", "hugging_face_tracing", "is_hugging_face",
+__all__ = ["eager_attention", "sdpa_attention", "hugging_face_tracing", "is_hugging_face",
            "MaskNode", "MASK_FUNCTIONS"]

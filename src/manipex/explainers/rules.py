@@ -450,10 +450,9 @@ class Matmul(Rule):
         self.stabilizer = check_number("Matmul", "stabilizer", stabilizer)
 
     def __call__(self, record, relevance, create_graph):
-        layer, z = record.layer, record.output
-        signal = relevance / stabilize(z, self.stabilizer)
-        grads = torch.autograd.grad(z, record.inputs, signal, create_graph=create_graph, retain_graph=True)
-        shares = [x * g for x, g in zip(record.inputs, grads)]
+        layer = record.layer
+        # each operand's share in proportion to its contributions (the z-rule), halved below
+        shares = Norm(self.stabilizer)(record, relevance, create_graph)
         if layer.operands < 2:
             return tuple(shares)
         if len(shares) == 1:  # x @ x.mT: both halves go to x; x * grad counts both factors
