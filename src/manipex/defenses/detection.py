@@ -161,6 +161,9 @@ class DetectionReport:
     #: Where the test cannot reach significance: about how many references of the same spread
     #: it would need (None where it can, or where the spread cannot be estimated).
     references_needed: Optional[int] = None
+    #: The power of the test, from the references' spread: the mean score at which a model is
+    #: flagged with probability 0.8 (see :func:`detectable_score`); None without 3 references.
+    detectable_score: Optional[float] = None
 
     @property
     def calibrated(self) -> bool:
@@ -189,6 +192,9 @@ class DetectionReport:
                 needed = "; no number of references with this spread would do (it is too wide near the maximum)"
             return (f"inconclusive: {k} reference{'s' if k != 1 else ''} are too few for this spread (the threshold "
                     f"{self.threshold:.3g} is above the largest attainable score, 1){needed}")
+        if self.detectable_score is not None:
+            return (f"no evidence of manipulation (with these references, a model scoring {self.detectable_score:.3g} "
+                    "on average would be flagged with probability 0.8)")
         return "no evidence of manipulation"
 
     def __repr__(self) -> str:
@@ -263,7 +269,8 @@ def detect_manipulation(
     if k >= 3:
         p_value, threshold, test = prediction_interval_test(score, refs, alpha)
         needed = references_needed(refs, alpha) if threshold >= MAX_SCORE else None
-        return DetectionReport(score, threshold, p_value < alpha, refs, method, p_value, alpha, test, needed)
+        return DetectionReport(score, threshold, p_value < alpha, refs, method, p_value, alpha, test, needed,
+                               detectable_score(refs, alpha))
     threshold = max(similarity_threshold(s, margin) for s in sims)
     return DetectionReport(score, threshold, score > threshold, refs, method, None, alpha,
                            f"mean + {margin:g} sd of a reference's pairs (uncalibrated)")
@@ -280,15 +287,29 @@ def references_needed(reference_scores: Sequence[float], alpha: float = 0.05, at
     could be flagged at all; None if not even ``at_most`` would do (the references' mean is at
     the maximum already)."""
     k = len(reference_scores)
-    log = all(r > 0 for r in reference_scores)
-    values = [math.log(r) if log else r for r in reference_scores]
-    m = sum(values) / k
-    sd = math.sqrt(sum((r - m) ** 2 for r in values) / (k - 1))
+    m, sd, log = reference_moments(reference_scores)
     top = math.log(MAX_SCORE) if log else MAX_SCORE
     for n in range(max(k, 3), at_most + 1):
         if m + student_t_quantile(1 - alpha, n - 1) * sd * math.sqrt(1 + 1 / n) < top:
             return n
     return None
+
+
+#: The standard normal quantile of 0.8: the power at which :func:`detectable_score` is stated.
+Z_POWER = 0.8416212335729143
+
+
+def detectable_score(reference_scores: Sequence[float], alpha: float = 0.05) -> float:
+    """The power of :func:`prediction_interval_test` with these references, as the smallest
+    effect it detects: the mean score ``S*`` at which a model is flagged with probability 0.8
+    when its own score varies from model to model as the references' do
+    (log-normal with their sd), i.e. ``exp(log threshold + z_power sd)``. Above
+    :data:`MAX_SCORE` no model can be detected with that probability."""
+    k = len(reference_scores)
+    m, sd, log = reference_moments(reference_scores)
+    scale = max(sd, 1e-12) * math.sqrt(1 + 1 / k)
+    value = m + student_t_quantile(1 - alpha, k - 1) * scale + Z_POWER * sd
+    return math.exp(value) if log else value
 
 
 def _finite_score(sims: Tensor, who: str) -> float:
@@ -301,6 +322,15 @@ def _finite_score(sims: Tensor, who: str) -> float:
     return score
 
 
+def reference_moments(reference_scores: Sequence[float], *, log: bool = True) -> Tuple[float, float, bool]:
+    """``(mean, sd, on_log_scale)`` of 2 or more reference scores, on the log scale where all
+    are positive (and ``log``), else on the raw scale."""
+    log = log and all(r > 0 for r in reference_scores)
+    values = [math.log(r) if log else r for r in reference_scores]
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((r - m) ** 2 for r in values) / (len(values) - 1)), log
+
+
 def prediction_interval_test(score: float, reference_scores: Sequence[float], alpha: float = 0.05):
     """``(p_value, threshold, description)`` of the one-sided Student-t prediction-interval test
     of :func:`detect_manipulation` for a model's ``score`` against 3 or more reference scores,
@@ -308,11 +338,8 @@ def prediction_interval_test(score: float, reference_scores: Sequence[float], al
     k = len(reference_scores)
     if k < 3:
         raise ValueError(f"prediction_interval_test: needs 3 or more reference scores, got {k}")
-    log = all(r > 0 for r in reference_scores) and score > 0  # clean scores are right-skewed
+    m, sd, log = reference_moments(reference_scores, log=score > 0)  # clean scores are right-skewed
     to, back = (math.log, math.exp) if log else ((lambda v: v), (lambda v: v))
-    values = [to(r) for r in reference_scores]
-    m = sum(values) / k
-    sd = math.sqrt(sum((r - m) ** 2 for r in values) / (k - 1))
     scale = max(sd, 1e-12) * math.sqrt(1 + 1 / k)
     p_value = 1 - student_t_cdf((to(score) - m) / scale, k - 1)
     threshold = back(m + student_t_quantile(1 - alpha, k - 1) * scale)

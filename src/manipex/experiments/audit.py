@@ -10,9 +10,15 @@ a killed audit resumes):
   (:func:`~manipex.experiments.common.defended`);
 * **(c) curvature**: the largest principal curvature of the decision surface at the data
   (Dombrowski Thm 1) on the Softplus(β) model, for decreasing β;
-* **(d) evidence of model manipulation** against trusted reference models: the noise-input
-  similarity test with a calibrated p-value (:func:`manipex.defenses.detect_manipulation`, 3 or
-  more references) and the similarity as Gaussian noise is added to the weights (Pasliev Sec. 4);
+* **(d) evidence of model manipulation**: per method, the reference-free faithfulness test
+  (:func:`manipex.defenses.faithfulness_test`: does removing what the map points at lower the
+  output as occlusion's ranking predicts?) and, against trusted reference models, the
+  noise-input similarity test with a calibrated p-value (:func:`manipex.defenses.
+  detect_manipulation`, 3 or more references), decided together by Holm's procedure at
+  ``alpha`` (:func:`manipex.defenses.combined_detection.holm_decision`); the references' loss on
+  the data is compared with the model's, and references of another recipe do not count
+  (:func:`~manipex.defenses.combined_detection.reference_mismatch`); the similarity as Gaussian
+  noise is added to the weights is shown (Pasliev Sec. 4);
 * **(e) a verdict** with the numbers behind it and what the audit cannot see.
 
 The audited model is given as for every experiment (:mod:`.sources`); on MNIST-5k without
@@ -47,7 +53,9 @@ import torch
 from torch import nn
 
 from ..attacks import manipulate_input
+from ..defenses.combined_detection import holm_decision, reference_mismatch
 from ..defenses.detection import detect_manipulation, noise_map_similarity, with_weight_noise
+from ..defenses.faithfulness_detection import faithfulness_test
 from ..explainers import explain, relevance
 from ..metrics import linf, pcc
 from ..objectives import TargetImage, TopKSuppression
@@ -82,7 +90,10 @@ class AuditConfig(SourceConfig):
     ig_steps: int = key(8, "integrated-gradients steps inside the attacks", ge=1, le=10_000)
     betas: List[float] = key([10.0, 3.0, 1.0], "softplus betas of the curvature part", gt=0, le=10_000)
     noise_n: int = key(32, "noise inputs of the detection test", ge=2, le=100_000)
-    alpha: float = key(0.05, "stated false-positive rate of the detection test", gt=0, lt=1)
+    alpha: float = key(0.05, "stated false-positive rate of the detection tests together (Holm)", gt=0, lt=1)
+    faithfulness_n: int = key(64, "images of the reference-free faithfulness test (10 or more)", ge=10, le=100_000)
+    margin: float = key(0.5, "faithfulness test: the share of occlusion's faithfulness a clean map is assumed to "
+                        "reach", ge=0, le=1)
     weight_noise: List[float] = key([0.0, 0.05, 0.1], "weight-noise scales (relative to each tensor's sd)", ge=0,
                                     le=100)
     n_train: int = key(0, "training images for references trained here (0: all)", ge=0, le=10_000_000)
@@ -164,6 +175,12 @@ class Audit(Experiment):
             "(d) Was the model itself manipulated? (alpha = {})",
             "Similarity of the maps of noise inputs (score) against reference models of the same kind: threshold, "
             "p-value (small = unusual) and the decision (1 = manipulated)."),
+        "(d) Detection tests (alpha = *": (
+            "(d) Was the model itself manipulated? Every test, decided together (alpha = {})",
+            "Per test and method: the statistic and its bound (faithfulness: the share of occlusion's gain over random "
+            "rankings the map reaches, against the margin; noise maps: the similarity against the threshold from the "
+            "references), p-value, Holm-adjusted p-value over the counted tests, flagged (1 = manipulated), and the "
+            "power (noise maps: the mean similarity flagged with probability 0.8)."),
         "(d) Reference models": (
             "(d) Reference models",
             "The trusted models the detection test compares with: given, or trained here with this recipe (each "
@@ -186,13 +203,15 @@ class Audit(Experiment):
         units += [Unit(f"defense/{d}/{m}", {"part": "defense", "method": m, "defense": d})
                   for d in ("none",) + tuple(config.defenses) for m in config.methods]
         units.append(Unit("curvature", {"part": "curvature"}))
+        units += [Unit(f"faithfulness/{m}", {"part": "faithfulness", "method": m}) for m in config.methods]
         units += [Unit(f"detection/{m}", {"part": "detection", "method": m}) for m in config.methods]
         return units
 
     def setup(self, config, run):
         # the attacked images and their targets, and for accuracy up to 256 held-out images (an
         # image folder without splits keeps the rest for references trained here)
-        n_eval = 2 * config.n if config.dataset == "image_folder" else max(2 * config.n, 256)
+        n_eval = (max(2 * config.n, config.faithfulness_n) if config.dataset == "image_folder"
+                  else max(2 * config.n, 256, config.faithfulness_n))
         needs_train = config.trains_here or not config.references
         try:
             base = ImageContext.load(config, run, n_train=(config.n_train or None) if needs_train else 0,
@@ -377,6 +396,8 @@ class Audit(Experiment):
             return self._defense(unit.params, ctx, config)
         if part == "curvature":
             return self._curvature(ctx, config)
+        if part == "faithfulness":
+            return self._faithfulness(unit.params, ctx, config)
         return self._detection(unit.params, ctx, config)
 
     @staticmethod
@@ -426,6 +447,21 @@ class Audit(Experiment):
             rows += per_image({"curvature": c}, part="curvature", beta=beta)
         return rows
 
+    def _faithfulness(self, p, ctx, config):
+        """The reference-free faithfulness test on up to ``faithfulness_n`` of the audit's images
+        (not run, and not counted, with fewer than 10)."""
+        x = ctx.x[:config.faithfulness_n]
+        method = p["method"]
+        if len(x) < 10:
+            return [{"part": "faithfulness", "method": method, "images": len(x), "ratio": math.nan,
+                     "p_value": math.nan, "manipulated": 0.0, "conclusive": 0.0, "margin": config.margin}]
+        options = defended(method, "none", config)[1]
+        report = faithfulness_test(ctx.model, x, method, margin=config.margin, alpha=config.alpha, seed=config.seed,
+                                   method_options=options)
+        return [{"part": "faithfulness", "method": method, "images": report.images, "ratio": report.ratio,
+                 "p_value": report.p_value, "manipulated": float(report.manipulated),
+                 "conclusive": float(report.conclusive), "margin": report.margin, "removal": report.removal}]
+
     def _detection(self, p, ctx, config):
         from ..models import accuracy
 
@@ -437,6 +473,7 @@ class Audit(Experiment):
         options = defended(method, "none", config)[1]
         report = detect_manipulation(model, shape, refs, method, n=config.noise_n, seed=config.seed,
                                      alpha=config.alpha, method_options=options)
+        mismatch = reference_mismatch(model, refs, ctx.x, ctx.y) if len(ctx.x) else []
         source = ctx.recipe.row() if ctx.recipe is not None and not config.references else {
             "reference_source": "given"}
         rows = [{"part": "detection", "method": method, "score": report.score, "threshold": report.threshold,
@@ -444,6 +481,8 @@ class Audit(Experiment):
                  "manipulated": float(report.manipulated), "calibrated": float(report.calibrated),
                  "conclusive": float(report.conclusive),
                  "references_needed": math.nan if report.references_needed is None else report.references_needed,
+                 "detectable_score": math.nan if report.detectable_score is None else report.detectable_score,
+                 "mismatch": "; ".join(mismatch),
                  "references": len(refs), "reference_mean": sum(report.reference_scores) / len(refs),
                  "test": report.test, **source}]
         for sigma in config.weight_noise:
@@ -480,14 +519,52 @@ class Audit(Experiment):
             references = self.reference_table(detection, config)
             if references is not None:
                 tables["(d) Reference models"] = references
+        faithfulness = _part(df, "faithfulness")
+        decisions = self.decision_table(faithfulness, detection, config.alpha)
+        if len(decisions):
+            tables[f"(d) Detection tests (alpha = {config.alpha:g}, Holm over the counted tests)"] = decisions
         noise = _part(df, "weight_noise")
         if len(noise):
             table = noise.assign(**{"accuracy (%)": noise.accuracy * 100}).pivot_table(
                 index="sigma", columns="method", values=["similarity", "accuracy (%)"], aggfunc="mean").round(4)
             table.columns = [f"{value} {method}" for value, method in table.columns]
             tables["(d) Weight noise: noise-map similarity and accuracy"] = table
-        tables["Verdict"] = self.verdict(attack, defense, curvature, detection, config)
+        tables["Verdict"] = self.verdict(attack, defense, curvature, detection, config, faithfulness)
         return tables
+
+    @staticmethod
+    def decision_table(faithfulness, detection, alpha: float):
+        """Every detection test from the stored rows, decided together by Holm's procedure at
+        ``alpha`` (:func:`~manipex.defenses.combined_detection.holm_decision`, the decision of
+        :func:`~manipex.defenses.combined_detection.combined_detection`): the faithfulness test
+        counts where it ran on 10 or more images; the noise-map test where it is calibrated (3 or
+        more references) and the references' loss matches the model's."""
+        import pandas as pd
+
+        rows = []
+        for r in faithfulness.itertuples() if len(faithfulness) else ():
+            ran = r.images >= 10
+            rows.append({"test": "faithfulness (reference-free)", "method": r.method, "statistic": r.ratio,
+                         "bound": r.margin, "p_value": r.p_value, "power": math.nan, "counted": ran,
+                         "can_flag": bool(r.conclusive), "note": "" if ran else f"{int(r.images)} images: too few"})
+        for r in detection.itertuples() if len(detection) else ():
+            mismatch = getattr(r, "mismatch", "")
+            mismatch = mismatch if isinstance(mismatch, str) else ""
+            calibrated = bool(r.calibrated)
+            note = ("references differ from the model in " + mismatch if mismatch else
+                    "" if calibrated else "uncalibrated with fewer than 3 references: shown, not counted")
+            rows.append({"test": "noise-map similarity", "method": r.method, "statistic": r.score,
+                         "bound": r.threshold, "p_value": r.p_value, "power": getattr(r, "detectable_score", math.nan),
+                         "counted": calibrated and not mismatch, "can_flag": True, "note": note})
+        if not rows:
+            return pd.DataFrame()
+        adjusted, flagged = holm_decision([r["p_value"] for r in rows], [r["counted"] for r in rows],
+                                          [r.pop("can_flag") for r in rows], alpha)
+        table = pd.DataFrame(rows)
+        table.insert(5, "adjusted_p", [math.nan if a is None else a for a in adjusted])
+        table.insert(6, "flagged", [float(f) for f in flagged])
+        table["counted"] = table["counted"].astype(float)
+        return table.set_index(["test", "method"]).round(4)
 
     @staticmethod
     def reference_table(detection, config):
@@ -522,7 +599,7 @@ class Audit(Experiment):
         return pd.DataFrame(rows, columns=["setting", "value"]).set_index("setting")
 
     @staticmethod
-    def verdict(attack, defense, curvature, detection, config):
+    def verdict(attack, defense, curvature, detection, config, faithfulness=None):
         import pandas as pd
 
         rows = []
@@ -557,29 +634,57 @@ class Audit(Experiment):
                 text = (f"the largest principal curvature is {med.iloc[0]:.3g} at beta = {med.index[0]:g} "
                         "(one beta: no trend)")
             rows.append(("Curvature (Dombrowski Thm 1)", text))
-        if len(detection):
-            flagged = detection[detection.manipulated > 0]
-            calibrated = bool(detection.calibrated.min() > 0)
-            open_ = detection[detection.conclusive <= 0] if "conclusive" in detection else detection.iloc[0:0]
-            if len(flagged):
-                text = "MANIPULATED by " + ", ".join(f"{r.method} (p = {r.p_value:.3g})" for r in flagged.itertuples())
-            elif len(open_):
-                text = "inconclusive: " + ", ".join(
-                    f"{r.method} threshold {r.threshold:.3f} is above the largest attainable similarity (1), so "
-                    f"{int(r.references)} references are too few for their spread"
-                    + (f" (about {int(r.references_needed)} are needed)" if r.references_needed == r.references_needed
-                       else "") for r in open_.itertuples())
-            else:
-                text = "no evidence of manipulation: " + ", ".join(
-                    f"{r.method} similarity {r.score:.3f}, threshold {r.threshold:.3f}" for r in detection.itertuples())
-            if not calibrated:
-                text += " (uncalibrated: fewer than 3 references)"
-            rows.append(("Was the model itself manipulated?", text))
-        rows.append(("What the audit cannot see", "manipulations of methods not audited; manipulations that act "
-                     "only on inputs noise never reaches (a trigger patch); input attacks leave the model unchanged "
-                     "and are measured in (a), not detected in (d); references of another kind than the model "
-                     "make (d) meaningless"))
+        faithfulness = faithfulness if faithfulness is not None else pd.DataFrame()
+        if len(detection) or len(faithfulness):
+            rows.append(("Was the model itself manipulated?",
+                         Audit.detection_finding(faithfulness, detection, config.alpha if config else 0.05)))
+        rows.append(("What the audit cannot see", "manipulations of methods not audited; manipulations that keep "
+                     "the map's ranking of pixels faithful (only its scale or low-ranked part moved) and act only on "
+                     "inputs noise never reaches (a trigger patch); a manipulation of occlusion itself; input attacks "
+                     "leave the model unchanged and are measured in (a), not detected in (d); the noise-map test is "
+                     "only as good as the references (of the model's kind and recipe); the faithfulness test assumes "
+                     "that a clean model's maps reach the margin's share of occlusion's faithfulness"))
         return pd.DataFrame(rows, columns=["question", "finding"]).set_index("question")
+
+    @staticmethod
+    def detection_finding(faithfulness, detection, alpha: float) -> str:
+        """The verdict on model manipulation, naming the tests that flagged the model."""
+        table = Audit.decision_table(faithfulness, detection, alpha)
+        if not len(table):
+            return "not tested"
+        counted = int(table.counted.sum())
+        flagged = table[table.flagged > 0]
+        if len(flagged):
+            return ("MANIPULATED: flagged by " + ", ".join(
+                f"{test} of {method} (p = {r.p_value:.3g}, Holm-adjusted {r.adjusted_p:.3g})"
+                for (test, method), r in flagged.iterrows()) + f"; Holm over {counted} tests at alpha {alpha:g}")
+        parts = []
+        mismatch = [n for n in table.note if isinstance(n, str) and n.startswith("references differ")]
+        if mismatch:
+            parts.append(mismatch[0] + ", so the noise-map tests do not count")
+        if len(detection) and "conclusive" in detection:
+            for r in detection[detection.conclusive <= 0].itertuples():
+                needed = (f" (about {int(r.references_needed)} are needed)"
+                          if r.references_needed == r.references_needed else "")
+                parts.append(f"the {r.method} noise-map threshold {r.threshold:.3f} is above the largest attainable "
+                             f"similarity (1), so {int(r.references)} references are too few for their spread{needed}")
+        if len(faithfulness):
+            for r in faithfulness[faithfulness.conclusive <= 0].itertuples():
+                parts.append(f"the {r.method} faithfulness test had only {int(r.images)} images (10 are needed)"
+                             if r.images < 10 else f"the {r.method} faithfulness test cannot compare: occlusion does "
+                             "not beat random rankings on these images")
+        uncalibrated = len(detection) and not bool(detection.calibrated.min() > 0)
+        if parts:
+            text = "inconclusive: " + "; ".join(parts)
+            if counted:
+                text += f"; the {counted} counted test(s) found no evidence of manipulation"
+        else:
+            text = f"no evidence of manipulation ({counted} tests, Holm at alpha {alpha:g}): " + ", ".join(
+                f"{test.split(' (')[0]} of {method} {r.statistic:.3f} against {r.bound:.3f}"
+                for (test, method), r in table.iterrows())
+        if uncalibrated:
+            text += " (the noise-map test is uncalibrated with fewer than 3 references: shown, not counted)"
+        return text
 
     def figures(self, df, config, out):
         from ..figures import _subplots

@@ -5,7 +5,9 @@
 ``ROBUSTNESS_METRICS`` maps names of the worst-case robustness metrics of one model and method
 (:mod:`manipex.metrics.robustness`: max-sensitivity, local Lipschitz estimate, relative input
 stability) to :class:`RobustnessMetric` records; ``higher_is_robust`` is False for all three
-(higher = less robust).
+(higher = less robust). ``FAITHFULNESS_METRICS`` maps the faithfulness metrics
+(:mod:`manipex.metrics.faithfulness`: pixel flipping, insertion, infidelity; ROAD's curves) to
+:class:`~manipex.metrics.faithfulness.FaithfulnessMetric` records (``higher_is_faithful``).
 
 Every function checks its inputs the same way (:mod:`manipex.metrics._checks`): tensors of a
 floating dtype (``TypeError`` otherwise: integer or bool maps are refused, not rounded),
@@ -20,6 +22,8 @@ from typing import Callable, Dict
 
 from torch import Tensor
 
+from .faithfulness import (FAITHFULNESS_METRICS, FaithfulnessMetric, deletion_curve, infidelity, insertion,
+                           insertion_curve, pixel_flipping, road)
 from .location import center_of_mass, com_distance, mass_in
 from .perturbation import class_agreement, image_mse, l2, linf, output_change
 from .robustness import RobustnessScores, local_lipschitz, max_sensitivity, relative_input_stability
@@ -87,5 +91,6 @@ __all__ = [
     "METRICS", "Metric", "delta", "mse", "pcc", "cosine", "spearman", "ssim", "topk_intersection",
     "average_ranks", "center_of_mass", "com_distance", "mass_in", "l2", "linf", "image_mse",
     "output_change", "class_agreement", "ROBUSTNESS_METRICS", "RobustnessMetric", "RobustnessScores",
-    "max_sensitivity", "local_lipschitz", "relative_input_stability",
+    "max_sensitivity", "local_lipschitz", "relative_input_stability", "FAITHFULNESS_METRICS", "FaithfulnessMetric",
+    "deletion_curve", "insertion_curve", "pixel_flipping", "insertion", "road", "infidelity",
 ]
