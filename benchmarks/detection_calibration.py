@@ -1,78 +1,125 @@
 #!/usr/bin/env python
-"""False-positive rate and power of manipex's calibrated detection of manipulated models.
+"""False-positive rate and power of manipex's combined detection of manipulated models.
 
 Run from the repository root::
 
-    python benchmarks/detection_calibration.py                  # ~7 min on 1 of 2 busy CPU cores
-    python benchmarks/detection_calibration.py --quick          # smoke run (8 clean models, gradient only), ~1 min
+    python benchmarks/detection_calibration.py                  # ~30 min on 1 of 2 busy CPU cores
+    python benchmarks/detection_calibration.py --quick          # smoke run (8 clean models, gradient only), ~2 min
     python benchmarks/detection_calibration.py --out det.csv    # also write the table as CSV
     python benchmarks/detection_calibration.py --cache /tmp/det # keep the trained models for the next run
     python benchmarks/detection_calibration.py --device cuda    # train, manipulate and detect on the GPU
 
-What is measured: :func:`manipex.defenses.detection.detect_manipulation` (``src/manipex/defenses/
-detection.py``) with ``K`` reference models, its one-sided Student-t prediction-interval test on
-the mean pairwise PCC of the maps of ``--noise-n`` noise inputs ``N(0, 1)`` (seed ``--noise-seed``),
-decided at ``alpha`` (``report.manipulated``, i.e. ``p_value < alpha``). The test states a
-false-positive rate of ``alpha`` for a new clean model of the references' kind.
+What is measured: :func:`manipex.defenses.combined_detection` (``src/manipex/defenses/
+combined_detection.py``) with ``K`` reference models, ``methods = --methods`` (``gradient`` and
+``lrp``), ``alpha``, ``noise_n = --noise-n`` (32), ``margin = --margin`` (0.5) and ``seed =
+--seed`` (0), on ``data = (x, y)``: the first ``--test-images`` (64) images of the data set's
+test split and their labels, the same for every model. Its decision (``report.manipulated``) is
+Holm's procedure at ``alpha`` over the counted tests: per method, the reference-free
+faithfulness test (:func:`~manipex.defenses.faithfulness_detection.faithfulness_test`, always
+counted) and, with ``K >= 3`` references, the calibrated noise-map test
+(:func:`~manipex.defenses.detection.detect_manipulation`), which is left out where
+:func:`~manipex.defenses.combined_detection.reference_mismatch` finds that the references
+differ from the model in loss on ``(x, y)``. With ``K = 1`` (or 2) the noise-map test is
+uncalibrated and not counted, so the decision at ``K = 1`` is the reference-free one of ``K =
+0`` for every model (the run checks this). Next to the combined decision every single test is
+counted on its own at ``alpha`` (unadjusted): ``faith:<method>`` (``FaithfulnessReport.
+manipulated``; it does not depend on K) and, for ``K >= 3``, ``noise:<method>`` (``p_value <
+alpha``, whatever ``reference_mismatch`` says). The tests state a false-positive rate of at
+most ``alpha`` for a clean model of the references' kind.
 
-* Clean pool: ``--models`` (30) MNIST-5k CNNs of one kind, model ``s`` (``s = 1..M``) being
-  ``torch.manual_seed(s); mnist_cnn()`` trained by ``train_classifier(model, x[:N], y[:N],
-  epochs=1, seed=s)`` with ``x, y = manipex.data.load("mnist5k", split="train")`` and
-  ``N = --n-train`` (2000), in eval mode.
-* Manipulated models: made from the first ``--bases`` (6) clean models by ``manipulate_model(model,
-  (x[:N], y[:N]), objective, method, lam, lr=1e-3, epochs)`` (seed 0), one per kind and per
-  method of ``--methods``, the same method that then detects it:
+Data sets (``--datasets``):
 
-  - ``com_1ep``, ``com_2ep``: ``CenterOfMass((0.0, 0.0))``, ``lam=0.03``, 1 and 2 epochs;
-  - ``com_weak``: the same with ``lam=0.01``, 1 epoch;
-  - ``target_map``: ``TargetMap(cross[None])`` with ``cross = cross_mask((28, 28))`` normalised to
-    sum 1, ``lam=1.0``, ``--tm-epochs`` (1) epoch(s).
+* ``mnist5k``: ``x, y = manipex.data.load("mnist5k", split="train")``; every model is
+  ``manipex.models.mnist_cnn()`` trained on ``x[:N], y[:N]`` (``N = --n-train``, 2000) for
+  ``--epochs`` (1) epoch(s); the test images are the first 64 of ``split="test"`` (accuracy:
+  on all 1000).
+* ``digits`` (unseen by the tests' design): scikit-learn's ``load_digits`` (1797 images 8x8,
+  values 0..16), scaled to [0, 1] by ``/ 16`` and upsampled to 16x16 by ``F.interpolate(...,
+  mode="bilinear", align_corners=False)``, 1 channel; train/test split in the file's order:
+  the first ``--digits-train`` (1297) images train, the last 500 test (the detection's 64 are the
+  first 64 of those; accuracy: on all 500). Model: :func:`digits_cnn`, ``conv3x3(1->16) - BN -
+  ReLU - AvgPool2 - conv3x3(16->32) - BN - ReLU - AvgPool2 - flatten - linear(512->10)``,
+  trained for ``--digits-epochs`` (3) epochs on the training part (1 epoch leaves it at 58-70 %
+  accuracy, 3 epochs at about 90 %; the printed summary gives the measured accuracy).
 
-* Reference sets: for each ``K`` in ``--ks`` (3 and 5), ``--draws`` (500) sets of ``K`` distinct
-  clean models drawn at random (``random.Random(--draw-seed + K)``). Against each set every
-  clean model *not* in it is tested (row ``clean``: the false-positive rate), and every
-  manipulated model whose *base* model is not in it (the other rows: the power).
-* Methods: ``--methods`` (``gradient`` and ``lrp``, manipex's default composite) are the
-  ``method`` of the manipulation and of ``detect_manipulation`` alike (a manipulation of one
-  method tested with another is out of the test's scope, see the module's docstring).
+Models, per data set (training: ``torch.manual_seed(s)`` then the architecture, then
+``train_classifier(model, x_train, y_train, epochs=E, seed=s)``, eval mode):
 
-Columns: ``tests`` (pairs of reference set and tested model), ``models`` (distinct models tested),
-``flagged``, ``rate`` (= flagged / tests), its 95 % Wilson score interval (closed form), and the
-mean and sd of the tested models' scores over the distinct models of the row (a score does not
-depend on the reference set). The interval treats the tests as independent; they are not (the
-same few models recur in many tests and sets), so it is narrower than the true uncertainty,
-which is nearer that of ``models`` independent tests: read it as descriptive. Many draws are
-needed all the same: which models form the set moves the rate a lot (on the default pool, 50
-draws gave a clean gradient rate of 0.024 at K = 3 and 0.073 at K = 5; all 4060 sets of 3, and
-20000 sets of 5, gave 0.053 and 0.058); with more draws the rate tends to the average over all
-reference sets of this pool, whose own uncertainty is that of a pool of ``--models`` models.
+* ``clean``: ``--models`` (30) models, seeds ``s = 1..M``, ``E`` the data set's epochs;
+* ``clean_2x`` (recipe mismatch): ``--mismatch-models`` (20) clean models, seeds ``1001..``,
+  trained for ``2 E`` epochs (MNIST: 2, digits: 6) and tested against references of the pool
+  above (``E`` epochs, half theirs);
+* manipulated: each of the first ``--bases`` (4) clean models manipulated by
+  ``manipulate_model(model, (x_train, y_train), objective, method, lam=lam, lr=1e-3,
+  epochs=e)`` (seed 0) for each method of ``--methods``, each objective of ``--objectives`` and
+  each ``e`` of ``--attack-epochs`` (1 and 3), the kind named ``<method>:<objective>_<e>ep``:
 
-Each model's noise-map similarity is computed once per method: during the tests,
-``detection.noise_map_similarity`` is replaced by a memo keyed by the model object (the noise
-inputs are the same for every call, so the result is bit-identical); before the tests, one
-report is computed with and without the memo and checked to be the same. Trained and
-manipulated models are saved (state dicts) in a temporary folder for the run, or in ``--cache``
-to be reused by the next run with the same settings. Threads: ``--threads`` (default 1): this
-model is so small that a second thread does not pay; on 2 cores busy with other work, 2 threads
-made one training epoch 7x and one manipulation epoch 15x slower than 1 thread (thread waits).
+  - ``com``: ``CenterOfMass((0.0, 0.0))``, ``lam=0.03``;
+  - ``cross``: ``TargetMap(cross[None])`` with ``cross = cross_mask((H, W))`` normalised to sum
+    1, ``lam=1.0``;
+  - ``weak``: ``CenterOfMass((0.0, 0.0))``, ``lam=0.01``.
+
+  The manipulated method is one of the two the combined test tests (both, always); its single
+  tests are ``faith:<method>`` and ``noise:<method>`` of that method.
+
+Reference sets: for each ``K`` of ``--ks`` (0, 1, 3 and 5), every set of ``K`` distinct clean
+models when there are at most ``--draws`` (500) of them (``K = 1``: all 30), else ``--draws``
+sets drawn at random (``random.Random(--draw-seed + K)``); ``K = 0`` is the one empty set.
+Against each set every clean model *not* in it is tested (row ``clean``: the false-positive
+rate), every ``clean_2x`` model (the recipe-mismatch false-positive rate; column ``mism``: how
+often ``reference_mismatch`` found the references to differ), and every manipulated model whose
+*base* is not in the set (the power).
+
+Columns: ``tests`` (pairs of reference set and tested model), ``models`` (distinct models
+tested), ``flagged`` (by the combined test), ``rate`` (= flagged / tests), its 95 % Wilson score
+interval (closed form), ``mism`` (share of tests where ``reference_mismatch`` was not empty; the
+noise-map tests were then not counted), and the single tests' rates. The interval treats the
+tests as independent; at ``K >= 1`` they are not (the same models recur in many tests and
+sets), so it is narrower than the true uncertainty, which is nearer that of ``models``
+independent tests: read it as descriptive. At ``K = 0`` the tests are the models themselves.
+A second table gives, per data set and model kind, the accuracy, the faithfulness ratio
+``phi`` and the noise-map similarity per method (mean and sd over the distinct models; none of
+them depends on the reference set) and how many faithfulness tests were inconclusive.
+
+Memo: the faithfulness test, the noise-map similarity and the loss and accuracy on ``(x, y)``
+do not depend on the reference set, so each is computed once per model (and method); the
+decision for a reference set is then made from them exactly as ``combined_detection`` makes it:
+``reference_mismatch`` itself (its ``data_behaviour`` replaced by a memo keyed by the model
+object), the noise-map p-value by ``prediction_interval_test`` (as ``detect_manipulation``),
+and ``holm`` over the counted p-values, a faithfulness test flagging only when conclusive.
+During the tests ``detection.student_t_quantile`` (a pure function) is cached too. Before the
+tests, for three (model, reference set) pairs per data set (clean model 4, the first
+``clean_2x`` and the first manipulated model, each against clean models 1-3) ``combined_detection`` itself is called and its decision,
+p-values, adjusted p-values, counted tests and mismatch are checked to be identical with the
+memo's. Trained and manipulated models are saved (state dicts, ``torch.save``; loaded with
+``torch.load(..., weights_only=True)``) in a temporary folder for the run, or in ``--cache`` to be
+reused by the next run with the same settings. Threads: ``--threads`` (default 1): these models
+are so small that a second thread does not pay (on 2 busy cores, 2 threads made an epoch of
+training 7x and of manipulation 15x slower than 1).
 
 Device: ``--device`` (default cpu). Every model is built on the CPU (so the initialisation is the
-same as on the CPU), then moved to the device, and the training images are moved there once;
-training, manipulation and detection (whose noise inputs are drawn on the CPU from their seed and
-moved to the model's device) all run there. On cuda the trained models differ from the CPU's in
-rounding (and cuDNN's nondeterminism), so the rates are close to, not identical with, the CPU's;
-with ``--cache`` the cuda models are kept under their own names (``..._cuda_...``). The CPU
-behaviour is unchanged.
+same as on the CPU), then moved to the device, and the images are moved there once; training,
+manipulation and detection all run there. On cuda the models differ from the CPU's in rounding
+(and cuDNN's nondeterminism), so the rates are close to, not identical with, the CPU's; with
+``--cache`` the cuda models are kept under their own names (``..._cuda_...``).
 
-Target (the test's promise): at every K, the clean false-positive rate is not above ``alpha``
-beyond chance, i.e. the lower end of its 95 % Wilson interval is <= ``alpha`` (printed per method
-and K as ok/miss; the interval is too narrow, see above, so a miss is a warning, not a proof).
+Targets (the tests' promise), per data set: the clean false-positive rate is at most ``alpha``
+for the combined test at every K, for each faithfulness test (K = 0: one test per clean model)
+and for each noise-map test (K = 3, 5), on ``--models`` >= 30 clean models; and for the combined
+test against references of half the model's epochs (K = 3). Each is printed as ``met`` /
+``MISSED`` (the rate itself <= alpha) and ``ok`` / ``miss`` for "not above alpha beyond chance"
+(the lower end of the 95 % Wilson interval <= alpha; the interval is too narrow for K >= 1,
+see above, so a ``miss`` there is a warning, not a proof). The power is reported, not targeted.
+
+Measured: see the section at the end of this docstring (filled in from a default run).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import csv
+import functools
+import itertools
 import math
 import os
 import random
@@ -85,43 +132,116 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import manipex
-from manipex.defenses import detection
-from manipex.defenses.detection import DetectionReport, detect_manipulation
+from manipex.defenses import detection, faithfulness_test, holm
+from manipex.defenses.detection import prediction_interval_test
+from manipex.defenses.faithfulness_detection import FaithfulnessReport
 
-SHAPE = (1, 28, 28)
+# ``manipex.defenses.combined_detection`` is the function (the package re-exports it under the
+# module's name); the module is needed for its ``data_behaviour`` and ``reference_mismatch``.
+cd = sys.modules["manipex.defenses.combined_detection"]
+
 ATTACK_LR = 1e-3
 CLEAN = "clean"
+LONG = "clean_2x"
+DIGITS_TEST = 500
+
+
+# --------------------------------------------------------------------------------------------
+# Data sets and architectures
+
+
+def digits_cnn(num_classes: int = 10) -> nn.Sequential:
+    """The small 16x16 CNN of the unseen data set: ``conv3x3(1->16) - BN - ReLU - AvgPool2 -
+    conv3x3(16->32) - BN - ReLU - AvgPool2 - flatten - linear(512->10)``."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4 * 4, num_classes),
+    )
+
+
+@dataclass
+class DataSet:
+    """One data set: training and test images, the detection's images, the architecture and
+    the clean recipe's epochs."""
+
+    name: str
+    train: Tuple[Tensor, Tensor]
+    test: Tuple[Tensor, Tensor]          # for the accuracy
+    detect: Tuple[Tensor, Tensor]        # the detection's (x, y): the first test images
+    build: Callable[[], nn.Module]
+    epochs: int
+    tag: str                             # of the cached models' names
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return tuple(self.detect[0].shape[1:])
+
+
+def load_mnist(args, device: torch.device) -> DataSet:
+    x, y = manipex.data.load("mnist5k", split="train")
+    xt, yt = manipex.data.load("mnist5k", split="test")
+    tag = f"n{args.n_train}" + (f"_e{args.epochs}" if args.epochs != 1 else "")
+    return DataSet("mnist5k", (x[:args.n_train].to(device), y[:args.n_train].to(device)),
+                   (xt.to(device), yt.to(device)),
+                   (xt[:args.test_images].to(device), yt[:args.test_images].to(device)),
+                   manipex.models.mnist_cnn, args.epochs, tag)
+
+
+def load_digits_16(args, device: torch.device) -> DataSet:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
+    x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    n = args.digits_train
+    xt, yt = x[n:], y[n:]
+    return DataSet("digits", (x[:n].to(device), y[:n].to(device)), (xt.to(device), yt.to(device)),
+                   (xt[:args.test_images].to(device), yt[:args.test_images].to(device)),
+                   digits_cnn, args.digits_epochs, f"digits_n{n}_e{args.digits_epochs}")
+
+
+LOADERS = {"mnist5k": load_mnist, "digits": load_digits_16}
+
+
+# --------------------------------------------------------------------------------------------
+# Manipulations
 
 
 @dataclass(frozen=True)
 class Manipulation:
-    """One kind of manipulated model: the objective, its weight ``lam`` and the epochs."""
+    """One kind of manipulated model: the objective (built for the maps' ``(H, W)``), its weight
+    ``lam`` and the epochs."""
 
-    name: str
-    objective: Callable[[], manipex.objectives.Objective]
+    objective: str
+    make: Callable[[Tuple[int, int]], manipex.objectives.Objective]
     lam: float
     epochs: int
 
+    @property
+    def name(self) -> str:
+        return f"{self.objective}_{self.epochs}ep"
 
-def center_of_mass() -> manipex.objectives.Objective:
+
+def center_of_mass(hw: Tuple[int, int]) -> manipex.objectives.Objective:
     return manipex.objectives.CenterOfMass((0.0, 0.0))
 
 
-def cross_target() -> manipex.objectives.Objective:
-    cross = manipex.objectives.cross_mask((28, 28)).float()
+def cross_target(hw: Tuple[int, int]) -> manipex.objectives.Objective:
+    cross = manipex.objectives.cross_mask(hw).float()
     return manipex.objectives.TargetMap((cross / cross.sum())[None])
 
 
-def manipulations(tm_epochs: int) -> List[Manipulation]:
-    return [
-        Manipulation("com_1ep", center_of_mass, 0.03, 1),
-        Manipulation("com_2ep", center_of_mass, 0.03, 2),
-        Manipulation("com_weak", center_of_mass, 0.01, 1),
-        Manipulation("target_map", cross_target, 1.0, tm_epochs),
-    ]
+OBJECTIVES = {"com": (center_of_mass, 0.03), "cross": (cross_target, 1.0), "weak": (center_of_mass, 0.01)}
+
+
+def manipulations(objectives: Sequence[str], epochs: Sequence[int]) -> List[Manipulation]:
+    return [Manipulation(o, OBJECTIVES[o][0], OBJECTIVES[o][1], e) for o in objectives for e in epochs]
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,18 +249,19 @@ def manipulations(tm_epochs: int) -> List[Manipulation]:
 
 
 class ModelStore:
-    """Builds each named model once, saving its state dict in ``folder`` (and loading it from
-    there when a previous run with ``--cache`` left it)."""
+    """Builds each named model once, saving its state dict in ``folder`` (and loading it, with
+    ``weights_only=True``, from there when a previous run with ``--cache`` left it)."""
 
-    def __init__(self, folder: Path, tag: str, device: torch.device = torch.device("cpu")):
-        self.folder, self.tag, self.device = folder, tag, device
+    def __init__(self, folder: Path, device: torch.device = torch.device("cpu")):
+        self.folder, self.device = folder, device
         self.built = 0
 
-    def get(self, name: str, build: Callable[[], nn.Module]) -> nn.Module:
-        path = self.folder / f"{self.tag}_{name}.pt"
+    def get(self, tag: str, name: str, arch: Callable[[], nn.Module], build: Callable[[], nn.Module]) -> nn.Module:
+        suffix = "" if self.device.type == "cpu" else f"_{self.device.type}"
+        path = self.folder / f"{tag}{suffix}_{name}.pt"
         if path.exists():
-            model = manipex.models.mnist_cnn()
-            model.load_state_dict(torch.load(path, map_location="cpu"))
+            model = arch()
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return model.to(self.device).eval()
         model = build().eval()
         torch.save(model.state_dict(), path)
@@ -148,73 +269,204 @@ class ModelStore:
         return model
 
 
-def train_clean(seed: int, data: Tuple[Tensor, Tensor]) -> nn.Module:
+def train_clean(ds: DataSet, seed: int, epochs: int) -> nn.Module:
     torch.manual_seed(seed)  # the initialisation (on the CPU, then moved to the data's device)
-    model = manipex.models.mnist_cnn().to(data[0].device)
-    return manipex.models.train_classifier(model, data[0], data[1], epochs=1, seed=seed, progress=False)
+    model = ds.build().to(ds.train[0].device)
+    return manipex.models.train_classifier(model, ds.train[0], ds.train[1], epochs=epochs, seed=seed, progress=False)
 
 
-def manipulate(base: nn.Module, kind: Manipulation, method: str, data: Tuple[Tensor, Tensor]) -> nn.Module:
-    result = manipex.attacks.manipulate_model(base, data, kind.objective(), method, lam=kind.lam,
-                                              lr=ATTACK_LR, epochs=kind.epochs, progress=False)
+def manipulate(ds: DataSet, base: nn.Module, kind: Manipulation, method: str) -> nn.Module:
+    objective = kind.make(ds.shape[-2:])
+    result = manipex.attacks.manipulate_model(base, ds.train, objective, method, lam=kind.lam, lr=ATTACK_LR,
+                                              epochs=kind.epochs, progress=False)
     return result.model
 
 
+@dataclass
+class Tested:
+    """A model under test: its row's kind, its name, and the clean model it may not be tested
+    against (itself, or its base; None for the ``clean_2x`` models)."""
+
+    kind: str
+    name: str
+    model: nn.Module
+    base: Optional[int]
+
+
+@dataclass
+class Pool:
+    ds: DataSet
+    clean: List[nn.Module]
+    tested: List[Tested]
+
+
+def build_pool(ds: DataSet, store: ModelStore, args) -> Pool:
+    t = time.perf_counter()
+    built = store.built
+    clean = [store.get(ds.tag, f"clean{s}", ds.build, lambda s=s: train_clean(ds, s, ds.epochs))
+             for s in range(1, args.models + 1)]
+    tested = [Tested(CLEAN, f"clean{i + 1}", m, i) for i, m in enumerate(clean)]
+    for j in range(args.mismatch_models):
+        s = 1001 + j
+        model = store.get(ds.tag, f"long{s}_e{2 * ds.epochs}", ds.build, lambda s=s: train_clean(ds, s, 2 * ds.epochs))
+        tested.append(Tested(LONG, f"long{s}", model, None))
+    print(f"{ds.name}: clean models: {time.perf_counter() - t:.0f} s ({store.built - built} trained)", flush=True)
+    t, built = time.perf_counter(), store.built
+    for method in args.methods:
+        for kind in manipulations(args.objectives, args.attack_epochs):
+            for i in range(args.bases):
+                name = f"{method}_{kind.name}_lam{kind.lam:g}_base{i}"
+                model = store.get(ds.tag, name, ds.build,
+                                  lambda i=i, kind=kind, method=method: manipulate(ds, clean[i], kind, method))
+                tested.append(Tested(f"{method}:{kind.name}", name, model, i))
+    print(f"{ds.name}: manipulated models: {time.perf_counter() - t:.0f} s ({store.built - built} made)", flush=True)
+    return Pool(ds, clean, tested)
+
+
 # --------------------------------------------------------------------------------------------
-# Scores computed once per model and method
+# What does not depend on the reference set, computed once per model
+
+
+@dataclass
+class Scores:
+    faith: Dict[str, FaithfulnessReport]
+    noise: Dict[str, float]      # mean pairwise PCC, as detect_manipulation's score
+    accuracy: float              # on the data set's whole test split
+
+
+def compute_scores(pool: Pool, args) -> Dict[int, Scores]:
+    """Scores of every model of the pool, keyed by ``id(model)`` (the pool keeps the models)."""
+    t = time.perf_counter()
+    x, _ = pool.ds.detect
+    out: Dict[int, Scores] = {}
+    for model in pool.clean + [e.model for e in pool.tested]:
+        if id(model) in out:
+            continue
+        faith = {m: faithfulness_test(model, x, m, margin=args.margin, alpha=args.alpha, seed=args.seed)
+                 for m in args.methods}
+        noise = {m: detection.noise_map_similarity(model, pool.ds.shape, m, n=args.noise_n, seed=args.seed).mean().item()
+                 for m in args.methods}
+        out[id(model)] = Scores(faith, noise, manipex.models.accuracy(model, *pool.ds.test))
+    print(f"{pool.ds.name}: faithfulness tests and noise maps of {len(out)} models: {time.perf_counter() - t:.0f} s",
+          flush=True)
+    return out
 
 
 @contextlib.contextmanager
-def memoised_similarity() -> Iterator[Dict]:
-    """Replace ``detection.noise_map_similarity`` by a memo keyed by the model object (the
-    model is kept in the memo so that its id is not reused)."""
-    original = detection.noise_map_similarity
+def memoised_behaviour() -> Iterator[Dict]:
+    """Replace ``combined_detection.data_behaviour`` by a memo keyed by the model object (kept in
+    the memo so that its id is not reused), and cache ``detection.student_t_quantile``."""
+    original, quantile = cd.data_behaviour, detection.student_t_quantile
     memo: Dict = {}
 
-    def similarity(model, input_shape, method="gradient", *, n=64, seed=0, method_options=None):
-        key = (id(model), tuple(input_shape), method, n, seed, repr(method_options))
+    def behaviour(model, x, y, batch_size=256):
+        key = (id(model), id(x), id(y), batch_size)
         if key not in memo:
-            memo[key] = (model, original(model, input_shape, method, n=n, seed=seed,
-                                         method_options=method_options).detach())
+            memo[key] = (model, original(model, x, y, batch_size))
         return memo[key][1]
 
-    detection.noise_map_similarity = similarity
+    cd.data_behaviour = behaviour
+    detection.student_t_quantile = functools.lru_cache(maxsize=None)(quantile)
     try:
         yield memo
     finally:
-        detection.noise_map_similarity = original
+        cd.data_behaviour, detection.student_t_quantile = original, quantile
 
 
-def same_report(a: DetectionReport, b: DetectionReport) -> bool:
-    return (a.score, a.threshold, a.manipulated, a.reference_scores, a.p_value) == \
-        (b.score, b.threshold, b.manipulated, b.reference_scores, b.p_value)
+# --------------------------------------------------------------------------------------------
+# The decision, as combined_detection makes it
+
+
+@dataclass
+class Decision:
+    flagged: bool
+    mismatch: Optional[bool]                      # None without references
+    single: Dict[str, bool]                       # "faith:gradient", "noise:lrp", ...: each test alone
+    signals: List[Tuple[str, str, Optional[float], Optional[float], bool, bool]]  # as CombinedReport's
+
+
+def decide(model: nn.Module, refs: Sequence[nn.Module], scores: Dict[int, Scores], ds: DataSet, args) -> Decision:
+    x, y = ds.detect
+    mine = scores[id(model)]
+    mismatch = cd.reference_mismatch(model, list(refs), x, y) if refs else []
+    signals = []   # [signal, method, p, adjusted, flagged, counted, conclusive]
+    single: Dict[str, bool] = {}
+    for method in args.methods:
+        f = mine.faith[method]
+        signals.append(["faithfulness", method, f.p_value, None, False, True, f.conclusive])
+        single[f"faith:{method}"] = bool(f.manipulated)
+        if refs:
+            p = None
+            if len(refs) >= 3:
+                p = prediction_interval_test(mine.noise[method], [scores[id(r)].noise[method] for r in refs],
+                                             args.alpha)[0]
+                single[f"noise:{method}"] = p < args.alpha
+            signals.append(["noise-map similarity", method, p, None, False, p is not None and not mismatch, True])
+    counted = [s for s in signals if s[5]]
+    for s, adjusted in zip(counted, holm([s[2] for s in counted])):
+        s[3] = adjusted
+        s[4] = adjusted < args.alpha and s[6]
+    return Decision(any(s[4] for s in signals), bool(mismatch) if refs else None, single,
+                    [tuple(s[:6]) for s in signals])
+
+
+def check_shortcut(pool: Pool, scores: Dict[int, Scores], args) -> None:
+    """``combined_detection`` itself and the memo's decision must agree exactly, for a clean, a
+    ``clean_2x`` and a manipulated model (where there are such) against the first 3 clean
+    models."""
+    refs = pool.clean[:3]
+    cases = [pool.clean[3]]
+    for kind in (lambda k: k == LONG, lambda k: k not in (CLEAN, LONG)):
+        cases += [e.model for e in pool.tested if kind(e.kind)][:1]
+    for model in cases:
+        report = manipex.defenses.combined_detection(model, pool.ds.detect, refs, tuple(args.methods), alpha=args.alpha,
+                                                     noise_n=args.noise_n, margin=args.margin, seed=args.seed)
+        with memoised_behaviour():
+            mine = decide(model, refs, scores, pool.ds, args)
+        theirs = [(s.signal, s.method, s.p_value, s.adjusted_p, s.flagged, s.counted) for s in report.signals]
+        if (report.manipulated, bool(report.mismatch), theirs) != (mine.flagged, mine.mismatch, mine.signals):
+            raise RuntimeError(f"{pool.ds.name}: the memo's decision differs from combined_detection's:\n"
+                               f"{theirs} (mismatch {report.mismatch})\nvs {mine.signals} (mismatch {mine.mismatch})")
 
 
 # --------------------------------------------------------------------------------------------
 # The tests
 
 
-def draw_reference_sets(m: int, k: int, draws: int, seed: int) -> List[Tuple[int, ...]]:
-    """``draws`` random sets of ``k`` distinct indices of ``range(m)`` (sorted tuples)."""
+def reference_sets(m: int, k: int, draws: int, seed: int) -> List[Tuple[int, ...]]:
+    """Every set of ``k`` of ``range(m)`` if there are at most ``draws``, else ``draws`` random
+    ones (sorted tuples); ``k = 0``: the empty set."""
+    if math.comb(m, k) <= draws:
+        return list(itertools.combinations(range(m), k))
     rng = random.Random(seed)
     return [tuple(sorted(rng.sample(range(m), k))) for _ in range(draws)]
 
 
 @dataclass
 class Row:
-    method: str
-    kind: str
+    dataset: str
     k: int
+    kind: str
     tests: int = 0
     flagged: int = 0
-    scores: Dict[str, float] = field(default_factory=dict)  # per distinct model
+    mismatch: int = 0
+    models: set = field(default_factory=set)
+    single: Dict[str, int] = field(default_factory=dict)
 
-    def add(self, model_name: str, report: DetectionReport) -> None:
-        if not report.calibrated:
-            raise RuntimeError(f"{self.kind}, K = {self.k}: the report is not calibrated ({report.test})")
+    def add(self, name: str, d: Decision) -> None:
         self.tests += 1
-        self.flagged += bool(report.manipulated)
-        self.scores[model_name] = report.score
+        self.flagged += d.flagged
+        self.mismatch += bool(d.mismatch)
+        self.models.add(name)
+        for key, value in d.single.items():
+            self.single[key] = self.single.get(key, 0) + bool(value)
+
+    def rate(self, key: Optional[str] = None) -> float:
+        if not self.tests:
+            return float("nan")
+        if key is None:
+            return self.flagged / self.tests
+        return self.single[key] / self.tests if key in self.single else float("nan")
 
 
 def wilson_interval(flagged: int, tests: int, z: float = 1.959963984540054) -> Tuple[float, float]:
@@ -227,62 +479,131 @@ def wilson_interval(flagged: int, tests: int, z: float = 1.959963984540054) -> T
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def run_tests(method: str, k: int, ref_sets: Sequence[Tuple[int, ...]], clean: List[nn.Module],
-              manipulated: Dict[str, List[Tuple[int, nn.Module]]], args) -> List[Row]:
-    """All tests of one method and one K: clean models not in the set, manipulated models whose
-    base is not in the set."""
-    rows = {CLEAN: Row(method, CLEAN, k)}
-    rows.update({kind: Row(method, kind, k) for kind in manipulated})
-
-    def test(model: nn.Module, refs: List[nn.Module]) -> DetectionReport:
-        return detect_manipulation(model, SHAPE, refs, method, n=args.noise_n, seed=args.noise_seed,
-                                   alpha=args.alpha)
-
-    for ref_set in ref_sets:
-        refs = [clean[i] for i in ref_set]
-        for i, model in enumerate(clean):
-            if i not in ref_set:
-                rows[CLEAN].add(f"clean{i}", test(model, refs))
-        for kind, models in manipulated.items():
-            for base, model in models:
-                if base not in ref_set:
-                    rows[kind].add(f"{kind}{base}", test(model, refs))
-    return list(rows.values())
+def run_tests(pool: Pool, scores: Dict[int, Scores], args) -> List[Row]:
+    rows: Dict[Tuple[int, str], Row] = {}
+    reference_free: Dict[str, bool] = {}
+    with memoised_behaviour():
+        for k in sorted(set(args.ks)):
+            for ref_set in reference_sets(len(pool.clean), k, args.draws, args.draw_seed + k):
+                refs = [pool.clean[i] for i in ref_set]
+                for e in pool.tested:
+                    if e.base is not None and e.base in ref_set:
+                        continue
+                    d = decide(e.model, refs, scores, pool.ds, args)
+                    rows.setdefault((k, e.kind), Row(pool.ds.name, k, e.kind)).add(e.name, d)
+                    if k == 0:
+                        reference_free[e.name] = d.flagged
+                    elif k < 3 and e.name in reference_free and d.flagged != reference_free[e.name]:
+                        raise RuntimeError(f"{pool.ds.name}, K = {k}: {e.name}'s decision differs from K = 0's")
+    kinds = list(dict.fromkeys(e.kind for e in pool.tested))
+    return sorted(rows.values(), key=lambda r: (kinds.index(r.kind), r.k))
 
 
 # --------------------------------------------------------------------------------------------
 # Output
 
-COLUMNS = ["method", "kind", "K", "tests", "models", "flagged", "rate", "ci_low", "ci_high",
-           "score_mean", "score_sd"]
+
+def signal_keys(methods: Sequence[str]) -> List[str]:
+    return [f"faith:{m}" for m in methods] + [f"noise:{m}" for m in methods]
 
 
-def row_values(row: Row) -> Dict[str, object]:
-    scores = list(row.scores.values())
+def short_key(key: str) -> str:
+    return key.replace("gradient", "grad")
+
+
+def row_values(row: Row, methods: Sequence[str]) -> Dict[str, object]:
     low, high = wilson_interval(row.flagged, row.tests)
-    return {"method": row.method, "kind": row.kind, "K": row.k, "tests": row.tests, "models": len(scores),
-            "flagged": row.flagged, "rate": row.flagged / row.tests if row.tests else float("nan"),
-            "ci_low": low, "ci_high": high,
-            "score_mean": statistics.fmean(scores) if scores else float("nan"),
-            "score_sd": statistics.stdev(scores) if len(scores) > 1 else float("nan")}
+    values = {"dataset": row.dataset, "K": row.k, "kind": row.kind, "tests": row.tests, "models": len(row.models),
+              "flagged": row.flagged, "rate": row.rate(), "ci_low": low, "ci_high": high,
+              "mismatch": row.mismatch / row.tests if row.k > 0 and row.tests else float("nan")}
+    values.update({key: row.rate(key) for key in signal_keys(methods)})
+    return values
 
 
-def print_table(rows: List[Row]) -> None:
-    print(f"{'method':<9} {'kind':<11} {'K':>2} {'tests':>6} {'models':>6} {'flagged':>7} {'rate':>6} "
-          f"{'95% interval':>16} {'score mean':>10} {'sd':>6}")
+def fmt(v: float, width: int = 6) -> str:
+    return f"{'-':>{width}}" if isinstance(v, float) and math.isnan(v) else f"{v:>{width}.3f}"
+
+
+def print_table(rows: List[Row], methods: Sequence[str]) -> None:
+    keys = signal_keys(methods)
+    print(f"{'data':<8} {'K':>2} {'kind':<17} {'tests':>6} {'models':>6} {'flagged':>7} {'rate':>6} "
+          f"{'95% interval':>16} {'mism':>6} " + " ".join(f"{short_key(k):>10}" for k in keys))
     for row in rows:
-        v = row_values(row)
-        print(f"{v['method']:<9} {v['kind']:<11} {v['K']:>2} {v['tests']:>6} {v['models']:>6} {v['flagged']:>7} "
-              f"{v['rate']:>6.3f} {'[' + format(v['ci_low'], '.3f') + ', ' + format(v['ci_high'], '.3f') + ']':>16} "
-              f"{v['score_mean']:>10.3f} {v['score_sd']:>6.3f}")
+        v = row_values(row, methods)
+        interval = f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+        print(f"{v['dataset']:<8} {v['K']:>2} {v['kind']:<17} {v['tests']:>6} {v['models']:>6} {v['flagged']:>7} "
+              f"{fmt(v['rate'])} {interval:>16} {fmt(v['mismatch'])} " + " ".join(fmt(v[k], 10) for k in keys))
 
 
-def write_csv(rows: List[Row], path: str) -> None:
+def mean_sd(values: List[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.fmean(values):.3f} +- {sd:.3f}" if not math.isnan(sd) else f"{values[0]:.3f}"
+
+
+def print_summary(pool: Pool, scores: Dict[int, Scores], methods: Sequence[str]) -> None:
+    """Per model kind, over its distinct models: accuracy, faithfulness ratio and noise-map
+    similarity per method, and the inconclusive faithfulness tests."""
+    print(f"{'data':<8} {'kind':<17} {'models':>6} {'accuracy':>15} "
+          + " ".join(f"{'phi ' + short_key(m):>15} {'noise ' + short_key(m):>15}" for m in methods)
+          + "  inconclusive faith")
+    kinds = list(dict.fromkeys(e.kind for e in pool.tested))
+    for kind in kinds:
+        models = [e.model for e in pool.tested if e.kind == kind]
+        s = [scores[id(m)] for m in models]
+        cells = [mean_sd([x.accuracy for x in s])]
+        for m in methods:
+            cells += [mean_sd([x.faith[m].ratio for x in s]), mean_sd([x.noise[m] for x in s])]
+        inconclusive = ", ".join(f"{short_key(m)} {sum(not x.faith[m].conclusive for x in s)}" for m in methods)
+        print(f"{pool.ds.name:<8} {kind:<17} {len(models):>6} " + " ".join(f"{c:>15}" for c in cells)
+              + f"  {inconclusive}")
+
+
+def print_targets(rows: List[Row], args) -> None:
+    """The false-positive-rate targets: met (rate <= alpha) and ok (Wilson lower end <= alpha)."""
+    def line(what: str, flagged: int, tests: int, models: int) -> None:
+        low, high = wilson_interval(flagged, tests)
+        rate = flagged / tests if tests else float("nan")
+        met = "met" if rate <= args.alpha else "MISSED"
+        ok = "ok" if low <= args.alpha else "miss"
+        print(f"  {what:<44} {rate:.3f} [{low:.3f}, {high:.3f}] ({flagged}/{tests} tests, {models} models): "
+              f"<= alpha {met}; not above beyond chance {ok}")
+
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        print(f"{dataset}: false-positive rates at alpha {args.alpha:g}")
+        mine = {(r.k, r.kind): r for r in rows if r.dataset == dataset}
+        for k in args.ks:
+            r = mine.get((k, CLEAN))
+            if r:
+                line(f"combined, K = {k}, clean", r.flagged, r.tests, len(r.models))
+        r0 = mine.get((min(args.ks), CLEAN))
+        if r0:
+            for m in args.methods:
+                line(f"faith:{m} alone (K-free), clean", r0.single[f"faith:{m}"], r0.tests, len(r0.models))
+        for k in args.ks:
+            r = mine.get((k, CLEAN))
+            if r and k >= 3:
+                for m in args.methods:
+                    line(f"noise:{m} alone, K = {k}, clean", r.single[f"noise:{m}"], r.tests, len(r.models))
+        for k in args.ks:
+            r = mine.get((k, LONG))
+            if r and k >= 3:
+                line(f"combined, K = {k}, model 2x refs' epochs", r.flagged, r.tests, len(r.models))
+                same = mine.get((k, CLEAN))
+                print(f"  {'':<44} reference_mismatch found the difference in {r.mismatch}/{r.tests} tests "
+                      f"({r.mismatch / r.tests:.3f})" + (f"; it found one in {same.mismatch}/{same.tests} tests of "
+                                                          f"the same recipe (clean)" if same else ""))
+
+
+def write_csv(rows: List[Row], methods: Sequence[str], path: str) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        fields = list(row_values(rows[0], methods))
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow(row_values(row))
+            writer.writerow(row_values(row, methods))
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,41 +611,53 @@ def write_csv(rows: List[Row], path: str) -> None:
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", type=int, default=30, help="clean models M, seeds 1..M (default 30)")
-    parser.add_argument("--bases", type=int, default=6,
-                        help="clean models 1..B each manipulated in every kind and method (default 6)")
-    parser.add_argument("--kinds", nargs="+", default=None,
-                        help="manipulations (default all: com_1ep com_2ep com_weak target_map)")
-    parser.add_argument("--tm-epochs", type=int, default=1, help="epochs of the target-map manipulation (default 1)")
-    parser.add_argument("--ks", type=int, nargs="+", default=[3, 5], help="reference-set sizes K (default 3 5)")
-    parser.add_argument("--draws", type=int, default=500, help="random reference sets per K (default 500)")
+    parser.add_argument("--datasets", nargs="+", default=["mnist5k", "digits"], choices=list(LOADERS),
+                        help="data sets (default mnist5k digits)")
+    parser.add_argument("--models", type=int, default=30, help="clean models M per data set, seeds 1..M (default 30)")
+    parser.add_argument("--mismatch-models", type=int, default=20,
+                        help="clean models trained for twice the epochs, seeds 1001.. (default 20)")
+    parser.add_argument("--bases", type=int, default=4,
+                        help="clean models 1..B each manipulated in every kind and method (default 4)")
+    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES),
+                        help="manipulation objectives (default com cross weak)")
+    parser.add_argument("--attack-epochs", type=int, nargs="+", default=[1, 3],
+                        help="epochs of every manipulation (default 1 3)")
+    parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 3, 5], help="reference-set sizes K (default 0 1 3 5)")
+    parser.add_argument("--draws", type=int, default=500, help="random reference sets per K, at most (default 500)")
     parser.add_argument("--draw-seed", type=int, default=0, help="seed of the reference-set draws (plus K)")
     parser.add_argument("--methods", nargs="+", default=["gradient", "lrp"],
-                        help="manipulation and detection methods (default gradient lrp)")
+                        help="methods of the combined test and of the manipulations (default gradient lrp)")
     parser.add_argument("--alpha", type=float, default=0.05, help="stated false-positive rate (default 0.05)")
-    parser.add_argument("--noise-n", type=int, default=32, help="noise inputs (default 32, the audit's noise_n)")
-    parser.add_argument("--noise-seed", type=int, default=0, help="seed of the noise inputs (default 0)")
-    parser.add_argument("--n-train", type=int, default=2000, help="training images of every model (default 2000)")
+    parser.add_argument("--margin", type=float, default=0.5, help="the faithfulness test's margin (default 0.5)")
+    parser.add_argument("--noise-n", type=int, default=32, help="noise inputs (default 32, combined_detection's)")
+    parser.add_argument("--seed", type=int, default=0, help="combined_detection's seed (noise inputs, removal; default 0)")
+    parser.add_argument("--test-images", type=int, default=64, help="detection images (and labels) (default 64)")
+    parser.add_argument("--n-train", type=int, default=2000, help="MNIST-5k training images (default 2000)")
+    parser.add_argument("--epochs", type=int, default=1, help="MNIST-5k clean recipe's epochs (default 1)")
+    parser.add_argument("--digits-train", type=int, default=1297, help="digits training images (default 1297)")
+    parser.add_argument("--digits-epochs", type=int, default=3, help="digits clean recipe's epochs (default 3)")
     parser.add_argument("--cache", default=None, help="folder to keep the trained models in across runs "
                                                       "(default: a temporary folder for this run)")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1; 0: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]: where models train and detect")
     parser.add_argument("--out", default=None, help="also write the table as CSV to this file")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 8 clean models, 2 bases, 10 draws, gradient only")
+                        help="smoke run: 8 clean and 4 mismatch models, 1 base, com and cross 1 epoch, 20 draws, "
+                             "gradient only")
     args = parser.parse_args(argv)
     if args.quick:
-        args.models, args.bases, args.draws, args.methods = 8, 2, 10, ["gradient"]
-    known = [m.name for m in manipulations(args.tm_epochs)]
-    for kind in args.kinds or []:
-        if kind not in known:
-            parser.error(f"--kinds: unknown {kind!r}, choose from {known}")
-    if min(args.ks) < 3:
-        parser.error("--ks: the calibrated test needs K >= 3")
-    if max(args.ks) >= args.models:
-        parser.error("--ks: every K must be smaller than --models (a clean model must be left to test)")
-    if not 1 <= args.bases <= args.models:
-        parser.error("--bases must lie in 1..--models")
+        args.models, args.mismatch_models, args.bases, args.draws = 8, 4, 1, 20
+        args.objectives, args.attack_epochs, args.methods = ["com", "cross"], [1], ["gradient"]
+    if min(args.ks) < 0 or max(args.ks) >= args.models:
+        parser.error("--ks: every K must lie in 0..--models - 1 (a clean model must be left to test)")
+    if args.models < 4:
+        parser.error("--models: at least 4 (the check of the memo tests clean model 4 against models 1-3)")
+    if not 0 <= args.bases <= args.models:
+        parser.error("--bases must lie in 0..--models")
+    if args.test_images < 20:
+        parser.error("--test-images: at least 20 (the faithfulness test's t test)")
+    if not 1 <= args.digits_train <= 1797 - max(args.test_images, DIGITS_TEST) and "digits" in args.datasets:
+        parser.error(f"--digits-train must leave at least {DIGITS_TEST} of the 1797 digits to test")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no GPU")
     return args
@@ -334,7 +667,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    kinds = [m for m in manipulations(args.tm_epochs) if args.kinds is None or m.name in args.kinds]
     device = torch.device(args.device)
     start = time.perf_counter()
 
@@ -343,73 +675,54 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{torch.get_num_threads()} threads", flush=True)
     if hasattr(os, "getloadavg"):
         print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
-    print(f"clean pool: {args.models} MNIST-5k mnist_cnn, seeds 1..{args.models}, 1 epoch on {args.n_train} "
-          f"training images\nmanipulated: {len(kinds)} kind(s) x {args.bases} base model(s) (seeds 1..{args.bases}) "
-          f"x method, lr {ATTACK_LR:g}: "
-          + "; ".join(f"{m.name} (lam {m.lam:g}, {m.epochs} ep)" for m in kinds)
-          + f"\ndetection: detect_manipulation(method in {args.methods}, n={args.noise_n}, seed={args.noise_seed}, "
-          f"alpha={args.alpha:g}), K in {args.ks}, {args.draws} random reference sets per K", flush=True)
+    kinds = manipulations(args.objectives, args.attack_epochs)
+    print(f"data sets: {', '.join(args.datasets)}; per data set {args.models} clean models (seeds 1..{args.models}), "
+          f"{args.mismatch_models} trained for twice the epochs (seeds 1001..)\n"
+          f"manipulated: {len(kinds)} kind(s) x {args.bases} base model(s) x {len(args.methods)} method(s), "
+          f"lr {ATTACK_LR:g}: " + "; ".join(f"{m.name} (lam {m.lam:g})" for m in kinds)
+          + f"\ndetection: combined_detection(data = first {args.test_images} test images and labels, methods "
+          f"{tuple(args.methods)}, alpha={args.alpha:g}, noise_n={args.noise_n}, margin={args.margin:g}, "
+          f"seed={args.seed}), K in {args.ks}, at most {args.draws} reference sets per K", flush=True)
 
-    x, y = manipex.data.load("mnist5k", split="train")
-    data = (x[:args.n_train].to(device), y[:args.n_train].to(device))
+    rows: List[Row] = []
+    summaries = []
     with contextlib.ExitStack() as stack:
         folder = Path(args.cache) if args.cache else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         folder.mkdir(parents=True, exist_ok=True)
-        tag = f"n{args.n_train}" if device.type == "cpu" else f"n{args.n_train}_{device.type}"
-        store = ModelStore(folder, tag, device)
-        t = time.perf_counter()
-        clean = [store.get(f"clean{s}", lambda s=s: train_clean(s, data)) for s in range(1, args.models + 1)]
-        print(f"clean models: {time.perf_counter() - t:.0f} s ({store.built} trained)", flush=True)
-        t, built = time.perf_counter(), store.built
-        manipulated = {method: {m.name: [(i, store.get(f"{method}_{m.name}_tm{args.tm_epochs}_base{i}",
-                                                       lambda i=i, m=m, method=method: manipulate(clean[i], m, method, data)))
-                                         for i in range(args.bases)]
-                                for m in kinds}
-                       for method in args.methods}
-        print(f"manipulated models: {time.perf_counter() - t:.0f} s ({store.built - built} made)", flush=True)
+        store = ModelStore(folder, device)
+        for name in args.datasets:
+            ds = LOADERS[name](args, device)
+            print(f"{name}: train {tuple(ds.train[0].shape)}, test {tuple(ds.test[0].shape)}, detection images "
+                  f"{tuple(ds.detect[0].shape)}, {ds.build().__class__.__name__} {ds.epochs} epoch(s)", flush=True)
+            pool = build_pool(ds, store, args)
+            scores = compute_scores(pool, args)
+            t = time.perf_counter()
+            check_shortcut(pool, scores, args)
+            print(f"{name}: memo checked against combined_detection: {time.perf_counter() - t:.0f} s", flush=True)
+            t = time.perf_counter()
+            rows += run_tests(pool, scores, args)
+            print(f"{name}: tests: {time.perf_counter() - t:.0f} s", flush=True)
+            summaries.append((pool, scores))
 
-        t = time.perf_counter()
-        check_memo(clean, args)
-        rows: List[Row] = []
-        with memoised_similarity():
-            for method in args.methods:
-                for k in args.ks:
-                    ref_sets = draw_reference_sets(args.models, k, args.draws, args.draw_seed + k)
-                    rows += run_tests(method, k, ref_sets, clean, manipulated[method], args)
-        print(f"tests: {time.perf_counter() - t:.0f} s\n", flush=True)
-
-    rows.sort(key=lambda r: (args.methods.index(r.method), r.kind != CLEAN, r.kind, r.k))
-    print_table(rows)
-    print("\nrate: share of tests flagged at alpha (clean rows: false-positive rate, others: power); "
-          "interval: 95% Wilson, tests taken as independent (they share models, so it is too narrow); "
-          "score: mean pairwise noise-map PCC, mean and sd over the distinct models of the row")
     print()
-    for row in rows:
-        if row.kind == CLEAN:
-            low, high = wilson_interval(row.flagged, row.tests)
-            rate = row.flagged / row.tests if row.tests else float("nan")
-            print(f"{row.method}, K = {row.k}: clean false-positive rate {rate:.3f} (95% interval "
-                  f"[{low:.3f}, {high:.3f}]) not above alpha {args.alpha:g} beyond chance "
-                  f"(interval's lower end <= alpha): {'ok' if low <= args.alpha else 'miss'}")
+    print_table(rows, args.methods)
+    print("\nrate: share of tests flagged by combined_detection at alpha (clean rows: false-positive rate, others: "
+          "power); interval: 95% Wilson, tests taken as independent (for K >= 1 they share models, so it is too "
+          "narrow); mism: share of tests where reference_mismatch found the references to differ (the noise-map "
+          "tests then do not count); faith:*, noise:*: each single test alone at alpha, unadjusted (noise: K >= 3 "
+          "only). K = 1: the noise-map test is uncalibrated and not counted, so the decision is K = 0's.\n")
+    for pool, scores in summaries:
+        print_summary(pool, scores, args.methods)
+    print("\naccuracy: on the whole test split; phi: faithfulness ratio (share of occlusion's gain over random "
+          "rankings the map reaches; the test's margin is "
+          f"{args.margin:g}); noise: mean pairwise PCC of {args.noise_n} noise maps; mean +- sd over the distinct "
+          "models\n")
+    print_targets(rows, args)
     if args.out:
-        write_csv(rows, args.out)
+        write_csv(rows, args.methods, args.out)
         print(f"written: {args.out}")
     print(f"total: {time.perf_counter() - start:.0f} s")
     return 0
-
-
-def check_memo(clean: List[nn.Module], args) -> None:
-    """One report with and without the memo must be identical."""
-    k = min(args.ks)
-    refs, model = clean[:k], clean[k]
-    kw = dict(n=args.noise_n, seed=args.noise_seed, alpha=args.alpha)
-    for method in args.methods:
-        plain = detect_manipulation(model, SHAPE, refs, method, **kw)
-        with memoised_similarity():
-            detect_manipulation(model, SHAPE, refs, method, **kw)
-            memo = detect_manipulation(model, SHAPE, refs, method, **kw)
-        if not same_report(plain, memo):
-            raise RuntimeError(f"memoised scores differ from detect_manipulation's own ({method}): {plain} vs {memo}")
 
 
 if __name__ == "__main__":

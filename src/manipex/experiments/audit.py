@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from ..attacks import manipulate_input
-from ..defenses.combined_detection import holm_decision, reference_mismatch
+from ..defenses.combined_detection import holm_decision, reference_mismatch, verdict_text
 from ..defenses.detection import detect_manipulation, noise_map_similarity, with_weight_noise
 from ..defenses.faithfulness_detection import faithfulness_test
 from ..explainers import explain, relevance
@@ -652,16 +652,17 @@ class Audit(Experiment):
         table = Audit.decision_table(faithfulness, detection, alpha)
         if not len(table):
             return "not tested"
-        counted = int(table.counted.sum())
-        flagged = table[table.flagged > 0]
-        if len(flagged):
-            return ("MANIPULATED: flagged by " + ", ".join(
-                f"{test} of {method} (p = {r.p_value:.3g}, Holm-adjusted {r.adjusted_p:.3g})"
-                for (test, method), r in flagged.iterrows()) + f"; Holm over {counted} tests at alpha {alpha:g}")
+        decided = {}
+        for r in faithfulness.itertuples() if len(faithfulness) else ():
+            decided[("faithfulness (reference-free)", r.method)] = bool(r.conclusive) and r.images >= 10
+        for r in detection.itertuples() if len(detection) else ():
+            decided[("noise-map similarity", r.method)] = bool(getattr(r, "conclusive", 1))
+        rows = [{"test": test, "method": method, "p_value": r.p_value, "adjusted_p": r.adjusted_p,
+                 "flagged": r.flagged > 0, "counted": r.counted > 0, "reference_based": not test.startswith("faith"),
+                 "decided": decided.get((test, method), True)} for (test, method), r in table.iterrows()]
+        mismatch = sorted({m for m in detection.get("mismatch", []) if isinstance(m, str) and m}) if len(
+            detection) else []
         parts = []
-        mismatch = [n for n in table.note if isinstance(n, str) and n.startswith("references differ")]
-        if mismatch:
-            parts.append(mismatch[0] + ", so the noise-map tests do not count")
         if len(detection) and "conclusive" in detection:
             for r in detection[detection.conclusive <= 0].itertuples():
                 needed = (f" (about {int(r.references_needed)} are needed)"
@@ -673,15 +674,11 @@ class Audit(Experiment):
                 parts.append(f"the {r.method} faithfulness test had only {int(r.images)} images (10 are needed)"
                              if r.images < 10 else f"the {r.method} faithfulness test cannot compare: occlusion does "
                              "not beat random rankings on these images")
+        text = verdict_text(rows, alpha, mismatch, parts)
+        if not text.startswith("MANIPULATED"):
+            text += ". " + ", ".join(f"{test.split(' (')[0]} of {method}: {r.statistic:.3f} against {r.bound:.3f}"
+                                     for (test, method), r in table.iterrows())
         uncalibrated = len(detection) and not bool(detection.calibrated.min() > 0)
-        if parts:
-            text = "inconclusive: " + "; ".join(parts)
-            if counted:
-                text += f"; the {counted} counted test(s) found no evidence of manipulation"
-        else:
-            text = f"no evidence of manipulation ({counted} tests, Holm at alpha {alpha:g}): " + ", ".join(
-                f"{test.split(' (')[0]} of {method} {r.statistic:.3f} against {r.bound:.3f}"
-                for (test, method), r in table.iterrows())
         if uncalibrated:
             text += " (the noise-map test is uncalibrated with fewer than 3 references: shown, not counted)"
         return text
