@@ -39,14 +39,21 @@ def detection_of(tables):
     return next(v for k, v in tables.items() if k.startswith("(d) Noise-input"))
 
 
+def decisions_of(tables):
+    return next(v for k, v in tables.items() if k.startswith("(d) Detection tests"))
+
+
 def test_audit_flags_the_manipulated_model_and_not_a_clean_one(checkpoints, tmp_path):
     references = [str(checkpoints[s]) for s in (1, 2, 3)]
-    flagged = detection_of(run("audit", overrides={**SMALL, "weights": str(checkpoints["manipulated"]),
-                                                   "references": references}, out=tmp_path / "m", quiet=True))
-    clean = detection_of(run("audit", overrides={**SMALL, "weights": str(checkpoints[7]), "references": references},
-                             out=tmp_path / "c", quiet=True))
-    assert flagged.loc["gradient", "manipulated"] == 1 and flagged.loc["gradient", "p_value"] < 0.05
-    assert clean.loc["gradient", "manipulated"] == 0 and clean.loc["gradient", "p_value"] > 0.05
+    m = run("audit", overrides={**SMALL, "weights": str(checkpoints["manipulated"]), "references": references},
+            out=tmp_path / "m", quiet=True)
+    c = run("audit", overrides={**SMALL, "weights": str(checkpoints[7]), "references": references},
+            out=tmp_path / "c", quiet=True)
+    flagged, clean = detection_of(m), detection_of(c)
+    assert decisions_of(m).flagged.max() == 1 and decisions_of(c).flagged.max() == 0
+    assert m["Verdict"].loc["Was the model itself manipulated?", "finding"].startswith("MANIPULATED")
+    assert not c["Verdict"].loc["Was the model itself manipulated?", "finding"].startswith("MANIPULATED")
+    assert flagged.loc["gradient", "p_value"] < 0.05 and clean.loc["gradient", "p_value"] > 0.05
     assert flagged.loc["gradient", "references"] == 3
 
 

@@ -99,6 +99,27 @@ def test_the_faithfulness_statistic_is_the_share_of_occlusions_gain_over_chance(
     assert not blind.manipulated and not blind.conclusive and blind.finding().startswith("inconclusive")
 
 
+def test_references_calibrate_the_faithfulness_test_in_place_of_the_margin():
+    """With 3 or more references the model's two ratios are tested against theirs by lower-tail
+    Student-t prediction intervals (no margin, no uniform map), Bonferroni-combined: a map as
+    unfaithful as its references' (a clean ViT's gradient: 18% of occlusion's) is not flagged."""
+    from manipex.defenses.faithfulness_detection import FaithfulnessReport, _calibrate
+
+    def report(ratio, mass):
+        empty = torch.zeros(1)
+        return FaithfulnessReport("gradient", ratio, 0.0, True, 0.5, 0.05, "road", empty, empty, empty, 0.0, 1.0,
+                                  mass)
+
+    refs = [report(r, m) for r, m in ((0.15, 0.01), (0.20, 0.00), (0.18, 0.02))]
+    poor_but_usual = _calibrate(report(0.17, 0.01), refs)
+    assert poor_but_usual.calibrated and not poor_but_usual.manipulated
+    p_rank = 1 - prediction_interval_test(0.17, [0.15, 0.20, 0.18], log=False)[0]
+    assert poor_but_usual.p_rank == pytest.approx(p_rank)
+    assert poor_but_usual.p_value == pytest.approx(min(1, 2 * min(p_rank, poor_but_usual.p_mass)))
+    unusual = _calibrate(report(-0.5, -0.3), refs)
+    assert unusual.manipulated and "unusual for the references (15%-20%" in unusual.finding()
+
+
 def test_holm_adjusts_in_closed_form_and_the_decision_counts_only_what_counts():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5]) == [0.5]
@@ -112,6 +133,7 @@ def test_the_combined_test_names_the_signal_that_flagged_the_model(pool):
     refs = pool["clean"][1:4]
     report = combined_detection(pool["cross"], (pool["x"], pool["y"]), refs, methods=("gradient",))
     assert report.manipulated and "faithfulness (gradient)" in report.flagged_by
+    assert report.signals[0].report.calibrated and report.signals[0].note == "calibrated by the references"
     assert report.finding().startswith("MANIPULATED (flagged by faithfulness (gradient, p = ")
     table = report.table()
     assert set(table.signal) == {"faithfulness", "noise-map similarity"} and table.counted.all()

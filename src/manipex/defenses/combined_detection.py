@@ -2,10 +2,11 @@
 
 :func:`combined_detection` runs, for each method of ``methods``:
 
-* the reference-free faithfulness test (:func:`~manipex.defenses.faithfulness_detection.
-  faithfulness_test`): does removing what the map points at lower the output as much as the
-  model's own use of the pixels predicts? It sees targeted (cross) manipulations that noise
-  maps miss;
+* the faithfulness test (:func:`~manipex.defenses.faithfulness_detection.faithfulness_test`):
+  does removing what the map points at lower the output as much as the model's own use of the
+  pixels predicts? It sees targeted (cross) manipulations that noise maps miss. Without
+  references (or with references of another recipe) it is reference-free; with 3 or more of the
+  model's recipe they calibrate it;
 * with 3 or more trusted references, the calibrated noise-map similarity test
   (:func:`~manipex.defenses.detection.detect_manipulation`, Pasliev 2020, Sec. 4.1). With 1 or
   2 references its uncalibrated heuristic is shown but not counted.
@@ -280,10 +281,11 @@ def combined_detection(
     mismatch = reference_mismatch(model, references, x, y) if references and y is not None else []
     signals: List[Signal] = []
     for method in methods:
+        calibrating = list(references) if len(references) >= 3 and not mismatch else []
         report = faithfulness_test(model, x[:images], method, margin=margin, alpha=alpha, seed=seed,
-                                   method_options=options.get(method))
+                                   method_options=options.get(method), references=calibrating)
         signals.append(Signal("faithfulness", method, report.p_value, None, False, True,
-                              "reference-free", report))
+                              "calibrated by the references" if report.calibrated else "reference-free", report))
         if references:
             noise = detect_manipulation(model, tuple(x.shape[1:]), list(references), method, n=noise_n, seed=seed,
                                         alpha=alpha, method_options=options.get(method))

@@ -331,14 +331,15 @@ def reference_moments(reference_scores: Sequence[float], *, log: bool = True) ->
     return m, math.sqrt(sum((r - m) ** 2 for r in values) / (len(values) - 1)), log
 
 
-def prediction_interval_test(score: float, reference_scores: Sequence[float], alpha: float = 0.05):
+def prediction_interval_test(score: float, reference_scores: Sequence[float], alpha: float = 0.05, *,
+                             log: bool = True):
     """``(p_value, threshold, description)`` of the one-sided Student-t prediction-interval test
     of :func:`detect_manipulation` for a model's ``score`` against 3 or more reference scores,
-    on the log scale where all are positive."""
+    on the log scale where all are positive (and ``log``); ``p_value`` is the upper tail."""
     k = len(reference_scores)
     if k < 3:
         raise ValueError(f"prediction_interval_test: needs 3 or more reference scores, got {k}")
-    m, sd, log = reference_moments(reference_scores, log=score > 0)  # clean scores are right-skewed
+    m, sd, log = reference_moments(reference_scores, log=log and score > 0)  # clean scores are right-skewed
     to, back = (math.log, math.exp) if log else ((lambda v: v), (lambda v: v))
     scale = max(sd, 1e-12) * math.sqrt(1 + 1 / k)
     p_value = 1 - student_t_cdf((to(score) - m) / scale, k - 1)

@@ -53,7 +53,7 @@ occlusion itself.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from .._validation import check_call, check_choice, check_int, check_real, short
 from ..explainers import explain, relevance
 from ..metrics.faithfulness import pixel_flipping, road
-from .detection import student_t_cdf
+from .detection import prediction_interval_test, student_t_cdf
 
 #: The fractions of pixels removed at the points of the test's curves: the first third, where
 #: maps differ; removing more leaves every ranking at the floor.
@@ -102,6 +102,14 @@ class FaithfulnessReport:
     p_rank: Optional[float] = None
     p_mass: Optional[float] = None
     mass_ratio: float = float("nan")
+    #: With 3 or more references: their ranking and mass ratios, which then calibrate the test.
+    reference_ratios: Tuple[float, ...] = ()
+    reference_mass_ratios: Tuple[float, ...] = ()
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether references, not the margin and the uniform map, set the bounds."""
+        return bool(self.reference_ratios)
 
     @property
     def images(self) -> int:
@@ -114,12 +122,17 @@ class FaithfulnessReport:
         return self.manipulated or float((self.random_scores - self.occlusion_scores).mean()) > 0
 
     def finding(self) -> str:
+        if self.manipulated and self.calibrated:
+            lo, hi = min(self.reference_ratios), max(self.reference_ratios)
+            return (f"MANIPULATED: the {self.method} maps reach {self.ratio:.0%} of occlusion's faithfulness (mass "
+                    f"{self.mass_ratio:.2f}), unusual for the references ({lo:.0%}-{hi:.0%}; p = {self.p_value:.3g})")
         if self.manipulated:
             if self.p_mass is not None and self.p_mass <= (self.p_rank if self.p_rank is not None else 1.0):
                 return (f"MANIPULATED: the {self.method} maps put less of their mass where occlusion finds the "
                         f"model looks than a uniform map would (p = {self.p_value:.3g})")
-            return (f"MANIPULATED: the {self.method} maps reach {self.ratio:.0%} of occlusion's faithfulness, "
-                    f"significantly below {self.margin:.0%} (p = {self.p_value:.3g})")
+            return (f"MANIPULATED, or {self.method} is unfaithful on this model: its maps reach {self.ratio:.0%} of "
+                    f"occlusion's faithfulness, significantly below {self.margin:.0%} (p = {self.p_value:.3g}); "
+                    "references of the model's kind tell the two apart")
         if not self.conclusive:
             return ("inconclusive: removing what occlusion points at does not lower the output more than removing "
                     "random pixels, so these images cannot test faithfulness")
@@ -169,6 +182,7 @@ def faithfulness_test(
     method_options: Optional[Dict[str, Any]] = None,
     occlusion: Optional[Dict[str, Any]] = None,
     patch: Optional[int] = None,
+    references: Sequence[nn.Module] = (),
 ) -> FaithfulnessReport:
     """Flag ``model`` when its ``method`` maps of the images ``x`` are significantly less
     faithful than the share ``margin`` of occlusion's faithfulness (no reference models; see
@@ -181,6 +195,14 @@ def faithfulness_test(
             ``"deletion"`` (pixels set to 0; the default for other inputs).
         random_rankings: random rankings per image that estimate chance.
         occlusion: options of the occlusion map (default :func:`occlusion_options`).
+        patch: side of the patches the rankings remove (default: the occlusion window).
+        references: trusted models of the model's kind. With 3 or more, their ranking and mass
+            ratios replace the margin and the uniform map as the bounds (lower-tail Student-t
+            prediction intervals, as :func:`~manipex.defenses.detection.detect_manipulation`
+            does for noise maps): then no assumption about how faithful a clean map is, only
+            that the references are of the model's kind. A clean ViT's gradient maps reach 18% of
+            occlusion's faithfulness, below the margin (the reference-free test calls them
+            unfaithful, which they are); against references of its kind they are not unusual.
     """
     where = "faithfulness_test"
     check_call(model, x, where=where)
@@ -198,22 +220,59 @@ def faithfulness_test(
                          f"inputs of shape {tuple(x.shape)}")
     if method_options is not None and not isinstance(method_options, dict):
         raise TypeError(f"{where}: method_options must be None or a dict, got {short(method_options)}")
-    with torch.no_grad():
-        target = model(x).argmax(1)
-    maps = relevance(explain(model, x, method, target, **(method_options or {}))).detach()
+    if isinstance(references, nn.Module) or not isinstance(references, (list, tuple)):
+        raise TypeError(f"{where}: references must be a list of trusted models (or empty), got "
+                        f"{type(references).__name__}")
+    for i, ref in enumerate(references):
+        check_call(ref, x, where=f"{where}: references[{i}]")
     occ_options = occlusion if occlusion is not None else occlusion_options(x.shape)
-    occ = relevance(explain(model, x, "occlusion", target, **occ_options)).detach()
-    g = torch.Generator().manual_seed(seed)
     size = patch if patch is not None else (occ_options.get("window", 1) if x.dim() == 4 else 1)
     check_int(size, where=where, name="patch", ge=1)
-    s_map = removal_scores(model, x, patches(maps, size), target, removal, seed)
-    s_occ = removal_scores(model, x, patches(occ, size), target, removal, seed)
+    settings = dict(method=method, method_options=method_options or {}, occlusion=occ_options, patch=size,
+                    removal=removal, random_rankings=random_rankings, seed=seed)
+    s_map, s_rand, s_occ, mass = faithfulness_scores(model, x, **settings)
+    report = _decide(method, s_map, s_rand, s_occ, margin, alpha, removal, mass)
+    if len(references) < 3:
+        return report
+    refs = []
+    for ref in references:
+        r_map, r_rand, r_occ, r_mass = faithfulness_scores(ref, x, **settings)
+        refs.append(_decide(method, r_map, r_rand, r_occ, margin, alpha, removal, r_mass))
+    return _calibrate(report, refs)
+
+
+def faithfulness_scores(model: nn.Module, x: Tensor, *, method: str, method_options: Dict[str, Any],
+                        occlusion: Dict[str, Any], patch: int, removal: str, random_rankings: int, seed: int):
+    """``(s_map, s_rand, s_occ, (mass excess of the map, of occlusion))`` per image, float64 (see
+    the module's docstring)."""
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    maps = relevance(explain(model, x, method, target, **method_options)).detach()
+    occ = relevance(explain(model, x, "occlusion", target, **occlusion)).detach()
+    g = torch.Generator().manual_seed(seed)
+    s_map = removal_scores(model, x, patches(maps, patch), target, removal, seed)
+    s_occ = removal_scores(model, x, patches(occ, patch), target, removal, seed)
     s_rand = torch.stack([
-        removal_scores(model, x, patches(torch.rand(maps.shape, generator=g, dtype=maps.dtype).to(maps.device), size),
+        removal_scores(model, x, patches(torch.rand(maps.shape, generator=g, dtype=maps.dtype).to(maps.device), patch),
                        target, removal, seed + 1 + j)
         for j in range(random_rankings)]).mean(0)
-    mass = (mass_excess(maps, occ), mass_excess(occ, occ))
-    return _decide(method, s_map.double(), s_rand.double(), s_occ.double(), margin, alpha, removal, mass)
+    return s_map.double(), s_rand.double(), s_occ.double(), (mass_excess(maps, occ), mass_excess(occ, occ))
+
+
+def _calibrate(report: FaithfulnessReport, references: Sequence[FaithfulnessReport]) -> FaithfulnessReport:
+    """The model's two statistics (ranking ratio, mass ratio) against those of 3 or more
+    trusted references: lower-tail Student-t prediction intervals
+    (:func:`~manipex.defenses.detection.prediction_interval_test` on the raw scale), in place of
+    the margin and the uniform map, Bonferroni-combined."""
+    ratios = [r.ratio for r in references]
+    masses = [r.mass_ratio for r in references]
+    if not all(math.isfinite(v) for v in ratios + masses + [report.ratio, report.mass_ratio]):
+        return report  # occlusion does not beat chance somewhere: nothing to calibrate with
+    p_rank = 1 - prediction_interval_test(report.ratio, ratios, report.alpha, log=False)[0]
+    p_mass = 1 - prediction_interval_test(report.mass_ratio, masses, report.alpha, log=False)[0]
+    p_value = min(1.0, 2 * min(p_rank, p_mass))
+    return replace(report, p_value=p_value, p_rank=p_rank, p_mass=p_mass, manipulated=p_value < report.alpha,
+                   reference_ratios=tuple(ratios), reference_mass_ratios=tuple(masses))
 
 
 def one_sided_t(d: Tensor) -> float:

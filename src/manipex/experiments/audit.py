@@ -10,9 +10,10 @@ a killed audit resumes):
   (:func:`~manipex.experiments.common.defended`);
 * **(c) curvature**: the largest principal curvature of the decision surface at the data
   (Dombrowski Thm 1) on the Softplus(β) model, for decreasing β;
-* **(d) evidence of model manipulation**: per method, the reference-free faithfulness test
+* **(d) evidence of model manipulation**: per method, the faithfulness test
   (:func:`manipex.defenses.faithfulness_test`: does removing what the map points at lower the
-  output as occlusion's ranking predicts?) and, against trusted reference models, the
+  output as occlusion's ranking predicts? reference-free, or calibrated by 3 or more references
+  of the model's recipe) and, against trusted reference models, the
   noise-input similarity test with a calibrated p-value (:func:`manipex.defenses.
   detect_manipulation`, 3 or more references), decided together by Holm's procedure at
   ``alpha`` (:func:`manipex.defenses.combined_detection.holm_decision`); the references' loss on
@@ -91,7 +92,7 @@ class AuditConfig(SourceConfig):
     betas: List[float] = key([10.0, 3.0, 1.0], "softplus betas of the curvature part", gt=0, le=10_000)
     noise_n: int = key(32, "noise inputs of the detection test", ge=2, le=100_000)
     alpha: float = key(0.05, "stated false-positive rate of the detection tests together (Holm)", gt=0, lt=1)
-    faithfulness_n: int = key(64, "images of the reference-free faithfulness test (10 or more)", ge=10, le=100_000)
+    faithfulness_n: int = key(64, "images of the faithfulness test (10 or more)", ge=10, le=100_000)
     margin: float = key(0.5, "faithfulness test: the share of occlusion's faithfulness a clean map is assumed to "
                         "reach", ge=0, le=1)
     weight_noise: List[float] = key([0.0, 0.05, 0.1], "weight-noise scales (relative to each tensor's sd)", ge=0,
@@ -150,6 +151,7 @@ class ReferenceRecipe:
 class AuditContext(ImageContext):
     references: Optional[List[nn.Module]] = None
     recipe: Optional[ReferenceRecipe] = None
+    mismatch: Optional[List[str]] = None
 
 
 class Audit(Experiment):
@@ -174,7 +176,9 @@ class Audit(Experiment):
         "(d) Noise-input similarity against the references (alpha = *)": (
             "(d) Was the model itself manipulated? (alpha = {})",
             "Similarity of the maps of noise inputs (score) against reference models of the same kind: threshold, "
-            "p-value (small = unusual) and the decision (1 = manipulated)."),
+            "p-value of this test alone (small = unusual; the decision, over every test, is in the detection tests "
+            "below) and its power: the mean similarity a manipulated model must reach to be flagged with "
+            "probability 0.8."),
         "(d) Detection tests (alpha = *": (
             "(d) Was the model itself manipulated? Every test, decided together (alpha = {})",
             "Per test and method: the statistic and its bound (faithfulness: the share of occlusion's gain over random "
@@ -448,32 +452,49 @@ class Audit(Experiment):
         return rows
 
     def _faithfulness(self, p, ctx, config):
-        """The reference-free faithfulness test on up to ``faithfulness_n`` of the audit's images
-        (not run, and not counted, with fewer than 10)."""
+        """The faithfulness test on up to ``faithfulness_n`` of the audit's images (not run, and
+        not counted, with fewer than 10), calibrated by the references where there are 3 or more
+        of the model's recipe (:meth:`_mismatch`), else reference-free."""
         x = ctx.x[:config.faithfulness_n]
         method = p["method"]
         if len(x) < 10:
             return [{"part": "faithfulness", "method": method, "images": len(x), "ratio": math.nan,
-                     "p_value": math.nan, "manipulated": 0.0, "conclusive": 0.0, "margin": config.margin}]
+                     "p_value": math.nan, "manipulated": 0.0, "conclusive": 0.0, "margin": config.margin,
+                     "calibrated": 0.0}]
+        refs = self._references_once(config, ctx)
+        calibrating = refs if len(refs) >= 3 and not self._mismatch(ctx) else []
         options = defended(method, "none", config)[1]
         report = faithfulness_test(ctx.model, x, method, margin=config.margin, alpha=config.alpha, seed=config.seed,
-                                   method_options=options)
+                                   method_options=options, references=calibrating)
         return [{"part": "faithfulness", "method": method, "images": report.images, "ratio": report.ratio,
-                 "p_value": report.p_value, "manipulated": float(report.manipulated),
-                 "conclusive": float(report.conclusive), "margin": report.margin, "removal": report.removal}]
+                 "mass_ratio": report.mass_ratio, "p_value": report.p_value, "manipulated": float(report.manipulated),
+                 "conclusive": float(report.conclusive), "margin": report.margin, "removal": report.removal,
+                 "calibrated": float(report.calibrated),
+                 "reference_ratios": ", ".join(f"{v:.3f}" for v in report.reference_ratios)}]
+
+    def _references_once(self, config, ctx) -> List[nn.Module]:
+        """The references, loaded (or trained) once per run for every method and test."""
+        if ctx.references is None:
+            ctx.references = self._references(config, ctx)
+        return ctx.references
+
+    def _mismatch(self, ctx) -> List[str]:
+        """How the references differ from the audited model on the audit's labelled images
+        (:func:`~manipex.defenses.combined_detection.reference_mismatch`), computed once per run."""
+        if ctx.mismatch is None:
+            ctx.mismatch = reference_mismatch(ctx.model, ctx.references, ctx.x, ctx.y) if len(ctx.x) else []
+        return ctx.mismatch
 
     def _detection(self, p, ctx, config):
         from ..models import accuracy
 
         model, method = ctx.model, p["method"]
-        if ctx.references is None:  # loaded (or trained) once per run, for every method
-            ctx.references = self._references(config, ctx)
-        refs = ctx.references
+        refs = self._references_once(config, ctx)
         shape = tuple(ctx.x.shape[1:])
         options = defended(method, "none", config)[1]
         report = detect_manipulation(model, shape, refs, method, n=config.noise_n, seed=config.seed,
                                      alpha=config.alpha, method_options=options)
-        mismatch = reference_mismatch(model, refs, ctx.x, ctx.y) if len(ctx.x) else []
+        mismatch = self._mismatch(ctx)
         source = ctx.recipe.row() if ctx.recipe is not None and not config.references else {
             "reference_source": "given"}
         rows = [{"part": "detection", "method": method, "score": report.score, "threshold": report.threshold,
@@ -512,17 +533,18 @@ class Audit(Experiment):
             tables["(c) Largest principal curvature at the data (median over images; Dombrowski Thm 1)"] = (
                 curvature.groupby("beta")["curvature"].median().sort_index(ascending=False).to_frame().round(4))
         detection = _part(df, "detection")
+        faithfulness = _part(df, "faithfulness")
+        decisions = self.decision_table(faithfulness, detection, config.alpha)
+        if len(decisions):
+            tables[f"(d) Detection tests (alpha = {config.alpha:g}, Holm over the counted tests)"] = decisions
         if len(detection):
-            cols = ["score", "reference_mean", "threshold", "p_value", "manipulated", "references", "test"]
+            detection = detection.assign(power=detection.get("detectable_score", math.nan))
+            cols = ["score", "reference_mean", "threshold", "p_value", "power", "references", "test"]
             tables[f"(d) Noise-input similarity against the references (alpha = {config.alpha:g})"] = (
                 detection.set_index("method")[cols].round(4))
             references = self.reference_table(detection, config)
             if references is not None:
                 tables["(d) Reference models"] = references
-        faithfulness = _part(df, "faithfulness")
-        decisions = self.decision_table(faithfulness, detection, config.alpha)
-        if len(decisions):
-            tables[f"(d) Detection tests (alpha = {config.alpha:g}, Holm over the counted tests)"] = decisions
         noise = _part(df, "weight_noise")
         if len(noise):
             table = noise.assign(**{"accuracy (%)": noise.accuracy * 100}).pivot_table(
@@ -544,9 +566,13 @@ class Audit(Experiment):
         rows = []
         for r in faithfulness.itertuples() if len(faithfulness) else ():
             ran = r.images >= 10
-            rows.append({"test": "faithfulness (reference-free)", "method": r.method, "statistic": r.ratio,
-                         "bound": r.margin, "p_value": r.p_value, "power": math.nan, "counted": ran,
-                         "can_flag": bool(r.conclusive), "note": "" if ran else f"{int(r.images)} images: too few"})
+            calibrated = bool(getattr(r, "calibrated", 0))
+            rows.append({"test": "faithfulness", "method": r.method, "statistic": r.ratio,
+                         "bound": math.nan if calibrated else r.margin, "p_value": r.p_value, "power": math.nan,
+                         "counted": ran, "can_flag": bool(r.conclusive),
+                         "note": (f"{int(r.images)} images: too few" if not ran else
+                                  f"calibrated by the references' ratios {r.reference_ratios}" if calibrated else
+                                  "reference-free: the margin is the bound")})
         for r in detection.itertuples() if len(detection) else ():
             mismatch = getattr(r, "mismatch", "")
             mismatch = mismatch if isinstance(mismatch, str) else ""
@@ -654,7 +680,7 @@ class Audit(Experiment):
             return "not tested"
         decided = {}
         for r in faithfulness.itertuples() if len(faithfulness) else ():
-            decided[("faithfulness (reference-free)", r.method)] = bool(r.conclusive) and r.images >= 10
+            decided[("faithfulness", r.method)] = bool(r.conclusive) and r.images >= 10
         for r in detection.itertuples() if len(detection) else ():
             decided[("noise-map similarity", r.method)] = bool(getattr(r, "conclusive", 1))
         rows = [{"test": test, "method": method, "p_value": r.p_value, "adjusted_p": r.adjusted_p,
@@ -676,7 +702,10 @@ class Audit(Experiment):
                              "not beat random rankings on these images")
         text = verdict_text(rows, alpha, mismatch, parts)
         if not text.startswith("MANIPULATED"):
-            text += ". " + ", ".join(f"{test.split(' (')[0]} of {method}: {r.statistic:.3f} against {r.bound:.3f}"
+            def against(r) -> str:
+                return f"{r.bound:.3f}" if r.bound == r.bound else "the references' " + r.note.split("references' ")[-1]
+
+            text += ". " + ", ".join(f"{test} of {method}: {r.statistic:.3f} against {against(r)}"
                                      for (test, method), r in table.iterrows())
         uncalibrated = len(detection) and not bool(detection.calibrated.min() > 0)
         if uncalibrated:
