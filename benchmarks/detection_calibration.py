@@ -136,13 +136,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import manipex
-from manipex.defenses import detection, faithfulness_test, holm
-from manipex.defenses.detection import prediction_interval_test
+from manipex.defenses import detection, faithfulness_test
+from manipex.defenses.detection import MAX_SCORE, prediction_interval_test
 from manipex.defenses.faithfulness_detection import FaithfulnessReport
 
 # ``manipex.defenses.combined_detection`` is the function (the package re-exports it under the
-# module's name); the module is needed for its ``data_behaviour`` and ``reference_mismatch``.
+# module's name); the modules are needed for ``data_behaviour``, ``reference_mismatch``,
+# ``holm_decision`` and the faithfulness test's calibration by references.
 cd = sys.modules["manipex.defenses.combined_detection"]
+fd = sys.modules["manipex.defenses.faithfulness_detection"]
 
 ATTACK_LR = 1e-3
 CLEAN = "clean"
@@ -166,20 +168,25 @@ def digits_cnn(num_classes: int = 10) -> nn.Sequential:
 
 @dataclass
 class DataSet:
-    """One data set: training and test images, the detection's images, the architecture and
-    the clean recipe's epochs."""
+    """One data set: training and test images, the architecture and the clean recipe's epochs.
+    ``data(n)`` is the detection's ``(x, y)``: the first ``n`` test images and their labels."""
 
     name: str
     train: Tuple[Tensor, Tensor]
-    test: Tuple[Tensor, Tensor]          # for the accuracy
-    detect: Tuple[Tensor, Tensor]        # the detection's (x, y): the first test images
+    test: Tuple[Tensor, Tensor]
     build: Callable[[], nn.Module]
     epochs: int
     tag: str                             # of the cached models' names
+    _data: Dict[int, Tuple[Tensor, Tensor]] = field(default_factory=dict)
+
+    def data(self, n: int) -> Tuple[Tensor, Tensor]:
+        if n not in self._data:  # one tensor per size, so that memo keys (ids) are stable
+            self._data[n] = (self.test[0][:n], self.test[1][:n])
+        return self._data[n]
 
     @property
     def shape(self) -> Tuple[int, ...]:
-        return tuple(self.detect[0].shape[1:])
+        return tuple(self.test[0].shape[1:])
 
 
 def load_mnist(args, device: torch.device) -> DataSet:
@@ -187,9 +194,7 @@ def load_mnist(args, device: torch.device) -> DataSet:
     xt, yt = manipex.data.load("mnist5k", split="test")
     tag = f"n{args.n_train}" + (f"_e{args.epochs}" if args.epochs != 1 else "")
     return DataSet("mnist5k", (x[:args.n_train].to(device), y[:args.n_train].to(device)),
-                   (xt.to(device), yt.to(device)),
-                   (xt[:args.test_images].to(device), yt[:args.test_images].to(device)),
-                   manipex.models.mnist_cnn, args.epochs, tag)
+                   (xt.to(device), yt.to(device)), manipex.models.mnist_cnn, args.epochs, tag)
 
 
 def load_digits_16(args, device: torch.device) -> DataSet:
@@ -200,9 +205,7 @@ def load_digits_16(args, device: torch.device) -> DataSet:
     x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
     y = torch.tensor(digits.target, dtype=torch.int64)
     n = args.digits_train
-    xt, yt = x[n:], y[n:]
-    return DataSet("digits", (x[:n].to(device), y[:n].to(device)), (xt.to(device), yt.to(device)),
-                   (xt[:args.test_images].to(device), yt[:args.test_images].to(device)),
+    return DataSet("digits", (x[:n].to(device), y[:n].to(device)), (x[n:].to(device), y[n:].to(device)),
                    digits_cnn, args.digits_epochs, f"digits_n{n}_e{args.digits_epochs}")
 
 
@@ -329,15 +332,15 @@ def build_pool(ds: DataSet, store: ModelStore, args) -> Pool:
 
 @dataclass
 class Scores:
-    faith: Dict[str, FaithfulnessReport]
-    noise: Dict[str, float]      # mean pairwise PCC, as detect_manipulation's score
-    accuracy: float              # on the data set's whole test split
+    faith: Dict[str, FaithfulnessReport]   # the reference-free report
+    noise: Dict[str, float]                # mean pairwise PCC, as detect_manipulation's score
+    accuracy: float                        # on the data set's whole test split
 
 
 def compute_scores(pool: Pool, args) -> Dict[int, Scores]:
     """Scores of every model of the pool, keyed by ``id(model)`` (the pool keeps the models)."""
     t = time.perf_counter()
-    x, _ = pool.ds.detect
+    x = pool.ds.data(args.images)[0]
     out: Dict[int, Scores] = {}
     for model in pool.clean + [e.model for e in pool.tested]:
         if id(model) in out:
@@ -355,7 +358,8 @@ def compute_scores(pool: Pool, args) -> Dict[int, Scores]:
 @contextlib.contextmanager
 def memoised_behaviour() -> Iterator[Dict]:
     """Replace ``combined_detection.data_behaviour`` by a memo keyed by the model object (kept in
-    the memo so that its id is not reused), and cache ``detection.student_t_quantile``."""
+    the memo so that its id is not reused) and the data, and cache ``detection.student_t_quantile``
+    (a pure function)."""
     original, quantile = cd.data_behaviour, detection.student_t_quantile
     memo: Dict = {}
 
@@ -385,47 +389,55 @@ class Decision:
     signals: List[Tuple[str, str, Optional[float], Optional[float], bool, bool]]  # as CombinedReport's
 
 
-def decide(model: nn.Module, refs: Sequence[nn.Module], scores: Dict[int, Scores], ds: DataSet, args) -> Decision:
-    x, y = ds.detect
+def decide(model: nn.Module, refs: Sequence[nn.Module], scores: Dict[int, Scores], ds: DataSet, labelled: int,
+           args) -> Decision:
+    """``combined_detection(model, ds.data(labelled), refs, methods, images=args.images, ...)``'s
+    decision, from the memo: the faithfulness reports are the reference-free ones, calibrated by
+    the references' (``faithfulness_detection._calibrate``, as ``faithfulness_test`` with
+    ``references``) where there are 3 or more and ``reference_mismatch`` finds nothing."""
+    x, y = ds.data(labelled)
     mine = scores[id(model)]
     mismatch = cd.reference_mismatch(model, list(refs), x, y) if refs else []
-    signals = []   # [signal, method, p, adjusted, flagged, counted, conclusive]
+    rows = []  # (signal, method, p, counted, can flag)
     single: Dict[str, bool] = {}
     for method in args.methods:
         f = mine.faith[method]
-        signals.append(["faithfulness", method, f.p_value, None, False, True, f.conclusive])
+        if len(refs) >= 3 and not mismatch:
+            f = fd._calibrate(f, [scores[id(r)].faith[method] for r in refs])
+        rows.append(("faithfulness", method, f.p_value, True, f.conclusive or f.manipulated))
         single[f"faith:{method}"] = bool(f.manipulated)
         if refs:
-            p = None
+            p, can_flag = None, True
             if len(refs) >= 3:
-                p = prediction_interval_test(mine.noise[method], [scores[id(r)].noise[method] for r in refs],
-                                             args.alpha)[0]
+                p, threshold, _ = prediction_interval_test(mine.noise[method],
+                                                           [scores[id(r)].noise[method] for r in refs], args.alpha)
                 single[f"noise:{method}"] = p < args.alpha
-            signals.append(["noise-map similarity", method, p, None, False, p is not None and not mismatch, True])
-    counted = [s for s in signals if s[5]]
-    for s, adjusted in zip(counted, holm([s[2] for s in counted])):
-        s[3] = adjusted
-        s[4] = adjusted < args.alpha and s[6]
-    return Decision(any(s[4] for s in signals), bool(mismatch) if refs else None, single,
-                    [tuple(s[:6]) for s in signals])
+                can_flag = p < args.alpha or threshold < MAX_SCORE  # DetectionReport.manipulated or .conclusive
+            rows.append(("noise-map similarity", method, p, p is not None and not mismatch, can_flag))
+    adjusted, flagged = cd.holm_decision([r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows],
+                                         args.alpha)
+    signals = [(r[0], r[1], r[2], a, f, r[3]) for r, a, f in zip(rows, adjusted, flagged)]
+    return Decision(any(flagged), bool(mismatch) if refs else None, single, signals)
 
 
 def check_shortcut(pool: Pool, scores: Dict[int, Scores], args) -> None:
     """``combined_detection`` itself and the memo's decision must agree exactly, for a clean, a
     ``clean_2x`` and a manipulated model (where there are such) against the first 3 clean
-    models."""
+    models, with the first labelled-data size."""
     refs = pool.clean[:3]
-    cases = [pool.clean[3]]
+    cases = [pool.tested[3]]
     for kind in (lambda k: k == LONG, lambda k: k not in (CLEAN, LONG)):
-        cases += [e.model for e in pool.tested if kind(e.kind)][:1]
-    for model in cases:
-        report = manipex.defenses.combined_detection(model, pool.ds.detect, refs, tuple(args.methods), alpha=args.alpha,
-                                                     noise_n=args.noise_n, margin=args.margin, seed=args.seed)
+        cases += [e for e in pool.tested if kind(e.kind)][:1]
+    labelled = args.data_images[0]
+    for e in cases:
+        report = manipex.defenses.combined_detection(
+            e.model, pool.ds.data(labelled), refs, tuple(args.methods), alpha=args.alpha, noise_n=args.noise_n,
+            margin=args.margin, images=args.images, seed=args.seed)
         with memoised_behaviour():
-            mine = decide(model, refs, scores, pool.ds, args)
+            mine = decide(e.model, refs, scores, pool.ds, labelled, args)
         theirs = [(s.signal, s.method, s.p_value, s.adjusted_p, s.flagged, s.counted) for s in report.signals]
         if (report.manipulated, bool(report.mismatch), theirs) != (mine.flagged, mine.mismatch, mine.signals):
-            raise RuntimeError(f"{pool.ds.name}: the memo's decision differs from combined_detection's:\n"
+            raise RuntimeError(f"{pool.ds.name}, {e.name}: the memo's decision differs from combined_detection's:\n"
                                f"{theirs} (mismatch {report.mismatch})\nvs {mine.signals} (mismatch {mine.mismatch})")
 
 
@@ -445,6 +457,7 @@ def reference_sets(m: int, k: int, draws: int, seed: int) -> List[Tuple[int, ...
 @dataclass
 class Row:
     dataset: str
+    labelled: int
     k: int
     kind: str
     tests: int = 0
@@ -480,23 +493,29 @@ def wilson_interval(flagged: int, tests: int, z: float = 1.959963984540054) -> T
 
 
 def run_tests(pool: Pool, scores: Dict[int, Scores], args) -> List[Row]:
-    rows: Dict[Tuple[int, str], Row] = {}
+    """Every test of the pool: per labelled-data size (the later sizes only at K >= 3, where the
+    labels can change the decision), K, reference set and tested model."""
+    rows: Dict[Tuple[int, int, str], Row] = {}
     reference_free: Dict[str, bool] = {}
     with memoised_behaviour():
-        for k in sorted(set(args.ks)):
-            for ref_set in reference_sets(len(pool.clean), k, args.draws, args.draw_seed + k):
-                refs = [pool.clean[i] for i in ref_set]
-                for e in pool.tested:
-                    if e.base is not None and e.base in ref_set:
-                        continue
-                    d = decide(e.model, refs, scores, pool.ds, args)
-                    rows.setdefault((k, e.kind), Row(pool.ds.name, k, e.kind)).add(e.name, d)
-                    if k == 0:
-                        reference_free[e.name] = d.flagged
-                    elif k < 3 and e.name in reference_free and d.flagged != reference_free[e.name]:
-                        raise RuntimeError(f"{pool.ds.name}, K = {k}: {e.name}'s decision differs from K = 0's")
+        for n, labelled in enumerate(args.data_images):
+            for k in sorted(set(args.ks)):
+                if n and k < 3:
+                    continue
+                for ref_set in reference_sets(len(pool.clean), k, args.draws, args.draw_seed + k):
+                    refs = [pool.clean[i] for i in ref_set]
+                    for e in pool.tested:
+                        if e.base is not None and e.base in ref_set:
+                            continue
+                        d = decide(e.model, refs, scores, pool.ds, labelled, args)
+                        key = (labelled, k, e.kind)
+                        rows.setdefault(key, Row(pool.ds.name, labelled, k, e.kind)).add(e.name, d)
+                        if k == 0:
+                            reference_free[e.name] = d.flagged
+                        elif k < 3 and e.name in reference_free and d.flagged != reference_free[e.name]:
+                            raise RuntimeError(f"{pool.ds.name}, K = {k}: {e.name}'s decision differs from K = 0's")
     kinds = list(dict.fromkeys(e.kind for e in pool.tested))
-    return sorted(rows.values(), key=lambda r: (kinds.index(r.kind), r.k))
+    return sorted(rows.values(), key=lambda r: (args.data_images.index(r.labelled), kinds.index(r.kind), r.k))
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,8 +532,8 @@ def short_key(key: str) -> str:
 
 def row_values(row: Row, methods: Sequence[str]) -> Dict[str, object]:
     low, high = wilson_interval(row.flagged, row.tests)
-    values = {"dataset": row.dataset, "K": row.k, "kind": row.kind, "tests": row.tests, "models": len(row.models),
-              "flagged": row.flagged, "rate": row.rate(), "ci_low": low, "ci_high": high,
+    values = {"dataset": row.dataset, "labelled": row.labelled, "K": row.k, "kind": row.kind, "tests": row.tests,
+              "models": len(row.models), "flagged": row.flagged, "rate": row.rate(), "ci_low": low, "ci_high": high,
               "mismatch": row.mismatch / row.tests if row.k > 0 and row.tests else float("nan")}
     values.update({key: row.rate(key) for key in signal_keys(methods)})
     return values
@@ -526,36 +545,39 @@ def fmt(v: float, width: int = 6) -> str:
 
 def print_table(rows: List[Row], methods: Sequence[str]) -> None:
     keys = signal_keys(methods)
-    print(f"{'data':<8} {'K':>2} {'kind':<17} {'tests':>6} {'models':>6} {'flagged':>7} {'rate':>6} "
+    print(f"{'data':<8} {'lab':>4} {'K':>2} {'kind':<17} {'tests':>6} {'models':>6} {'flagged':>7} {'rate':>6} "
           f"{'95% interval':>16} {'mism':>6} " + " ".join(f"{short_key(k):>10}" for k in keys))
     for row in rows:
         v = row_values(row, methods)
         interval = f"[{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
-        print(f"{v['dataset']:<8} {v['K']:>2} {v['kind']:<17} {v['tests']:>6} {v['models']:>6} {v['flagged']:>7} "
-              f"{fmt(v['rate'])} {interval:>16} {fmt(v['mismatch'])} " + " ".join(fmt(v[k], 10) for k in keys))
+        print(f"{v['dataset']:<8} {v['labelled']:>4} {v['K']:>2} {v['kind']:<17} {v['tests']:>6} {v['models']:>6} "
+              f"{v['flagged']:>7} {fmt(v['rate'])} {interval:>16} {fmt(v['mismatch'])} "
+              + " ".join(fmt(v[k], 10) for k in keys))
 
 
 def mean_sd(values: List[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.fmean(values):.3f} +- {sd:.3f}" if not math.isnan(sd) else f"{values[0]:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} +- {statistics.stdev(values):.3f}"
 
 
 def print_summary(pool: Pool, scores: Dict[int, Scores], methods: Sequence[str]) -> None:
-    """Per model kind, over its distinct models: accuracy, faithfulness ratio and noise-map
-    similarity per method, and the inconclusive faithfulness tests."""
+    """Per model kind, over its distinct models: accuracy; per method the faithfulness ratio,
+    the mass ratio and the noise-map similarity; the inconclusive faithfulness tests."""
     print(f"{'data':<8} {'kind':<17} {'models':>6} {'accuracy':>15} "
-          + " ".join(f"{'phi ' + short_key(m):>15} {'noise ' + short_key(m):>15}" for m in methods)
-          + "  inconclusive faith")
+          + " ".join(f"{'phi ' + short_key(m):>15} {'mass ' + short_key(m):>15} {'noise ' + short_key(m):>15}"
+                     for m in methods) + "  inconclusive faith")
     kinds = list(dict.fromkeys(e.kind for e in pool.tested))
     for kind in kinds:
         models = [e.model for e in pool.tested if e.kind == kind]
         s = [scores[id(m)] for m in models]
         cells = [mean_sd([x.accuracy for x in s])]
         for m in methods:
-            cells += [mean_sd([x.faith[m].ratio for x in s]), mean_sd([x.noise[m] for x in s])]
+            cells += [mean_sd([x.faith[m].ratio for x in s]), mean_sd([x.faith[m].mass_ratio for x in s]),
+                      mean_sd([x.noise[m] for x in s])]
         inconclusive = ", ".join(f"{short_key(m)} {sum(not x.faith[m].conclusive for x in s)}" for m in methods)
         print(f"{pool.ds.name:<8} {kind:<17} {len(models):>6} " + " ".join(f"{c:>15}" for c in cells)
               + f"  {inconclusive}")
@@ -568,39 +590,43 @@ def print_targets(rows: List[Row], args) -> None:
         rate = flagged / tests if tests else float("nan")
         met = "met" if rate <= args.alpha else "MISSED"
         ok = "ok" if low <= args.alpha else "miss"
-        print(f"  {what:<44} {rate:.3f} [{low:.3f}, {high:.3f}] ({flagged}/{tests} tests, {models} models): "
+        print(f"  {what:<52} {rate:.3f} [{low:.3f}, {high:.3f}] ({flagged}/{tests} tests, {models} models): "
               f"<= alpha {met}; not above beyond chance {ok}")
 
+    first = args.data_images[0]
     for dataset in dict.fromkeys(r.dataset for r in rows):
-        print(f"{dataset}: false-positive rates at alpha {args.alpha:g}")
-        mine = {(r.k, r.kind): r for r in rows if r.dataset == dataset}
+        print(f"{dataset}: false-positive rates at alpha {args.alpha:g} ({first} labelled images unless said)")
+        mine = {(r.labelled, r.k, r.kind): r for r in rows if r.dataset == dataset}
         for k in args.ks:
-            r = mine.get((k, CLEAN))
+            r = mine.get((first, k, CLEAN))
             if r:
                 line(f"combined, K = {k}, clean", r.flagged, r.tests, len(r.models))
-        r0 = mine.get((min(args.ks), CLEAN))
-        if r0:
-            for m in args.methods:
-                line(f"faith:{m} alone (K-free), clean", r0.single[f"faith:{m}"], r0.tests, len(r0.models))
         for k in args.ks:
-            r = mine.get((k, CLEAN))
+            r = mine.get((first, k, CLEAN))
+            if r and (k == 0 or k >= 3):
+                for m in args.methods:
+                    what = "reference-free" if k == 0 else "calibrated unless mismatch"
+                    line(f"faith:{m} alone, K = {k} ({what}), clean", r.single[f"faith:{m}"], r.tests, len(r.models))
+        for k in args.ks:
+            r = mine.get((first, k, CLEAN))
             if r and k >= 3:
                 for m in args.methods:
                     line(f"noise:{m} alone, K = {k}, clean", r.single[f"noise:{m}"], r.tests, len(r.models))
-        for k in args.ks:
-            r = mine.get((k, LONG))
-            if r and k >= 3:
-                line(f"combined, K = {k}, model 2x refs' epochs", r.flagged, r.tests, len(r.models))
-                same = mine.get((k, CLEAN))
-                print(f"  {'':<44} reference_mismatch found the difference in {r.mismatch}/{r.tests} tests "
-                      f"({r.mismatch / r.tests:.3f})" + (f"; it found one in {same.mismatch}/{same.tests} tests of "
-                                                          f"the same recipe (clean)" if same else ""))
+        for labelled in args.data_images:
+            for k in args.ks:
+                r = mine.get((labelled, k, LONG))
+                if r and k >= 3:
+                    line(f"combined, K = {k}, model 2x refs' epochs, {labelled} lab.", r.flagged, r.tests,
+                         len(r.models))
+                    same = mine.get((labelled, k, CLEAN))
+                    print(f"  {'':<52} reference_mismatch found the difference in {r.mismatch}/{r.tests} tests "
+                          f"({r.mismatch / r.tests:.3f})" + (f"; a difference in {same.mismatch}/{same.tests} tests of "
+                                                              f"the same recipe (clean)" if same else ""))
 
 
 def write_csv(rows: List[Row], methods: Sequence[str], path: str) -> None:
     with open(path, "w", newline="") as f:
-        fields = list(row_values(rows[0], methods))
-        writer = csv.DictWriter(f, fieldnames=fields)
+        writer = csv.DictWriter(f, fieldnames=list(row_values(rows[0], methods)))
         writer.writeheader()
         for row in rows:
             writer.writerow(row_values(row, methods))
@@ -631,7 +657,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--margin", type=float, default=0.5, help="the faithfulness test's margin (default 0.5)")
     parser.add_argument("--noise-n", type=int, default=32, help="noise inputs (default 32, combined_detection's)")
     parser.add_argument("--seed", type=int, default=0, help="combined_detection's seed (noise inputs, removal; default 0)")
-    parser.add_argument("--test-images", type=int, default=64, help="detection images (and labels) (default 64)")
+    parser.add_argument("--images", type=int, default=64,
+                        help="faithfulness images: the first of the test split (combined_detection's images; default 64)")
+    parser.add_argument("--data-images", type=int, nargs="+", default=[500, 64],
+                        help="labelled test images of data=(x, y) (reference_mismatch), one run per size; the later "
+                             "sizes at K >= 3 only (default 500 64)")
     parser.add_argument("--n-train", type=int, default=2000, help="MNIST-5k training images (default 2000)")
     parser.add_argument("--epochs", type=int, default=1, help="MNIST-5k clean recipe's epochs (default 1)")
     parser.add_argument("--digits-train", type=int, default=1297, help="digits training images (default 1297)")
@@ -654,10 +684,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         parser.error("--models: at least 4 (the check of the memo tests clean model 4 against models 1-3)")
     if not 0 <= args.bases <= args.models:
         parser.error("--bases must lie in 0..--models")
-    if args.test_images < 20:
-        parser.error("--test-images: at least 20 (the faithfulness test's t test)")
-    if not 1 <= args.digits_train <= 1797 - max(args.test_images, DIGITS_TEST) and "digits" in args.datasets:
-        parser.error(f"--digits-train must leave at least {DIGITS_TEST} of the 1797 digits to test")
+    if args.images < 20:
+        parser.error("--images: at least 20 (the faithfulness test's t tests)")
+    smallest = min(1000 if "mnist5k" in args.datasets else 1797, DIGITS_TEST if "digits" in args.datasets else 1797)
+    if len(set(args.data_images)) != len(args.data_images) or not all(
+            args.images <= n <= smallest for n in args.data_images):
+        parser.error(f"--data-images: distinct sizes in --images..{smallest} (the test split of every data set)")
+    if "digits" in args.datasets and args.digits_train != 1797 - DIGITS_TEST:
+        parser.error(f"--digits-train: the split is fixed at {1797 - DIGITS_TEST} training and {DIGITS_TEST} test images")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no GPU")
     return args
@@ -680,9 +714,10 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{args.mismatch_models} trained for twice the epochs (seeds 1001..)\n"
           f"manipulated: {len(kinds)} kind(s) x {args.bases} base model(s) x {len(args.methods)} method(s), "
           f"lr {ATTACK_LR:g}: " + "; ".join(f"{m.name} (lam {m.lam:g})" for m in kinds)
-          + f"\ndetection: combined_detection(data = first {args.test_images} test images and labels, methods "
-          f"{tuple(args.methods)}, alpha={args.alpha:g}, noise_n={args.noise_n}, margin={args.margin:g}, "
-          f"seed={args.seed}), K in {args.ks}, at most {args.draws} reference sets per K", flush=True)
+          + f"\ndetection: combined_detection(data = first {' or '.join(map(str, args.data_images))} test images and "
+          f"labels, images={args.images}, methods {tuple(args.methods)}, alpha={args.alpha:g}, noise_n={args.noise_n}, "
+          f"margin={args.margin:g}, seed={args.seed}), K in {args.ks}, at most {args.draws} reference sets per K",
+          flush=True)
 
     rows: List[Row] = []
     summaries = []
@@ -692,8 +727,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         store = ModelStore(folder, device)
         for name in args.datasets:
             ds = LOADERS[name](args, device)
-            print(f"{name}: train {tuple(ds.train[0].shape)}, test {tuple(ds.test[0].shape)}, detection images "
-                  f"{tuple(ds.detect[0].shape)}, {ds.build().__class__.__name__} {ds.epochs} epoch(s)", flush=True)
+            print(f"{name}: train {tuple(ds.train[0].shape)}, test {tuple(ds.test[0].shape)}, "
+                  f"{ds.build().__class__.__name__} {ds.epochs} epoch(s)", flush=True)
             pool = build_pool(ds, store, args)
             scores = compute_scores(pool, args)
             t = time.perf_counter()
@@ -706,17 +741,19 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     print()
     print_table(rows, args.methods)
-    print("\nrate: share of tests flagged by combined_detection at alpha (clean rows: false-positive rate, others: "
-          "power); interval: 95% Wilson, tests taken as independent (for K >= 1 they share models, so it is too "
-          "narrow); mism: share of tests where reference_mismatch found the references to differ (the noise-map "
-          "tests then do not count); faith:*, noise:*: each single test alone at alpha, unadjusted (noise: K >= 3 "
-          "only). K = 1: the noise-map test is uncalibrated and not counted, so the decision is K = 0's.\n")
+    print("\nlab: labelled images of data=(x, y) (the first --images of them are the faithfulness test's); rate: share "
+          "of tests flagged by combined_detection at alpha (clean rows: false-positive rate, others: power); "
+          "interval: 95% Wilson, tests taken as independent (for K >= 1 they share models, so it is too narrow); "
+          "mism: share of tests where reference_mismatch found the references to differ (the reference-based tests "
+          "then do not count, and the faithfulness test is not calibrated by them); faith:*, noise:*: each single "
+          "test alone at alpha, unadjusted (faith: calibrated by the references at K >= 3 unless mism; noise: K >= 3 "
+          "only). K = 1: nothing uses the reference, so the decision is K = 0's.\n")
     for pool, scores in summaries:
         print_summary(pool, scores, args.methods)
-    print("\naccuracy: on the whole test split; phi: faithfulness ratio (share of occlusion's gain over random "
-          "rankings the map reaches; the test's margin is "
-          f"{args.margin:g}); noise: mean pairwise PCC of {args.noise_n} noise maps; mean +- sd over the distinct "
-          "models\n")
+    print("\naccuracy: on the whole test split; phi: ranking ratio (share of occlusion's gain over random rankings "
+          f"the map reaches; the test's margin is {args.margin:g}); mass: the map's mass excess over a uniform map's "
+          f"as a share of occlusion's own; noise: mean pairwise PCC of {args.noise_n} noise maps; mean +- sd over "
+          "the distinct models (reference-free figures)\n")
     print_targets(rows, args)
     if args.out:
         write_csv(rows, args.methods, args.out)
