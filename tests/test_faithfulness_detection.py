@@ -78,6 +78,11 @@ def test_the_faithfulness_statistic_is_the_share_of_occlusions_gain_over_chance(
     d = g_map - 0.5 * g_occ
     t = float(d.mean() / (d.std() / math.sqrt(40)))
     assert report.p_value == pytest.approx(student_t_cdf(t, 39)) and report.manipulated
+    # its power: the ratio below which the test flags with probability 0.8
+    from manipex.defenses.detection import Z_POWER, student_t_quantile
+    se = float(d.std()) / math.sqrt(40)
+    expected = 0.5 - (student_t_quantile(0.95, 39) + Z_POWER) * se / float(g_occ.mean())
+    assert report.detectable_ratio == pytest.approx(expected) and 0 < report.detectable_ratio < 0.5
     faithful = _decide("gradient", s_occ + 0.02, s_rand, s_occ, 0.5, 0.05, "road")
     assert not faithful.manipulated and faithful.p_value > 0.99
     # the mass test: Bonferroni with the ranking test; a map worse placed than a uniform one is flagged

@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from .._validation import check_call, check_choice, check_int, check_real, short
 from ..explainers import explain, relevance
 from ..metrics.faithfulness import pixel_flipping, road
-from .detection import prediction_interval_test, student_t_cdf
+from .detection import Z_POWER, prediction_interval_test, reference_moments, student_t_cdf, student_t_quantile
 
 #: The fractions of pixels removed at the points of the test's curves: the first third, where
 #: maps differ; removing more leaves every ranking at the floor.
@@ -105,6 +105,9 @@ class FaithfulnessReport:
     #: With 3 or more references: their ranking and mass ratios, which then calibrate the test.
     reference_ratios: Tuple[float, ...] = ()
     reference_mass_ratios: Tuple[float, ...] = ()
+    #: The power of the ranking test: the ratio below which a model is flagged with probability
+    #: 0.8 (from the images' spread, or with references from theirs).
+    detectable_ratio: float = float("nan")
 
     @property
     def calibrated(self) -> bool:
@@ -271,8 +274,11 @@ def _calibrate(report: FaithfulnessReport, references: Sequence[FaithfulnessRepo
     p_rank = 1 - prediction_interval_test(report.ratio, ratios, report.alpha, log=False)[0]
     p_mass = 1 - prediction_interval_test(report.mass_ratio, masses, report.alpha, log=False)[0]
     p_value = min(1.0, 2 * min(p_rank, p_mass))
+    m, sd, _ = reference_moments(ratios, log=False)
+    k = len(ratios)
+    detectable = m - (student_t_quantile(1 - report.alpha / 2, k - 1) * math.sqrt(1 + 1 / k) + Z_POWER) * sd
     return replace(report, p_value=p_value, p_rank=p_rank, p_mass=p_mass, manipulated=p_value < report.alpha,
-                   reference_ratios=tuple(ratios), reference_mass_ratios=tuple(masses))
+                   reference_ratios=tuple(ratios), reference_mass_ratios=tuple(masses), detectable_ratio=detectable)
 
 
 def one_sided_t(d: Tensor) -> float:
@@ -311,5 +317,11 @@ def _decide(method: str, s_map: Tensor, s_rand: Tensor, s_occ: Tensor, margin: f
         mass_ratio = float(excess.mean()) / float(occ_excess.mean()) if float(occ_excess.mean()) > 0 else float("nan")
         p_value = min(1.0, 2 * min(p_rank, p_mass))
     flagged = p_value < alpha and occ_gain > 0
+    # power: the ratio below which the ranking test flags with probability 0.8 (at its Bonferroni level)
+    level = alpha / 2 if mass is not None else alpha
+    d = g_map - margin * g_occ
+    se = float(d.std()) / math.sqrt(len(d))
+    detectable = (margin - (student_t_quantile(1 - level, len(d) - 1) + Z_POWER) * se / occ_gain
+                  if occ_gain > 0 else float("nan"))
     return FaithfulnessReport(method, ratio, p_value, flagged, margin, alpha, removal, s_map.float(), s_rand.float(),
-                              s_occ.float(), p_rank, p_mass, mass_ratio)
+                              s_occ.float(), p_rank, p_mass, mass_ratio, detectable_ratio=detectable)

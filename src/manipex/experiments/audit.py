@@ -184,7 +184,8 @@ class Audit(Experiment):
             "Per test and method: the statistic and its bound (faithfulness: the share of occlusion's gain over random "
             "rankings the map reaches, against the margin; noise maps: the similarity against the threshold from the "
             "references), p-value, Holm-adjusted p-value over the counted tests, flagged (1 = manipulated), and the "
-            "power (noise maps: the mean similarity flagged with probability 0.8)."),
+            "power: the statistic at which a model is flagged with probability 0.8 (faithfulness: a ratio below it; "
+            "noise maps: a similarity above it)."),
         "(d) Reference models": (
             "(d) Reference models",
             "The trusted models the detection test compares with: given, or trained here with this recipe (each "
@@ -469,7 +470,7 @@ class Audit(Experiment):
         return [{"part": "faithfulness", "method": method, "images": report.images, "ratio": report.ratio,
                  "mass_ratio": report.mass_ratio, "p_value": report.p_value, "manipulated": float(report.manipulated),
                  "conclusive": float(report.conclusive), "margin": report.margin, "removal": report.removal,
-                 "calibrated": float(report.calibrated),
+                 "calibrated": float(report.calibrated), "detectable_ratio": report.detectable_ratio,
                  "reference_ratios": ", ".join(f"{v:.3f}" for v in report.reference_ratios)}]
 
     def _references_once(self, config, ctx) -> List[nn.Module]:
@@ -568,7 +569,8 @@ class Audit(Experiment):
             ran = r.images >= 10
             calibrated = bool(getattr(r, "calibrated", 0))
             rows.append({"test": "faithfulness", "method": r.method, "statistic": r.ratio,
-                         "bound": math.nan if calibrated else r.margin, "p_value": r.p_value, "power": math.nan,
+                         "bound": math.nan if calibrated else r.margin, "p_value": r.p_value,
+                         "power": getattr(r, "detectable_ratio", math.nan),
                          "counted": ran, "can_flag": bool(r.conclusive),
                          "note": (f"{int(r.images)} images: too few" if not ran else
                                   f"calibrated by the references' ratios {r.reference_ratios}" if calibrated else
