@@ -3,46 +3,53 @@
 
 Run from the repository root::
 
-    python benchmarks/detection_calibration.py                  # ~30 min on 1 of 2 busy CPU cores
+    python benchmarks/detection_calibration.py                  # ~25 min on 1 of 2 busy CPU cores (16 min with --cache)
     python benchmarks/detection_calibration.py --quick          # smoke run (8 clean models, gradient only), ~2 min
     python benchmarks/detection_calibration.py --out det.csv    # also write the table as CSV
     python benchmarks/detection_calibration.py --cache /tmp/det # keep the trained models for the next run
     python benchmarks/detection_calibration.py --device cuda    # train, manipulate and detect on the GPU
 
-What is measured: :func:`manipex.defenses.combined_detection` (``src/manipex/defenses/
-combined_detection.py``) with ``K`` reference models, ``methods = --methods`` (``gradient`` and
-``lrp``), ``alpha``, ``noise_n = --noise-n`` (32), ``margin = --margin`` (0.5) and ``seed =
---seed`` (0), on ``data = (x, y)``: the first ``--test-images`` (64) images of the data set's
-test split and their labels, the same for every model. Its decision (``report.manipulated``) is
-Holm's procedure at ``alpha`` over the counted tests: per method, the reference-free
-faithfulness test (:func:`~manipex.defenses.faithfulness_detection.faithfulness_test`, always
-counted) and, with ``K >= 3`` references, the calibrated noise-map test
-(:func:`~manipex.defenses.detection.detect_manipulation`), which is left out where
-:func:`~manipex.defenses.combined_detection.reference_mismatch` finds that the references
-differ from the model in loss on ``(x, y)``. With ``K = 1`` (or 2) the noise-map test is
-uncalibrated and not counted, so the decision at ``K = 1`` is the reference-free one of ``K =
-0`` for every model (the run checks this). Next to the combined decision every single test is
-counted on its own at ``alpha`` (unadjusted): ``faith:<method>`` (``FaithfulnessReport.
-manipulated``; it does not depend on K) and, for ``K >= 3``, ``noise:<method>`` (``p_value <
-alpha``, whatever ``reference_mismatch`` says). The tests state a false-positive rate of at
-most ``alpha`` for a clean model of the references' kind.
+What is measured: the decision (``report.manipulated``) of
+:func:`manipex.defenses.combined_detection` (``src/manipex/defenses/combined_detection.py``),
+called as ``combined_detection(model, data=(x, y), references, methods=--methods, alpha,
+noise_n=--noise-n, margin=--margin, images=--images, seed=--seed)`` with ``K`` references,
+``methods`` ``gradient`` and ``lrp``, ``alpha`` 0.05, ``noise_n`` 32, ``margin`` 0.5, ``seed`` 0,
+``(x, y)`` the first ``L`` images of the data set's test split and their labels (``L`` of
+``--data-images``: 500, and 64, the faithfulness images alone) and ``images`` 64: the
+faithfulness test sees the first 64 of them, the same for every model. The decision is Holm's
+procedure at ``alpha`` (``holm_decision``) over the counted tests, per method:
+
+* the faithfulness test (:func:`~manipex.defenses.faithfulness_detection.faithfulness_test`:
+  ranking ratio against ``margin`` and mass excess against a uniform map, Bonferroni-combined),
+  always counted: reference-free with ``K < 3`` references, or where
+  :func:`~manipex.defenses.combined_detection.reference_mismatch` finds that the references
+  differ from the model in loss on ``(x, y)``; else calibrated by the references' ratios;
+* with ``K >= 3``, the noise-map test (:func:`~manipex.defenses.detection.detect_manipulation`),
+  counted unless ``reference_mismatch`` finds a difference.
+
+With ``K = 1`` (or 2) neither uses the reference (the noise-map test is uncalibrated and not
+counted, the faithfulness test needs 3 to be calibrated), so the decision at ``K = 1`` is the
+reference-free one of ``K = 0`` for every model (the run checks this). Next to the combined
+decision every single test is counted on its own at ``alpha`` (unadjusted): ``faith:<method>``
+(its ``manipulated``, as the combined test ran it: reference-free at ``K = 0, 1`` or on a
+mismatch, else calibrated) and, for ``K >= 3``, ``noise:<method>`` (``p_value < alpha``,
+whatever ``reference_mismatch`` says). The tests state a false-positive rate of at most
+``alpha`` for a clean model (of the references' kind, for the reference-based ones).
 
 Data sets (``--datasets``):
 
 * ``mnist5k``: ``x, y = manipex.data.load("mnist5k", split="train")``; every model is
   ``manipex.models.mnist_cnn()`` trained on ``x[:N], y[:N]`` (``N = --n-train``, 2000) for
-  ``--epochs`` (1) epoch(s); the test images are the first 64 of ``split="test"`` (accuracy:
-  on all 1000).
+  ``--epochs`` (1) epoch(s); test images: ``split="test"`` (1000; accuracy on all of them).
 * ``digits`` (unseen by the tests' design): scikit-learn's ``load_digits`` (1797 images 8x8,
   values 0..16), scaled to [0, 1] by ``/ 16`` and upsampled to 16x16 by ``F.interpolate(...,
   mode="bilinear", align_corners=False)``, 1 channel; train/test split in the file's order:
-  the first ``--digits-train`` (1297) images train, the last 500 test (the detection's 64 are the
-  first 64 of those; accuracy: on all 500). Model: :func:`digits_cnn`, ``conv3x3(1->16) - BN -
-  ReLU - AvgPool2 - conv3x3(16->32) - BN - ReLU - AvgPool2 - flatten - linear(512->10)``,
-  trained for ``--digits-epochs`` (3) epochs on the training part (1 epoch leaves it at 58-70 %
-  accuracy, 3 epochs at about 90 %; the printed summary gives the measured accuracy).
+  the first 1297 images train, the last 500 test (accuracy on all 500). Model:
+  :func:`digits_cnn`, ``conv3x3(1->16) - BN - ReLU - AvgPool2 - conv3x3(16->32) - BN - ReLU -
+  AvgPool2 - flatten - linear(512->10)``, trained for ``--digits-epochs`` (3) epochs (1 epoch left
+  it at 58-70 % accuracy; 3 epochs: 90.5 %, see "Measured").
 
-Models, per data set (training: ``torch.manual_seed(s)`` then the architecture, then
+Models, per data set (training: ``torch.manual_seed(s)``, the architecture, then
 ``train_classifier(model, x_train, y_train, epochs=E, seed=s)``, eval mode):
 
 * ``clean``: ``--models`` (30) models, seeds ``s = 1..M``, ``E`` the data set's epochs;
@@ -59,43 +66,48 @@ Models, per data set (training: ``torch.manual_seed(s)`` then the architecture, 
     1, ``lam=1.0``;
   - ``weak``: ``CenterOfMass((0.0, 0.0))``, ``lam=0.01``.
 
-  The manipulated method is one of the two the combined test tests (both, always); its single
-  tests are ``faith:<method>`` and ``noise:<method>`` of that method.
+  The manipulated method is one of the two the combined test tests (always both); its own
+  single tests are ``faith:<method>`` and ``noise:<method>`` of that method.
 
 Reference sets: for each ``K`` of ``--ks`` (0, 1, 3 and 5), every set of ``K`` distinct clean
 models when there are at most ``--draws`` (500) of them (``K = 1``: all 30), else ``--draws``
 sets drawn at random (``random.Random(--draw-seed + K)``); ``K = 0`` is the one empty set.
 Against each set every clean model *not* in it is tested (row ``clean``: the false-positive
-rate), every ``clean_2x`` model (the recipe-mismatch false-positive rate; column ``mism``: how
-often ``reference_mismatch`` found the references to differ), and every manipulated model whose
-*base* is not in the set (the power).
+rate), every ``clean_2x`` model (the recipe-mismatch false-positive rate), and every
+manipulated model whose *base* is not in it (the power). The second and later sizes of
+``--data-images`` are run at ``K >= 3`` only (below, the labels cannot change the decision).
 
-Columns: ``tests`` (pairs of reference set and tested model), ``models`` (distinct models
-tested), ``flagged`` (by the combined test), ``rate`` (= flagged / tests), its 95 % Wilson score
-interval (closed form), ``mism`` (share of tests where ``reference_mismatch`` was not empty; the
-noise-map tests were then not counted), and the single tests' rates. The interval treats the
-tests as independent; at ``K >= 1`` they are not (the same models recur in many tests and
-sets), so it is narrower than the true uncertainty, which is nearer that of ``models``
-independent tests: read it as descriptive. At ``K = 0`` the tests are the models themselves.
-A second table gives, per data set and model kind, the accuracy, the faithfulness ratio
-``phi`` and the noise-map similarity per method (mean and sd over the distinct models; none of
-them depends on the reference set) and how many faithfulness tests were inconclusive.
+Columns: ``lab`` (``L``), ``tests`` (pairs of reference set and tested model), ``models``
+(distinct models tested), ``flagged`` (by the combined test), ``rate`` (= flagged / tests), its
+95 % Wilson score interval (closed form), ``mism`` (share of tests where
+``reference_mismatch`` was not empty: the reference-based tests were then not counted, the
+faithfulness test not calibrated), and the single tests' rates. The interval treats the tests
+as independent; at ``K >= 1`` they are not (the same models recur in many tests and sets), so
+it is narrower than the true uncertainty, which is nearer that of ``models`` independent
+tests: read it as descriptive. At ``K = 0`` the tests are the models themselves. A second
+table gives, per data set and model kind, the accuracy and, per method, the faithfulness
+ranking ratio ``phi``, the mass ratio and the noise-map similarity (mean and sd over the
+distinct models; all reference-free, none depends on the reference set) and how many
+faithfulness tests were inconclusive.
 
-Memo: the faithfulness test, the noise-map similarity and the loss and accuracy on ``(x, y)``
-do not depend on the reference set, so each is computed once per model (and method); the
-decision for a reference set is then made from them exactly as ``combined_detection`` makes it:
-``reference_mismatch`` itself (its ``data_behaviour`` replaced by a memo keyed by the model
-object), the noise-map p-value by ``prediction_interval_test`` (as ``detect_manipulation``),
-and ``holm`` over the counted p-values, a faithfulness test flagging only when conclusive.
-During the tests ``detection.student_t_quantile`` (a pure function) is cached too. Before the
-tests, for three (model, reference set) pairs per data set (clean model 4, the first
-``clean_2x`` and the first manipulated model, each against clean models 1-3) ``combined_detection`` itself is called and its decision,
-p-values, adjusted p-values, counted tests and mismatch are checked to be identical with the
-memo's. Trained and manipulated models are saved (state dicts, ``torch.save``; loaded with
-``torch.load(..., weights_only=True)``) in a temporary folder for the run, or in ``--cache`` to be
-reused by the next run with the same settings. Threads: ``--threads`` (default 1): these models
-are so small that a second thread does not pay (on 2 busy cores, 2 threads made an epoch of
-training 7x and of manipulation 15x slower than 1).
+Memo: the faithfulness test's reference-free report, the noise-map similarity and the loss
+and accuracy on ``(x, y)`` do not depend on the reference set, so each is computed once per
+model (and method, and ``L``); the decision for a reference set is then made from them exactly
+as ``combined_detection`` makes it: ``reference_mismatch`` itself (its ``data_behaviour``
+replaced by a memo keyed by the model object and the data), the faithfulness report calibrated
+by the references' own reference-free reports with ``faithfulness_detection._calibrate`` (what
+``faithfulness_test(..., references=...)`` does: the references' reports are computed on the
+same images with the same settings), the noise-map p-value and threshold by
+``prediction_interval_test`` (as ``detect_manipulation``), and ``holm_decision``. During the
+tests ``detection.student_t_quantile`` (a pure function) is cached too. Before the tests, for
+three (model, reference set) pairs per data set (clean model 4, the first ``clean_2x`` and the
+first manipulated model, each against clean models 1-3, with ``L`` = 500) ``combined_detection``
+itself is called and its decision, p-values, adjusted p-values, counted tests and mismatch are
+checked to be identical with the memo's. Trained and manipulated models are saved (state dicts,
+``torch.save``; loaded with ``torch.load(..., weights_only=True)``) in a temporary folder for the
+run, or in ``--cache`` to be reused by the next run with the same settings. Threads:
+``--threads`` (default 1): these models are so small that a second thread does not pay (on 2
+busy cores, 2 threads made an epoch of training 7x and of manipulation 15x slower than 1).
 
 Device: ``--device`` (default cpu). Every model is built on the CPU (so the initialisation is the
 same as on the CPU), then moved to the device, and the images are moved there once; training,
@@ -104,14 +116,70 @@ manipulation and detection all run there. On cuda the models differ from the CPU
 ``--cache`` the cuda models are kept under their own names (``..._cuda_...``).
 
 Targets (the tests' promise), per data set: the clean false-positive rate is at most ``alpha``
-for the combined test at every K, for each faithfulness test (K = 0: one test per clean model)
-and for each noise-map test (K = 3, 5), on ``--models`` >= 30 clean models; and for the combined
-test against references of half the model's epochs (K = 3). Each is printed as ``met`` /
-``MISSED`` (the rate itself <= alpha) and ``ok`` / ``miss`` for "not above alpha beyond chance"
-(the lower end of the 95 % Wilson interval <= alpha; the interval is too narrow for K >= 1,
-see above, so a ``miss`` there is a warning, not a proof). The power is reported, not targeted.
+for the combined test at every K, for each faithfulness test (K = 0: reference-free, one test
+per clean model; K = 3, 5: as the combined test ran it) and for each noise-map test (K = 3, 5),
+on ``--models`` >= 30 clean models; and for the combined test against 3 (and 5) references of
+half the model's epochs. Each is printed as ``met`` / ``MISSED`` (the rate itself <= alpha) and
+``ok`` / ``miss`` for "not above alpha beyond chance" (the lower end of the 95 % Wilson interval
+<= alpha; the interval is too narrow for K >= 1, see above, so a ``miss`` there is a warning,
+not a proof). The power is reported, not targeted.
 
-Measured: see the section at the end of this docstring (filled in from a default run).
+Measured (2026-12-02, manipex 0.1.0, torch 2.13 CPU; 2 shared CPU cores, 1 thread, load
+average 1-2 from other work; the default run, ``--cache`` empty at the start: 1457 s, of which
+training 66 s, manipulation 464 s, faithfulness tests and noise maps 837 s, the check of the
+memo 58 s, the tests 30 s; ``--quick`` 90 s with its models cached, about 2 min without).
+
+* Accuracy (mean +- sd over the models): MNIST-5k clean 0.769 +- 0.030 (1 epoch), ``clean_2x``
+  0.877 +- 0.015; digits CNN clean 0.905 +- 0.008 (3 epochs), ``clean_2x`` 0.934 +- 0.008.
+  Reference-free faithfulness ratio ``phi`` of clean models: MNIST gradient 0.77 +- 0.06, LRP
+  0.81 +- 0.04; digits gradient 0.72 +- 0.11, LRP 0.83 +- 0.12.
+* Clean false-positive rate of the combined test (500 labelled images), K = 0 / 1 / 3 / 5:
+  MNIST-5k 0/30, 0/870, 0.030 [0.027, 0.033], 0.019 [0.017, 0.022]; digits 0/30, 0/870, 0.047
+  [0.044, 0.051], 0.035 [0.032, 0.038]; all <= alpha. With 64 labelled images (K = 3 / 5):
+  MNIST-5k 0.030 / 0.019, digits 0.046 / 0.033.
+* Single tests on clean models: faithfulness reference-free (K = 0): 0/30 for both methods on
+  both data sets; calibrated by the references (K = 3 / 5): MNIST-5k gradient 0.024 / 0.018, LRP
+  0.048 / 0.044, digits gradient 0.047 / 0.041, LRP 0.026 / 0.015. Noise-map test: MNIST-5k
+  gradient 0.034 / 0.038, LRP 0.032 / 0.033; digits gradient 0.069 / 0.060, LRP 0.060 / 0.063:
+  **above alpha on digits** (MISSED; the log-normal prediction interval does not hold there as
+  on MNIST-5k; Holm keeps the combined rate at 0.047 / 0.035).
+* Recipe mismatch (20 models of 2 E epochs, 500 sets of 3 references of E epochs): combined
+  false-positive rate MNIST-5k 0.002 (500 labelled images) / 0.004 (64), digits 0.000 / 0.001
+  (K = 5: 0.000 / 0.001 and 0.000 / 0.000). ``reference_mismatch`` found the difference in
+  0.747 / 0.432 of the tests on MNIST-5k and 0.9995 / 0.989 on digits; on clean models of the
+  references' own recipe it fired in 0.062 / 0.049 (MNIST-5k) and 0.036 / 0.049 (digits) of the
+  tests (its level: 0.05).
+* Power of the combined test (500 labelled images; K = 0 / 3 / 5; 4 manipulated models per
+  row, so each K = 0 figure is 0, 1, 2, 3 or 4 of 4):
+
+  ==================  ==================  ==================
+  kind                MNIST-5k            digits
+  ==================  ==================  ==================
+  gradient:com_1ep    0.25 / 0.34 / 0.28  0.50 / 0.22 / 0.39
+  gradient:com_3ep    0.75 / 0.77 / 1.00  0.00 / 0.36 / 0.64
+  gradient:cross_1ep  0.75 / 0.60 / 0.91  0.25 / 0.20 / 0.31
+  gradient:cross_3ep  1.00 / 0.92 / 1.00  0.50 / 0.22 / 0.48
+  gradient:weak_1ep   0.25 / 0.51 / 0.86  0.50 / 0.30 / 0.54
+  gradient:weak_3ep   0.25 / 0.34 / 0.25  0.25 / 0.24 / 0.34
+  lrp:com_1ep         0.00 / 0.37 / 0.33  0.50 / 0.36 / 0.58
+  lrp:com_3ep         1.00 / 0.99 / 1.00  1.00 / 0.67 / 0.99
+  lrp:cross_1ep       0.00 / 0.36 / 0.69  1.00 / 0.62 / 0.95
+  lrp:cross_3ep       0.00 / 0.02 / 0.00  1.00 / 0.96 / 1.00
+  lrp:weak_1ep        0.00 / 0.57 / 0.82  0.75 / 0.53 / 0.75
+  lrp:weak_3ep        0.50 / 0.54 / 0.50  0.50 / 0.45 / 0.50
+  ==================  ==================  ==================
+
+  Low figures where the manipulation lowers the model's loss (fine-tuning on cross-entropy
+  trains it further): ``reference_mismatch`` then takes the references for another recipe and
+  the reference-based tests drop out. MNIST-5k ``lrp:cross_3ep`` (accuracy 0.908 against the
+  references' 0.769): the noise-map test alone flags 0.969 (K = 3) and 1.000 (K = 5) of the
+  tests, the combined test 0.018 and 0.000 (mismatch found in 0.96 and 1.00); ``lrp:weak_3ep``
+  1.000 alone, 0.54 / 0.50 combined. The sharper check of 500 labelled images costs power
+  against 64 (MNIST-5k ``lrp:com_1ep`` at K = 3: 0.37 against 0.73). References can also lower
+  the power below K = 0's (digits ``lrp:cross_1ep`` 1.00 -> 0.62): the calibrated faithfulness
+  test is weaker than the margin where clean ratios spread widely, and Holm then corrects for 4
+  tests, not 2. Digits ``gradient:com_3ep`` keeps its maps' ranking faithful (``phi`` 0.97 +-
+  0.36): only the noise-map test sees it.
 """
 from __future__ import annotations
 
@@ -149,7 +217,7 @@ fd = sys.modules["manipex.defenses.faithfulness_detection"]
 ATTACK_LR = 1e-3
 CLEAN = "clean"
 LONG = "clean_2x"
-DIGITS_TEST = 500
+DIGITS_TRAIN, DIGITS_TEST = 1297, 500  # of scikit-learn's 1797 digits, in the file's order
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +272,7 @@ def load_digits_16(args, device: torch.device) -> DataSet:
     x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0
     x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
     y = torch.tensor(digits.target, dtype=torch.int64)
-    n = args.digits_train
+    n = DIGITS_TRAIN
     return DataSet("digits", (x[:n].to(device), y[:n].to(device)), (x[n:].to(device), y[n:].to(device)),
                    digits_cnn, args.digits_epochs, f"digits_n{n}_e{args.digits_epochs}")
 
@@ -347,7 +415,8 @@ def compute_scores(pool: Pool, args) -> Dict[int, Scores]:
             continue
         faith = {m: faithfulness_test(model, x, m, margin=args.margin, alpha=args.alpha, seed=args.seed)
                  for m in args.methods}
-        noise = {m: detection.noise_map_similarity(model, pool.ds.shape, m, n=args.noise_n, seed=args.seed).mean().item()
+        noise = {m: detection.noise_map_similarity(model, pool.ds.shape, m, n=args.noise_n,
+                                                   seed=args.seed).mean().item()
                  for m in args.methods}
         out[id(model)] = Scores(faith, noise, manipex.models.accuracy(model, *pool.ds.test))
     print(f"{pool.ds.name}: faithfulness tests and noise maps of {len(out)} models: {time.perf_counter() - t:.0f} s",
@@ -590,7 +659,7 @@ def print_targets(rows: List[Row], args) -> None:
         rate = flagged / tests if tests else float("nan")
         met = "met" if rate <= args.alpha else "MISSED"
         ok = "ok" if low <= args.alpha else "miss"
-        print(f"  {what:<52} {rate:.3f} [{low:.3f}, {high:.3f}] ({flagged}/{tests} tests, {models} models): "
+        print(f"  {what:<62} {rate:.3f} [{low:.3f}, {high:.3f}] ({flagged}/{tests} tests, {models} models): "
               f"<= alpha {met}; not above beyond chance {ok}")
 
     first = args.data_images[0]
@@ -619,7 +688,7 @@ def print_targets(rows: List[Row], args) -> None:
                     line(f"combined, K = {k}, model 2x refs' epochs, {labelled} lab.", r.flagged, r.tests,
                          len(r.models))
                     same = mine.get((labelled, k, CLEAN))
-                    print(f"  {'':<52} reference_mismatch found the difference in {r.mismatch}/{r.tests} tests "
+                    print(f"  {'':<62} reference_mismatch found the difference in {r.mismatch}/{r.tests} tests "
                           f"({r.mismatch / r.tests:.3f})" + (f"; a difference in {same.mismatch}/{same.tests} tests of "
                                                               f"the same recipe (clean)" if same else ""))
 
@@ -648,7 +717,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                         help="manipulation objectives (default com cross weak)")
     parser.add_argument("--attack-epochs", type=int, nargs="+", default=[1, 3],
                         help="epochs of every manipulation (default 1 3)")
-    parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 3, 5], help="reference-set sizes K (default 0 1 3 5)")
+    parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 3, 5],
+                        help="reference-set sizes K (default 0 1 3 5)")
     parser.add_argument("--draws", type=int, default=500, help="random reference sets per K, at most (default 500)")
     parser.add_argument("--draw-seed", type=int, default=0, help="seed of the reference-set draws (plus K)")
     parser.add_argument("--methods", nargs="+", default=["gradient", "lrp"],
@@ -656,15 +726,16 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=0.05, help="stated false-positive rate (default 0.05)")
     parser.add_argument("--margin", type=float, default=0.5, help="the faithfulness test's margin (default 0.5)")
     parser.add_argument("--noise-n", type=int, default=32, help="noise inputs (default 32, combined_detection's)")
-    parser.add_argument("--seed", type=int, default=0, help="combined_detection's seed (noise inputs, removal; default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="combined_detection's seed (noise inputs, removal; default 0)")
     parser.add_argument("--images", type=int, default=64,
-                        help="faithfulness images: the first of the test split (combined_detection's images; default 64)")
+                        help="faithfulness images: the first of the test split (combined_detection's images; "
+                             "default 64)")
     parser.add_argument("--data-images", type=int, nargs="+", default=[500, 64],
                         help="labelled test images of data=(x, y) (reference_mismatch), one run per size; the later "
                              "sizes at K >= 3 only (default 500 64)")
     parser.add_argument("--n-train", type=int, default=2000, help="MNIST-5k training images (default 2000)")
     parser.add_argument("--epochs", type=int, default=1, help="MNIST-5k clean recipe's epochs (default 1)")
-    parser.add_argument("--digits-train", type=int, default=1297, help="digits training images (default 1297)")
     parser.add_argument("--digits-epochs", type=int, default=3, help="digits clean recipe's epochs (default 3)")
     parser.add_argument("--cache", default=None, help="folder to keep the trained models in across runs "
                                                       "(default: a temporary folder for this run)")
@@ -690,8 +761,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     if len(set(args.data_images)) != len(args.data_images) or not all(
             args.images <= n <= smallest for n in args.data_images):
         parser.error(f"--data-images: distinct sizes in --images..{smallest} (the test split of every data set)")
-    if "digits" in args.datasets and args.digits_train != 1797 - DIGITS_TEST:
-        parser.error(f"--digits-train: the split is fixed at {1797 - DIGITS_TEST} training and {DIGITS_TEST} test images")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no GPU")
     return args

@@ -215,9 +215,14 @@ class Audit(Experiment):
     def setup(self, config, run):
         # the attacked images and their targets, and for accuracy up to 256 held-out images (an
         # image folder without splits keeps the rest for references trained here)
-        n_eval = (max(2 * config.n, config.faithfulness_n) if config.dataset == "image_folder"
-                  else max(2 * config.n, 256, config.faithfulness_n))
         needs_train = config.trains_here or not config.references
+        n_eval = max(2 * config.n, 256, config.faithfulness_n)
+        if config.dataset == "image_folder":
+            # a folder without split folders is split here: the held-out images are taken from the
+            # training images, so take more than the attacks need only where nothing trains here
+            root = Path(config.root).expanduser()
+            split = any((root / s).is_dir() for s in ("train", "val", "test"))
+            n_eval = max(2 * config.n, config.faithfulness_n) if split or not needs_train else 2 * config.n
         try:
             base = ImageContext.load(config, run, n_train=(config.n_train or None) if needs_train else 0,
                                      n_eval=n_eval, seed=config.seed)
