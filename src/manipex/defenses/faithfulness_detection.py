@@ -11,8 +11,8 @@ Two statistics, each per image ``i`` and then tested over the images:
 * **Ranking.** Three rankings of the image's pixels are scored by how fast removing them lowers
   the explained class's probability (:func:`manipex.metrics.faithfulness.road`, noisy linear
   imputation, Rong et al. 2022; or :func:`~manipex.metrics.faithfulness.pixel_flipping` with a
-  constant baseline, Samek et al. 2017), each removing whole patches of the occlusion window's
-  size (:func:`patches`; Samek et al. perturb regions): the map's (``s_map``),
+  constant baseline, Samek et al. 2017), each removing whole patches of half the occlusion
+  window (:func:`patches`, :func:`default_patch`; Samek et al. perturb regions): the map's (``s_map``),
   ``random_rankings`` uniformly random rankings' (their mean ``s_rand``), and the ranking of
   occlusion (``s_occ``; Zeiler & Fergus 2014), a forward-only method that a manipulation by
   fine-tuning on the map's gradient does not target. Lower ``s`` = faithful. The map's gain over
@@ -151,6 +151,19 @@ class FaithfulnessReport:
                 f"(alpha {self.alpha:g}): {self.finding()}")
 
 
+def default_patch(shape: Sequence[int], occlusion: Dict[str, Any]) -> int:
+    """Half the occlusion window, at least 2 pixels, for images (2 on 28x28 and on 16x16, 16 on
+    224x224); 1 (single features) for other inputs. On MNIST-5k CNNs half the window flagged a
+    weak centre-of-mass manipulation (p = 0.002) that the whole window missed (p = 0.12), with
+    clean ratios unchanged (0.68-0.93); single pixels made clean digits models' gradient maps
+    look unfaithful (ratio 0.29): on smooth images, scattered removed pixels are imputed back."""
+    if len(shape) != 4:
+        return 1
+    window = occlusion.get("window", 1)
+    window = max(window) if isinstance(window, (list, tuple)) else window
+    return max(1, min(min(shape[-2:]), max(2, window // 2)))
+
+
 def patches(maps: Tensor, size: int) -> Tensor:
     """Each ``size x size`` patch of image maps ``(N, H, W)`` given its mean, so that rankings
     remove whole patches (Samek et al. 2017 perturb regions, not pixels): a noisy map and a
@@ -198,7 +211,7 @@ def faithfulness_test(
             ``"deletion"`` (pixels set to 0; the default for other inputs).
         random_rankings: random rankings per image that estimate chance.
         occlusion: options of the occlusion map (default :func:`occlusion_options`).
-        patch: side of the patches the rankings remove (default: the occlusion window).
+        patch: side of the patches the rankings remove (default :func:`default_patch`).
         references: trusted models of the model's kind. With 3 or more, their ranking and mass
             ratios replace the margin and the uniform map as the bounds (lower-tail Student-t
             prediction intervals, as :func:`~manipex.defenses.detection.detect_manipulation`
@@ -229,7 +242,7 @@ def faithfulness_test(
     for i, ref in enumerate(references):
         check_call(ref, x, where=f"{where}: references[{i}]")
     occ_options = occlusion if occlusion is not None else occlusion_options(x.shape)
-    size = patch if patch is not None else (occ_options.get("window", 1) if x.dim() == 4 else 1)
+    size = patch if patch is not None else default_patch(x.shape, occ_options)
     check_int(size, where=where, name="patch", ge=1)
     settings = dict(method=method, method_options=method_options or {}, occlusion=occ_options, patch=size,
                     removal=removal, random_rankings=random_rankings, seed=seed)
