@@ -13,7 +13,7 @@ from manipex.models import DEFAULT_RECIPES, mnist_cnn, save, train_classifier
 from manipex.objectives import CenterOfMass
 
 SMALL = {"n": 2, "steps": 5, "eps": [0.1], "methods": ["gradient"], "defenses": ["beta_smoothing"],
-         "betas": [3.0], "noise_n": 16, "weight_noise": [0.0]}
+         "betas": [3.0], "noise_n": 16, "weight_noise": [0.0], "faithfulness_n": 16}
 
 
 @pytest.fixture(scope="module")

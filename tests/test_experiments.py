@@ -105,7 +105,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
 
 TINY_CONFIGS = {
     "audit": {"n": 2, "steps": 5, "eps": [0.1], "methods": ["gradient"], "defenses": ["beta_smoothing"],
-              "betas": [3.0], "noise_n": 8, "weight_noise": [0.0, 0.1], "n_references": 1},
+              "betas": [3.0], "noise_n": 8, "weight_noise": [0.0, 0.1], "n_references": 1, "faithfulness_n": 10},
     "quick": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient"], "defenses": ["none", "beta_smoothing"]},
     "rieger2020": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient", "lrp"], "transfer": ["gradient", "lrp"],
                    "blank": ["gradient"], "budgets": []},

@@ -27,6 +27,7 @@ TINY = {
                     "methods": ["gradient"], "noise_n": 4, "weight_noise": [0.0], "examples": 1},
     "audit": {"n": 2, "steps": 2, "eps": [0.1], "methods": ["gradient"], "defenses": ["beta_smoothing"],
               "betas": [3.0], "noise_n": 4, "weight_noise": [0.0], "n_references": 1, "train_epochs": 1,
+              "faithfulness_n": 10,
               "n_train": 32},
     "adult_fairwashing": {"epochs": 1},
     "robust_training": {"n": 2, "batch": 1, "steps": 2, "defenses": ["hessian_norm"], "train_n": 16, "epochs": 1,
