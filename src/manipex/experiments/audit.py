@@ -709,10 +709,15 @@ class Audit(Experiment):
                              "not beat random rankings on these images")
         text = verdict_text(rows, alpha, mismatch, parts)
         if not text.startswith("MANIPULATED"):
-            def against(r) -> str:
-                return f"{r.bound:.3f}" if r.bound == r.bound else "the references' " + r.note.split("references' ")[-1]
+            ratios = {r.method: r.reference_ratios for r in faithfulness.itertuples()
+                      if bool(getattr(r, "calibrated", 0))} if len(faithfulness) else {}
 
-            text += ". " + ", ".join(f"{test} of {method}: {r.statistic:.3f} against {against(r)}"
+            def against(test, method, r) -> str:
+                if test == "faithfulness" and method in ratios:
+                    return f"the references' ratios {ratios[method]}"
+                return f"{r.bound:.3f}"
+
+            text += ". " + ", ".join(f"{test} of {method}: {r.statistic:.3f} against {against(test, method, r)}"
                                      for (test, method), r in table.iterrows())
         uncalibrated = len(detection) and not bool(detection.calibrated.min() > 0)
         if uncalibrated:

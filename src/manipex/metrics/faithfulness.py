@@ -174,8 +174,9 @@ def baseline_image(x: Tensor, baseline: Baseline, *, where: str) -> Tensor:
 
 def scored_outputs(model: nn.Module, inputs: Tensor, target: Tensor, output: str, batch_size: int,
                    *, where: str) -> Tensor:
-    """The explained class's probability or logit for a batch ``(N, S, ...)`` of inputs whose
-    image ``i`` explains ``target[i]``; ``(N, S)``, run ``batch_size`` inputs at a time."""
+    """The explained class's probability or logit (or, for ``"class_kept"``, 1.0 where it is
+    still the predicted class) for a batch ``(N, S, ...)`` of inputs whose image ``i`` explains
+    ``target[i]``; ``(N, S)``, run ``batch_size`` inputs at a time."""
     n, s = inputs.shape[:2]
     flat = inputs.reshape(n * s, *inputs.shape[2:])
     labels = target.repeat_interleave(s)
@@ -184,9 +185,13 @@ def scored_outputs(model: nn.Module, inputs: Tensor, target: Tensor, output: str
         for start in range(0, n * s, batch_size):
             chunk = flat[start:start + batch_size]
             out = forward(model, chunk, where=where)
+            wanted = labels[start:start + batch_size].to(out.device)
+            if output == "class_kept":
+                values.append((out.argmax(1) == wanted).float())
+                continue
             if output == "probability":
                 out = out.softmax(dim=1)
-            values.append(out.gather(1, labels[start:start + batch_size, None].to(out.device))[:, 0])
+            values.append(out.gather(1, wanted[:, None])[:, 0])
     return torch.cat(values).reshape(n, s).float()
 
 
@@ -383,12 +388,6 @@ def road(
                          for i in range(0, len(repeated), batch_size)])
     jitter = torch.randn(imputed.shape, generator=g, dtype=imputed.dtype).to(x.device) * noise
     inputs = torch.where(masks, imputed + jitter, repeated).reshape(n, len(pcts), *x.shape[1:])
-    if output == "class_kept":
-        with torch.no_grad():
-            flat = inputs.reshape(n * len(pcts), *x.shape[1:])
-            pred = torch.cat([forward(model, flat[i:i + batch_size], where=where).argmax(1)
-                              for i in range(0, len(flat), batch_size)])
-        return (pred.reshape(n, len(pcts)) == call.target[:, None].to(pred.device)).float()
     return scored_outputs(model, inputs, call.target, output, batch_size, where=where)
 
 
