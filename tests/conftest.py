@@ -302,6 +302,44 @@ def mnist_model(model_cache):
     return manipex.models.load_default("mnist", cache_dir=model_cache, progress=False)
 
 
+@pytest.fixture(scope="session")
+def default_recipe_models():
+    """``get(seed)``: an MNIST-5k CNN of the default model's recipe (3 epochs on the 5000
+    training images) initialised and trained from ``seed``, trained once per session and shared
+    by the tests that need clean models of the default recipe (references, a clean model)."""
+    from manipex.models import mnist_cnn, train_classifier
+    from manipex.models.pretrained import DEFAULT_RECIPES
+
+    x, y = manipex.data.load("mnist5k", split="train")
+    models = {}
+
+    def get(seed: int) -> nn.Module:
+        if seed not in models:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                models[seed] = train_classifier(mnist_cnn(), x, y, epochs=DEFAULT_RECIPES["mnist"].epochs, seed=seed,
+                                                progress=False).eval()
+        return models[seed]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def corner_manipulation(mnist_model):
+    """The default model fine-tuned so that its gradient maps' centre of mass moves to the corner
+    (0, 0) at unchanged accuracy (Heo et al. 2019's location fooling; lam 0.03, 3 epochs on the
+    5000 training images): ``(state_before, state_after, result)``, the default model's state
+    recorded around the call, shared by the model-attack, detection and audit tests."""
+    from manipex.attacks import manipulate_model
+    from manipex.objectives import CenterOfMass
+
+    x, y = manipex.data.load("mnist5k", split="train")
+    before = state_of(mnist_model)
+    result = manipulate_model(mnist_model, (x, y), CenterOfMass((0.0, 0.0)), "gradient", lam=0.03, lr=1e-3,
+                              epochs=3, progress=False)
+    return before, state_of(mnist_model), result
+
+
 def write_idx(root, images, labels) -> None:
     """MNIST-format IDX files (gzipped) of uint8 ``images`` (N, H, W) split 2:1 into train/t10k."""
     import gzip

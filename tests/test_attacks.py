@@ -27,18 +27,20 @@ def random_sign(x, eps, seed=0):
     return (x + eps * (torch.randint(0, 2, x.shape, generator=g) * 2 - 1).to(x.dtype)).clamp(0, 1)
 
 
+# 16 images; measured rises (2026-12-02): 0.38, 0.36, 0.30, 0.22, 0.22, random perturbations <= 0.02
 TARGETED = [
-    ("gradient", {}, 300, 0.2),
-    ("grad_x_input", {}, 300, 0.1),
-    ("integrated_gradients", {"steps": 5}, 200, 0.1),
-    ("guided_backprop", {}, 300, 0.1),
-    ("lrp", {}, 300, 0.1),
+    ("gradient", {}, 150, 0.2),
+    ("grad_x_input", {}, 150, 0.1),
+    ("integrated_gradients", {"steps": 5}, 100, 0.1),
+    ("guided_backprop", {}, 150, 0.1),
+    ("lrp", {}, 150, 0.1),
 ]
 
 
 @pytest.mark.parametrize("method,opts,steps,required", TARGETED)
 def test_targeted_attack_moves_map_to_target_and_keeps_class(setup, method, opts, steps, required):
     model, x = setup
+    x = x[:16]
     before = state_of(model)
     x_target = x.roll(1, 0)  # each image's target is the map of another test image
     res = manipulate_input(model, x, TargetImage(x_target), method, method_options=opts,

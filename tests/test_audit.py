@@ -6,32 +6,21 @@ import pytest
 import torch
 
 import manipex
-from manipex.attacks import manipulate_model
 from manipex.cli import main
 from manipex.experiments import run
-from manipex.models import DEFAULT_RECIPES, mnist_cnn, save, train_classifier
-from manipex.objectives import CenterOfMass
+from manipex.models import save
 
 SMALL = {"n": 2, "steps": 5, "eps": [0.1], "methods": ["gradient"], "defenses": ["beta_smoothing"],
          "betas": [3.0], "noise_n": 16, "weight_noise": [0.0], "faithfulness_n": 16}
 
 
 @pytest.fixture(scope="module")
-def checkpoints(mnist_model, tmp_path_factory):
+def checkpoints(default_recipe_models, corner_manipulation, tmp_path_factory):
     """Three references and a clean model trained with the default recipe and other seeds, and
     the default model manipulated to put its gradient relevance in the corner."""
     folder = tmp_path_factory.mktemp("audit-models")
-    x, y = manipex.data.load("mnist5k", split="train")
-    recipe = DEFAULT_RECIPES["mnist"]
-    paths = {}
-    for seed in (1, 2, 3, 7):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = train_classifier(mnist_cnn(), x, y, epochs=recipe.epochs, seed=seed, progress=False).eval()
-        paths[seed] = save(model, folder / f"clean{seed}.safetensors")
-    manipulated = manipulate_model(mnist_model, (x, y), CenterOfMass((0.0, 0.0)), "gradient", lam=0.03, lr=1e-3,
-                                   epochs=2, progress=False).model
-    paths["manipulated"] = save(manipulated, folder / "manipulated.safetensors")
+    paths = {seed: save(default_recipe_models(seed), folder / f"clean{seed}.safetensors") for seed in (1, 2, 3, 7)}
+    paths["manipulated"] = save(corner_manipulation[2].model, folder / "manipulated.safetensors")
     return paths
 
 

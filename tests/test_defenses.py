@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import manipex
 from manipex.attacks import manipulate_input, manipulate_model
 from manipex.defenses import atex_finetune, beta_sweep, detect_manipulation, weight_noise_test
 from manipex.geometry import dense_principal_curvatures, principal_curvature, theorem2
-from manipex.metrics import pcc, spearman
+from manipex.metrics import spearman
 from manipex.models import accuracy, atex_cnn, mnist_cnn, train_classifier
 from manipex.objectives import CenterOfMass, TargetImage, TopKSuppression
 
@@ -66,13 +65,19 @@ def test_agg_mean_attacked_adaptively_moves_less_than_its_most_fragile_member(mn
 
 def test_atex_keeps_accuracy_and_resists_the_topk_attack(mnist):
     _, (x, y), (xt, yt) = mnist
-    base = train_classifier(atex_cnn(), x, y, epochs=3, seed=0, progress=False).eval()
-    defended = atex_finetune(base, x[:2000], epochs=1, progress=False)
+    """Measured with initialisations from seeds 0, 1, 2 (1000 fine-tuning images, 50 attack
+    steps): ATEX's Spearman 0.596 / 0.567 / 0.703 against the base model's 0.531 / 0.543 / 0.645,
+    accuracy within 0.009."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        cnn = atex_cnn()
+    base = train_classifier(cnn, x, y, epochs=3, seed=0, progress=False).eval()
+    defended = atex_finetune(base, x[:1000], epochs=1, progress=False)
     assert accuracy(defended, xt, yt) >= accuracy(base, xt, yt) - 0.02
     scores = {}
     for name, m in (("base", base), ("atex", defended)):
         res = manipulate_input(m, xt[:64], TopKSuppression(50), "gradient", optimizer="sign", lr=0.01,
-                               steps=100, eps=0.08, beta=None, progress=False)
+                               steps=50, eps=0.08, beta=None, progress=False)
         scores[name] = (spearman(res.maps_after, res.maps_before).mean().item(), res.metric_after.mean().item())
     assert scores["atex"][0] > scores["base"][0]  # Spearman with the original map
     assert scores["atex"][1] > scores["base"][1]  # top-50 intersection
@@ -88,11 +93,10 @@ def test_atex_perpendicular_keeps_sign():
     assert torch.allclose(p, torch.tensor([[0.0, 1.0], [-1.5, 1.5]]))
 
 
-def test_detection_separates_a_manipulated_model_from_clean_ones(mnist):
+def test_detection_separates_a_manipulated_model_from_clean_ones(mnist, default_recipe_models, corner_manipulation):
     clean, (x, y), _ = mnist
-    reference = train_classifier(mnist_cnn(), x, y, epochs=3, seed=1, progress=False).eval()
-    manipulated = manipulate_model(clean, (x, y), CenterOfMass((0.0, 0.0)), "gradient", lam=0.03, lr=1e-3,
-                                   epochs=2, progress=False).model
+    reference = default_recipe_models(1)
+    manipulated = corner_manipulation[2].model
     flagged = detect_manipulation(manipulated, (1, 28, 28), [reference])
     passed = detect_manipulation(clean, (1, 28, 28), [reference])
     assert flagged.manipulated and not passed.manipulated
