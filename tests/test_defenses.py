@@ -51,12 +51,14 @@ def test_agg_mean_attacked_adaptively_moves_less_than_its_most_fragile_member(mn
     to 0.2, 100 to 200 steps): the aggregate halves the gradient's vulnerability and stays at
     or below the members' average, but the smooth LRP and guided-backprop maps of this small
     network are as hard to move on their own. The test checks what holds here: directions with
-    a margin, not pinned figures (they must hold on any model of this kind)."""
+    a margin, not pinned figures (they must hold on any model of this kind). Measured on the
+    default model (16 images, eps 0.1, 50 steps): ΔPCC gradient 0.262, guided backprop 0.100,
+    LRP 0.106, AGG-Mean 0.136 (100 steps: 0.278, 0.109, 0.108, 0.146)."""
     model, _, (xt, _) = mnist
     x, x_target = xt[:16], xt[16:32]
     deltas = {}
     for method in ("gradient", "guided_backprop", "lrp", "agg_mean"):
-        res = manipulate_input(model, x, TargetImage(x_target), method, eps=0.1, steps=100, progress=False)
+        res = manipulate_input(model, x, TargetImage(x_target), method, eps=0.1, steps=50, progress=False)
         deltas[method] = res.improvement.mean().item()
     members = [deltas[m] for m in ("gradient", "guided_backprop", "lrp")]
     assert deltas["agg_mean"] < 0.75 * deltas["gradient"], deltas
