@@ -111,7 +111,7 @@ TINY_CONFIGS = {
                    "blank": ["gradient"], "budgets": []},
     "dombrowski2019": {"n": 4, "batch": 2, "steps": 40, "methods": ["gradient", "lrp"], "beta_methods": ["gradient"],
                        "betas": [1.0], "budgets": [0.5]},
-    "tang_atex": {"n": 16, "batch": 16, "eps": [0.08], "steps": 30, "train_epochs": 1, "atex_n": 500},
+    "tang_atex": {"n": 16, "batch": 16, "eps": [0.08], "steps": 30, "train_epochs": 2, "atex_n": 1000},
     "pasliev2020": {"epochs": 1, "n_train": 640, "n_eval": 32, "models": ["com_gradient", "th_gradient", "ipp_gradient"],
                     "methods": ["gradient", "lrp"], "noise_n": 8, "weight_noise": [0.0, 0.1], "examples": 1},
     "adult_fairwashing": {"epochs": 1},
