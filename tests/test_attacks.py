@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import manipex
-from manipex.attacks import manipulate_input, transfer_matrix
+from manipex.attacks import InputAttack, manipulate_input, transfer_matrix
 from manipex.metrics import center_of_mass, pcc, topk_intersection
 from manipex.objectives import CenterOfMass, TargetImage, TargetMap, TopKSuppression
 
@@ -217,11 +217,11 @@ def test_default_thresholds_of_objectives(setup, objective, expected):
 
 
 def test_the_attack_s_adam_is_torch_s_adam():
-    from manipex.attacks.input import _Adam
+    from manipex.optim import Adam
 
     x = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     mine, theirs = x.clone(), x.clone().requires_grad_(True)
-    adam, reference = _Adam(mine, 0.05), torch.optim.Adam([theirs], lr=0.05)
+    adam, reference = Adam(mine, 0.05), torch.optim.Adam([theirs], lr=0.05)
     for step in range(25):
         grad = torch.sin(mine * (step + 1)) + 0.1 * step
         adam.step(grad)
@@ -305,3 +305,29 @@ def test_an_attack_can_start_elsewhere_in_its_budget(setup):
         manipulate_input(model, x, MapDistance(), "gradient", start=start[:2], **options)
     with pytest.raises(ValueError, match="start contains"):
         manipulate_input(model, x, MapDistance(), "gradient", start=start * math.nan, **options)
+
+
+def test_the_attack_object_and_an_explainer_object_give_the_function_s_result(setup):
+    """Issue 27: ``InputAttack(...).run`` is what ``manipulate_input`` computes; an explainer
+    object carrying its options stands for the name and ``method_options``; the caller's
+    objective and explainer are never changed."""
+    from manipex.explainers import LRP
+
+    model, x = setup
+    x, x_target = x[:4], x[4:8]
+    objective = TargetImage(x_target)
+    before = copy.deepcopy(objective.__dict__)
+    plain = manipulate_input(model, x, objective, "lrp", method_options={"composite": "epsilon"}, steps=5,
+                             progress=False)
+    explainer = LRP(composite="epsilon")
+    config = dict(explainer.config)
+    attack = InputAttack(objective, explainer, steps=5, progress=False)
+    with_object = attack.run(model, x)
+    torch.testing.assert_close(with_object.x_adv, plain.x_adv, rtol=0, atol=0)
+    assert with_object.method == plain.method == "lrp"
+    assert explainer.config == config
+    assert objective.__dict__.keys() == before.keys() and all(
+        torch.equal(v, before[k]) if isinstance(v, torch.Tensor) else v == before[k] for k, v in objective.__dict__.items())
+    torch.testing.assert_close(manipex.explain(model, x, explainer), manipex.explain(model, x, "lrp", composite="epsilon"))
+    with pytest.raises(TypeError, match="method must be a method name .* or an Explainer"):
+        manipex.explain(model, x, 3)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from golden import check_rows
 from manipex.cli import main
 from manipex.experiments import EXPERIMENTS, ConfigError, ResultStore, load_config, run
 
@@ -125,6 +126,7 @@ TINY_CONFIGS = {
 def test_every_experiment_at_a_tiny_budget(name, tmp_path):
     tables = run(name, overrides=TINY_CONFIGS[name], out=tmp_path, quiet=True)
     assert tables
+    check_rows(name, ResultStore(tmp_path / name).rows())  # the rows recorded before the architecture change
     page = (tmp_path / name / "report.html").read_text()
     assert "<table" in page and "Configuration" in page
     first = next(v for k, v in tables.items() if k != "Findings")

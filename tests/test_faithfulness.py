@@ -14,6 +14,7 @@ from torch import nn
 
 import manipex
 from manipex.metrics import faithfulness as fa
+from manipex.metrics import Direction
 
 
 def import_quantus():
@@ -180,8 +181,8 @@ def test_a_faithful_map_beats_a_random_one_on_a_trained_cnn(mnist_model):
     road_map = fa.road(mnist_model, x, maps, percentages=[10, 20, 30], output="probability").mean()
     road_random = fa.road(mnist_model, x, random_maps, percentages=[10, 20, 30], output="probability").mean()
     assert road_map < road_random - 0.1
-    assert fa.FAITHFULNESS_METRICS["insertion"].higher_is_faithful
-    assert not fa.FAITHFULNESS_METRICS["pixel_flipping"].higher_is_faithful
+    assert fa.FAITHFULNESS_METRICS["insertion"].direction is Direction.HIGHER
+    assert fa.FAITHFULNESS_METRICS["pixel_flipping"].direction is Direction.LOWER
 
 
 def test_faithfulness_metrics_refuse_bad_input_and_leave_the_model_alone():

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from manipex import metrics
+from manipex.metrics import Direction
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
@@ -102,7 +103,7 @@ def test_perturbation_sizes():
 
 
 def test_directions_are_declared():
-    assert metrics.METRICS["pcc"].higher_is_similar and not metrics.METRICS["mse"].higher_is_similar
+    assert metrics.METRICS["pcc"].direction is Direction.HIGHER and metrics.METRICS["mse"].direction is Direction.LOWER
 
 
 def test_shape_mismatch_is_an_error():

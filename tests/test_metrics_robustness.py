@@ -11,6 +11,7 @@ from torch import nn
 
 import manipex
 from manipex import metrics
+from manipex.metrics import Direction
 from manipex.attacks import manipulate_input
 from manipex.objectives import MapDistance
 
@@ -186,11 +187,28 @@ def test_seed_makes_it_deterministic_and_batch_independent():
         torch.testing.assert_close(chunked, a, rtol=1e-6, atol=0)
 
 
+def test_the_metric_objects_give_the_functions_scores_and_name_an_unknown_option():
+    """Issue 27: one ``WorstCase`` base, a ratio and a draw per metric; the functions are the
+    objects called with their options."""
+    from manipex.evaluation import LocalLipschitz, MaxSensitivity, RelativeInputStability, WorstCase
+
+    model, x = mlp(), torch.rand(3, 6, dtype=torch.float64)
+    for cls, fn in ((MaxSensitivity, metrics.max_sensitivity), (LocalLipschitz, metrics.local_lipschitz),
+                    (RelativeInputStability, metrics.relative_input_stability)):
+        assert issubclass(cls, WorstCase)
+        torch.testing.assert_close(cls(samples=5, seed=2)(model, x, "grad_x_input"),
+                                   fn(model, x, "grad_x_input", samples=5, seed=2), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="max_sensitivity: unknown option 'sample'.*samples"):
+        metrics.max_sensitivity(model, x, sample=5)
+    with pytest.raises(ValueError, match="local_lipschitz: std"):
+        LocalLipschitz(std=-1.0)(model, x)
+
+
 def test_the_registry_records_directions_and_calls_the_functions():
     model, x = mlp(), torch.rand(2, 6, dtype=torch.float64)
     assert set(metrics.ROBUSTNESS_METRICS) == {"max_sensitivity", "local_lipschitz", "relative_input_stability"}
     for name, m in metrics.ROBUSTNESS_METRICS.items():
-        assert m.higher_is_robust is False
+        assert m.direction is Direction.LOWER
         assert torch.equal(m(model, x, "gradient", samples=3), getattr(metrics, name)(model, x, samples=3))
 
 
@@ -276,7 +294,7 @@ def test_map_distance_through_the_input_attack():
     r0 = manipex.relevance(manipex.explain(model, x))
     start = x + 0.02
     res = manipulate_input(model, start, MapDistance(reference=r0), eps=0.1, steps=10, lr=0.01, progress=False)
-    assert res.metric_name == "map_distance" and res.higher_is_better
+    assert res.metric_name == "map_distance" and res.direction is Direction.HIGHER
     assert (res.metric_after >= res.metric_before).all() and (res.metric_after > res.metric_before).any()
     with pytest.raises(ValueError, match="reference"):
         MapDistance(reference=torch.full((1, 6), math.nan))

@@ -336,7 +336,7 @@ def test_dodged_lines_spread_around_their_x_and_stay_inside_the_axis() -> None:
     log = [plots.dodged([1.0, 10.0], k, 2, log=True) for k in range(2)]
     assert np.allclose(np.log10(log[1]) - np.log10(log[0]), 0.2)  # on a log axis, in decades
     one = [plots.dodged([0.08], k, 2)[0] for k in range(2)]
-    assert 0.04 < one[0] < 0.08 < one[1] < 0.12  # within the half-width _single_x gives one x
+    assert 0.04 < one[0] < 0.08 < one[1] < 0.12  # within the half-width single_x gives one x
 
 
 def test_names_drawn_together_get_distinct_colours_and_keep_their_fixed_ones() -> None:

@@ -22,9 +22,9 @@ def weights(tmp_path_factory):
 def cli_config(*flags):
     """The config ``manipex run quick FLAGS`` runs with, built as the CLI builds it."""
     from manipex.cli import _run_parser, config_flags
-    from manipex.experiments.runner import _experiment, load_config
+    from manipex.experiments.runner import experiment_named, load_config
 
-    args = _run_parser(_experiment("quick")).parse_args([str(f) for f in flags])
+    args = _run_parser(experiment_named("quick")).parse_args([str(f) for f in flags])
     return load_config("quick", None, config_flags(args))[1]
 
 

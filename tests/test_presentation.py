@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
 import manipex  # noqa: E402
 from manipex import figures, style  # noqa: E402
+from manipex.metrics import Direction  # noqa: E402
 from manipex.experiments import plots  # noqa: E402
 
 
@@ -144,7 +145,7 @@ def test_legends_and_ticks_use_display_names(tmp_path, monkeypatch):
             for i in range(4)]
     df = pd.DataFrame(rows)
     mean, low, high, _ = plots.aggregate(df, "method", "defense", "pcc_after")
-    fig, ax = figures._subplots(figsize=(6, 3))
+    fig, ax = figures.subplots(figsize=(6, 3))
     plots.grouped_bars(ax, mean, low=low, high=high)
     texts = _texts(fig)
     assert {"no defense", "β-smoothing", "AGG-Mean", "Gradient × Input", "Integrated Gradients"} <= set(texts)
@@ -298,7 +299,7 @@ def test_result_reprs_are_one_line_summaries(mnist_model):
     from manipex.attacks.model import ModelAttackResult
     from manipex.defenses.detection import DetectionReport
     from manipex.defenses.robust import RobustTrainingResult
-    from manipex.metrics.robustness import RobustnessScores
+    from manipex.evaluation import RobustnessScores
     from manipex.objectives import CenterOfMass, TargetImage
     from manipex.sanity import RandomizationResult
 
@@ -325,7 +326,7 @@ def test_result_reprs_are_one_line_summaries(mnist_model):
     assert "accuracy" in repr(evaluation) and "%" in repr(evaluation) and "Gradient" in repr(evaluation)
     assert "loss 0.5 -> 0.25" in repr(attack) and "2 of " in repr(attack)
     assert evaluation.per_image.loc["gradient"].shape == (64, 2)
-    assert evaluation.table.attrs["n"] == 64 and evaluation.table.attrs["higher_is_better"] is False
+    assert evaluation.table.attrs["n"] == 64 and evaluation.table.attrs["direction"] is Direction.LOWER
 
 
 # --- manipex methods ----------------------------------------------------------------------------------------

@@ -336,7 +336,7 @@ def _subparser(parser, command: str):
 def parse_command(line: int, text: str, argv: List[str], stdout: Optional[str], files: Dict[str, dict]) -> Command:
     """Parse one README invocation with the real CLI parsers; ``files``: config files made so far."""
     from manipex import cli
-    from manipex.experiments.runner import _experiment
+    from manipex.experiments.runner import experiment_named
 
     cmd = Command(line, text, argv, stdout)
     assert argv and argv[0] in cli.COMMANDS, f"{cmd.where()}: unknown command {argv[:1]} (known: {cli.COMMANDS})"
@@ -352,7 +352,7 @@ def parse_command(line: int, text: str, argv: List[str], stdout: Optional[str], 
                                               f"not {name!r}")
             name = made_for
         try:
-            experiment = _experiment(name or "quick")
+            experiment = experiment_named(name or "quick")
         except ValueError as err:
             raise AssertionError(f"{cmd.where()}: {err}") from None
         args = _parse(cli._run_parser(experiment), rest, cmd.where())
@@ -382,9 +382,9 @@ def parse_command(line: int, text: str, argv: List[str], stdout: Optional[str], 
 def resolved(experiment_name: str, overrides: Dict[str, object]) -> Dict[str, object]:
     """The experiment's config with ``overrides``, each value checked as manipex checks it (types,
     choices, bounds, profiles) but without the checks of files on disk (a user's paths)."""
-    from manipex.experiments.runner import _experiment
+    from manipex.experiments.runner import experiment_named
 
-    config_cls = _experiment(experiment_name).Config
+    config_cls = experiment_named(experiment_name).Config
     fields = config_cls.fields()
     values = {name: f.default for name, f in fields.items()}
     for name, value in overrides.items():
@@ -512,7 +512,7 @@ def test_commands_and_flags_in_the_prose_exist():
     import argparse
 
     from manipex import cli
-    from manipex.experiments.runner import _experiment
+    from manipex.experiments.runner import experiment_named
 
     text = prose()
     text = text[:text.index("## Benchmarks")] + text[text.index("## Licence"):]  # the scripts' own flags
@@ -526,7 +526,7 @@ def test_commands_and_flags_in_the_prose_exist():
             argv = manipex_argvs(" ".join(words))[0][0]  # redirections left out
             assert argv and argv[0] in cli.COMMANDS, f"README: `{span}`: unknown command"
             if argv[0] == "run" and len(argv) > 1 and not argv[1].startswith("-"):
-                known = _options(cli._run_parser(_experiment(argv[1])))
+                known = _options(cli._run_parser(experiment_named(argv[1])))
             else:
                 sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
                 known = _options(sub.choices[argv[0]]) | {"--debug"}

@@ -113,11 +113,11 @@ def _methods(args: argparse.Namespace) -> int:
     import textwrap
 
     import manipex
-    from manipex.explainers.base import _REGISTRY
+    from manipex.explainers.base import explainer_class
 
     width = max(60, min(120, shutil.get_terminal_size((100, 24)).columns))
     for name in manipex.methods():
-        doc = (_REGISTRY[name].__doc__ or "").strip().split("\n\n")[0]
+        doc = (explainer_class(name).__doc__ or "").strip().split("\n\n")[0]
         text = plain_text(doc) or "-"
         print(textwrap.fill(text, width=width, initial_indent=f"{name:<22}", subsequent_indent=" " * 22,
                             break_long_words=False, break_on_hyphens=False))
@@ -196,13 +196,13 @@ def _device(name: str) -> str:
 def _run(args: argparse.Namespace) -> int:
     from manipex.experiments import ConfigError, run
     from manipex.experiments.config import read_config, short
-    from manipex.experiments.runner import _experiment
+    from manipex.experiments.runner import experiment_named
 
     name = args.experiment
     if name is None and args.config_hint:
         named = read_config(Path(args.config_hint)).get("experiment")
         name = named if isinstance(named, str) else None
-    experiment = _experiment(name or "quick")
+    experiment = experiment_named(name or "quick")
     args = _run_parser(experiment).parse_args(args.rest)
     overrides = config_flags(args)
     for item in args.set or []:
@@ -243,9 +243,9 @@ def _list(args: argparse.Namespace) -> int:
     from manipex.experiments.common import DEFENSES
 
     if args.experiment:
-        from manipex.experiments.runner import _experiment
+        from manipex.experiments.runner import experiment_named
 
-        exp = _experiment(args.experiment)
+        exp = experiment_named(args.experiment)
         print(exp.Config.template(exp.name, exp.title), end="")
         return 0
     print("experiments:")

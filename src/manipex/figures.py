@@ -37,7 +37,7 @@ SHARED_SCALES = (True, False, "row", "column")
 SharedScale = Union[bool, str]
 
 
-def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: Tuple[float, float], squeeze: bool = True,
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: Tuple[float, float], squeeze: bool = True,
               layout: Optional[str] = None, **kwargs):
     """``(figure, axes)`` as ``pyplot.subplots`` returns them, but on a standalone
     :class:`~matplotlib.figure.Figure` that pyplot does not know of (nothing global changes).
@@ -123,7 +123,7 @@ def shared_limit(maps: Iterable[Tensor], sign: str = "absolute", percentile: flo
     return max((map_limit(m, sign, percentile) for m in maps), default=1.0)
 
 
-def _group_key(shared_scale: SharedScale, i: int, j: int) -> Hashable:
+def group_key(shared_scale: SharedScale, i: int, j: int) -> Hashable:
     """Which shared scale the map of row ``i``, column ``j`` belongs to."""
     if shared_scale is True:
         return "all"
@@ -297,7 +297,7 @@ def draw_shared(groups: Dict[Hashable, List[Tuple[Any, Tensor, Optional[Tensor]]
                 shared_scale: SharedScale, percentile: float = 99.0, label: Optional[str] = None,
                 normalize: bool = True) -> Dict[Hashable, Any]:
     """Draw groups of maps, one colour scale per group: ``groups`` maps a group (a shared
-    scale, see :func:`_group_key`) to its ``(axis, map, image)`` triples (``image``: an input
+    scale, see :func:`group_key`) to its ``(axis, map, image)`` triples (``image``: an input
     to draw the map over, or None). With ``shared_scale`` not False
     the maps are normalised (:func:`normalized`), drawn with the group's :func:`shared_limit`
     and given one colour bar per group (right of a row or of the grid, below a column); with
@@ -348,7 +348,7 @@ def map_figure(
     shared = shared_scale is not False
     width = 0.5 + 1.75 * cols if not shared else 0.5 + 1.5 * cols + (0.7 if shared_scale != "column" else 0.0)
     height = 0.35 + 1.45 * n + (0.45 if shared_scale == "column" else 0.0)
-    fig, axes = _subplots(n, cols, figsize=(width, height), squeeze=False, layout="constrained")
+    fig, axes = subplots(n, cols, figsize=(width, height), squeeze=False, layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
     groups: Dict[Hashable, List[Tuple[Any, Tensor, Optional[Tensor]]]] = {}
     for i in range(n):
@@ -358,7 +358,7 @@ def map_figure(
         if i == 0:
             ax.set_title("input", fontsize=7)
         for j, (name, maps) in enumerate(heatmaps.items(), start=1):
-            groups.setdefault(_group_key(shared_scale, i, j), []).append(
+            groups.setdefault(group_key(shared_scale, i, j), []).append(
                 (axes[i][j], maps[i], images[i] if overlay else None))
             if i == 0:
                 axes[i][j].set_title(display_title(name), fontsize=7)
@@ -523,7 +523,7 @@ def input_attack_figure(result, n: int = 4, *, sign: str = "absolute", shared_sc
     cols = 3 + len(maps)
     shared = shared_scale is not False
     width = 0.5 + (1.75 if not shared else 1.5) * cols + (0.7 if shared and shared_scale != "column" else 0.0)
-    fig, axes = _subplots(n, cols, figsize=(width, 0.45 + 1.6 * n + (0.5 if shared else 0.0)), squeeze=False,
+    fig, axes = subplots(n, cols, figsize=(width, 0.45 + 1.6 * n + (0.5 if shared else 0.0)), squeeze=False,
                           layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.04)
     metric = display_name(result.metric_name)
@@ -538,7 +538,7 @@ def input_attack_figure(result, n: int = 4, *, sign: str = "absolute", shared_sc
         texts = ["", "class kept" if kept else "class changed", ""]
         heads = ["original", "manipulated", "perturbation"]
         for j, (head, stack, when) in enumerate(maps, start=3):
-            groups.setdefault(_group_key(shared_scale, i, j), []).append((axes[i][j], stack[i], None))
+            groups.setdefault(group_key(shared_scale, i, j), []).append((axes[i][j], stack[i], None))
             value = result.metric_before[i] if when == "before" else result.metric_after[i] if when else None
             texts.append("" if value is None else f"{metric} {_fmt(float(value))}")
             heads.append(head)
@@ -621,7 +621,7 @@ def evaluation_figure(evaluation):
     per_image = getattr(evaluation, "per_image", None)
     methods = [str(m) for m in table.index]
     models = [c for c in ("original", "manipulated") if c in table.columns] or [str(c) for c in table.columns]
-    fig, ax = _subplots(1, 1, figsize=(max(3.6, 1.0 + 0.75 * len(methods)) + 1.3, 3.0), layout="constrained")
+    fig, ax = subplots(1, 1, figsize=(max(3.6, 1.0 + 0.75 * len(methods)) + 1.3, 3.0), layout="constrained")
     width = 0.8 / max(1, len(models))
     counts = set()
     for k, model in enumerate(models):
@@ -648,7 +648,7 @@ def evaluation_figure(evaluation):
     ax.axhline(0, color="black", linewidth=0.6)
     ax.grid(False, axis="x")
     metric = str(table.attrs.get("metric", "metric"))
-    ax.set_ylabel(metric_label(metric, table.attrs.get("higher_is_better")), fontsize=8)
+    ax.set_ylabel(metric_label(metric, table.attrs.get("direction")), fontsize=8)
     ax.set_xlabel("explanation method")
     acc_o, acc_m = summary.get("accuracy_original"), summary.get("accuracy_manipulated")
     lines = []
@@ -685,7 +685,7 @@ def randomization_figure(result):
     labels = {"ssim": "SSIM", "spearman": "Spearman rank correlation", "pcc": "Pearson correlation",
               "cosine": "cosine similarity"}
     width = max(3.2, 0.9 + 0.32 * len(steps))
-    fig, axes = _subplots(1, len(metrics), figsize=(width * len(metrics) + 1.4, 3.0), squeeze=False,
+    fig, axes = subplots(1, len(metrics), figsize=(width * len(metrics) + 1.4, 3.0), squeeze=False,
                           layout="constrained", sharey=True)
     kinds = list(getattr(result, "kinds", ())) or [""] * len(steps)
     ticks = [f"{s} ({k})" if k else s for s, k in zip(steps, kinds)]

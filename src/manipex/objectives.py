@@ -3,8 +3,9 @@
 An objective scores normalised relevance maps ``r`` (:func:`manipex.relevance`, ``(N, ...)``):
 :meth:`Objective.loss` returns one differentiable loss per sample (lower = attack closer to
 its goal) and :meth:`Objective.metric` the human-readable score of the goal, with
-``metric_higher_is_better`` its direction for the attacker. Objectives that refer to the start
-map (top-k suppression, moving the center of mass away) or to another input's map (target
+``direction`` its direction for the attacker (:class:`~manipex.metrics.direction.Direction`).
+Objectives that refer to the start map (top-k suppression, moving the center of mass away) or
+to another input's map (target
 image) are completed by :meth:`Objective.prepare`, which the attacks call once with the
 explanation function being attacked. Every sample carries its own target: batches are exact.
 
@@ -45,6 +46,7 @@ from torch import Tensor
 
 from ._validation import short
 from .metrics import center_of_mass, mass_in, pcc, topk_intersection
+from .metrics.direction import Direction
 
 ExplainFn = Callable[[Tensor], Tensor]  # inputs -> normalised relevance maps
 
@@ -53,7 +55,9 @@ class Objective(abc.ABC):
     """Base of all explanation objectives."""
 
     metric_name: str = ""
-    metric_higher_is_better: bool = True
+    #: which way the metric goes for the attacker: ``Direction.HIGHER`` when a higher metric is a
+    #: more manipulated map (:class:`~manipex.metrics.direction.Direction`)
+    direction: Direction = Direction.HIGHER
 
     @property
     def success_threshold(self) -> Optional[float]:
@@ -88,7 +92,7 @@ class Objective(abc.ABC):
         """Per sample: the metric ``after`` the attack reached the threshold, which it had not
         reached ``before`` (a map that already met the goal is no success of the attack)."""
         t = self.threshold(before)
-        if self.metric_higher_is_better:
+        if self.direction is Direction.HIGHER:
             return (after >= t) & (before < t)
         return (after <= t) & (before > t)
 
@@ -108,7 +112,7 @@ class Objective(abc.ABC):
 
     @abc.abstractmethod
     def metric(self, r: Tensor) -> Tensor:
-        """The goal's score per sample ``(N,)``; see ``metric_higher_is_better``."""
+        """The goal's score per sample ``(N,)``; see ``direction``."""
         ...
 
     @abc.abstractmethod
@@ -143,7 +147,7 @@ class TargetMap(Objective):
     Metric: PCC with the target (higher = more manipulated).
     """
 
-    metric_name, metric_higher_is_better = "pcc_target", True
+    metric_name, direction = "pcc_target", Direction.HIGHER
 
     def __init__(self, target: Tensor) -> None:
         if not isinstance(target, Tensor) or not target.is_floating_point():
@@ -205,7 +209,7 @@ class TopKSuppression(Objective):
     Metric: top-k intersection with the start map (lower = more manipulated).
     """
 
-    metric_name, metric_higher_is_better = "topk_intersection", False
+    metric_name, direction = "topk_intersection", Direction.LOWER
 
     def __init__(self, k: int) -> None:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -261,7 +265,7 @@ class CenterOfMass(Objective):
         self.point = point
         self.start_com: Optional[Tensor] = None
         self.metric_name = "com_distance_to_point" if point is not None else "com_shift"
-        self.metric_higher_is_better = point is None
+        self.direction = Direction.of(point is None)
 
     def prepare(self, explain_fn, x, r_start):
         if self.point is not None:
@@ -346,7 +350,7 @@ class RegionHighlight(_Region):
     Loss: minus the mass inside. Metric: mass inside (higher = more manipulated).
     """
 
-    metric_name, metric_higher_is_better = "mass_in_region", True
+    metric_name, direction = "mass_in_region", Direction.HIGHER
 
     def loss(self, r):
         return -mass_in(r, self._mask(r))
@@ -362,7 +366,7 @@ class BlankRegion(_Region):
     Loss and metric: mass inside (lower = more manipulated).
     """
 
-    metric_name, metric_higher_is_better = "mass_in_region", False
+    metric_name, direction = "mass_in_region", Direction.LOWER
 
     def loss(self, r):
         return mass_in(r, self._mask(r))
@@ -380,7 +384,7 @@ class HideFeatures(Objective):
     Metric: mass inside ``mask`` (lower = more manipulated).
     """
 
-    metric_name, metric_higher_is_better = "mass_in_region", False
+    metric_name, direction = "mass_in_region", Direction.LOWER
 
     def __init__(self, mask: Tensor) -> None:
         self.mask = _check_mask(mask, "HideFeatures").bool()
@@ -416,7 +420,7 @@ class MapDistance(Objective):
     """Move the map as far as possible from a reference map: the start map (default), or the
     map given as ``reference`` (e.g. the map of the clean input when the attack starts
     elsewhere). The untargeted worst case behind max-sensitivity (Yeh et al. 2019), searched
-    by :func:`manipex.metrics.max_sensitivity` with ``adversarial=True``.
+    by :func:`manipex.evaluation.max_sensitivity` with ``adversarial=True``.
 
     Distance, per sample, on maps rescaled to mean 1 per pixel (as :class:`TargetMap`'s MSE,
     so one scale fits every image size), ``P`` features per map::
@@ -433,7 +437,7 @@ class MapDistance(Objective):
             start map that :meth:`prepare` receives.
     """
 
-    metric_name, metric_higher_is_better = "map_distance", True
+    metric_name, direction = "map_distance", Direction.HIGHER
 
     def __init__(self, reference: Optional[Tensor] = None) -> None:
         self.reference: Optional[Tensor] = None

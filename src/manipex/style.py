@@ -97,14 +97,15 @@ METRIC_LABELS: Dict[str, str] = {
 }
 
 
-def metric_label(name: str, higher_is_better: Optional[bool] = None) -> str:
-    """The axis label of metric ``name`` with its units (:data:`METRIC_LABELS`), and, when
-    ``higher_is_better`` is given, which way is more manipulated."""
+def metric_label(name: str, direction=None) -> str:
+    """The axis label of metric ``name`` with its units (:data:`METRIC_LABELS`), and, when the
+    attacker's ``direction`` (:class:`~manipex.metrics.direction.Direction`) is given, which way
+    is more manipulated."""
     import textwrap
 
     text = textwrap.fill(METRIC_LABELS.get(str(name), display_name(name)), width=34, break_long_words=False)
-    if higher_is_better is not None:
-        text += "\n(higher = more manipulated)" if higher_is_better else "\n(lower = more manipulated)"
+    if direction is not None:
+        text += f"\n({direction.value} = more manipulated)"
     return text
 
 
@@ -217,20 +218,20 @@ def _words(name: str):
     return [w for w in re.split(r"[^0-9a-zα-ω]+", str(name).lower()) if w]
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     import numbers
 
-    return isinstance(v, numbers.Real) and not _is_flag_value(v)
+    return isinstance(v, numbers.Real) and not is_flag_value(v)
 
 
-def _is_flag_value(v: Any) -> bool:
+def is_flag_value(v: Any) -> bool:
     return type(v).__name__ in ("bool", "bool_")
 
 
-def _finite(v: Any) -> bool:
+def is_finite_number(v: Any) -> bool:
     import math
 
-    return _is_number(v) and math.isfinite(float(v))
+    return is_number(v) and math.isfinite(float(v))
 
 
 def column_kind(name: Any, values: Sequence[Any] = ()) -> str:
@@ -249,9 +250,9 @@ def column_kind(name: Any, values: Sequence[Any] = ()) -> str:
     text = "" if name is None else str(name)
     words = _words(text)
     present = [v for v in values if v is not None and not (isinstance(v, float) and v != v)]
-    if present and all(_is_flag_value(v) for v in present):
+    if present and all(is_flag_value(v) for v in present):
         return "flag"
-    nums = [float(v) for v in present if _finite(v)]
+    nums = [float(v) for v in present if is_finite_number(v)]
     flag_named = any(w in FLAG_WORDS for w in words)
     if flag_named and nums and all(v in (0.0, 1.0) for v in nums) and len(nums) == len(present):
         return "flag"
@@ -304,7 +305,7 @@ def format_column(values: Sequence[Any], name: Any = "") -> List[str]:
 
     text = "" if name is None else str(name)
     kind = column_kind(text, values)
-    nums = [float(v) for v in values if _finite(v)]
+    nums = [float(v) for v in values if is_finite_number(v)]
     low, high = -math.inf, math.inf
     if kind == "similarity":
         fmt = "{:.3f}"
@@ -326,14 +327,14 @@ def format_column(values: Sequence[Any], name: Any = "") -> List[str]:
 
     out = []
     for v in values:
-        if _is_flag_value(v) or (kind == "flag" and _finite(v)):
+        if is_flag_value(v) or (kind == "flag" and is_finite_number(v)):
             out.append("yes" if bool(v) else "no")
-        elif _finite(v):
+        elif is_finite_number(v):
             x = min(max(float(v), low), high) + 0.0
             out.append(clean(fmt.format(100 * x if kind == "share" else x)))
-        elif _is_number(v) and not math.isnan(float(v)):
+        elif is_number(v) and not math.isnan(float(v)):
             out.append(str(float(v)))  # inf
-        elif v is None or _is_number(v) or (isinstance(v, float) and math.isnan(v)):
+        elif v is None or is_number(v) or (isinstance(v, float) and math.isnan(v)):
             out.append(MISSING)
         else:
             out.append(str(v))
@@ -350,7 +351,7 @@ def _plain(v: Any) -> Any:
     return v.item() if hasattr(v, "item") and not isinstance(v, str) and getattr(v, "ndim", 0) == 0 else v
 
 
-def _label(key: Any) -> str:
+def column_label(key: Any) -> str:
     if isinstance(key, tuple):
         return " / ".join(str(k) for k in key if str(k) != "")
     return "" if key is None else str(key)
@@ -365,16 +366,17 @@ def format_table(table):
 
     cells = {}
     for i, column in enumerate(table.columns):
-        cells[i] = format_column([_plain(v) for v in table.iloc[:, i]], _label(column))
+        cells[i] = format_column([_plain(v) for v in table.iloc[:, i]], column_label(column))
     out = pd.DataFrame(cells, index=range(len(table)))
     out.columns = table.columns
     index = table.index
     if isinstance(index, pd.MultiIndex):
-        levels = [format_column([_plain(k[j]) for k in index], _label(index.names[j])) for j in range(index.nlevels)]
+        levels = [format_column([_plain(k[j]) for k in index], column_label(index.names[j]))
+                  for j in range(index.nlevels)]
         out.index = pd.MultiIndex.from_arrays(levels, names=index.names)
     elif isinstance(index, pd.RangeIndex):
         out.index = index
     else:
-        out.index = pd.Index(format_column([_plain(k) for k in index], _label(index.name)), name=index.name)
+        out.index = pd.Index(format_column([_plain(k) for k in index], column_label(index.name)), name=index.name)
     out.columns.names = table.columns.names
     return out

@@ -1,7 +1,7 @@
 """Attacks on explanations: input perturbations and model fine-tuning."""
-from .input import InputAttackResult, manipulate_input
+from .input import InputAttack, InputAttackResult, manipulate_input
 from .model import ModelAttackResult, ModelEvaluation, evaluate_manipulation, manipulate_model
 from .transfer import transfer_matrix
 
-__all__ = ["manipulate_input", "InputAttackResult", "transfer_matrix", "manipulate_model",
+__all__ = ["manipulate_input", "InputAttack", "InputAttackResult", "transfer_matrix", "manipulate_model",
            "ModelAttackResult", "evaluate_manipulation", "ModelEvaluation"]

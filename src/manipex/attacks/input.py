@@ -23,25 +23,26 @@ surrogate the run stops early when no image's best class-keeping iterate has imp
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from .. import surgery
+from ..optim import NORMS, STEPS, Bound, Budget, BetaSchedule, make_step
 from .._second_order import second_order
 from .._validation import (TargetLike, check_bool, check_call, check_choice, check_input, check_int, check_real,
-                           check_target, predicted_target, short)
+                           check_target, predicted_target)
 from ..explainers import get_explainer, relevance
 from ..explainers.base import capture_output
 from ..metrics import class_agreement, output_change
+from ..metrics.direction import Direction
 from ..models.interfaces import Output, logits_model
 from ..objectives import Objective
 
-Bound = Union[float, Sequence[float], Tensor]
-BetaSchedule = Union[None, float, Tuple[float, float]]
 
 
 @dataclass(repr=False)
@@ -50,9 +51,10 @@ class InputAttackResult:
 
     Maps are normalised relevance maps of the *original* model (ReLU), before and after.
     ``metric_before``/``metric_after`` are the objective's score (``metric_name``;
-    ``higher_is_better`` for the attacker). ``success``: the class is kept and the metric
-    reached ``threshold`` (the objective's success threshold, per image). ``eps``: the budget
-    used; ``steps_run``: the steps taken before the end or an early stop. ``method`` and
+    ``direction`` for the attacker: :class:`~manipex.metrics.direction.Direction`).
+    ``success``: the class is kept and the metric reached ``threshold`` (the objective's success
+    threshold, per image). ``eps``: the budget used; ``steps_run``: the steps taken before the
+    end or an early stop. ``method`` and
     ``objective``: the attacked method and the objective's class name. What the objective aims
     at, where it has it (for :meth:`plot`): ``target_map`` the target maps (normalised,
     ``(N, ...)``; :class:`~manipex.objectives.TargetMap`, :class:`~manipex.objectives.TargetImage`),
@@ -66,7 +68,7 @@ class InputAttackResult:
     maps_before: Tensor
     maps_after: Tensor
     metric_name: str
-    higher_is_better: bool
+    direction: Direction
     metric_before: Tensor
     metric_after: Tensor
     output_change: Tensor
@@ -106,8 +108,7 @@ class InputAttackResult:
     @property
     def improvement(self) -> Tensor:
         """Metric change in the attacker's favour (positive = manipulated), per image."""
-        d = self.metric_after - self.metric_before
-        return d if self.higher_is_better else -d
+        return self.direction.gain(self.metric_after, self.metric_before)
 
     def summary(self) -> Dict[str, float]:
         """Means over the batch, for tables."""
@@ -157,121 +158,190 @@ class InputAttackResult:
         return input_attack_figure(self, n, sign=sign, shared_scale=shared_scale)
 
 
-def _bounds(value: Optional[Tuple[Bound, Bound]], x: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
-    """The valid range as tensors broadcast to one input (per channel when given per channel)."""
-    if value is None:
-        return None
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise ValueError("manipulate_input: clamp must be None or a pair (low, high)")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float, list, tuple, Tensor)):
-            raise TypeError(f"manipulate_input: clamp bounds must be numbers, sequences or tensors, got {short(v)}")
-        try:
-            t = torch.as_tensor(v, dtype=x.dtype, device=x.device)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"manipulate_input: clamp bound {short(v)} is not a number or a sequence of "
-                            "numbers") from None
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"manipulate_input: clamp bounds must be finite, got {short(v)}")
-        if t.dim() == 1 and x.dim() > 2 and t.shape[0] == x.shape[1]:  # per channel
-            t = t.reshape(-1, *([1] * (x.dim() - 2)))
-        try:
-            out.append(torch.broadcast_to(t, x.shape[1:]))
-        except RuntimeError:
-            raise ValueError(f"manipulate_input: clamp bound of shape {tuple(t.shape)} does not fit inputs "
-                             f"{tuple(x.shape[1:])}") from None
-    low, high = out
-    if (low > high).any():
-        raise ValueError("manipulate_input: clamp low must not exceed high")
-    if (x < low - 1e-6).any() or (x > high + 1e-6).any():
-        raise ValueError("manipulate_input: x lies outside the clamp range; pass clamp=(low, high) of your data or "
-                         "clamp=None")
-    return low, high
+Beta = Union[None, float, Tuple[float, float], BetaSchedule]
 
 
-def _project(x_adv: Tensor, x: Tensor, eps: float, norm: str, bounds) -> Tensor:
-    """Project onto the budget ball around ``x`` and then the valid range (no graph)."""
-    delta = x_adv - x
-    if math.isfinite(eps):
-        if norm == "linf":
-            delta = delta.clamp(-eps, eps)
-        else:
-            n = delta.flatten(1).norm(dim=1).clamp(min=1e-12)
-            delta = delta * (eps / n).clamp(max=1.0).reshape(-1, *([1] * (x.dim() - 1)))
-    out = x + delta
-    if bounds is not None:
-        out = torch.maximum(torch.minimum(out, bounds[1]), bounds[0])
-    return out
+@dataclass
+class InputAttack:
+    """An input attack as an object (torchattacks' and Captum's shape): the options in the
+    constructor, :meth:`run` on a model and its inputs. :func:`manipulate_input` is this object
+    called once; every option is documented there.
 
+    The concerns are separate pieces: the budget and projection (:class:`~manipex.optim.Budget`),
+    the surrogate's β (:class:`~manipex.optim.BetaSchedule`), the step
+    (:func:`~manipex.optim.make_step`: Adam or the sign step), the keep-best, patience and revert
+    bookkeeping (:class:`_KeepBest`) and the result (:func:`_result`). The caller's objective is
+    never changed: the attack prepares a copy.
+    """
 
-class _Adam:
-    """Adam (Kingma & Ba 2015) on one tensor, step for step what ``torch.optim.Adam`` computes
-    with its defaults (betas 0.9, 0.999, eps 1e-8, no weight decay). Written out because
-    ``torch.optim``'s first optimiser of a process imports ``torch._dynamo`` (about 4 s on a
-    2-core CPU), more than a short attack itself takes."""
+    objective: Objective
+    method: str = "gradient"
+    method_options: Optional[Dict[str, Any]] = None
+    steps: int = 500
+    lr: float = 1e-2
+    gamma: float = 100.0
+    beta: Beta = (10.0, 100.0)
+    smooth_pools: bool = True
+    optimizer: str = "adam"
+    eps: Union[float, str] = "auto"
+    norm: str = "linf"
+    clamp: Optional[Tuple[Bound, Bound]] = (0.0, 1.0)
+    keep_best: bool = True
+    revert: bool = True
+    check_every: int = 10
+    patience: Optional[int] = 10
+    progress: bool = True
+    output: Optional[Output] = None
 
-    def __init__(self, param: Tensor, lr: float, betas: Tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
-        self.m, self.v, self.t = torch.zeros_like(param), torch.zeros_like(param), 0
-
-    @torch.no_grad()
-    def step(self, grad: Tensor) -> None:
-        b1, b2 = self.betas
-        self.t += 1
-        self.m.lerp_(grad, 1 - b1)
-        self.v.mul_(b2).addcmul_(grad, grad.conj(), value=1 - b2)
-        correction1, correction2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        denom = (self.v.sqrt() / math.sqrt(correction2)).add_(self.eps)
-        self.param.addcdiv_(self.m, denom, value=-self.lr / correction1)
-
-
-def _beta_at(beta: BetaSchedule, step: int, steps: int) -> Optional[float]:
-    if beta is None or isinstance(beta, (int, float)):
-        return beta
-    b0, b1 = beta
-    return b0 * (b1 / b0) ** (step / max(1, steps - 1))
-
-
-#: The default budget, ``eps="auto"``: this fraction of the data range (the largest channel's
-#: ``high - low`` of ``clamp``) in L∞.
-AUTO_EPS_FRACTION = 0.1
-
-
-def _budget(eps: Union[float, str], norm: str, bounds) -> float:
-    """The L∞/L2 budget: a number, ``math.inf`` (unbounded), or "auto" (see AUTO_EPS_FRACTION)."""
     where = "manipulate_input"
-    if eps is None:
-        raise ValueError(f"{where}: eps=None is ambiguous; pass a budget, eps='auto' (10 % of the data "
-                         "range) or eps=math.inf for an unbounded attack")
-    if isinstance(eps, str):
-        if eps != "auto":
-            raise ValueError(f"{where}: eps must be a positive number, math.inf or 'auto', got {short(eps)}")
-        if norm != "linf" or bounds is None:
-            raise ValueError(f"{where}: eps='auto' is 10 % of the data range in L-infinity and needs "
-                             "norm='linf' and clamp=(low, high); pass eps explicitly")
-        return AUTO_EPS_FRACTION * float((bounds[1] - bounds[0]).max())
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-        raise ValueError(f"{where}: eps must be a positive number, math.inf or 'auto', got {short(eps)}")
-    return float(eps)
+
+    def check(self) -> Tuple[Any, BetaSchedule]:
+        """Check every option (``TypeError``/``ValueError`` naming it, before any work); the
+        explainer and the β schedule."""
+        where = self.where
+        if not isinstance(self.objective, Objective):
+            raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got "
+                            f"{type(self.objective).__name__}")
+        check_int(self.steps, where=where, name="steps", ge=1)
+        check_real(self.lr, where=where, name="lr", gt=0)
+        check_real(self.gamma, where=where, name="gamma", ge=0)
+        check_choice(self.optimizer, tuple(STEPS), where=where, name="optimizer")
+        check_choice(self.norm, NORMS, where=where, name="norm")
+        check_int(self.check_every, where=where, name="check_every", ge=1)
+        check_int(self.patience, where=where, name="patience", ge=1, allow_none=True)
+        for name in ("smooth_pools", "keep_best", "revert", "progress"):
+            check_bool(getattr(self, name), where=where, name=name)
+        beta = BetaSchedule.of(self.beta, where=where)
+        if self.method_options is not None and not isinstance(self.method_options, dict):
+            raise TypeError(f"{where}: method_options must be None or a dict, got "
+                            f"{type(self.method_options).__name__}")
+        explainer = get_explainer(self.method, **(self.method_options or {}))  # unknown method or option
+        return explainer, beta
+
+    def run(self, model: nn.Module, x: Tensor, target: TargetLike = None,
+            start: Optional[Tensor] = None) -> InputAttackResult:
+        """Attack ``model`` at ``x`` (explained class ``target``; None: the predicted class),
+        starting from ``start`` (default ``x``): see :func:`manipulate_input`."""
+        where = self.where
+        check_call(model, x, where=where)
+        explainer, beta = self.check()
+        budget = Budget.resolve(self.eps, self.norm, self.clamp, x, where=where)
+        if start is not None:  # before any work
+            check_input(start, where=where, name="start")
+            if start.shape != x.shape:
+                raise ValueError(f"{where}: start must have x's shape {tuple(x.shape)}, got {tuple(start.shape)}")
+        x = x.detach()
+        # one wrapper for the whole run (where the model returns more than logits), so that the
+        # per-model caches (propagation graphs, parameter checks) are hit at every step
+        model = logits_model(model, x, self.output, where=where)
+        target = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
+
+        def relevance_on(m: nn.Module, inputs: Tensor, create_graph: bool = False) -> Tensor:
+            return relevance(explainer(m, inputs, target, create_graph=create_graph))
+
+        defended_map = explainer.config.get("softplus_beta") is not None
+        if defended_map:
+            beta = BetaSchedule()  # the defended map is smooth already: attack exactly that map
+        # a map computed at x_adv itself runs the surrogate's forward there once; its output is the
+        # output term's (not when the map is on a beta-smoothed copy of its own)
+        share_output = not defended_map
+
+        r_start = relevance_on(model, x)
+        objective = copy.deepcopy(self.objective).prepare(lambda inputs: relevance_on(model, inputs), x, r_start)
+        with torch.no_grad():
+            logits = model(x)
+        p_orig, classes = logits.softmax(1), logits.argmax(1)
+
+        attacked, handle = (model, None) if not beta.smooth else surgery.smooth_copy(
+            model, beta.at(0, self.steps), pools=self.smooth_pools)
+        with torch.no_grad():  # the start is a point, not part of what is differentiated
+            x_adv = x.clone() if start is None else budget.project(start.detach().to(x), x)
+        x_adv.requires_grad_(True)
+        step_rule = make_step(self.optimizer, x_adv, self.lr)
+        keeper = _KeepBest(lambda candidate: objective.loss(relevance_on(model, candidate)).detach(), model, x,
+                           classes, objective.loss(r_start).detach())
+        history: List[float] = []
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        steps_run = 0
+
+        from .._progress import progress_bar
+
+        bar = progress_bar(range(self.steps), desc=f"attack {explainer.name}", enabled=self.progress, leave=False)
+        for step in bar:
+            steps_run = step + 1
+            if handle is not None:
+                handle.beta = beta.at(step, self.steps)
+            # checked once above: the model, and x_adv, finite by construction (projected, clamped);
+            # enable_grad: also when called under no_grad()
+            with torch.enable_grad(), second_order(attacked, where), capture_output(x_adv) as seen:
+                r = relevance(explainer.compute(attacked, x_adv, target, True))
+                logits = seen.output if share_output and seen.output is not None else attacked(x_adv)
+                out_term = (logits.softmax(1) - p_orig).pow(2).mean(1)
+                loss = (objective.loss(r) + self.gamma * out_term).sum()
+                (grad,) = torch.autograd.grad(loss, x_adv)
+            with torch.no_grad():  # the update and projection are not differentiated
+                previous = x_adv.detach().clone()
+                step_rule.step(grad)
+                # images that stalled stay where they are, so no image depends on its batch
+                x_adv.copy_(torch.where(keeper.active.reshape(shape), budget.project(x_adv, x), previous))
+            history.append(loss.item() / x.shape[0])
+            bar.set_postfix(loss=f"{history[-1]:.4g}", beta=f"{handle.beta:.3g}" if handle else "-", refresh=False)
+            if self.keep_best and ((step + 1) % self.check_every == 0 or step == self.steps - 1):
+                keeper.check(x_adv.detach(), self.patience if not beta.growing else None)
+                if not bool(keeper.active.any()):
+                    break
+        bar.close()
+
+        final = keeper.best_x if self.keep_best else x_adv.detach()
+        if self.revert:
+            with torch.no_grad():
+                kept = model(final).argmax(1) == classes
+            final = torch.where(kept.reshape(shape), final, x)
+        return _result(model, x, final, r_start, relevance_on(model, final), objective, budget.eps, steps_run,
+                       history, explainer.name)
 
 
-def _check_options(steps, lr, gamma, beta, optimizer, norm, check_every, patience, flags) -> None:
-    where = "manipulate_input"
-    check_int(steps, where=where, name="steps", ge=1)
-    check_real(lr, where=where, name="lr", gt=0)
-    check_real(gamma, where=where, name="gamma", ge=0)
-    check_choice(optimizer, ("adam", "sign"), where=where, name="optimizer")
-    check_choice(norm, ("linf", "l2"), where=where, name="norm")
-    check_int(check_every, where=where, name="check_every", ge=1)
-    check_int(patience, where=where, name="patience", ge=1, allow_none=True)
-    for name, value in flags.items():
-        check_bool(value, where=where, name=name)
-    pair = isinstance(beta, (tuple, list)) and len(beta) == 2
-    if beta is not None and not pair and (not isinstance(beta, (int, float)) or isinstance(beta, bool)):
-        raise ValueError(f"{where}: beta must be None, a positive number or a pair (start, end), got {short(beta)}")
-    for b in (beta if pair else [] if beta is None else [beta]):
-        check_real(b, where=where, name="beta", gt=0)
+class _KeepBest:
+    """Per image, the best iterate (on the original model) whose predicted class is unchanged
+    (Ghorbani et al. 2019), and the patience count: an image whose best has not improved (by 1e-4
+    relative) for ``patience`` checks in a row stops moving (``active`` False)."""
+
+    def __init__(self, loss_at, model: nn.Module, x: Tensor, classes: Tensor, start_loss: Tensor):
+        self.loss_at, self.model, self.classes = loss_at, model, classes
+        self.best_x, self.best_loss = x.clone(), start_loss
+        self.stalled = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self.active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        self.shape = (-1,) + (1,) * (x.dim() - 1)
+
+    def check(self, candidate: Tensor, patience: Optional[int]) -> None:
+        """Keep the images' better iterates among ``candidate``; with ``patience`` (None: never),
+        stop the images that stalled."""
+        loss = self.loss_at(candidate)
+        with torch.no_grad():
+            kept = self.model(candidate).argmax(1) == self.classes
+        better = kept & (loss < self.best_loss - 1e-4 * self.best_loss.abs())
+        self.best_x = torch.where(better.reshape(self.shape), candidate, self.best_x)
+        self.best_loss = torch.where(better, loss, self.best_loss)
+        self.stalled = torch.where(better, 0, self.stalled + 1)
+        if patience is not None:
+            self.active = self.stalled < patience
+
+
+def _result(model: nn.Module, x: Tensor, final: Tensor, r_start: Tensor, r_after: Tensor, objective: Objective,
+            eps: float, steps_run: int, history: List[float], method: str) -> InputAttackResult:
+    """The :class:`InputAttackResult` of an attack that ended at ``final``."""
+    metric_before, metric_after = objective.metric(r_start), objective.metric(r_after)
+    kept = class_agreement(model, x, final).bool()
+    reached = objective.success(metric_before, metric_after)
+    target_map, region, point = _aims(objective, r_start)
+    return InputAttackResult(
+        x=x, x_adv=final, maps_before=r_start, maps_after=r_after,
+        metric_name=objective.metric_name, direction=objective.direction,
+        metric_before=metric_before, metric_after=metric_after,
+        output_change=output_change(model, x, final), class_kept=kept, success=kept & reached,
+        threshold=objective.threshold(metric_before), eps=eps, steps_run=steps_run, history=history,
+        method=method, objective=type(objective).__name__, target_map=target_map, region=region, point=point,
+    )
 
 
 def manipulate_input(
@@ -285,7 +355,7 @@ def manipulate_input(
     steps: int = 500,
     lr: float = 1e-2,
     gamma: float = 100.0,
-    beta: BetaSchedule = (10.0, 100.0),
+    beta: Beta = (10.0, 100.0),
     smooth_pools: bool = True,
     optimizer: str = "adam",
     eps: Union[float, str] = "auto",
@@ -355,119 +425,10 @@ def manipulate_input(
     Returns:
         :class:`InputAttackResult`.
     """
-    where = "manipulate_input"
-    check_call(model, x, where=where)
-    if not isinstance(objective, Objective):
-        raise TypeError(f"{where}: objective must be a manipex.objectives.Objective, got {type(objective).__name__}")
-    _check_options(steps, lr, gamma, beta, optimizer, norm, check_every, patience,
-                   {"smooth_pools": smooth_pools, "keep_best": keep_best, "revert": revert, "progress": progress})
-    if method_options is not None and not isinstance(method_options, dict):
-        raise TypeError(f"{where}: method_options must be None or a dict, got {type(method_options).__name__}")
-    method_options = dict(method_options or {})
-    explainer = get_explainer(method, **method_options)  # unknown method or option: fail before any work
-    bounds = _bounds(clamp, x)
-    eps = _budget(eps, norm, bounds)
-    if start is not None:  # before any work
-        check_input(start, where=where, name="start")
-        if start.shape != x.shape:
-            raise ValueError(f"{where}: start must have x's shape {tuple(x.shape)}, got {tuple(start.shape)}")
-    x = x.detach()
-    # one wrapper for the whole run (where the model returns more than logits), so that the
-    # per-model caches (propagation graphs, parameter checks) are hit at every step
-    model = logits_model(model, x, output, where=where)
-    target = predicted_target(model, x, check_target(target, x.shape[0], where=where), where=where)
-
-    def relevance_on(m: nn.Module, inputs: Tensor, create_graph: bool = False) -> Tensor:
-        return relevance(explainer(m, inputs, target, create_graph=create_graph))
-
-    # a map computed at x_adv itself runs the surrogate's forward there once; its output is the
-    # output term's (not when the map is on a beta-smoothed copy of its own)
-    share_output = method_options.get("softplus_beta") is None
-
-    r_start = relevance_on(model, x)
-    objective.prepare(lambda inputs: relevance_on(model, inputs), x, r_start)
-    with torch.no_grad():
-        logits = model(x)
-    p_orig, classes = logits.softmax(1), logits.argmax(1)
-    if method_options.get("softplus_beta") is not None:
-        beta = None  # the defended map is smooth already: attack exactly that map
-
-    growing = beta is not None and not isinstance(beta, (int, float)) and beta[0] != beta[1]  # run it to its end
-    attacked, handle = (model, None) if beta is None else surgery.smooth_copy(
-        model, _beta_at(beta, 0, steps), pools=smooth_pools)
-    with torch.no_grad():  # the start is a point, not part of what is differentiated
-        x_adv = (x.clone() if start is None else _project(start.detach().to(x), x, eps, norm, bounds))
-    x_adv.requires_grad_(True)
-    adam = _Adam(x_adv, lr) if optimizer == "adam" else None
-    best_x, best_loss = x.clone(), objective.loss(r_start).detach()
-    history: List[float] = []
-    stalled = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    steps_run = 0
-
-    def check(candidate: Tensor) -> Tensor:
-        """Keep, per image, the best iterate (on the original model) with the class unchanged;
-        which images improved."""
-        nonlocal best_x, best_loss
-        loss = objective.loss(relevance_on(model, candidate)).detach()
-        with torch.no_grad():
-            kept = model(candidate).argmax(1) == classes
-        better = kept & (loss < best_loss - 1e-4 * best_loss.abs())
-        best_x = torch.where(better.reshape(shape), candidate, best_x)
-        best_loss = torch.where(better, loss, best_loss)
-        return better
-
-    from .._progress import progress_bar
-
-    bar = progress_bar(range(steps), desc=f"attack {method}", enabled=progress, leave=False)
-    for step in bar:
-        steps_run = step + 1
-        if handle is not None:
-            handle.beta = _beta_at(beta, step, steps)
-        # checked once above: the model, and x_adv, finite by construction (projected, clamped)
-        with torch.enable_grad(), second_order(attacked, where), capture_output(x_adv) as seen:  # also under no_grad()
-            r = relevance(explainer.compute(attacked, x_adv, target, True))
-            logits = seen.output if share_output and seen.output is not None else attacked(x_adv)
-            out_term = (logits.softmax(1) - p_orig).pow(2).mean(1)
-            loss = (objective.loss(r) + gamma * out_term).sum()
-            (grad,) = torch.autograd.grad(loss, x_adv)
-        with torch.no_grad():  # the update and projection are not differentiated
-            previous = x_adv.detach().clone()
-            if adam is not None:
-                adam.step(grad)
-            else:
-                x_adv -= lr * grad.sign()
-            # images that stalled stay where they are, so no image depends on its batch
-            x_adv.copy_(torch.where(active.reshape(shape), _project(x_adv, x, eps, norm, bounds), previous))
-        history.append(loss.item() / x.shape[0])
-        bar.set_postfix(loss=f"{history[-1]:.4g}", beta=f"{handle.beta:.3g}" if handle else "-", refresh=False)
-        if keep_best and ((step + 1) % check_every == 0 or step == steps - 1):
-            stalled = torch.where(check(x_adv.detach()), 0, stalled + 1)
-            if patience is not None and not growing:
-                active = stalled < patience
-                if not bool(active.any()):
-                    break
-    bar.close()
-
-    final = best_x if keep_best else x_adv.detach()
-    with torch.no_grad():
-        kept = model(final).argmax(1) == classes
-    if revert:
-        final = torch.where(kept.reshape((-1,) + (1,) * (x.dim() - 1)), final, x)
-    r_after = relevance_on(model, final)
-    metric_before, metric_after = objective.metric(r_start), objective.metric(r_after)
-    kept = class_agreement(model, x, final).bool()
-    reached = objective.success(metric_before, metric_after)
-    target_map, region, point = _aims(objective, r_start)
-    return InputAttackResult(
-        x=x, x_adv=final, maps_before=r_start, maps_after=r_after,
-        metric_name=objective.metric_name, higher_is_better=objective.metric_higher_is_better,
-        metric_before=metric_before, metric_after=metric_after,
-        output_change=output_change(model, x, final), class_kept=kept, success=kept & reached,
-        threshold=objective.threshold(metric_before), eps=eps, steps_run=steps_run, history=history,
-        method=str(method), objective=type(objective).__name__, target_map=target_map, region=region, point=point,
-    )
+    return InputAttack(objective, method, method_options, steps=steps, lr=lr, gamma=gamma, beta=beta,
+                       smooth_pools=smooth_pools, optimizer=optimizer, eps=eps, norm=norm, clamp=clamp,
+                       keep_best=keep_best, revert=revert, check_every=check_every, patience=patience,
+                       progress=progress, output=output).run(model, x, target, start)
 
 
 def _aims(objective: Objective, r_start: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:

@@ -215,7 +215,8 @@ def manipulate_model(
 class ModelEvaluation:
     """Original vs manipulated model: ``table`` has one row per explanation method with the
     objective's mean metric for both (Pasliev Tables 3.1, 3.2: does the manipulation transfer?;
-    ``table.attrs``: ``metric``, ``higher_is_better`` for the attacker, ``n`` images);
+    ``table.attrs``: ``metric``, ``direction`` for the attacker (a
+    :class:`~manipex.metrics.direction.Direction`), ``n`` images);
     ``summary`` has the accuracies and the output change; ``per_image`` the metric of every
     image (rows: method and image, columns: ``original``, ``manipulated``), from which
     :meth:`plot` draws its intervals. Its repr is a one-line summary."""
@@ -322,7 +323,7 @@ def evaluate_manipulation(
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "method"
     table.attrs["metric"] = objective.metric_name
-    table.attrs["higher_is_better"] = bool(objective.metric_higher_is_better)
+    table.attrs["direction"] = objective.direction
     table.attrs["n"] = int(x.shape[0])
     frame = pd.concat(per_image, names=["method", "image"])
     summary = {

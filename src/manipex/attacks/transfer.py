@@ -64,8 +64,7 @@ def transfer_matrix(
 
             before, after = fn(x), fn(result.x_adv)
             obj = copy.deepcopy(objective).prepare(fn, x, before)
-            change = obj.metric(after) - obj.metric(before)
-            row[b] = (change if obj.metric_higher_is_better else -change).mean().item()
+            row[b] = obj.direction.gain(obj.metric(after), obj.metric(before)).mean().item()
         rows[a] = row
     return pd.DataFrame.from_dict(rows, orient="index")[eval_methods]
 

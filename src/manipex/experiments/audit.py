@@ -253,7 +253,7 @@ class Audit(Experiment):
         outputs."""
         import dataclasses
 
-        from .sources import _normalized, original_model
+        from .sources import normalized, original_model
 
         labels = torch.cat([ctx.train[1], ctx.y])
         outputs = self._outputs(ctx)
@@ -264,7 +264,7 @@ class Audit(Experiment):
             except ConfigError as err:
                 why = str(err).removeprefix("config key 'weights': ")
                 raise ConfigError(f"config key 'references': {why}") from None
-            ref = _normalized(ref, config.normalization()).eval()
+            ref = normalized(ref, config.normalization()).eval()
             try:
                 with torch.no_grad():  # a shape check only
                     got = int(ref(ctx.x[:1]).shape[1])
@@ -280,7 +280,7 @@ class Audit(Experiment):
         training images, and a factory builds a new model each call (not the audited one) that
         trains (:meth:`_probe_factory`)."""
         from .. import models
-        from .sources import _zoo_arch
+        from .sources import zoo_arch
 
         seeds = tuple(config.reference_seed + k for k in range(config.n_references))
         if config.is_default:
@@ -294,7 +294,7 @@ class Audit(Experiment):
             if recorded is not None:
                 name, kwargs = recorded["name"], dict(recorded["kwargs"])
             else:
-                name, kwargs = _zoo_arch(config, self._outputs(ctx))
+                name, kwargs = zoo_arch(config, self._outputs(ctx))
             epochs = config.train_epochs
         if len(ctx.train[0]) == 0:
             raise ConfigError(f"config key 'references': no training images in dataset {config.dataset!r} to train "
@@ -312,13 +312,13 @@ class Audit(Experiment):
         attacks). The global RNG and the audited model are left as they were."""
         import torch.nn.functional as F
 
-        from .sources import _normalized, build_model
+        from .sources import normalized, build_model
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             probe = build_model(config, self._outputs(ctx))
             self._refuse_shared(probe, ctx.model, config)
-            probe = _normalized(probe.to(ctx.device), config.normalization()).train()
+            probe = normalized(probe.to(ctx.device), config.normalization()).train()
             try:
                 with torch.enable_grad():
                     F.cross_entropy(probe(ctx.train[0][:2]), ctx.train[1][:2]).backward()
@@ -360,7 +360,7 @@ class Audit(Experiment):
         """The reference kept in ``cache`` by an earlier (killed) run with this recipe and seed;
         None where there is none, it was trained otherwise, or it cannot be read."""
         from .. import models
-        from .sources import _normalized, build_model
+        from .sources import normalized, build_model
 
         if not cache.is_file():
             return None
@@ -376,13 +376,13 @@ class Audit(Experiment):
             raise
         except Exception:  # a damaged cache (the file of a killed run) is trained again
             return None
-        return _normalized(model, config.normalization()).eval()
+        return normalized(model, config.normalization()).eval()
 
     def _train_reference(self, config, ctx, seed: int) -> nn.Module:
         """A clean model of the audited model's kind, built and trained with ``seed`` on the same
         data (behind the same normalisation), by :attr:`AuditContext.recipe`."""
         from .. import models
-        from .sources import _normalized, build_model
+        from .sources import normalized, build_model
 
         recipe = ctx.recipe or self._recipe(config, ctx)
         with torch.random.fork_rng(devices=[]):
@@ -392,7 +392,7 @@ class Audit(Experiment):
                 self._refuse_shared(ref, ctx.model, config)
             else:
                 ref = models.build(recipe.arch, **recipe.kwargs)
-            trained = _normalized(ref.to(ctx.device), config.normalization())
+            trained = normalized(ref.to(ctx.device), config.normalization())
             models.train_classifier(trained, ctx.train[0], ctx.train[1], epochs=recipe.epochs, lr=recipe.lr,
                                     batch_size=recipe.batch_size, seed=seed, progress=False)
         return trained.eval()
@@ -725,8 +725,8 @@ class Audit(Experiment):
         return text
 
     def figures(self, df, config, out):
-        from ..figures import _subplots
-        from .plots import (CI_TEXT, _line_with_interval, _single_x, legend_outside, n_text, save_figure, styled,
+        from ..figures import subplots
+        from .plots import (CI_TEXT, line_with_interval, single_x, legend_outside, n_text, save_figure, styled,
                             summarize)
 
         attack = _part(df, "attack")
@@ -736,7 +736,7 @@ class Audit(Experiment):
         @styled
         def draw():
             objectives = [o for o in OBJECTIVES if o in set(attack.objective)]
-            fig, axes = _subplots(1, len(objectives), figsize=(3.4 * len(objectives) + 1.6, 3.0), squeeze=False)
+            fig, axes = subplots(1, len(objectives), figsize=(3.4 * len(objectives) + 1.6, 3.0), squeeze=False)
             counts = []
             for ax, objective in zip(axes[0], objectives):
                 part = attack[attack.objective == objective]
@@ -744,8 +744,8 @@ class Audit(Experiment):
                     eps = sorted(group.eps.unique())
                     stats = [summarize(group[group.eps == e]["success"]) for e in eps]
                     counts += [s[3] for s in stats]
-                    _line_with_interval(ax, eps, stats, method)
-                _single_x(ax, part.eps)
+                    line_with_interval(ax, eps, stats, method)
+                single_x(ax, part.eps)
                 ax.set_ylim(-0.03, 1.03)
                 ax.set_xlabel("eps (L-infinity, pixels in [0, 1])")
                 top = ax.secondary_xaxis("top", functions=(lambda e: e * 255, lambda v: v / 255))

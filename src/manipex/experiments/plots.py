@@ -11,7 +11,7 @@ from typing import Dict, List
 
 from torch import Tensor
 
-from ..figures import _subplots, bootstrap_ci  # noqa: F401  (bootstrap_ci: here since the first version)
+from ..figures import subplots, bootstrap_ci  # noqa: F401  (bootstrap_ci: here since the first version)
 from ..style import color_for, display_name, figure_formats, styled
 
 #: Where every legend of an experiment figure goes: right of its axes, outside the data.
@@ -77,7 +77,7 @@ def _pretty(name) -> str:
     return display_name(name)
 
 
-def _line_with_interval(ax, xs, stats, name, *, label=None, ms: float = 4, among=None):
+def line_with_interval(ax, xs, stats, name, *, label=None, ms: float = 4, among=None):
     """A line of centres (marker at each point) in ``name``'s colour (distinct from those of
     ``among``, the names drawn with it) with its intervals as error bars; ``stats``:
     ``(centre, low, high, n)`` per x."""
@@ -97,7 +97,7 @@ def dodged(xs, k: int, count: int, *, log: bool = False, spread: float = 0.2):
     """``xs`` shifted for line ``k`` of ``count`` drawn at the same x values, so that their error
     bars do not hide each other: the lines spread over ``spread`` of the smallest gap between
     the x values (of their logarithms on a log axis), centred on them; where there is one x, of
-    the half-width :func:`_single_x` gives the axis."""
+    the half-width :func:`single_x` gives the axis."""
     import numpy as np
 
     xs = np.asarray(xs, dtype=float)
@@ -112,11 +112,11 @@ def dodged(xs, k: int, count: int, *, log: bool = False, spread: float = 0.2):
 
 
 def _half_width(v: float) -> float:
-    """Half the x range :func:`_single_x` gives an axis whose only x value is ``v``."""
+    """Half the x range :func:`single_x` gives an axis whose only x value is ``v``."""
     return 0.5 if v == int(v) else (abs(v) * 0.5 or 0.5)
 
 
-def _single_x(ax, xs) -> None:
+def single_x(ax, xs) -> None:
     """A sensible x range where there is one x value only (otherwise matplotlib's default)."""
     values = sorted(set(float(x) for x in xs))
     if len(values) == 1:
@@ -197,7 +197,7 @@ def manipulation_grid(rows: Dict[str, List[Panel]], path: Path, *, formats=None,
     and bar, grey inputs one pixel bar. Writes ``path`` (its suffix's format) and each of
     ``formats`` (e.g. :data:`manipex.style.FORMATS`) next to it; :func:`each_format` calls it
     once per format."""
-    from ..figures import (_group_key, add_colorbar, check_shared_scale, display_title, draw_input, draw_map,
+    from ..figures import (group_key, add_colorbar, check_shared_scale, display_title, draw_input, draw_map,
                            draw_shared, save_figure)
 
     if not rows:
@@ -209,7 +209,7 @@ def manipulation_grid(rows: Dict[str, List[Panel]], path: Path, *, formats=None,
     if bad:
         raise ValueError(f"manipulation_grid: panel kind must be one of {PANEL_KINDS}, got {bad}")
     width = 1.2 + (1.3 if not shared else 1.15) * ncols + (0.6 if shared else 0.0)
-    fig, axes = _subplots(len(rows), ncols, figsize=(width, 0.5 + 1.5 * len(rows) + (0.45 if shared else 0.0)),
+    fig, axes = subplots(len(rows), ncols, figsize=(width, 0.5 + 1.5 * len(rows) + (0.45 if shared else 0.0)),
                           squeeze=False, layout="constrained")
     fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.02, hspace=0.02)
     maps, signed, grey = {}, [], []
@@ -227,7 +227,7 @@ def manipulation_grid(rows: Dict[str, List[Panel]], path: Path, *, formats=None,
             elif panel.kind == "signed":
                 signed.append((ax, panel.data, None))
             else:
-                maps.setdefault(_group_key(shared_scale, i, j), []).append((ax, panel.data, None))
+                maps.setdefault(group_key(shared_scale, i, j), []).append((ax, panel.data, None))
             if i == 0:
                 ax.set_title(panel.title, fontsize=7)
             if panel.note:
@@ -262,7 +262,7 @@ def beta_curve(df, path: Path) -> Path:
     and with the original map (right) against β, one line per method in its colour with 95 %
     bootstrap intervals of the median; dotted: the same method with ReLU."""
     methods = sorted(df.method.unique())
-    fig, axes = _subplots(1, len(BETA_PANELS), figsize=(8.0, 3.2), squeeze=False)
+    fig, axes = subplots(1, len(BETA_PANELS), figsize=(8.0, 3.2), squeeze=False)
     counts = []
     for ax, (column, ylabel) in zip(axes[0], BETA_PANELS):
         for k, method in enumerate(methods):
@@ -270,7 +270,7 @@ def beta_curve(df, path: Path) -> Path:
             betas = sorted(float(b) for b in part.beta.unique() if str(b) != "relu")
             stats = [summarize(part[part.beta.astype(str) == str(b)][column], "median") for b in betas]
             counts += [s[3] for s in stats]
-            _line_with_interval(ax, dodged(betas, k, len(methods), log=True), stats, method, among=methods)
+            line_with_interval(ax, dodged(betas, k, len(methods), log=True), stats, method, among=methods)
             relu = part[part.beta.astype(str) == "relu"][column]
             if len(relu):
                 ax.axhline(float(relu.median()), ls=":", lw=1.0, color=color_for(method, methods))
@@ -291,7 +291,7 @@ def box_plot(df, column: str, by: str, path: Path, ylabel: str, *, title: str = 
     the inter-quartile range in each group's colour, whiskers 1.5 IQR, the count under each."""
     groups = sorted(df[by].unique())
     values = [df[df[by] == g][column].dropna().to_numpy(dtype=float) for g in groups]
-    fig, ax = _subplots(figsize=(1.2 * len(groups) + 2.0, 3.0))
+    fig, ax = subplots(figsize=(1.2 * len(groups) + 2.0, 3.0))
     boxes = ax.boxplot(values, patch_artist=True, medianprops={"color": "black"})
     for patch, group in zip(boxes["boxes"], groups):
         patch.set_facecolor(color_for(str(group), groups))
@@ -311,7 +311,7 @@ def transfer_heatmap(matrix, path: Path, title: str, *, label: str = "", n=None)
     each cell; ``label`` names the values (colour bar), ``n`` the images averaged per cell."""
     import numpy as np
 
-    fig, ax = _subplots(figsize=(1.0 * len(matrix.columns) + 2.6, 0.8 * len(matrix) + 1.6))
+    fig, ax = subplots(figsize=(1.0 * len(matrix.columns) + 2.6, 0.8 * len(matrix) + 1.6))
     values = matrix.values.astype(float)
     im = ax.imshow(values, cmap="viridis")
     from ..figures import display_title
@@ -370,7 +370,7 @@ def _scatter_panels(points, path: Path, xlabel: str, ylabel: str, title: str, le
     filled in per panel with the metric's label and direction."""
     import math
 
-    fig, axes = _subplots(1, len(SCATTER_METRICS), figsize=(9.6, 3.2), squeeze=False)
+    fig, axes = subplots(1, len(SCATTER_METRICS), figsize=(9.6, 3.2), squeeze=False)
     counts = set()
     for ax, (col, label) in zip(axes[0], SCATTER_METRICS):
         values = [float(v) for x, y in points[col].values() for v in list(x) + list(y)]
@@ -428,7 +428,7 @@ def _epoch_axis(ax, epochs) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _single_x(ax, epochs)
+    single_x(ax, epochs)
     ax.set_xlabel("epoch of fine-tuning")
 
 
@@ -436,7 +436,7 @@ def _epoch_axis(ax, epochs) -> None:
 def training_curves(history, path: Path, *, n=None) -> Path:
     """Pasliev Fig. 3.4: classification and explanation loss per epoch, one line (with markers)
     per model in its colour; ``n``: the training images (stated in the title)."""
-    fig, axes = _subplots(1, 2, figsize=(7.6, 2.8))
+    fig, axes = subplots(1, 2, figsize=(7.6, 2.8))
     for model, part in history.groupby("model", sort=False):
         part = part.sort_values("epoch")
         for ax, column in zip(axes, ("classification", "objective")):
@@ -471,7 +471,7 @@ def weight_noise_curves(rows, path: Path, *, n=None) -> Path:
     """Pasliev Fig. 4.4: accuracy and the manipulation's metric (mean over ``n`` held-out
     images) as weight noise grows, one line per model in its colour."""
     kinds = list(dict.fromkeys(rows.objective))
-    fig, axes = _subplots(1, 1 + len(kinds), figsize=(3.0 * (1 + len(kinds)) + 1.6, 2.9), squeeze=False)
+    fig, axes = subplots(1, 1 + len(kinds), figsize=(3.0 * (1 + len(kinds)) + 1.6, 2.9), squeeze=False)
     axes = axes[0]
     for (model, kind), part in rows.groupby(["model", "objective"], sort=False):
         part = part.sort_values("sigma")
@@ -486,7 +486,7 @@ def weight_noise_curves(rows, path: Path, *, n=None) -> Path:
     for ax, title in zip(axes, ["accuracy"] + [NOISE_TITLES.get(k, k) for k in kinds]):
         ax.set_xlabel("weight noise σ (× sd of each tensor)")
         ax.set_title(title)
-        _single_x(ax, rows.sigma)
+        single_x(ax, rows.sigma)
     legend_outside(axes[-1], source=axes, title="model")
     fig.suptitle("manipulated models under weight noise"
                  + (f" (means over {n_text([n], 'held-out images')}, one noise draw per σ)" if n else ""))
@@ -499,7 +499,7 @@ def feature_importance(rows, path: Path, *, n=None) -> Path:
     model in its colour; ``n``: the images averaged (stated in the title)."""
     table = rows.pivot_table(index="feature", columns="model", values="importance", sort=False)
     table.columns.name = "model"
-    fig, ax = _subplots(figsize=(0.5 * len(table) + 3.4, 3.4))
+    fig, ax = subplots(figsize=(0.5 * len(table) + 3.4, 3.4))
     grouped_bars(ax, table, width=0.8)
     ax.set_ylabel("mean share of |gradient|\n(higher = feature used more)")
     ax.set_xlabel("feature")
@@ -519,7 +519,7 @@ def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path, *,
     (Tang et al., Tables 1-4 as curves over the budget ε). ``labels``: metric -> y label."""
     labels = dict(labels or {})
     rows = list(dict.fromkeys(df[panel_row]))
-    fig, axes = _subplots(len(rows), len(metrics), figsize=(3.4 * len(metrics) + 1.6, 2.8 * len(rows)),
+    fig, axes = subplots(len(rows), len(metrics), figsize=(3.4 * len(metrics) + 1.6, 2.8 * len(rows)),
                           squeeze=False)
     counts = []
     for i, row in enumerate(rows):
@@ -531,8 +531,8 @@ def metric_curves(df, x: str, line: str, metrics, panel_row: str, path: Path, *,
                 xs = sorted(group[x].unique())
                 stats = [summarize(group[group[x] == v][metric]) for v in xs]
                 counts += [s[3] for s in stats]
-                _line_with_interval(ax, dodged(xs, k, len(groups)), stats, name, among=[g for g, _ in groups])
-            _single_x(ax, part[x])
+                line_with_interval(ax, dodged(xs, k, len(groups)), stats, name, among=[g for g, _ in groups])
+            single_x(ax, part[x])
             ax.set_xlabel(xlabel or _pretty(x))
             ax.set_ylabel(labels.get(metric, f"mean {_pretty(metric)}"))
             ax.set_title(f"{_pretty(row)}: {_pretty(metric)}")

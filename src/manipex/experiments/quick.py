@@ -142,7 +142,7 @@ class Quick(Experiment):
         }
 
     def figures(self, df, config, out):
-        from ..figures import _subplots, display_title
+        from ..figures import subplots, display_title
         from .plots import CI_TEXT, aggregate, each_format, grouped_bars, manipulation_grid, n_text, save_figure, styled
 
         @styled
@@ -151,7 +151,7 @@ class Quick(Experiment):
             mean, low, high, n = aggregate(df.assign(delta=df.pcc_after - df.pcc_before), "method", "defense",
                                            "delta")
             mean, low, high = (t.reindex(index=rise.index, columns=rise.columns) for t in (mean, low, high))
-            fig, ax = _subplots(figsize=(7.4, 3.2))
+            fig, ax = subplots(figsize=(7.4, 3.2))
             grouped_bars(ax, mean, width=0.8, low=low, high=high)
             ax.axhline(0.0, color="black", lw=0.6)
             ax.set_ylabel("rise of PCC with target map\n(after − before; higher = more manipulated)")

@@ -40,7 +40,8 @@ def is_text(table) -> bool:
 # -- numbers ---------------------------------------------------------------------------------------------
 # one convention for every table manipex shows (the report, the terminal): manipex.style.format_column
 
-from ..style import DISPLAY_NAMES, MISSING, _finite, _is_flag_value, _is_number, _label, format_column, format_table  # noqa: E402,F401
+from ..style import (DISPLAY_NAMES, MISSING, column_label, format_column, format_table,  # noqa: E402,F401
+                     is_finite_number, is_flag_value, is_number)
 
 
 def _numeric(values: Sequence[Any]) -> bool:
@@ -48,7 +49,7 @@ def _numeric(values: Sequence[Any]) -> bool:
     import math
 
     present = [v for v in values if not (v is None or (isinstance(v, float) and math.isnan(v)))]
-    return bool(present) and all(_is_number(v) or _is_flag_value(v) for v in present)
+    return bool(present) and all(is_number(v) or is_flag_value(v) for v in present)
 
 
 def table_html(table) -> str:
@@ -62,12 +63,12 @@ def table_html(table) -> str:
     import pandas as pd
 
     index = table.index
-    names = [_label(n) if n is not None else "" for n in index.names]
+    names = [column_label(n) if n is not None else "" for n in index.names]
     index_cols = [[k[i] if isinstance(k, tuple) else k for k in index] for i in range(index.nlevels)]
     if index.nlevels == 1 and not names[0] and isinstance(index, pd.RangeIndex):
         index_cols, names = [], []  # a plain 0..n-1 index says nothing
     columns = [(names[i], index_cols[i], True) for i in range(len(index_cols))]
-    columns += [(_label(c), list(table.iloc[:, i]), False) for i, c in enumerate(table.columns)]
+    columns += [(column_label(c), list(table.iloc[:, i]), False) for i, c in enumerate(table.columns)]
     rendered = []
     for name, values, is_index in columns:
         values = [v.item() if hasattr(v, "item") and not isinstance(v, str) else v for v in values]
@@ -143,7 +144,7 @@ def run_html(folder: Path, meta: Dict[str, Any]) -> str:
     time in human form, seed, processes, environment."""
     rows = [("experiment", meta.get("experiment"))]
     started = meta.get("started")
-    if _finite(started):
+    if is_finite_number(started):
         rows.append(("started", human_time(started)))
         results = sorted(Path(folder).glob("results*.jsonl"))
         if results:

@@ -253,7 +253,7 @@ class RobustTraining(Experiment):
         """Accuracy, Hessian norm, max-sensitivity (sampled and adversarial) and the sanity check
         on the first ``n`` test images: one row per image, and one per image and randomised layer."""
         from ..geometry import hessian_norm
-        from ..metrics import max_sensitivity
+        from ..evaluation import max_sensitivity
         from ..models import accuracy
         from ..sanity import model_randomization
 
@@ -411,7 +411,7 @@ def paired_interval(df, kind: str, defense: str, value) -> "tuple[float, float]"
 
 def _summary_figure(df, config: RobustConfig, path: Path) -> Path:
     """Four panels of horizontal bars per defense, with 95 % bootstrap intervals."""
-    from ..figures import _subplots
+    from ..figures import subplots
     from ..style import colors_for
     from .plots import CI_TEXT, save_figure, styled, summarize
 
@@ -434,7 +434,7 @@ def _summary_figure(df, config: RobustConfig, path: Path) -> Path:
     @styled
     def draw():
         colors = colors_for(order)
-        fig, axes = _subplots(1, len(panels), figsize=(3.0 * len(panels), 0.42 * len(order) + 1.6), sharey=True)
+        fig, axes = subplots(1, len(panels), figsize=(3.0 * len(panels), 0.42 * len(order) + 1.6), sharey=True)
         for ax, (label, stats, single) in zip(axes, panels):
             for i, d in enumerate(order):
                 if d in stats:
@@ -461,7 +461,7 @@ def _summary_figure(df, config: RobustConfig, path: Path) -> Path:
 
 def _sanity_figure(df, config: RobustConfig, path: Path) -> Path:
     """SSIM with the original map along the cascade, one panel per method, a line per defense."""
-    from ..figures import _subplots
+    from ..figures import subplots
     from ..style import colors_for
     from .plots import legend_outside, save_figure, styled
 
@@ -472,7 +472,7 @@ def _sanity_figure(df, config: RobustConfig, path: Path) -> Path:
     @styled
     def draw():
         colors = colors_for(order)
-        fig, axes = _subplots(1, len(methods), figsize=(3.6 * len(methods) + 1.6, 3.0), sharey=True)
+        fig, axes = subplots(1, len(methods), figsize=(3.6 * len(methods) + 1.6, 3.0), sharey=True)
         axes = list(axes) if len(methods) > 1 else [axes]
         for ax, m in zip(axes, methods):
             sub = part[part.sanity_method == m]

@@ -23,7 +23,7 @@ from .report import damaged_note, is_text, published_lines, write_report
 from .store import DamagedMetaError, ResultStore
 
 
-def _experiment(name: Any):
+def experiment_named(name: Any):
     """The experiment registered as ``name``, or a :class:`ConfigError` quoting it briefly."""
     if not isinstance(name, str) or name not in EXPERIMENTS.names():
         raise ConfigError(f"unknown experiment {short(name, 60)}; available: {', '.join(EXPERIMENTS.names())}")
@@ -38,7 +38,7 @@ def load_config(name: Optional[str], path: Optional[os.PathLike], overrides: Map
         raise ConfigError(f"config key 'experiment' must be a string, got {short(named)}")
     if name and named and name != named:
         raise ConfigError(f"config file is for experiment {short(named, 60)}, not {short(name, 60)}")
-    experiment = _experiment(name or named or "quick")
+    experiment = experiment_named(name or named or "quick")
     config = experiment.Config.resolve(table, overrides,
                                        sources=[f"config {short(str(path), 200)}" if path else "config",
                                                 "command line"])
@@ -134,7 +134,7 @@ def run_files(folder: Path, experiment) -> List[Path]:
     (a file of the user's, a link, the lock files) is listed."""
     import fnmatch
 
-    from .store import _SHARD
+    from .store import RESULT_SHARD
 
     if not folder.is_dir():
         return []
@@ -147,7 +147,7 @@ def run_files(folder: Path, experiment) -> List[Path]:
         if path.is_dir():
             if name in RUN_FOLDERS:
                 out.append(path)
-        elif (_SHARD.match(name) or name in ("meta.json", "report.html")
+        elif (RESULT_SHARD.match(name) or name in ("meta.json", "report.html")
               or (name.startswith((".meta.json.", ".report.html.")) and name.endswith(".tmp"))
               or (path.suffix in (".png", ".pdf", ".svg")
                   and any(fnmatch.fnmatchcase(path.stem, p) for p in patterns))):

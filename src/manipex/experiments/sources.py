@@ -303,7 +303,7 @@ def load_images(config: SourceConfig, *, n_train: Optional[int], n_eval: int, se
     return train, test
 
 
-def _zoo_arch(config: SourceConfig, num_classes: int) -> Tuple[str, Dict]:
+def zoo_arch(config: SourceConfig, num_classes: int) -> Tuple[str, Dict]:
     name = config.auto_arch() if config.arch == "auto" else config.arch
     kwargs: Dict = {"num_classes": num_classes}
     if name.startswith("vgg16"):
@@ -327,7 +327,7 @@ def build_model(config: SourceConfig, num_classes: int) -> nn.Module:
             raise ConfigError(f"config key 'arch': factory {config.arch!r} returned an object of type "
                               f"{type(model).__name__}, not an nn.Module")
         return model
-    name, kwargs = _zoo_arch(config, num_classes)
+    name, kwargs = zoo_arch(config, num_classes)
     return models.build(name, **kwargs)
 
 
@@ -378,7 +378,7 @@ def original_model(config: SourceConfig, train: Tuple[Tensor, Tensor], device: s
         model = build_model(config, num_classes)
         model = (prepare(model) if prepare is not None else model).to(device)
     norm = config.normalization()
-    trained = _normalized(model, norm)
+    trained = normalized(model, norm)
     models.train_classifier(trained, train[0].to(device), train[1].to(device), epochs=config.train_epochs,
                             seed=seed, progress=False)
     if cache is not None:
@@ -387,7 +387,7 @@ def original_model(config: SourceConfig, train: Tuple[Tensor, Tensor], device: s
     return model.eval()
 
 
-def _normalized(model: nn.Module, norm) -> nn.Module:
+def normalized(model: nn.Module, norm) -> nn.Module:
     from ..models import with_normalization
 
     return model if norm is None else with_normalization(model, *norm)
@@ -400,7 +400,7 @@ def load_source(config: SourceConfig, device: str, *, n_train: Optional[int], n_
     ``prepare``: see :func:`original_model`."""
     train, test = load_images(config, n_train=n_train, n_eval=n_eval, seed=seed)
     labels = torch.cat([train[1], test[1]])
-    model = _normalized(original_model(config, train, device, cache=cache, seed=seed, labels=labels, prepare=prepare),
+    model = normalized(original_model(config, train, device, cache=cache, seed=seed, labels=labels, prepare=prepare),
                         config.normalization())
     model.eval()
     try:

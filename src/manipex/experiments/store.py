@@ -41,7 +41,7 @@ try:  # POSIX; absent on Windows, where the exclusive-file lock is used
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-_SHARD = re.compile(r"^results(?:-rank\d+)?\.jsonl$")
+RESULT_SHARD = re.compile(r"^results(?:-rank\d+)?\.jsonl$")
 #: the largest meta.json read, in bytes
 MAX_META_BYTES = 16 << 20
 
@@ -123,7 +123,7 @@ class ResultStore:
         """The results files of every rank, rank 0 first."""
         if not self.root.is_dir():
             return []
-        return sorted(p for p in self.root.iterdir() if _SHARD.match(p.name) and p.is_file())
+        return sorted(p for p in self.root.iterdir() if RESULT_SHARD.match(p.name) and p.is_file())
 
     def _records(self) -> Iterator[Dict[str, Any]]:
         damaged: List[Tuple[Path, int]] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import contextvars
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Type, Union
 
 import torch
 from torch import Tensor, nn
@@ -123,10 +123,15 @@ class Explainer(abc.ABC):
         return h if create_graph else h.detach()
 
 
-def get_explainer(method: str, **options: Any) -> Explainer:
-    """Instantiate the method registered as ``method`` with ``options``."""
+def get_explainer(method: Union[str, Explainer], **options: Any) -> Explainer:
+    """The explainer of ``method``: the method registered under that name made with
+    ``options``, or an :class:`Explainer` object (Captum's way: ``LRP(composite="epsilon")``
+    carries its options), copied with ``options`` on top of its own (the caller's object is
+    never changed). Every public function that takes ``method`` takes either."""
+    if isinstance(method, Explainer):
+        return type(method)(**{**method.config, **options})
     if not isinstance(method, str):
-        raise TypeError(f"explain: method must be a method name (str), got {type(method).__name__}")
+        raise TypeError(f"explain: method must be a method name (str) or an Explainer, got {type(method).__name__}")
     try:
         cls = _REGISTRY.get(method)
     except ValueError as err:
@@ -134,9 +139,20 @@ def get_explainer(method: str, **options: Any) -> Explainer:
     return cls(**options)
 
 
+def method_name(method: Union[str, Explainer]) -> str:
+    """The name of ``method`` (a name, or an :class:`Explainer` object's ``name``), for labels."""
+    return method.name if isinstance(method, Explainer) else str(method)
+
+
 def methods() -> List[str]:
     """Names of all registered explanation methods."""
     return _REGISTRY.names()
+
+
+def explainer_class(method: str) -> Type["Explainer"]:
+    """The explainer class registered as ``method`` (its docstring describes the method);
+    ``ValueError`` naming the registered ones otherwise."""
+    return _REGISTRY.get(method)
 
 
 def requires_attention(method: str) -> bool:
@@ -148,7 +164,7 @@ def requires_attention(method: str) -> bool:
 def explain(
     model: nn.Module,
     x: Tensor,
-    method: str = "gradient",
+    method: Union[str, "Explainer"] = "gradient",
     target: TargetLike = None,
     *,
     create_graph: bool = False,
@@ -162,7 +178,9 @@ def explain(
             output holding them, see ``output``). It is left
             exactly as it was (parameters, modules, hooks, flags), also when an error is raised.
         x: a float batch ``(N, ...)``.
-        method: a name from :func:`manipex.explainers.methods`, e.g. ``"gradient"``, ``"lrp"``.
+        method: a name from :func:`manipex.explainers.methods`, e.g. ``"gradient"``, ``"lrp"``,
+            or an explainer object carrying its options, e.g. ``LRP(composite="epsilon")``
+            (``options`` then go on top of its own).
         target: ``None`` (the predicted class), an int, or a tensor of ``N`` class indices.
         create_graph: keep the autograd graph, so that the map can be differentiated exactly
             (to second order) w.r.t. ``x`` and every parameter, as attacks and defenses need.

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 from .._validation import (TargetLike, check_call, check_choice, check_int, check_real, check_target, forward,
                            predicted_target, short)
 from ._checks import check_batch
+from .direction import Direction
 
 Baseline = Union[float, str, Tensor]
 
@@ -453,18 +454,19 @@ def infidelity(
 
 @dataclass(frozen=True)
 class FaithfulnessMetric:
-    """A faithfulness metric ``fn(model, x, maps, target, **options) -> (N,)`` and its direction."""
+    """A faithfulness metric ``fn(model, x, maps, target, **options) -> (N,)`` and its direction
+    (``HIGHER``: a higher score is a more faithful map)."""
 
     name: str
     fn: Callable[..., Tensor]
-    higher_is_faithful: bool
+    direction: Direction
 
     def __call__(self, model, x: Tensor, maps: Tensor, target: TargetLike = None, **options) -> Tensor:
         return self.fn(model, x, maps, target, **options)
 
 
 FAITHFULNESS_METRICS: Dict[str, FaithfulnessMetric] = {
-    "pixel_flipping": FaithfulnessMetric("pixel_flipping", pixel_flipping, False),
-    "insertion": FaithfulnessMetric("insertion", insertion, True),
-    "infidelity": FaithfulnessMetric("infidelity", infidelity, False),
+    "pixel_flipping": FaithfulnessMetric("pixel_flipping", pixel_flipping, Direction.LOWER),
+    "insertion": FaithfulnessMetric("insertion", insertion, Direction.HIGHER),
+    "infidelity": FaithfulnessMetric("infidelity", infidelity, Direction.LOWER),
 }

@@ -47,8 +47,8 @@ is never changed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from dataclasses import dataclass, fields
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -127,129 +127,170 @@ def _check_normalise(value: Any, *, where: str) -> str:
 
 
 #: ratio(x, a, x', a') -> (rows,), for rows of flattened inputs and normalised maps.
+#: ratio(x, a, x', a') -> (rows,), for rows of flattened inputs and normalised maps.
 Ratio = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
-def _worst_case(
-    where: str,
-    model: nn.Module,
-    x: Tensor,
-    method: str,
-    *,
-    target: TargetLike,
-    ratio: Ratio,
-    draw: Callable[[torch.Generator, Tuple[int, ...], torch.dtype], Tensor],
-    samples: int,
-    normalise: Any,
-    method_options: Optional[Dict[str, Any]],
-    seed: int,
-    prediction_changed: str,
-    adversarial: bool,
-    radius: Optional[float],
-    attack_options: Optional[Dict[str, Any]],
-    clamp: Optional[Tuple[float, float]],
-    perturbations: Optional[Tensor],
-    batch_size: int,
-    progress: bool,
-    return_details: bool,
-) -> Union[Tensor, RobustnessScores]:
-    """The shared loop of every metric of this module: check, sample in chunks, keep the
-    maximum ratio per image, then (optionally) attack from the best point."""
-    from ..explainers import get_explainer
+@dataclass(eq=False)
+class WorstCase:
+    """The base of the worst-case robustness metrics (Quantus's shape: the options are the
+    object, the call takes the model and the data): the maximum over perturbed inputs ``x'``
+    of :meth:`ratio`, with the perturbations of :meth:`draw` and, with ``adversarial``, an
+    attack from the best sampled point (the module docstring). A subclass states its ratio,
+    its draw and its own options; the loop, the checks and the attack are here, once.
 
-    check_call(model, x, where=where)
-    if not isinstance(method, str):
-        raise TypeError(f"{where}: method must be a method name (str), got {type(method).__name__}")
-    if method_options is not None and not isinstance(method_options, dict):
-        raise TypeError(f"{where}: method_options must be None or a dict, got {type(method_options).__name__}")
-    method_options = dict(method_options or {})
-    try:
-        explainer = get_explainer(method, **method_options)
-    except (ValueError, TypeError) as err:
-        raise type(err)(f"{where}: method {method!r}: {err}") from None
-    how = _check_normalise(normalise, where=where)
-    check_int(samples, where=where, name="samples", ge=1)
-    check_int(seed, where=where, name="seed", ge=0)
-    check_choice(prediction_changed, PREDICTION_RULES, where=where, name="prediction_changed")
-    for name, flag in (("adversarial", adversarial), ("progress", progress), ("return_details", return_details)):
-        check_bool(flag, where=where, name=name)
-    check_int(batch_size, where=where, name="batch_size", ge=1)
-    low, high = _check_clamp(clamp, x, where=where)
-    if attack_options is not None and not isinstance(attack_options, dict):
-        raise TypeError(f"{where}: attack_options must be None or a dict, got {type(attack_options).__name__}")
-    reserved = sorted(set(attack_options or {}) & set(_RESERVED))
-    if reserved:
-        raise ValueError(f"{where}: attack_options may not set {reserved[0]!r}; the metric sets "
-                         f"{', '.join(_RESERVED)} itself (the ball is radius={radius})")
-    n, shape = x.shape[0], tuple(x.shape[1:])
-    if perturbations is not None:
-        noise = _check_perturbations(perturbations, x, where=where)
-    else:
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        noise = draw(gen, (samples,) + shape, x.dtype).to(x.device)
-    target = predicted_target(model, x.detach(), check_target(target, n, where=where), where=where)
-    x = x.detach()
+    Options (every metric): ``samples``, ``normalise``, ``seed``, ``prediction_changed``,
+    ``adversarial``, ``radius`` (the ball of the adversarial search), ``attack_options``,
+    ``clamp``, ``perturbations``, ``batch_size``, ``progress``, ``return_details``: see
+    :func:`max_sensitivity`. Call: ``metric(model, x, method="gradient", *, target=None,
+    method_options=None)`` -> ``(N,)`` float32 or :class:`RobustnessScores`.
+    """
 
-    def maps_at(inputs: Tensor, t: Tensor) -> Tensor:
-        return _normalise(explainer(model, inputs, t), how)
+    samples: int = 50
+    normalise: Union[bool, str] = False
+    seed: int = 0
+    prediction_changed: str = "keep"
+    adversarial: bool = False
+    radius: float = 0.2
+    attack_options: Optional[Dict[str, Any]] = None
+    clamp: Optional[Tuple[float, float]] = None
+    perturbations: Optional[Tensor] = None
+    batch_size: int = 256
+    progress: bool = False
+    return_details: bool = False
 
-    def classes_at(inputs: Tensor) -> Tensor:
-        with torch.no_grad():
-            return model(inputs).argmax(1)
+    #: the metric's name, in its error messages and progress bar
+    name: ClassVar[str] = "worst_case"
 
-    h_x = explainer(model, x, target)  # the map at x, also the attack's reference
-    a_x, c_x = _normalise(h_x, how), classes_at(x)
-    flat_x = x.flatten(1)
-    count = noise.shape[0]
-    best = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
-    best_at = x.clone()
-    counted = torch.zeros(n, dtype=torch.long, device=x.device)
-    changed_any = torch.zeros(n, dtype=torch.bool, device=x.device)
-    per_chunk = max(1, batch_size // n)
-    from .._progress import progress_bar
+    def ratio(self, xr: Tensor, a: Tensor, xp: Tensor, b: Tensor) -> Tensor:
+        """The ratio maximised, per row: inputs ``xr`` (at ``x``) and ``xp`` (perturbed),
+        flattened, and their normalised maps ``a`` and ``b``."""
+        raise NotImplementedError
 
-    bar = progress_bar(total=count, desc=where, enabled=progress, leave=False)
-    for s0 in range(0, count, per_chunk):
-        d = noise[s0:s0 + per_chunk]                          # (k, ...)
-        k = d.shape[0]
-        xp = (x.unsqueeze(1) + d.unsqueeze(0)).reshape(n * k, *shape)  # image-major rows
-        if low is not None:
-            xp = torch.maximum(torch.minimum(xp, high), low)
-        rows_t = target.repeat_interleave(k)
-        value = ratio(flat_x.repeat_interleave(k, 0), a_x.repeat_interleave(k, 0), xp.flatten(1),
-                      maps_at(xp, rows_t)).reshape(n, k)
-        same = (classes_at(xp) == c_x.repeat_interleave(k)).reshape(n, k)
-        changed_any |= ~same.all(1)
-        counts = same if prediction_changed != "keep" else torch.ones_like(same)
-        value = torch.where(counts, value, torch.full_like(value, -math.inf))
-        counted += counts.sum(1)
-        top, idx = value.max(1)
-        better = top > best
-        best = torch.where(better, top, best)
-        pick = xp.reshape(n, k, *shape)[torch.arange(n, device=x.device), idx]
-        best_at = torch.where(better.reshape(-1, *([1] * len(shape))), pick, best_at)
-        bar.update(k)
-    bar.close()
+    def draw(self, gen: torch.Generator, shape: Tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """``shape[0]`` perturbations of one input, from ``gen``."""
+        raise NotImplementedError
 
-    nan = torch.full_like(best, math.nan)
-    sampled = torch.where(counted > 0, best, nan)
-    score, worst = sampled.clone(), best_at
-    adv_value = None
-    if adversarial:
-        adv_value, adv_x = _attack(model, x, h_x, a_x, best_at, target, method, method_options, maps_at, ratio,
-                                   radius, attack_options, low, high, progress)
-        if prediction_changed != "keep":
-            adv_value = torch.where(classes_at(adv_x) == c_x, adv_value, nan)
-        wins = adv_value > torch.nan_to_num(score, nan=-math.inf)  # False where adv_value is NaN
-        score = torch.where(wins, adv_value, score)
-        worst = torch.where(wins.reshape(-1, *([1] * len(shape))), adv_x, worst)
-    if prediction_changed == "nan":
-        score = torch.where(changed_any, nan, score)
-    if not return_details:
-        return score.float()
-    return RobustnessScores(score=score.float(), sampled=sampled.float(),
-                            adversarial=None if adv_value is None else adv_value.float(),
-                            x_worst=worst, counted=counted)
+    def check(self) -> None:
+        """Check the options (every metric's here; a subclass adds its own): ``ValueError`` or
+        ``TypeError`` naming the option, before any work."""
+        where = self.name
+        self.radius = check_real(self.radius, where=where, name="radius", gt=0)
+        check_int(self.samples, where=where, name="samples", ge=1)
+        check_int(self.seed, where=where, name="seed", ge=0)
+        check_choice(self.prediction_changed, PREDICTION_RULES, where=where, name="prediction_changed")
+        for name in ("adversarial", "progress", "return_details"):
+            check_bool(getattr(self, name), where=where, name=name)
+        check_int(self.batch_size, where=where, name="batch_size", ge=1)
+        if self.attack_options is not None and not isinstance(self.attack_options, dict):
+            raise TypeError(f"{where}: attack_options must be None or a dict, got {type(self.attack_options).__name__}")
+        reserved = sorted(set(self.attack_options or {}) & set(_RESERVED))
+        if reserved:
+            raise ValueError(f"{where}: attack_options may not set {reserved[0]!r}; the metric sets "
+                             f"{', '.join(_RESERVED)} itself (the ball is radius={self.radius})")
+
+    @classmethod
+    def with_options(cls, options: Dict[str, Any]) -> "WorstCase":
+        """The metric with ``options``, checked; an unknown option is a ``TypeError`` naming it
+        and the known ones."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(f"{cls.name}: unknown option {unknown[0]!r}; options: model, x, method, target, "
+                            f"method_options, {', '.join(known)}")
+        metric = cls(**options)
+        metric.check()
+        return metric
+
+    def __call__(self, model: nn.Module, x: Tensor, method: str = "gradient", *, target: TargetLike = None,
+                 method_options: Optional[Dict[str, Any]] = None) -> Union[Tensor, RobustnessScores]:
+        """Check, sample in chunks, keep the maximum ratio per image, then (optionally) attack
+        from the best point."""
+        from ..explainers import get_explainer
+
+        where = self.name
+        self.check()
+        check_call(model, x, where=where)
+        if method_options is not None and not isinstance(method_options, dict):
+            raise TypeError(f"{where}: method_options must be None or a dict, got {type(method_options).__name__}")
+        method_options = dict(method_options or {})
+        try:
+            explainer = get_explainer(method, **method_options)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{where}: method {method!r}: {err}") from None
+        how = _check_normalise(self.normalise, where=where)
+        low, high = _check_clamp(self.clamp, x, where=where)
+        samples, seed, perturbations, draw, ratio = self.samples, self.seed, self.perturbations, self.draw, self.ratio
+        prediction_changed, batch_size, progress = self.prediction_changed, self.batch_size, self.progress
+        n, shape = x.shape[0], tuple(x.shape[1:])
+        if perturbations is not None:
+            noise = _check_perturbations(perturbations, x, where=where)
+        else:
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            noise = draw(gen, (samples,) + shape, x.dtype).to(x.device)
+        target = predicted_target(model, x.detach(), check_target(target, n, where=where), where=where)
+        x = x.detach()
+
+        def maps_at(inputs: Tensor, t: Tensor) -> Tensor:
+            return _normalise(explainer(model, inputs, t), how)
+
+        def classes_at(inputs: Tensor) -> Tensor:
+            with torch.no_grad():
+                return model(inputs).argmax(1)
+
+        h_x = explainer(model, x, target)  # the map at x, also the attack's reference
+        a_x, c_x = _normalise(h_x, how), classes_at(x)
+        flat_x = x.flatten(1)
+        count = noise.shape[0]
+        best = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
+        best_at = x.clone()
+        counted = torch.zeros(n, dtype=torch.long, device=x.device)
+        changed_any = torch.zeros(n, dtype=torch.bool, device=x.device)
+        per_chunk = max(1, batch_size // n)
+        from .._progress import progress_bar
+
+        bar = progress_bar(total=count, desc=where, enabled=progress, leave=False)
+        for s0 in range(0, count, per_chunk):
+            d = noise[s0:s0 + per_chunk]                          # (k, ...)
+            k = d.shape[0]
+            xp = (x.unsqueeze(1) + d.unsqueeze(0)).reshape(n * k, *shape)  # image-major rows
+            if low is not None:
+                xp = torch.maximum(torch.minimum(xp, high), low)
+            rows_t = target.repeat_interleave(k)
+            value = ratio(flat_x.repeat_interleave(k, 0), a_x.repeat_interleave(k, 0), xp.flatten(1),
+                          maps_at(xp, rows_t)).reshape(n, k)
+            same = (classes_at(xp) == c_x.repeat_interleave(k)).reshape(n, k)
+            changed_any |= ~same.all(1)
+            counts = same if prediction_changed != "keep" else torch.ones_like(same)
+            value = torch.where(counts, value, torch.full_like(value, -math.inf))
+            counted += counts.sum(1)
+            top, idx = value.max(1)
+            better = top > best
+            best = torch.where(better, top, best)
+            pick = xp.reshape(n, k, *shape)[torch.arange(n, device=x.device), idx]
+            best_at = torch.where(better.reshape(-1, *([1] * len(shape))), pick, best_at)
+            bar.update(k)
+        bar.close()
+
+        nan = torch.full_like(best, math.nan)
+        sampled = torch.where(counted > 0, best, nan)
+        score, worst = sampled.clone(), best_at
+        adv_value = None
+        if self.adversarial:
+            adv_value, adv_x = _attack(model, x, h_x, a_x, best_at, target, method, method_options, maps_at, ratio,
+                                       self.radius, self.attack_options, low, high, progress)
+            if prediction_changed != "keep":
+                adv_value = torch.where(classes_at(adv_x) == c_x, adv_value, nan)
+            wins = adv_value > torch.nan_to_num(score, nan=-math.inf)  # False where adv_value is NaN
+            score = torch.where(wins, adv_value, score)
+            worst = torch.where(wins.reshape(-1, *([1] * len(shape))), adv_x, worst)
+        if prediction_changed == "nan":
+            score = torch.where(changed_any, nan, score)
+        if not self.return_details:
+            return score.float()
+        return RobustnessScores(score=score.float(), sampled=sampled.float(),
+                                adversarial=None if adv_value is None else adv_value.float(),
+                                x_worst=worst, counted=counted)
 
 
 def _attack(model, x, h_x, a_x, start, target, method, method_options, maps_at, ratio, radius, attack_options,
@@ -299,39 +340,80 @@ def _check_perturbations(p: Any, x: Tensor, *, where: str) -> Tensor:
     return p.detach().to(dtype=x.dtype, device=x.device)
 
 
-def _uniform(radius: float):
-    def draw(gen, shape, dtype):
-        return (torch.rand(shape, generator=gen, dtype=dtype) * 2 - 1) * radius
-    return draw
+@dataclass(eq=False)
+class MaxSensitivity(WorstCase):
+    """Max-sensitivity (Yeh et al. 2019) as an object: :func:`max_sensitivity`'s options, called
+    on ``(model, x, method)``. ``norm``: of the flattened map difference (:data:`NORMS`)."""
+
+    norm: str = "fro"
+    name: ClassVar[str] = "max_sensitivity"
+
+    def check(self) -> None:
+        super().check()
+        check_choice(self.norm, tuple(NORMS), where=self.name, name="norm")
+
+    def draw(self, gen, shape, dtype):
+        return (torch.rand(shape, generator=gen, dtype=dtype) * 2 - 1) * self.radius
+
+    def ratio(self, xr, a, xp, b):
+        measure = NORMS[self.norm]
+        num, den = measure(b - a), measure(a)
+        safe = torch.where(den > 0, den, torch.ones_like(den))
+        zero_den = torch.where(num > 0, torch.full_like(num, math.inf), torch.zeros_like(num))
+        return torch.where(den > 0, num / safe, zero_den)
 
 
-def _normal(std: float):
-    def draw(gen, shape, dtype):
-        return torch.randn(shape, generator=gen, dtype=dtype) * std
-    return draw
+@dataclass(eq=False)
+class LocalLipschitz(WorstCase):
+    """The local Lipschitz estimate (Alvarez-Melis & Jaakkola 2018) as an object:
+    :func:`local_lipschitz`'s options. ``std``: of the Gaussian noise; ``radius``: the ball of
+    the adversarial search only."""
+
+    std: float = 0.1
+    norm: str = "l2"
+    normalise: Union[bool, str] = "max"
+    name: ClassVar[str] = "local_lipschitz"
+
+    def check(self) -> None:
+        super().check()
+        self.std = check_real(self.std, where=self.name, name="std", gt=0)
+        check_choice(self.norm, tuple(NORMS), where=self.name, name="norm")
+
+    def draw(self, gen, shape, dtype):
+        return torch.randn(shape, generator=gen, dtype=dtype) * self.std
+
+    def ratio(self, xr, a, xp, b):
+        measure = NORMS[self.norm]
+        return measure(b - a) / (measure(xp - xr) + 1e-10)
 
 
-def max_sensitivity(
-    model: nn.Module,
-    x: Tensor,
-    method: str = "gradient",
-    *,
-    target: TargetLike = None,
-    radius: float = 0.2,
-    samples: int = 50,
-    norm: str = "fro",
-    normalise: Union[bool, str] = False,
-    method_options: Optional[Dict[str, Any]] = None,
-    seed: int = 0,
-    prediction_changed: str = "keep",
-    adversarial: bool = False,
-    attack_options: Optional[Dict[str, Any]] = None,
-    clamp: Optional[Tuple[float, float]] = None,
-    perturbations: Optional[Tensor] = None,
-    batch_size: int = 256,
-    progress: bool = False,
-    return_details: bool = False,
-) -> Union[Tensor, RobustnessScores]:
+@dataclass(eq=False)
+class RelativeInputStability(WorstCase):
+    """Relative input stability (Agarwal et al. 2022, Eq. 2) as an object:
+    :func:`relative_input_stability`'s options."""
+
+    norm: str = "l2"
+    eps_min: float = 1e-6
+    prediction_changed: str = "skip"
+    name: ClassVar[str] = "relative_input_stability"
+
+    def check(self) -> None:
+        super().check()
+        self.eps_min = check_real(self.eps_min, where=self.name, name="eps_min", gt=0)
+        check_choice(self.norm, tuple(NORMS), where=self.name, name="norm")
+
+    def draw(self, gen, shape, dtype):
+        return (torch.rand(shape, generator=gen, dtype=dtype) * 2 - 1) * self.radius
+
+    def ratio(self, xr, a, xp, b):
+        measure, eps_min = NORMS[self.norm], self.eps_min
+        num = measure((a - b) / (a + (a == 0) * eps_min))
+        den = measure((xr - xp) / (xr + (xr == 0) * eps_min))
+        return num / den.clamp(min=eps_min)
+
+
+def max_sensitivity(model: nn.Module, x: Tensor, method: str = "gradient", *, target: TargetLike = None,
+                    method_options: Optional[Dict[str, Any]] = None, **options) -> Union[Tensor, RobustnessScores]:
     """Max-sensitivity of Yeh et al. 2019 ("On the (in)fidelity and sensitivity of
     explanations", NeurIPS), as Quantus's ``MaxSensitivity`` computes it. Higher = less robust.
 
@@ -376,46 +458,11 @@ def max_sensitivity(
     on its batch), per-image ``"max"`` normalisation, 50 samples by default, a zero map gives
     0 or ``inf`` instead of a division by zero.
     """
-    where = "max_sensitivity"
-    radius = check_real(radius, where=where, name="radius", gt=0)
-    check_choice(norm, tuple(NORMS), where=where, name="norm")
-    measure = NORMS[norm]
-
-    def ratio(xr, a, xp, b):
-        num, den = measure(b - a), measure(a)
-        safe = torch.where(den > 0, den, torch.ones_like(den))
-        zero_den = torch.where(num > 0, torch.full_like(num, math.inf), torch.zeros_like(num))
-        return torch.where(den > 0, num / safe, zero_den)
-
-    return _worst_case(where, model, x, method, target=target, ratio=ratio, draw=_uniform(radius), samples=samples,
-                       normalise=normalise, method_options=method_options, seed=seed,
-                       prediction_changed=prediction_changed, adversarial=adversarial, radius=radius,
-                       attack_options=attack_options, clamp=clamp, perturbations=perturbations,
-                       batch_size=batch_size, progress=progress, return_details=return_details)
+    return MaxSensitivity.with_options(options)(model, x, method, target=target, method_options=method_options)
 
 
-def local_lipschitz(
-    model: nn.Module,
-    x: Tensor,
-    method: str = "gradient",
-    *,
-    target: TargetLike = None,
-    std: float = 0.1,
-    samples: int = 50,
-    norm: str = "l2",
-    normalise: Union[bool, str] = "max",
-    method_options: Optional[Dict[str, Any]] = None,
-    seed: int = 0,
-    prediction_changed: str = "keep",
-    adversarial: bool = False,
-    radius: float = 0.2,
-    attack_options: Optional[Dict[str, Any]] = None,
-    clamp: Optional[Tuple[float, float]] = None,
-    perturbations: Optional[Tensor] = None,
-    batch_size: int = 256,
-    progress: bool = False,
-    return_details: bool = False,
-) -> Union[Tensor, RobustnessScores]:
+def local_lipschitz(model: nn.Module, x: Tensor, method: str = "gradient", *, target: TargetLike = None,
+                    method_options: Optional[Dict[str, Any]] = None, **options) -> Union[Tensor, RobustnessScores]:
     """Local Lipschitz estimate of Alvarez-Melis & Jaakkola 2018 ("On the robustness of
     interpretability methods", ICML WHI), as Quantus's ``LocalLipschitzEstimate`` computes it.
     Higher = less robust.
@@ -442,44 +489,12 @@ def local_lipschitz(
         ``(N,)`` float32 (or :class:`RobustnessScores`). With ``adversarial=True`` the attack
         maximises the map's distance, not the ratio; its point is scored with the ratio.
     """
-    where = "local_lipschitz"
-    std = check_real(std, where=where, name="std", gt=0)
-    radius = check_real(radius, where=where, name="radius", gt=0)
-    check_choice(norm, tuple(NORMS), where=where, name="norm")
-    measure = NORMS[norm]
-
-    def ratio(xr, a, xp, b):
-        return measure(b - a) / (measure(xp - xr) + 1e-10)
-
-    return _worst_case(where, model, x, method, target=target, ratio=ratio, draw=_normal(std), samples=samples,
-                       normalise=normalise, method_options=method_options, seed=seed,
-                       prediction_changed=prediction_changed, adversarial=adversarial, radius=radius,
-                       attack_options=attack_options, clamp=clamp, perturbations=perturbations,
-                       batch_size=batch_size, progress=progress, return_details=return_details)
+    return LocalLipschitz.with_options(options)(model, x, method, target=target, method_options=method_options)
 
 
-def relative_input_stability(
-    model: nn.Module,
-    x: Tensor,
-    method: str = "gradient",
-    *,
-    target: TargetLike = None,
-    radius: float = 0.2,
-    samples: int = 50,
-    norm: str = "l2",
-    eps_min: float = 1e-6,
-    normalise: Union[bool, str] = False,
-    method_options: Optional[Dict[str, Any]] = None,
-    seed: int = 0,
-    prediction_changed: str = "skip",
-    adversarial: bool = False,
-    attack_options: Optional[Dict[str, Any]] = None,
-    clamp: Optional[Tuple[float, float]] = None,
-    perturbations: Optional[Tensor] = None,
-    batch_size: int = 256,
-    progress: bool = False,
-    return_details: bool = False,
-) -> Union[Tensor, RobustnessScores]:
+def relative_input_stability(model: nn.Module, x: Tensor, method: str = "gradient", *, target: TargetLike = None,
+                             method_options: Optional[Dict[str, Any]] = None,
+                             **options) -> Union[Tensor, RobustnessScores]:
     """Relative input stability (RIS) of Agarwal et al. 2022 ("Rethinking stability for
     attribution-based explanations", Eq. 2), as Quantus's ``RelativeInputStability``
     computes it. Higher = less robust.
@@ -507,23 +522,9 @@ def relative_input_stability(
     Returns:
         ``(N,)`` float32 (or :class:`RobustnessScores`); NaN where no sample kept the class.
     """
-    where = "relative_input_stability"
-    radius = check_real(radius, where=where, name="radius", gt=0)
-    eps_min = check_real(eps_min, where=where, name="eps_min", gt=0)
-    check_choice(norm, tuple(NORMS), where=where, name="norm")
-    measure = NORMS[norm]
-
-    def ratio(xr, a, xp, b):
-        num = measure((a - b) / (a + (a == 0) * eps_min))
-        den = measure((xr - xp) / (xr + (xr == 0) * eps_min))
-        return num / den.clamp(min=eps_min)
-
-    return _worst_case(where, model, x, method, target=target, ratio=ratio, draw=_uniform(radius), samples=samples,
-                       normalise=normalise, method_options=method_options, seed=seed,
-                       prediction_changed=prediction_changed, adversarial=adversarial, radius=radius,
-                       attack_options=attack_options, clamp=clamp, perturbations=perturbations,
-                       batch_size=batch_size, progress=progress, return_details=return_details)
+    return RelativeInputStability.with_options(options)(model, x, method, target=target,
+                                                        method_options=method_options)
 
 
 __all__ = ["max_sensitivity", "local_lipschitz", "relative_input_stability", "RobustnessScores", "NORMS",
-           "PREDICTION_RULES"]
+           "PREDICTION_RULES", "WorstCase", "MaxSensitivity", "LocalLipschitz", "RelativeInputStability"]
