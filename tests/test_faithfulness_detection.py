@@ -205,3 +205,23 @@ def test_bad_input_to_the_detection_tests_is_refused_and_the_model_kept(pool):
     with pytest.raises(ValueError, match="NaN"):
         faithfulness_test(model, pool["x"].clone().fill_(float("nan")))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_references_that_the_reference_free_test_flags_take_away_its_verdict(pool):
+    """Issue 25's ViT: clean gradient maps reach 8-24 % of occlusion's faithfulness, below the
+    margin, so the reference-free test would call any ViT manipulated. Where references cannot
+    calibrate (fewer than 3, or another recipe) they check the margin: here a margin of 100 %
+    that no clean CNN reaches. The test then gives no verdict, names the references it flags,
+    and the combined decision does not count it; with margins clean models reach it decides."""
+    x, refs = pool["x"], pool["clean"][1:3]
+    strict = faithfulness_test(pool["com"], x, "gradient", margin=1.0, references=refs)
+    alone = faithfulness_test(pool["com"], x, "gradient", margin=1.0)
+    assert alone.manipulated and not strict.manipulated and not strict.conclusive
+    assert strict.margin_refuted and strict.checked_references == 2 and len(strict.refuting_ratios) >= 1
+    assert strict.p_value == alone.p_value and not strict.calibrated
+    assert strict.finding().startswith("inconclusive: the reference-free test flags ")
+    uncalibrated = faithfulness_test(pool["com"], x, "gradient", references=pool["clean"][1:4], calibrate=False)
+    assert uncalibrated.manipulated and not uncalibrated.margin_refuted and uncalibrated.checked_references == 3
+    combined = combined_detection(pool["com"], x, refs, methods=("gradient",), margin=1.0)
+    signal = combined.signals[0]
+    assert not signal.counted and "flags clean references" in signal.note and not combined.manipulated

@@ -290,11 +290,14 @@ def combined_detection(
     mismatch = reference_mismatch(model, references, x, y) if references and y is not None else []
     signals: List[Signal] = []
     for method in methods:
-        calibrating = list(references) if len(references) >= 3 and not mismatch else []
         report = faithfulness_test(model, x[:images], method, margin=margin, alpha=alpha, seed=seed,
-                                   method_options=options.get(method), references=calibrating)
-        signals.append(Signal("faithfulness", method, report.p_value, None, False, True,
-                              "calibrated by the references" if report.calibrated else "reference-free", report))
+                                   method_options=options.get(method), references=list(references),
+                                   calibrate=not mismatch)
+        note = ("calibrated by the references" if report.calibrated else
+                "reference-free, not counted: it flags clean references too" if report.margin_refuted else
+                "reference-free")
+        signals.append(Signal("faithfulness", method, report.p_value, None, False, not report.margin_refuted, note,
+                              report))
         if references:
             noise = detect_manipulation(model, tuple(x.shape[1:]), list(references), method, n=noise_n, seed=seed,
                                         alpha=alpha, method_options=options.get(method))

@@ -468,15 +468,17 @@ class Audit(Experiment):
                      "p_value": math.nan, "manipulated": 0.0, "conclusive": 0.0, "margin": config.margin,
                      "calibrated": 0.0}]
         refs = self._references_once(config, ctx)
-        calibrating = refs if len(refs) >= 3 and not self._mismatch(ctx) else []
         options = defended(method, "none", config)[1]
+        # references of another recipe (or fewer than 3) do not calibrate; they check the margin
         report = faithfulness_test(ctx.model, x, method, margin=config.margin, alpha=config.alpha, seed=config.seed,
-                                   method_options=options, references=calibrating)
+                                   method_options=options, references=list(refs), calibrate=not self._mismatch(ctx))
         return [{"part": "faithfulness", "method": method, "images": report.images, "ratio": report.ratio,
                  "mass_ratio": report.mass_ratio, "p_value": report.p_value, "manipulated": float(report.manipulated),
                  "conclusive": float(report.conclusive), "margin": report.margin, "removal": report.removal,
                  "calibrated": float(report.calibrated), "detectable_ratio": report.detectable_ratio,
-                 "reference_ratios": ", ".join(f"{v:.3f}" for v in report.reference_ratios)}]
+                 "reference_ratios": ", ".join(f"{v:.3f}" for v in report.reference_ratios),
+                 "checked_references": report.checked_references,
+                 "refuting_ratios": ", ".join(f"{v:.3f}" for v in report.refuting_ratios)}]
 
     def _references_once(self, config, ctx) -> List[nn.Module]:
         """The references, loaded (or trained) once per run for every method and test."""
@@ -573,12 +575,16 @@ class Audit(Experiment):
         for r in faithfulness.itertuples() if len(faithfulness) else ():
             ran = r.images >= 10
             calibrated = bool(getattr(r, "calibrated", 0))
+            refuting = getattr(r, "refuting_ratios", "")
+            refuting = refuting if isinstance(refuting, str) else ""
             rows.append({"test": "faithfulness", "method": r.method, "statistic": r.ratio,
                          "bound": math.nan if calibrated else r.margin, "p_value": r.p_value,
                          "power": getattr(r, "detectable_ratio", math.nan),
-                         "counted": ran, "can_flag": bool(r.conclusive),
+                         "counted": ran and not refuting, "can_flag": bool(r.conclusive),
                          "note": (f"{int(r.images)} images: too few" if not ran else
                                   f"calibrated by the references' ratios {r.reference_ratios}" if calibrated else
+                                  f"reference-free, not counted: it flags clean references too (their ratios "
+                                  f"{refuting} are below the margin)" if refuting else
                                   "reference-free: the margin is the bound")})
         for r in detection.itertuples() if len(detection) else ():
             mismatch = getattr(r, "mismatch", "")
