@@ -21,13 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import surgery
-from .._resume import RunState, config_key, restore
-from .._second_order import second_order
+from .._resume import RunState, config_key
 from .._validation import (check_bool, check_call, check_choice, check_int, check_labelled_data, check_model,
                            check_real, check_target_range, forward, short)
 from ..explainers import explain, get_explainer, relevance
 from ..models.interfaces import Output, logits_model
 from ..objectives import Objective
+from ..training import fit, seeded_orders
 
 CLASSIFICATION_TERMS = ("cross_entropy", "probabilities")
 
@@ -157,54 +157,37 @@ def manipulate_model(
                       epochs=epochs, lr=lr, batch_size=batch_size, beta=beta, trainable=names, seed=seed,
                       n=x.shape[0], objective=type(objective).__name__)
     run_state = RunState(checkpoint, owner=where, key=key) if checkpoint is not None else None
-    state = run_state.load() if run_state is not None else None
 
     work = surgery.softplus_copy(model, beta) if beta is not None else copy.deepcopy(model)
     inner = work.model if wrapped else work  # the copy of the user's model (the wrapper has no state)
     params = dict(inner.named_parameters())
     for n, p in params.items():
         p.requires_grad_(n in names)
-    optimizer = torch.optim.Adam([params[n] for n in names], lr=lr)
-    start_epoch, history = restore(state, inner, optimizer)
 
-    from .._progress import progress_bar
+    def step(idx, epoch, index):
+        xb, yb, tb = x[idx], y[idx], targets[idx]
+        out = work(xb)
+        if classification == "cross_entropy":
+            cls = F.cross_entropy(out, yb)
+        else:
+            with torch.no_grad():  # the original model's outputs are fixed targets
+                p_orig = model(xb).softmax(1)
+            cls = (out.softmax(1) - p_orig).pow(2).sum(1).mean()
+        r = relevance(explain(work, xb, method, tb, create_graph=True, **method_options))
+        obj = objective
+        if type(objective).prepare is not Objective.prepare:
+            r_orig = relevance(explain(model, xb, method, tb, **method_options))
+            obj = copy.copy(objective).prepare(
+                lambda inputs: relevance(explain(model, inputs, method, tb, **method_options)), xb, r_orig)
+        expl = obj.loss(r).mean()
+        loss = gamma * cls + lam * expl
+        return loss, {"loss": loss.item(), "classification": cls.item(), "objective": expl.item()}
 
-    steps_per_epoch = (x.shape[0] + batch_size - 1) // batch_size
-    bar = progress_bar(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                       desc=f"manipulate {method}", enabled=progress, leave=False)
-    for epoch in range(start_epoch, epochs):
-        order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
-        totals = {"loss": 0.0, "classification": 0.0, "objective": 0.0}
-        for i in range(0, x.shape[0], batch_size):
-            idx = order[i : i + batch_size]
-            xb, yb, tb = x[idx], y[idx], targets[idx]
-            out = work(xb)
-            if classification == "cross_entropy":
-                cls = F.cross_entropy(out, yb)
-            else:
-                with torch.no_grad():  # the original model's outputs are fixed targets
-                    p_orig = model(xb).softmax(1)
-                cls = (out.softmax(1) - p_orig).pow(2).sum(1).mean()
-            r = relevance(explain(work, xb, method, tb, create_graph=True, **method_options))
-            obj = objective
-            if type(objective).prepare is not Objective.prepare:
-                r_orig = relevance(explain(model, xb, method, tb, **method_options))
-                obj = copy.copy(objective).prepare(
-                    lambda inputs: relevance(explain(model, inputs, method, tb, **method_options)), xb, r_orig)
-            expl = obj.loss(r).mean()
-            loss = gamma * cls + lam * expl
-            optimizer.zero_grad(set_to_none=True)
-            with second_order(work, where):  # a missing second derivative, named
-                loss.backward()
-            optimizer.step()
-            for k, v in (("loss", loss), ("classification", cls), ("objective", expl)):
-                totals[k] += v.item() * len(idx) / x.shape[0]
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, cls=f"{cls.item():.3g}", obj=f"{expl.item():.3g}", refresh=False)
-        history.append({"epoch": epoch + 1, **totals})
-        if run_state is not None:
-            run_state.save(model=inner.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1, history=history)
-    bar.close()
+    history = fit(inner, x.shape[0], step, params=[params[n] for n in names], epochs=epochs, lr=lr,
+                  batch_size=batch_size, orders=seeded_orders(x.shape[0], seed), bar={"desc": f"manipulate {method}"},
+                  progress=progress, exact=where, checkpoint=run_state,
+                  postfix=lambda epoch, loss, terms: {"epoch": epoch + 1, "cls": f"{terms['classification']:.3g}",
+                                                      "obj": f"{terms['objective']:.3g}"}).history
 
     manipulated = copy.deepcopy(user_model)
     manipulated.load_state_dict(inner.state_dict())

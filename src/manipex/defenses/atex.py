@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from .._validation import check_bool, check_call, check_int, check_real, forward
 from ..explainers import explain
+from ..training import fit, stream_orders
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -121,28 +122,18 @@ def atex_finetune(
     student = copy.deepcopy(model)
     for p in student.parameters():
         p.requires_grad_(True)
-    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # the batches' order and every draw of the samples
 
-    from .._determinism import reproducible
-    from .._progress import progress_bar
+    def step(idx, epoch, index):
+        xb = x[idx.to(x.device)]
+        x_i, x_p = atex_samples(model, xb, eps=eps, shift=shift, copies=copies, samples=samples, generator=generator)
+        with torch.no_grad():  # the teacher's outputs are fixed targets
+            t_x, t_i = model(xb), model(x_i)
+        loss = distillation_loss(student(xb), t_x, temperature)
+        return loss + alpha * copies * distillation_loss(student(x_p), t_i.repeat(copies, 1), temperature), {}
 
-    bar = progress_bar(total=epochs * ((x.shape[0] + batch_size - 1) // batch_size), desc="ATEX", enabled=progress,
-                       leave=False)
-    with bar, reproducible(x.device, enabled=deterministic):
-        for _ in range(epochs):
-            order = torch.randperm(x.shape[0], generator=generator).to(x.device)
-            for i in range(0, x.shape[0], batch_size):
-                xb = x[order[i : i + batch_size]]
-                x_i, x_p = atex_samples(model, xb, eps=eps, shift=shift, copies=copies, samples=samples,
-                                        generator=generator)
-                with torch.no_grad():  # the teacher's outputs are fixed targets
-                    t_x, t_i = model(xb), model(x_i)
-                loss = distillation_loss(student(xb), t_x, temperature)
-                loss = loss + alpha * copies * distillation_loss(student(x_p), t_i.repeat(copies, 1), temperature)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
+    fit(student, x.shape[0], step, params=list(student.parameters()), epochs=epochs, lr=lr, batch_size=batch_size,
+        orders=stream_orders(x.shape[0], generator), bar={"desc": "ATEX"}, progress=progress,
+        deterministic_on=x.device if deterministic else None,
+        postfix=lambda epoch, loss, terms: {"loss": f"{loss.item():.4g}"})
     return student.eval()

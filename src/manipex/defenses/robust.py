@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._resume import RunState, config_key, restore
+from .._resume import RunState, config_key
 from .._second_order import second_order
 from .._validation import (check_bool, check_call, check_int, check_labelled_data, check_real,
                            check_target_range, forward, short)
+from ..training import fit, seeded_orders
 from .regularizers import Regularizer, make
 
 RegularizerLike = Union[None, str, Regularizer, Sequence[Union[str, Regularizer]]]
@@ -140,62 +141,38 @@ def train_robust(
     key = config_key(regularizers=[r.describe() for r in regs], epochs=epochs, lr=lr, batch_size=batch_size,
                      seed=seed, n=x.shape[0])
     run_state = RunState(checkpoint, owner=where, key=key) if checkpoint is not None else None
-    state = run_state.load() if run_state is not None else None
 
     work = copy.deepcopy(model)
     for reg in regs:
         work = reg.prepare(work, model)
     work.eval()
     params = [p for p, off in zip(work.parameters(), frozen) if not off]  # frozen layers stay as they are
-    optimizer = torch.optim.Adam(params, lr=lr)
-    start_epoch, history = restore(state, work, optimizer)
-
-    from .._progress import progress_bar
-
     device = params[0].device
-    steps_per_epoch = (x.shape[0] + batch_size - 1) // batch_size
+
+    def step(idx, epoch, index):
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        # every draw of this batch's penalties: fixed by (seed, epoch, step), so a resumed
+        # run draws what an uninterrupted one would have
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 100_003 + index)
+        out = work(xb)
+        ce = F.cross_entropy(out, yb)
+        classification, loss = ce, None
+        terms: Dict[str, float] = {}
+        with second_order(work, "train_robust"):  # penalties differentiate gradients
+            for reg in regs:
+                penalty, replaced = reg.penalty(work, xb, yb, generator=generator)
+                if replaced is not None:
+                    classification = replaced
+                loss = reg.weight * penalty if loss is None else loss + reg.weight * penalty
+                terms[reg.name] = penalty.item()
+            loss = classification if loss is None else classification + loss
+        accuracy = (out.argmax(1) == yb).float().mean().item()
+        return loss, {"loss": loss.item(), "cross_entropy": ce.item(), **terms, "accuracy": accuracy}
+
     label = "+".join(r.name for r in regs) or "plain"
-    bar = progress_bar(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                       desc=f"train {label}", enabled=progress, leave=False)
-    try:
-        for epoch in range(start_epoch, epochs):
-            order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + epoch))
-            totals: Dict[str, float] = {"loss": 0.0, "cross_entropy": 0.0, **{r.name: 0.0 for r in regs},
-                                        "accuracy": 0.0}
-            for step, i in enumerate(range(0, x.shape[0], batch_size)):
-                idx = order[i : i + batch_size]
-                xb, yb = x[idx].to(device), y[idx].to(device)
-                # every draw of this batch's penalties: fixed by (seed, epoch, step), so a resumed
-                # run draws what an uninterrupted one would have
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 100_003 + step)
-                out = work(xb)
-                ce = F.cross_entropy(out, yb)
-                classification, loss = ce, None
-                terms: Dict[str, float] = {}
-                with second_order(work, "train_robust"):  # penalties differentiate gradients
-                    for reg in regs:
-                        penalty, replaced = reg.penalty(work, xb, yb, generator=generator)
-                        if replaced is not None:
-                            classification = replaced
-                        loss = reg.weight * penalty if loss is None else loss + reg.weight * penalty
-                        terms[reg.name] = penalty.item()
-                    loss = classification if loss is None else classification + loss
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                optimizer.step()
-                share = len(idx) / x.shape[0]
-                totals["loss"] += loss.item() * share
-                totals["cross_entropy"] += ce.item() * share
-                totals["accuracy"] += (out.argmax(1) == yb).float().mean().item() * share
-                for name, value in terms.items():
-                    totals[name] += value * share
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, ce=f"{ce.item():.3g}",
-                                **{k: f"{v:.3g}" for k, v in terms.items()}, refresh=False)
-            history.append({"epoch": epoch + 1, **totals})
-            if run_state is not None:
-                run_state.save(model=work.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch + 1,
-                               history=history)
-    finally:
-        bar.close()
+    history = fit(work, x.shape[0], step, params=params, epochs=epochs, lr=lr, batch_size=batch_size,
+                  orders=seeded_orders(x.shape[0], seed), bar={"desc": f"train {label}"}, progress=progress,
+                  exact="train_robust", checkpoint=run_state,
+                  postfix=lambda epoch, loss, terms: {"epoch": epoch + 1, "ce": f"{terms['cross_entropy']:.3g}",
+                                                      **{r.name: f"{terms[r.name]:.3g}" for r in regs}}).history
     return RobustTrainingResult(work.eval(), history, regs)

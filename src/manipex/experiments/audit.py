@@ -710,9 +710,16 @@ class Audit(Experiment):
                              f"similarity (1), so {int(r.references)} references are too few for their spread{needed}")
         if len(faithfulness):
             for r in faithfulness[faithfulness.conclusive <= 0].itertuples():
-                parts.append(f"the {r.method} faithfulness test had only {int(r.images)} images (10 are needed)"
-                             if r.images < 10 else f"the {r.method} faithfulness test cannot compare: occlusion does "
-                             "not beat random rankings on these images")
+                refuting = getattr(r, "refuting_ratios", "")
+                if r.images < 10:
+                    parts.append(f"the {r.method} faithfulness test had only {int(r.images)} images (10 are needed)")
+                elif isinstance(refuting, str) and refuting:
+                    parts.append(f"the reference-free {r.method} faithfulness test flags clean references too (their "
+                                 f"ratios {refuting} are below the margin {r.margin:g}), so it cannot tell this model "
+                                 "from a clean one; references of the model's recipe calibrate it")
+                else:
+                    parts.append(f"the {r.method} faithfulness test cannot compare: occlusion does not beat random "
+                                 "rankings on these images")
         text = verdict_text(rows, alpha, mismatch, parts)
         if not text.startswith("MANIPULATED"):
             ratios = {r.method: r.reference_ratios for r in faithfulness.itertuples()

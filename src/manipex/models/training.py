@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._determinism import reproducible
-from .._progress import progress_bar
+from ..training import fit, stream_orders
 
 __all__ = ["accuracy", "train_classifier"]
 
@@ -48,26 +47,17 @@ def train_classifier(
     if not params:
         raise ValueError("model has no trainable parameters")
     device = params[0].device
-    optimizer = torch.optim.Adam(params, lr=lr)
     loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
-    n_batches = -(-len(x) // batch_size)
+
+    def step(idx, epoch, index):
+        return loss_fn(model(x[idx].to(device)), y[idx].to(device)), {}
+
     was_training = model.training
     model.train()
     try:
-        bar = progress_bar(total=epochs * n_batches, enabled=progress, desc="training", unit="batch")
-        with bar, reproducible(device, enabled=deterministic):
-            for epoch in range(epochs):
-                order = torch.randperm(len(x), generator=generator)
-                for i in range(n_batches):
-                    idx = order[i * batch_size : (i + 1) * batch_size]
-                    xb, yb = x[idx].to(device), y[idx].to(device)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = loss_fn(model(xb), yb)
-                    loss.backward()
-                    optimizer.step()
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
-                    bar.update()
+        fit(model, len(x), step, params=params, epochs=epochs, lr=lr, batch_size=batch_size,
+            orders=stream_orders(len(x), torch.Generator().manual_seed(seed)), bar={"desc": "training", "leave": True},
+            progress=progress, deterministic_on=device if deterministic else None)
     finally:
         model.train(was_training)
     return model
