@@ -240,7 +240,7 @@ def _audit(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     import manipex
     from manipex.experiments import EXPERIMENTS
-    from manipex.experiments.common import DEFENSES
+    from manipex.defenses.catalog import DEFENSES
 
     if args.experiment:
         from manipex.experiments.runner import experiment_named

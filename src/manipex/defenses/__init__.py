@@ -10,6 +10,8 @@
 * Detection of manipulated models: :func:`combined_detection` (every test, one decision by
   Holm's procedure), :func:`faithfulness_test` (reference-free), :func:`detect_manipulation`
   (noise maps against references), :func:`weight_noise_test`.
+* The defenses of a shown map by name, and how an adaptive attacker attacks each:
+  :data:`DEFENSES`, :func:`defended` (:mod:`~manipex.defenses.catalog`).
 """
 from .atex import atex_finetune
 from .detection import (DetectionReport, detect_manipulation, noise_map_similarity, noise_maps, pairwise_pcc,
@@ -20,8 +22,9 @@ from . import regularizers
 from .regularizers import Regularizer
 from .robust import RobustTrainingResult, train_robust
 from .smoothing import beta_sweep
+from .catalog import DEFENSES, Defense, defended
 
 __all__ = ["atex_finetune", "beta_sweep", "detect_manipulation", "noise_map_similarity", "noise_maps", "pairwise_pcc",
            "similarity_threshold", "weight_noise_test", "with_weight_noise", "DetectionReport", "regularizers",
            "Regularizer", "RobustTrainingResult", "train_robust", "CombinedReport", "Signal", "combined_detection",
-           "holm", "reference_mismatch", "FaithfulnessReport", "faithfulness_test"]
+           "holm", "reference_mismatch", "FaithfulnessReport", "faithfulness_test", "DEFENSES", "Defense", "defended"]

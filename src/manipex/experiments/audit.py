@@ -61,7 +61,8 @@ from ..explainers import explain, relevance
 from ..metrics import linf, pcc
 from ..objectives import TargetImage, TopKSuppression
 from .base import Experiment, Unit
-from .common import (DEFENSES, ImageContext, defended, defense_choices, load_model, per_image, save_model, seeded)
+from .common import (DEFENSES, ImageContext, attack_budget, defended, defense_choices, load_model, per_image,
+                     save_model, seeded)
 from .config import ConfigError, key, method_choices
 from .sources import SourceConfig, eps_text, require_model
 
@@ -423,8 +424,8 @@ class Audit(Experiment):
             objective = TargetImage(x_target)
         else:
             objective = TopKSuppression(max(1, round(config.topk * relevance(x[:1]).numel())))
-        res = manipulate_input(ctx.model, x, objective, method, method_options=options, steps=config.steps,
-                               lr=config.lr, eps=p["eps"], clamp=ctx.clamp, progress=False, **attack)
+        res = manipulate_input(ctx.model, x, objective, method, method_options=options, progress=False,
+                               **attack_budget(config, ctx, p["eps"]), **attack)
         return per_image({"before": res.metric_before, "after": res.metric_after, "threshold": res.threshold,
                           "success": res.success.float(), "class_kept": res.class_kept.float(),
                           "linf": linf(x, res.x_adv)},
@@ -436,8 +437,8 @@ class Audit(Experiment):
         x, x_target = self._images(ctx, config)
         method, options, attack = defended(p["method"], p["defense"], config)
         eps = max(config.eps)
-        res = manipulate_input(model, x, TargetImage(x_target), method, method_options=options, steps=config.steps,
-                               lr=config.lr, eps=eps, clamp=ctx.clamp, progress=False, **attack)
+        res = manipulate_input(model, x, TargetImage(x_target), method, method_options=options, progress=False,
+                               **attack_budget(config, ctx, eps), **attack)
         t = model(x).argmax(1)
         r_target = relevance(explain(model, x_target, method, t, **options))
         rise = pcc(res.maps_after, r_target) - pcc(res.maps_before, r_target)

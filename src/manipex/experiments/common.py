@@ -10,7 +10,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._registry import Registry
+from ..defenses.catalog import DEFENSES, Defense  # noqa: F401 (the experiments' defenses, by name)
+from ..defenses.catalog import defended as catalog_defended
 from .base import Context, Unit
 from .config import ConfigError, key
 from .sources import ImageSource, SourceConfig, load_source
@@ -99,48 +100,28 @@ def attack_context(config: AttackConfig, run: Context) -> ImageContext:
 # -- the defenses --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Defense:
-    """How a defense changes the map a user is shown, and how an adaptive attacker (who knows
-    the defense) optimises it. ``shown(method, options, settings)`` gives the method and options
-    of the shown map; ``attack`` are :func:`~manipex.attacks.manipulate_input` options."""
-
-    name: str
-    description: str
-    shown: Callable[[str, Dict[str, Any], Mapping[str, Any]], Tuple[str, Dict[str, Any]]]
-    attack: Mapping[str, Any]
-
-
-DEFENSES: Registry[Defense] = Registry("defense", error=ConfigError)
-for _defense in (
-    Defense("none", "the method's map as is; attacked through the Softplus surrogate with beta growth",
-            lambda m, o, s: (m, o), {}),
-    Defense("beta_smoothing", "the map on the Softplus(softplus_beta) model (Dombrowski Sec. 4); attacked "
-            "exactly, no further surrogate", lambda m, o, s: (m, {**o, "softplus_beta": s["softplus_beta"]}),
-            {"beta": None}),
-    Defense("smoothgrad", "SmoothGrad of the method, smoothgrad_samples samples, sigma = 0.1 (Smilkov 2017; "
-            "Dombrowski Thm 2); attacked through its samples",
-            lambda m, o, s: ("smoothgrad", {"base": m, "base_options": o, "samples": s["smoothgrad_samples"],
-                                            "sigma": 0.1, "seed": s["seed"]}), {}),
-    Defense("agg_mean", "the mean of the method with gradient, guided backprop and LRP (Rieger 2020)",
-            lambda m, o, s: ("agg_mean", {"methods": [(x, method_options(x, s["ig_steps"])) for x in
-                                                      [m] + [k for k in ("gradient", "guided_backprop", "lrp")
-                                                             if k != m]]}), {}),
-):
-    DEFENSES.register(_defense.name, _defense)
-
-
 def defense_choices() -> Tuple[str, ...]:
     return tuple(DEFENSES)
 
 
 def defended(method: str, defense: str, config: Any) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
-    """``(method, options, attack options)`` of the map that ``defense`` shows for ``method``;
-    ``config`` supplies ``ig_steps``, ``softplus_beta``, ``smoothgrad_samples`` and ``seed``."""
-    spec = DEFENSES.get(defense)
-    settings = {k: getattr(config, k, None) for k in ("ig_steps", "softplus_beta", "smoothgrad_samples", "seed")}
-    shown_method, options = spec.shown(method, method_options(method, settings["ig_steps"]), settings)
-    return shown_method, options, dict(spec.attack)
+    """``(method, options, attack options)`` of the map that ``defense`` shows for ``method``
+    (:func:`manipex.defenses.catalog.defended`), with the config's ``ig_steps``,
+    ``softplus_beta``, ``smoothgrad_samples`` and ``seed``, and :func:`method_options` for the
+    method and AGG-Mean's members."""
+    ig_steps = getattr(config, "ig_steps", None)
+    return catalog_defended(method, defense, method_options(method, ig_steps),
+                            softplus_beta=getattr(config, "softplus_beta", None),
+                            smoothgrad_samples=getattr(config, "smoothgrad_samples", None),
+                            seed=getattr(config, "seed", None), member_options=lambda m: method_options(m, ig_steps))
+
+
+def attack_budget(config: Any, ctx: "ImageContext", eps: Optional[float] = None) -> Dict[str, Any]:
+    """The options every experiment passes its attacks the same way: the config's ``steps`` and
+    ``lr``, the budget ``eps`` (the config's, or a unit's own) and the images' range ``clamp``.
+    The one place where a config's ``eps`` becomes :func:`~manipex.attacks.manipulate_input`'s
+    (and then :class:`~manipex.optim.Budget`'s)."""
+    return {"steps": config.steps, "lr": config.lr, "eps": config.eps if eps is None else eps, "clamp": ctx.clamp}
 
 
 # -- rows, maps ------------------------------------------------------------------------------------------

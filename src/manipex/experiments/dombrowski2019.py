@@ -9,7 +9,7 @@ from typing import List
 import torch
 
 from .base import Experiment
-from .common import (AttackConfig, ImageContext, attack_context, attack_setting, budget_units, by_budget,
+from .common import (AttackConfig, ImageContext, attack_budget, attack_context, attack_setting, budget_units, by_budget,
                      load_examples, method_options, method_units, per_image, pick_examples, seeded,
                      targeted_attack)
 from .config import key, method_choices, profile_key
@@ -91,7 +91,7 @@ class Dombrowski2019(Experiment):
         seeded(config.seed)
         x, x_target = ctx.images(config.n, p["start"], config.batch)
         opts = method_options(p["method"], config.ig_steps)
-        attack = dict(steps=config.steps, eps=p.get("eps", config.eps), lr=config.lr, clamp=ctx.clamp)
+        attack = attack_budget(config, ctx, p.get("eps"))
         if p["kind"] in ("budget", "attack"):
             return targeted_attack(ctx.model, x, x_target, p["method"], opts, first_index=p["start"],
                                    extra={"eps": p["eps"]} if p["kind"] == "budget" else None,

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import List
 
 from .base import Experiment, Unit
-from .common import (DEFENSES, AttackConfig, ImageContext, attack_context, attack_setting, defended, defense_choices,
-                     load_examples, pick_examples, seeded, targeted_attack)
+from .common import (DEFENSES, AttackConfig, ImageContext, attack_budget, attack_context, attack_setting, defended,
+                     defense_choices, load_examples, pick_examples, seeded, targeted_attack)
 from .config import key, method_choices
 from .published import DEFENSE_SMOOTHING, RIEGER_AGGREGATION, Finding, direction, findings_table
 
@@ -77,7 +77,7 @@ class Quick(Experiment):
         method, options, attack = defended(p["method"], p["defense"], config)
         rows, _, _ = targeted_attack(ctx.model, x, x_target, method, options, first_index=p["start"],
                                      examples=self.examples_folder(ctx.out, p["method"], p["defense"]),
-                                     steps=config.steps, eps=config.eps, lr=config.lr, clamp=ctx.clamp, **attack)
+                                     **attack_budget(config, ctx), **attack)
         for row in rows:
             row.update(method=p["method"], defense=p["defense"])
         return rows

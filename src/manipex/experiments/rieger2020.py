@@ -10,7 +10,7 @@ from typing import List
 import torch
 
 from .base import Experiment
-from .common import (AttackConfig, ImageContext, attack_context, attack_setting, budget_units, by_budget,
+from .common import (AttackConfig, ImageContext, attack_budget, attack_context, attack_setting, budget_units, by_budget,
                      method_options, method_units, per_image, seeded, targeted_attack)
 from .config import key, method_choices, profile_key
 from .published import RIEGER_AGGREGATION, RIEGER_TABLE1, Finding, findings_table
@@ -96,7 +96,7 @@ class Rieger2020(Experiment):
         seeded(config.seed)
         x, x_target = ctx.images(config.n, p["start"], config.batch)
         model, method = ctx.model, p["method"]
-        attack = dict(steps=config.steps, eps=p.get("eps", config.eps), lr=config.lr, clamp=ctx.clamp)
+        attack = attack_budget(config, ctx, p.get("eps"))
         options = method_options(method, config.ig_steps)
         if p["kind"] in ("table1", "budget"):
             extra = {"eps": p["eps"]} if p["kind"] == "budget" else None

@@ -26,7 +26,7 @@ from typing import Any, Dict, List
 from torch import Tensor, nn
 
 from .base import Experiment, Unit
-from .common import IG_STEPS, ImageContext, method_options, per_image, seeded, targeted_attack
+from .common import IG_STEPS, ImageContext, attack_budget, method_options, per_image, seeded, targeted_attack
 from .config import ConfigError, key, method_choices, profile_key
 from .published import Claim, Finding, direction, findings_table
 from .sources import SourceConfig
@@ -232,9 +232,8 @@ class RobustTraining(Experiment):
         common = {"defense": p["defense"], "kind": p["kind"]}
         options = method_options(config.method, IG_STEPS)  # of the maps attacked, as every experiment's
         if p["kind"] == "targeted":
-            rows, _, _ = targeted_attack(model, x, x_target, config.method, options,
-                                         first_index=start, extra=common, steps=config.steps, eps=config.eps,
-                                         lr=config.lr, clamp=ctx.clamp, **surrogate)
+            rows, _, _ = targeted_attack(model, x, x_target, config.method, options, first_index=start, extra=common,
+                                         **attack_budget(config, ctx), **surrogate)
             return rows
         from ..attacks import manipulate_input
         from ..metrics import spearman, ssim, topk_intersection
@@ -242,8 +241,8 @@ class RobustTraining(Experiment):
 
         k = min(config.k, x[0, 0].numel() - 1)
         res = manipulate_input(model, x, TopKSuppression(k), config.method,
-                               method_options=options, optimizer="sign", lr=config.lr,
-                               steps=config.steps, eps=config.eps, clamp=ctx.clamp, progress=False, **surrogate)
+                               method_options=options, optimizer="sign", progress=False,
+                               **attack_budget(config, ctx), **surrogate)
         cols = {"topk_after": topk_intersection(res.maps_after, res.maps_before, k),
                 "spearman_after": spearman(res.maps_after, res.maps_before),
                 "ssim_after": ssim(res.maps_after, res.maps_before), "class_kept": res.class_kept.float()}

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Experiment, Unit
-from .common import ImageContext, load_model, per_image, save_maps, save_model
+from .common import ImageContext, attack_budget, load_model, per_image, save_maps, save_model
 from .config import ConfigError, key, profile_key
 from .published import TANG_ATEX, TANG_TABLE1, Finding, findings_table
 from .sources import MNIST_LIKE, SourceConfig
@@ -132,8 +132,8 @@ class TangATEX(Experiment):
             objective = TopKSuppression(k)
         else:  # Tang's region: a 10x10 square of a 28x28 image, scaled to the image
             objective = RegionHighlight(square_mask((h, w), max(1, round(10 * min(h, w) / 28))).to(x.device))
-        res = manipulate_input(model, x, objective, "gradient", optimizer="sign", lr=config.lr, steps=config.steps,
-                               eps=p["eps"], beta=None, clamp=ctx.clamp, progress=False)
+        res = manipulate_input(model, x, objective, "gradient", optimizer="sign", beta=None, progress=False,
+                               **attack_budget(config, ctx, p["eps"]))
         if p["start"] == 0 and config.examples:  # examples for the figure: maps before and after the attack
             save_maps(Path(ctx.out) / "maps" / f"{unit.id.replace('/', '_')}.safetensors",
                       {"input": x, "before": res.maps_before, "after": res.maps_after}, config.examples)
