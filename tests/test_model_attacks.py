@@ -161,3 +161,22 @@ def test_an_empty_trainable_list_is_refused_naming_the_argument():
     x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
     with pytest.raises(ValueError, match="trainable is empty.*'1'"):
         manipex.attacks.manipulate_model(model, (x, y), CenterOfMass((0, 0)), "gradient", trainable=[], progress=False)
+
+
+def test_an_explainer_object_trains_what_its_name_and_options_train():
+    """Issue 27: an explainer object carrying its options stands for the name and
+    ``method_options`` in the model attack too; its text (in progress bars and a checkpoint's
+    key) is its name and the options that differ from the defaults."""
+    from conftest import make
+    from manipex.explainers import SmoothGrad
+
+    model, x = make("small_cnn")
+    y = model(x).argmax(1)
+    options = {"samples": 2, "sigma": 0.1, "seed": 0}
+    by_name = manipulate_model(model, (x, y), CORNER, "smoothgrad", method_options=options, epochs=1, batch_size=4,
+                               progress=False)
+    by_object = manipulate_model(model, (x, y), CORNER, SmoothGrad(**options), epochs=1, batch_size=4,
+                                 progress=False)
+    for (name, a), b in zip(by_name.model.state_dict().items(), by_object.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert str(SmoothGrad(**options)) == "smoothgrad(samples=2, sigma=0.1, seed=0)"

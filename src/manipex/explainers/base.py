@@ -69,6 +69,16 @@ class Explainer(abc.ABC):
     def validate_options(self) -> None:
         """Check ``self.config``; raise ValueError/TypeError naming the option."""
 
+    def __repr__(self) -> str:
+        """The method's name and the options that differ from its defaults, e.g.
+        ``lrp(composite='epsilon')``: what labels, progress bars and run keys show for an
+        explainer object (the same for equal options, so a checkpoint key is stable)."""
+        defaults = {**COMMON_OPTIONS, **self.options}
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.config.items() if not _same(v, defaults.get(k)))
+        return f"{self.name}({changed})" if changed else self.name
+
+    __str__ = __repr__
+
     @abc.abstractmethod
     def attribute(
         self, model: nn.Module, x: Tensor, target: Optional[Tensor], create_graph: bool
@@ -121,6 +131,13 @@ class Explainer(abc.ABC):
                     raise
                 raise clear from err
         return h if create_graph else h.detach()
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) if not isinstance(a, Tensor) and not isinstance(b, Tensor) else a is b
+    except (TypeError, ValueError, RuntimeError):
+        return a is b
 
 
 def get_explainer(method: Union[str, Explainer], **options: Any) -> Explainer:
