@@ -34,7 +34,7 @@ def _explain(args: argparse.Namespace) -> int:
         key=lambda m: (m not in DISPLAY_ORDER, DISPLAY_ORDER.index(m) if m in DISPLAY_ORDER else 0, m))
     unknown = [m for m in methods if m not in manipex.methods()]
     if unknown:
-        from manipex.experiments.config import short
+        from manipex._validation import short
 
         print(f"manipex explain: unknown method {short(unknown[0])}; available: {', '.join(manipex.methods())}",
               file=sys.stderr)
@@ -195,7 +195,8 @@ def _device(name: str) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from manipex.experiments import ConfigError, run
-    from manipex.experiments.config import read_config, short
+    from manipex._validation import short
+    from manipex.experiments.config import read_config
     from manipex.experiments.runner import experiment_named
 
     name = args.experiment

@@ -41,13 +41,14 @@ import difflib
 import math
 import os
 import re
-import reprlib
 import stat
 import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .._validation import cut, short
 
 #: the largest config file read, in bytes
 MAX_FILE_BYTES = 1 << 20
@@ -63,31 +64,6 @@ MAX_TEXT = 4096
 MAX_ITEMS = 1000
 #: the longest message of a :class:`ConfigError`, in characters
 MAX_MESSAGE = 960
-
-
-def _cut(text: str, limit: int) -> str:
-    """``text``, or its first ``limit`` characters and how long it was."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
-
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = _REPR.maxother = 80
-_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 6
-_REPR.maxlevel = 3
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to about ``limit`` characters (with the full length where it was cut):
-    what every message quotes of a user's value, however large or deeply nested the value is."""
-    if isinstance(value, str):
-        return _cut(repr(value), limit) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} chars)"
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
-        return f"<an integer of {value.bit_length()} bits>"
-    try:
-        text = _REPR.repr(value)
-    except (ValueError, RecursionError, TypeError):  # an int beyond Python's digit limit, a broken __repr__
-        text = f"<a {type(value).__name__}>"
-    return _cut(text, limit)
 
 
 class ConfigError(ValueError):
@@ -330,7 +306,7 @@ class Config:
         except ConfigError:
             raise
         except (OSError, RuntimeError, ValueError) as err:  # a file-system probe that failed, e.g. ~nosuchuser/x
-            raise ConfigError(f"config: a check of the keys failed: {type(err).__name__}: {_cut(str(err), 300)}") \
+            raise ConfigError(f"config: a check of the keys failed: {type(err).__name__}: {cut(str(err), 300)}") \
                 from None
         return config
 
@@ -465,11 +441,11 @@ def read_toml(path: Path) -> Dict[str, Any]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {name} is not valid TOML: {_cut(str(err), 300)}") from None
+        raise ConfigError(f"config file {name} is not valid TOML: {cut(str(err), 300)}") from None
     except RecursionError:
         raise ConfigError(f"config file {name} is refused: it is nested too deeply") from None
     except ValueError as err:  # e.g. an integer of more than 4300 digits
-        raise ConfigError(f"config file {name} is not valid TOML: {_cut(str(err), 200)}") from None
+        raise ConfigError(f"config file {name} is not valid TOML: {cut(str(err), 200)}") from None
     return _parsed(path, data)
 
 
@@ -562,14 +538,14 @@ def read_yaml(path: Path) -> Dict[str, Any]:
         context, cmark = getattr(err, "context", None), getattr(err, "context_mark", None)
         if context and cmark is not None and cmark is not mark:
             problem += f" ({context} at line {cmark.line + 1})"
-        raise ConfigError(f"config file {name} is not valid YAML{where}: {_cut(str(problem), 300)}") from None
+        raise ConfigError(f"config file {name} is not valid YAML{where}: {cut(str(problem), 300)}") from None
     except _Refused as err:
         raise ConfigError(f"config file {name} is refused: {err}") from None
     except RecursionError:
         raise ConfigError(f"config file {name} is refused: it is nested too deeply") from None
     except Exception as err:  # PyYAML's constructors fail in many ways on odd values: !!timestamp x (AttributeError),
         # !!bool maybe (KeyError), !!float with no value (IndexError), 2001-13-45 and a 5000-digit integer (ValueError)
-        raise ConfigError(f"config file {name} is not valid YAML: {type(err).__name__}: {_cut(str(err), 200)}") \
+        raise ConfigError(f"config file {name} is not valid YAML: {type(err).__name__}: {cut(str(err), 200)}") \
             from None
     return _parsed(path, data)
 

@@ -261,7 +261,8 @@ def report_from_folder(folder: Path) -> Path:
     """Rebuild the report of a finished (or partial) run folder. Reads the results without
     changing them (a run may be writing them) and creates nothing but the report."""
     from .base import EXPERIMENTS, get_experiment
-    from .config import ConfigError, short
+    from .._validation import short
+    from .config import ConfigError
     from .store import ResultStore
 
     folder = Path(folder)

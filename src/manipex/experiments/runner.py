@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from .base import EXPERIMENTS, Context, get_experiment
-from .config import ConfigError, read_config, short
+from .._validation import short
+from .config import ConfigError, read_config
 from .report import damaged_note, is_text, published_lines, write_report
 from .store import DamagedMetaError, ResultStore
 

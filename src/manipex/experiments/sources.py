@@ -51,7 +51,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .config import Config, ConfigError, key, short
+from .._validation import short
+from .config import Config, ConfigError, key
 
 IMAGE_DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "image_folder")
 MNIST_LIKE = ("mnist5k", "mnist", "fashion_mnist")

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from .._files import give_plain_mode
-from .config import ConfigError, short
+from .._validation import short
+from .config import ConfigError
 
 try:  # POSIX; absent on Windows, where the exclusive-file lock is used
     import fcntl

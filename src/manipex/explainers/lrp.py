@@ -20,10 +20,9 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .._validation import short
+from .._validation import check_real, short
 from .composites import Composite, composites, get_composite
 from .propagation import PropagationExplainer
-from .rules import check_number
 
 
 class LRP(PropagationExplainer):
@@ -54,7 +53,7 @@ class LRP(PropagationExplainer):
                 f"{where}: composite must be a Composite or one of {', '.join(composites())}; got {c['composite']!r}"
             )
         for key in ("epsilon", "alpha", "beta", "gamma", "stabilizer"):
-            check_number(where, key, c[key])
+            check_real(c[key], where=where, name=key, ge=0)
         if abs(c["alpha"] - c["beta"] - 1) > 1e-9:
             raise ValueError(f"{where}: alpha - beta must be 1 (conservation), "
                              f"got alpha={c['alpha']}, beta={c['beta']}")

@@ -25,13 +25,12 @@ and put it in a :class:`~manipex.explainers.composites.Composite`.
 from __future__ import annotations
 
 import abc
-import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .._validation import short
+from .._validation import check_real
 from .graph import Record
 
 Relevances = Union[Tensor, Sequence[Tensor]]
@@ -54,13 +53,6 @@ def stabilize(z: Tensor, eps: float) -> Tensor:
     if eps == 0:  # LRP-0: a sum that is exactly 0 (an all-zero receptive field) shares nothing
         return torch.where(z == 0, torch.ones_like(z), z)
     return z + torch.copysign(torch.tensor(eps, dtype=z.dtype, device=z.device), z)
-
-
-def check_number(rule: str, key: str, value: object, minimum: float = 0.0) -> float:
-    """``value`` as a finite float ``>= minimum`` (NaN and Inf refused), naming ``rule`` and ``key``."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not minimum <= value < math.inf:
-        raise ValueError(f"{rule}: {key} must be a finite number >= {minimum}, got {short(value)}")
-    return float(value)
 
 
 class Rule(abc.ABC):
@@ -157,7 +149,7 @@ class Epsilon(Rule):
     """
 
     def __init__(self, epsilon: float = 1e-6) -> None:
-        self.epsilon = check_number("Epsilon", "epsilon", epsilon)
+        self.epsilon = check_real(epsilon, where="Epsilon", name="epsilon", ge=0)
 
     def __call__(self, record, relevance, create_graph):
         z = record.output
@@ -188,11 +180,11 @@ class AlphaBeta(Rule):
     kinds = AFFINE
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, bias: bool = False) -> None:
-        self.alpha = check_number("AlphaBeta", "alpha", alpha)
-        self.beta = check_number("AlphaBeta", "beta", beta)
+        self.alpha = check_real(alpha, where="AlphaBeta", name="alpha", ge=0)
+        self.beta = check_real(beta, where="AlphaBeta", name="beta", ge=0)
         if abs(self.alpha - self.beta - 1) > 1e-9:
             raise ValueError(f"AlphaBeta: alpha - beta must be 1 (conservation), got alpha={alpha}, beta={beta}")
-        self.stabilizer = check_number("AlphaBeta", "stabilizer", stabilizer)
+        self.stabilizer = check_real(stabilizer, where="AlphaBeta", name="stabilizer", ge=0)
         self.bias = bool(bias)
 
     def __call__(self, record, relevance, create_graph):
@@ -254,7 +246,7 @@ class ZBox(Rule):
     def __init__(self, low: Union[float, Tensor] = 0.0, high: Union[float, Tensor] = 1.0,
                  stabilizer: float = 1e-6) -> None:
         self.low, self.high = low, high
-        self.stabilizer = check_number("ZBox", "stabilizer", stabilizer)
+        self.stabilizer = check_real(stabilizer, where="ZBox", name="stabilizer", ge=0)
 
     def __call__(self, record, relevance, create_graph):
         layer, x = record.layer, record.input
@@ -304,7 +296,7 @@ class Flat(Rule):
     kinds = AFFINE
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = check_number("Flat", "stabilizer", stabilizer)
+        self.stabilizer = check_real(stabilizer, where="Flat", name="stabilizer", ge=0)
 
     def __call__(self, record, relevance, create_graph):
         return _receptive_share(record, relevance, torch.ones_like(record.parameters()[0]),
@@ -318,7 +310,7 @@ class WSquare(Rule):
     kinds = AFFINE
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = check_number("WSquare", "stabilizer", stabilizer)
+        self.stabilizer = check_real(stabilizer, where="WSquare", name="stabilizer", ge=0)
 
     def __call__(self, record, relevance, create_graph):
         weight = record.parameters()[0]
@@ -346,8 +338,8 @@ class Gamma(Rule):
     kinds = AFFINE
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6) -> None:
-        self.gamma = check_number("Gamma", "gamma", gamma)
-        self.stabilizer = check_number("Gamma", "stabilizer", stabilizer)
+        self.gamma = check_real(gamma, where="Gamma", name="gamma", ge=0)
+        self.stabilizer = check_real(stabilizer, where="Gamma", name="stabilizer", ge=0)
 
     def __call__(self, record, relevance, create_graph):
         layer, x, z = record.layer, record.input, record.output
@@ -447,7 +439,7 @@ class Matmul(Rule):
 
     def __init__(self, hold_attention: bool = False, stabilizer: float = 1e-6) -> None:
         self.hold_attention = bool(hold_attention)
-        self.stabilizer = check_number("Matmul", "stabilizer", stabilizer)
+        self.stabilizer = check_real(stabilizer, where="Matmul", name="stabilizer", ge=0)
 
     def __call__(self, record, relevance, create_graph):
         layer = record.layer
@@ -479,7 +471,7 @@ class LinearizedNorm(Rule):
     kinds = ("norm",)
 
     def __init__(self, stabilizer: float = 1e-6) -> None:
-        self.stabilizer = check_number("LinearizedNorm", "stabilizer", stabilizer)
+        self.stabilizer = check_real(stabilizer, where="LinearizedNorm", name="stabilizer", ge=0)
 
     def __call__(self, record, relevance, create_graph):
         x = record.input

@@ -12,7 +12,7 @@ package imports nothing above it). ``FAITHFULNESS_METRICS`` maps the faithfulnes
 :class:`~manipex.metrics.faithfulness.FaithfulnessMetric` records (``direction``: of
 faithfulness).
 
-Every function checks its inputs the same way (:mod:`manipex.metrics._checks`): tensors of a
+Every function checks its inputs the same way (:mod:`manipex._validation`): tensors of a
 floating dtype (``TypeError`` otherwise: integer or bool maps are refused, not rounded),
 non-empty batches ``(N, ...)`` without NaN or Inf, pairs of exactly the same shape (no
 broadcasting), a model in eval mode (``ValueError`` otherwise). float16/bfloat16 inputs are

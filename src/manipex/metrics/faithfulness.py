@@ -54,9 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import (TargetLike, check_call, check_choice, check_int, check_real, check_target, forward,
-                           predicted_target, short)
-from ._checks import check_batch
+from .._validation import (TargetLike, check_batch, check_call, check_choice, check_int, check_real, check_target,
+                           forward, predicted_target, short)
 from .direction import Direction
 
 Baseline = Union[float, str, Tensor]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import as_compute, check_batch, check_finite, check_pair, check_real
+from .._validation import as_compute, check_batch, check_finite, check_pair, check_real
+
 
 
 def center_of_mass(r: Tensor, eps: float = 1e-12) -> Tensor:
@@ -19,7 +20,7 @@ def center_of_mass(r: Tensor, eps: float = 1e-12) -> Tensor:
     Ghorbani et al. 2019 (center-of-mass attack); Pasliev 2020, Sec. 3.3.
     """
     r = as_compute(check_batch(r, where="center_of_mass", name="r"))
-    eps = check_real(eps, where="center_of_mass", name="eps", positive=True, allow_zero=False)
+    eps = check_real(eps, where="center_of_mass", name="eps", gt=0)
     return _center_of_mass(r, eps)
 
 

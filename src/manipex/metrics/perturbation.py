@@ -1,6 +1,6 @@
 """How large a perturbation is and how much it changed the model's output; all ``(N,)``.
 
-``x`` and ``x_adv`` are checked by :mod:`manipex.metrics._checks`: floating tensors of the same
+``x`` and ``x_adv`` are checked by :mod:`manipex._validation`: floating tensors of the same
 shape (never broadcast), non-empty, without NaN or Inf; float16/bfloat16 are computed, and
 returned, in float32. Functions that take a model require it in eval mode and leave it as it
 was; they run it without building a graph.
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._checks import check_pair, model_outputs
+from .._validation import check_pair, model_outputs
+
 
 
 def l2(x: Tensor, x_adv: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 Each function states its direction. They accept raw maps or normalised relevance maps
 (:func:`manipex.relevance`); the papers compare normalised ones.
 
-Inputs are checked by :mod:`manipex.metrics._checks`: both maps floating-point tensors of the
+Inputs are checked by :mod:`manipex._validation`: both maps floating-point tensors of the
 same shape (never broadcast), non-empty, without NaN or Inf; float16/bfloat16 maps are
 computed, and returned, in float32.
 """
@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import as_compute, check_batch, check_int, check_pair, check_real
+from .._validation import as_compute, check_batch, check_int, check_pair, check_real
+
 
 
 def mse(a: Tensor, b: Tensor) -> Tensor:
@@ -30,7 +31,7 @@ def pcc(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     As numpy.corrcoef; Dombrowski et al. 2019 (Fig. 3) and Rieger et al. 2020 (Table 1).
     """
     a, b = check_pair(a, b, where="pcc")
-    eps = check_real(eps, where="pcc", name="eps", positive=True, allow_zero=False)
+    eps = check_real(eps, where="pcc", name="eps", gt=0)
     return _pcc(a.flatten(1), b.flatten(1), eps)
 
 
@@ -43,7 +44,7 @@ def _pcc(a: Tensor, b: Tensor, eps: float) -> Tensor:
 def cosine(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     """Cosine similarity of the flattened maps per sample, in [-1, 1]. Higher = more similar."""
     a, b = check_pair(a, b, where="cosine")
-    eps = check_real(eps, where="cosine", name="eps", positive=True, allow_zero=False)
+    eps = check_real(eps, where="cosine", name="eps", gt=0)
     return F.cosine_similarity(a.flatten(1), b.flatten(1), dim=1, eps=eps)
 
 
@@ -88,7 +89,7 @@ def topk_intersection(a: Tensor, b: Tensor, k: int) -> Tensor:
     """
     a, b = check_pair(a, b, where="topk_intersection")
     d = a[0].numel()
-    k = check_int(k, where="topk_intersection", name="k", low=1, high=d)
+    k = check_int(k, where="topk_intersection", name="k", ge=1, le=d)
     ia = a.flatten(1).topk(k, dim=1).indices
     ib = b.flatten(1).topk(k, dim=1).indices
     ma = torch.zeros(a.shape[0], d, dtype=torch.bool, device=a.device).scatter_(1, ia, True)
@@ -98,8 +99,8 @@ def topk_intersection(a: Tensor, b: Tensor, k: int) -> Tensor:
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float32) -> Tensor:
     """The normalised 1-D Gaussian ``exp(-x^2 / (2 sigma^2))`` on ``size`` points centred at 0."""
-    size = check_int(size, where="gaussian_window", name="size", low=1)
-    sigma = check_real(sigma, where="gaussian_window", name="sigma", positive=True, allow_zero=False)
+    size = check_int(size, where="gaussian_window", name="size", ge=1)
+    sigma = check_real(sigma, where="gaussian_window", name="sigma", gt=0)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"gaussian_window: dtype must be a floating torch.dtype, got {dtype!r}")
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
@@ -120,10 +121,10 @@ def ssim(
     ``max - min`` over both maps.
     """
     a, b = check_pair(a, b, where="ssim", min_dim=3, max_dim=4)
-    window = check_int(window, where="ssim", name="window", low=1)
-    sigma = check_real(sigma, where="ssim", name="sigma", positive=True, allow_zero=False)
+    window = check_int(window, where="ssim", name="window", ge=1)
+    sigma = check_real(sigma, where="ssim", name="sigma", gt=0)
     if data_range is not None:
-        data_range = check_real(data_range, where="ssim", name="data_range", positive=True, allow_zero=False)
+        data_range = check_real(data_range, where="ssim", name="data_range", gt=0)
     if a.dim() == 3:
         a, b = a.unsqueeze(1), b.unsqueeze(1)
     if min(a.shape[-2:]) < window:
