@@ -58,11 +58,9 @@ def fit(
     batch_size: int,
     orders: Callable[[int], Tensor],
     bar: Dict[str, Any],
-    progress: bool = True,
     exact: Optional[str] = None,
     checkpoint: Optional[RunState] = None,
     deterministic_on: Optional[torch.device] = None,
-    postfix: Optional[Callable[[int, Tensor, Dict[str, float]], Dict[str, str]]] = None,
 ) -> TrainResult:
     """Train ``params`` of ``model`` with Adam on the loss ``step`` gives, ``epochs`` times over
     ``n`` samples in batches of ``batch_size`` in the order ``orders(epoch)``.
@@ -70,8 +68,9 @@ def fit(
     Args:
         model: what trains (its state goes to the checkpoint); the caller sets its mode.
         step: the batch's loss and terms (:data:`Step`).
-        bar: the progress bar's tqdm options (``desc``; ``unit``, ``leave``: default batches, not
-            left on the screen).
+        bar: the progress bar: ``enabled`` (default True), ``postfix`` (``(epoch, loss, terms) ->
+            {name: text}``; default the epoch and the loss) and tqdm's options (``desc``; ``unit``,
+            ``leave``: default batches, not left on the screen).
         exact: the backward pass runs with kernels that have a double backward
             (:func:`~manipex._second_order.second_order`; the loss holds gradients of maps);
             the string names the caller in its errors. None: plain.
@@ -79,14 +78,14 @@ def fit(
             epoch (model, optimizer, epoch, history).
         deterministic_on: train on one intra-op thread on this device
             (:func:`~manipex._determinism.reproducible`), for bit-identical weights.
-        postfix: the progress bar's postfix ``(epoch, loss, terms) -> {name: text}``.
     """
     optimizer = torch.optim.Adam(list(params), lr=lr)
     state = checkpoint.load() if checkpoint is not None else None
     start_epoch, history = restore(state, model, optimizer)
     per_epoch = (n + batch_size - 1) // batch_size
-    bar_ = progress_bar(total=epochs * per_epoch, initial=start_epoch * per_epoch, enabled=progress,
-                       **{"leave": False, "unit": "batch", **bar})
+    options = {"leave": False, "unit": "batch", **bar}
+    enabled, postfix = options.pop("enabled", True), options.pop("postfix", None)
+    bar_ = progress_bar(total=epochs * per_epoch, initial=start_epoch * per_epoch, enabled=enabled, **options)
     exactly = (lambda: second_order(model, exact)) if exact is not None else contextlib.nullcontext
     with bar_, reproducible(deterministic_on, enabled=deterministic_on is not None):
         for epoch in range(start_epoch, epochs):

@@ -344,7 +344,7 @@ def _result(model: nn.Module, x: Tensor, final: Tensor, r_start: Tensor, r_after
     )
 
 
-def manipulate_input(
+def manipulate_input(  # noqa: PLR0913 -- the documented flat options of InputAttack
     model: nn.Module,
     x: Tensor,
     objective: Objective,

@@ -71,7 +71,7 @@ def _trainable_names(model: nn.Module, trainable: Optional[Sequence[str]]) -> Li
     return chosen
 
 
-def manipulate_model(
+def manipulate_model(  # noqa: PLR0913 -- the documented flat options of the model attack
     model: nn.Module,
     data: Tuple[Tensor, Tensor],
     objective: Objective,
@@ -183,11 +183,12 @@ def manipulate_model(
         loss = gamma * cls + lam * expl
         return loss, {"loss": loss.item(), "classification": cls.item(), "objective": expl.item()}
 
+    def postfix(epoch, loss, terms):
+        return {"epoch": epoch + 1, "cls": f"{terms['classification']:.3g}", "obj": f"{terms['objective']:.3g}"}
+
     history = fit(inner, x.shape[0], step, params=[params[n] for n in names], epochs=epochs, lr=lr,
-                  batch_size=batch_size, orders=seeded_orders(x.shape[0], seed), bar={"desc": f"manipulate {method}"},
-                  progress=progress, exact=where, checkpoint=run_state,
-                  postfix=lambda epoch, loss, terms: {"epoch": epoch + 1, "cls": f"{terms['classification']:.3g}",
-                                                      "obj": f"{terms['objective']:.3g}"}).history
+                  batch_size=batch_size, orders=seeded_orders(x.shape[0], seed), exact=where, checkpoint=run_state,
+                  bar={"desc": f"manipulate {method}", "enabled": progress, "postfix": postfix}).history
 
     manipulated = copy.deepcopy(user_model)
     manipulated.load_state_dict(inner.state_dict())

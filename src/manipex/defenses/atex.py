@@ -73,7 +73,7 @@ def atex_samples(
     return x_i, x_p
 
 
-def atex_finetune(
+def atex_finetune(  # noqa: PLR0913 -- Tang et al.'s hyperparameters, each a keyword
     model: nn.Module,
     x: Tensor,
     *,
@@ -133,7 +133,6 @@ def atex_finetune(
         return loss + alpha * copies * distillation_loss(student(x_p), t_i.repeat(copies, 1), temperature), {}
 
     fit(student, x.shape[0], step, params=list(student.parameters()), epochs=epochs, lr=lr, batch_size=batch_size,
-        orders=stream_orders(x.shape[0], generator), bar={"desc": "ATEX"}, progress=progress,
-        deterministic_on=x.device if deterministic else None,
-        postfix=lambda epoch, loss, terms: {"loss": f"{loss.item():.4g}"})
+        orders=stream_orders(x.shape[0], generator), deterministic_on=x.device if deterministic else None,
+        bar={"desc": "ATEX", "enabled": progress, "postfix": lambda epoch, loss, terms: {"loss": f"{loss.item():.4g}"}})
     return student.eval()

@@ -207,7 +207,7 @@ def removal_scores(model: nn.Module, x: Tensor, maps: Tensor, target: Tensor, re
     return pixel_flipping(model, x, maps, target, fractions=FRACTIONS)
 
 
-def faithfulness_test(
+def faithfulness_test(  # noqa: PLR0913 -- the test's settings, each a keyword
     model: nn.Module,
     x: Tensor,
     method: str = "gradient",

@@ -170,9 +170,12 @@ def train_robust(
         return loss, {"loss": loss.item(), "cross_entropy": ce.item(), **terms, "accuracy": accuracy}
 
     label = "+".join(r.name for r in regs) or "plain"
+
+    def postfix(epoch, loss, terms):
+        penalties = {r.name: f"{terms[r.name]:.3g}" for r in regs}
+        return {"epoch": epoch + 1, "ce": f"{terms['cross_entropy']:.3g}", **penalties}
+
     history = fit(work, x.shape[0], step, params=params, epochs=epochs, lr=lr, batch_size=batch_size,
-                  orders=seeded_orders(x.shape[0], seed), bar={"desc": f"train {label}"}, progress=progress,
-                  exact="train_robust", checkpoint=run_state,
-                  postfix=lambda epoch, loss, terms: {"epoch": epoch + 1, "ce": f"{terms['cross_entropy']:.3g}",
-                                                      **{r.name: f"{terms[r.name]:.3g}" for r in regs}}).history
+                  orders=seeded_orders(x.shape[0], seed), exact="train_robust", checkpoint=run_state,
+                  bar={"desc": f"train {label}", "enabled": progress, "postfix": postfix}).history
     return RobustTrainingResult(work.eval(), history, regs)

@@ -277,8 +277,8 @@ class WorstCase:
         score, worst = sampled.clone(), best_at
         adv_value = None
         if self.adversarial:
-            adv_value, adv_x = _attack(model, x, h_x, a_x, best_at, target, method, method_options, maps_at, ratio,
-                                       self.radius, self.attack_options, low, high, progress)
+            adv_value, adv_x = _attack(self, model, x, h_x, a_x, best_at, target, method, method_options, maps_at,
+                                       low, high)
             if prediction_changed != "keep":
                 adv_value = torch.where(classes_at(adv_x) == c_x, adv_value, nan)
             wins = adv_value > torch.nan_to_num(score, nan=-math.inf)  # False where adv_value is NaN
@@ -293,8 +293,8 @@ class WorstCase:
                                 x_worst=worst, counted=counted)
 
 
-def _attack(model, x, h_x, a_x, start, target, method, method_options, maps_at, ratio, radius, attack_options,
-            low, high, progress) -> Tuple[Tensor, Tensor]:
+def _attack(metric: WorstCase, model, x, h_x, a_x, start, target, method, method_options, maps_at, low,
+            high) -> Tuple[Tensor, Tensor]:
     """:func:`manipulate_input` with :class:`MapDistance` from ``start``, inside the L∞ ball of
     ``radius`` around ``x`` (and the clamp range), the whole batch at once; the metric's ratio
     at the attack's point (NaN where it did not move) and that point. ``h_x`` and ``a_x``: the map
@@ -303,7 +303,8 @@ def _attack(model, x, h_x, a_x, start, target, method, method_options, maps_at, 
     from ..explainers import relevance
     from ..objectives import MapDistance
 
-    options = {"steps": 50, "lr": radius / 10, "progress": progress, **(attack_options or {})}
+    radius, ratio = metric.radius, metric.ratio
+    options = {"steps": 50, "lr": radius / 10, "progress": metric.progress, **(metric.attack_options or {})}
     result = manipulate_input(model, x, MapDistance(reference=relevance(h_x)), method, target=target,
                               method_options=method_options, eps=radius, norm="linf",
                               clamp=None if low is None else (low, high), start=start, **options)

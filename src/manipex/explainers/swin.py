@@ -116,7 +116,7 @@ torch.fx.wrap("window_geometry")
 torch.fx.wrap("shift_mask")
 
 
-def traceable_shifted_window_attention(
+def traceable_shifted_window_attention(  # noqa: PLR0913 -- torchvision's signature, kept
     input: Tensor, qkv_weight: Tensor, proj_weight: Tensor, relative_position_bias: Optional[Tensor],
     window_size: List[int], num_heads: int, shift_size: List[int], attention_dropout: float = 0.0,
     dropout: float = 0.0, qkv_bias: Optional[Tensor] = None, proj_bias: Optional[Tensor] = None,

@@ -56,8 +56,9 @@ def train_classifier(
     model.train()
     try:
         fit(model, len(x), step, params=params, epochs=epochs, lr=lr, batch_size=batch_size,
-            orders=stream_orders(len(x), torch.Generator().manual_seed(seed)), bar={"desc": "training", "leave": True},
-            progress=progress, deterministic_on=device if deterministic else None)
+            orders=stream_orders(len(x), torch.Generator().manual_seed(seed)),
+            bar={"desc": "training", "leave": True, "enabled": progress},
+            deterministic_on=device if deterministic else None)
     finally:
         model.train(was_training)
     return model
