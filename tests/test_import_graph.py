@@ -117,6 +117,12 @@ def _graph() -> Dict[str, Set[str]]:
         # a package's __init__ re-exports its modules: importing from the package is importing them
         if imported != importer and not importer.startswith(imported + "."):
             edges[importer].add(imported)
+        # importing a module of another package first runs that package's __init__
+        parts = imported.split(".")
+        for k in range(2, len(parts)):
+            package = ".".join(parts[:k])
+            if package in MODULES and not importer.startswith(package + ".") and package != importer:
+                edges[importer].add(package)
     return edges
 
 
@@ -151,3 +157,30 @@ def test_experiments_and_the_cli_import_no_private_names_of_other_modules(floor)
                       if importer.startswith(floor) and name.startswith("_") and not name.startswith("__")
                       and imported != importer})
     assert not private, "\n".join(private)
+
+
+def test_function_local_imports_of_manipex_say_why_they_are_local():
+    """Issue 27: a function-local import of manipex's own modules hides the graph; one remains
+    only where it defers something (an optional or heavy dependency, the root package, a name
+    that would clash, the command line's commands), with a comment on its line or above its
+    block of imports saying so."""
+    silent = []
+    for module, path in MODULES.items():
+        text = path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        tree = ast.parse(text)
+        lazy = _lazy_aliases(tree)
+        for function in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            for node in ast.walk(function):
+                if id(node) in lazy or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    continue
+                ours = (node.level > 0 if isinstance(node, ast.ImportFrom) else False) or any(
+                    (getattr(node, "module", None) or a.name).split(".")[0] == "manipex" for a in node.names)
+                above = node.lineno - 2  # the line above the block of imports this one belongs to
+                while above > 0 and lines[above].strip().startswith(("from ", "import ", ")")) or (
+                        above > 0 and lines[above].startswith(" ") and lines[above].rstrip().endswith(",")):
+                    above -= 1
+                said = "#" in lines[node.lineno - 1] or lines[above].strip().startswith("#")
+                if ours and not said:
+                    silent.append(f"{module}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert not silent, "function-local imports without a reason:\n" + "\n".join(silent)

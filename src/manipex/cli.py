@@ -25,6 +25,7 @@ DISPLAY_ORDER = ["gradient", "grad_x_input", "integrated_gradients", "guided_bac
 
 
 def _explain(args: argparse.Namespace) -> int:
+    # deferred: each command loads what it needs
     import manipex
     from manipex.figures import map_grid
 
@@ -34,6 +35,7 @@ def _explain(args: argparse.Namespace) -> int:
         key=lambda m: (m not in DISPLAY_ORDER, DISPLAY_ORDER.index(m) if m in DISPLAY_ORDER else 0, m))
     unknown = [m for m in methods if m not in manipex.methods()]
     if unknown:
+        # deferred: each command loads what it needs
         from manipex._validation import short
 
         print(f"manipex explain: unknown method {short(unknown[0])}; available: {', '.join(manipex.methods())}",
@@ -42,6 +44,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.n < 1:
         print("manipex explain: --n must be at least 1", file=sys.stderr)
         return 2
+    # deferred: each command loads what it needs
     from manipex.experiments.common import method_options
     from manipex.experiments.sources import SourceConfig, load_source, require_model
 
@@ -53,6 +56,7 @@ def _explain(args: argparse.Namespace) -> int:
     source = load_source(config, "cpu", n_train=2000 if "pattern_attribution" in methods else 0, n_eval=args.n)
     model, (x, y), x_train = source.model, source.test, source.train[0]
     if not args.methods:  # every method that applies: rollout only where the model computes attention
+        # deferred: each command loads what it needs
         from manipex.explainers.base import requires_attention
 
         def applies(method: str) -> bool:
@@ -112,6 +116,7 @@ def _methods(args: argparse.Namespace) -> int:
     import shutil
     import textwrap
 
+    # deferred: each command loads what it needs
     import manipex
     from manipex.explainers.base import explainer_class
 
@@ -194,6 +199,7 @@ def _device(name: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # deferred: each command loads what it needs
     from manipex.experiments import ConfigError, run
     from manipex._validation import short
     from manipex.experiments.config import read_config
@@ -230,6 +236,7 @@ def audit_overrides(args: argparse.Namespace) -> dict:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    # deferred: each command loads what it needs
     from manipex.experiments import run
 
     overrides = audit_overrides(args)
@@ -239,11 +246,13 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    # deferred: each command loads what it needs
     import manipex
     from manipex.experiments import EXPERIMENTS
     from manipex.defenses.catalog import DEFENSES
 
     if args.experiment:
+        # deferred: each command loads what it needs
         from manipex.experiments.runner import experiment_named
 
         exp = experiment_named(args.experiment)
@@ -263,6 +272,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    # deferred: each command loads what it needs
     from manipex.experiments import report_from_folder
 
     print(f"report: {report_from_folder(Path(args.folder))}")
@@ -303,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "pasliev2020, adult_fairwashing, audit")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_run)
+    # deferred: each command loads what it needs
     from manipex.experiments.audit import AuditConfig
 
     p = sub.add_parser("audit", help="can this model's explanations be trusted? attacks, defenses, curvature, "
@@ -342,6 +353,7 @@ COMMANDS = ("explain", "methods", "run", "audit", "list", "report")
 def _expected_errors() -> tuple:
     """What a user's input can cause (a bad value, file or folder, a refused weights file, a
     folder in use): one line and exit code 2. Anything else is a bug: exit code 1."""
+    # deferred: each command loads what it needs
     from manipex.experiments.store import FolderInUseError
 
     import pickle
@@ -391,8 +403,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = [a for i, a in enumerate(argv) if not (a == "--debug" and i < end)]
     command = argv[0] if argv and argv[0] in COMMANDS else ""
     prefix = f"manipex {command}".rstrip()
+    # deferred: each command loads what it needs
     from manipex.experiments.store import DamagedResultsWarning
 
+    # deferred: each command loads what it needs
     from manipex._determinism import kept_thread_count
 
     with warnings.catch_warnings(), kept_thread_count():

@@ -26,7 +26,10 @@ from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import Tensor
 
-from .style import CMAP_ABSOLUTE, CMAP_INPUT, CMAP_SIGNED, FORMATS, color_for, display_name, metric_label, styled
+from .style import (CMAP_ABSOLUTE, CMAP_INPUT, CMAP_SIGNED, FORMATS, color_for, colors_for, display_name, metric_label,
+                    styled)
+from .explainers import explain
+from .metrics import center_of_mass
 
 SIGNS = ("absolute", "signed")
 
@@ -454,8 +457,6 @@ def plot_maps(
         >>> fig = manipex.plot_maps(model, x[:4], ["gradient", "lrp"], sign="signed")
         >>> fig.savefig("maps.pdf")
     """
-    from .explainers import explain
-
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"plot_maps: x must be a batch of images (N, C, H, W), got "
                          f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
@@ -568,8 +569,6 @@ def input_attack_figure(result, n: int = 4, *, sign: str = "absolute", shared_sc
         notes.append("outline: the objective's region" if result.objective != "TopKSuppression"
                      else "outline: the original map's top-k features")
     if point is not None:
-        from .metrics import center_of_mass
-
         for i in range(n):
             for j, (_, stack, _) in enumerate(maps, start=3):
                 m = _map_2d(stack[i])
@@ -674,8 +673,6 @@ def randomization_figure(result):
     ``"original"`` through the layers top (logits) first; the methods' colours of
     :func:`manipex.style.colors_for`, the legend outside the axes, the layer names rotated."""
     import numpy as np
-
-    from .style import colors_for
 
     steps, methods, metrics = list(result.steps), list(result.methods), list(result.metrics)
     scores = result.scores.double()  # (methods, steps, metrics, N)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ._second_order import second_order
 from ._validation import (TargetLike, check_call, check_choice, check_int, check_real, check_target, predicted_target,
                           short)
+from .surgery import softplus
 
 
 def _shape_operator(model: nn.Module, x: Tensor, k: Tensor):
@@ -132,8 +133,6 @@ def curvature_vs_beta(model: nn.Module, x: Tensor, betas: Sequence[float] = (1.0
                       *, iters: int = 30, target: TargetLike = None):
     """Median largest principal curvature of the Softplus(β) copies of a ReLU ``model``."""
     import pandas as pd
-
-    from .surgery import softplus
 
     where = "curvature_vs_beta"
     check_call(model, x, where=where)

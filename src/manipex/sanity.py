@@ -60,6 +60,9 @@ from torch import Tensor, nn
 from ._progress import progress_bar
 from ._validation import (TargetLike, check_bool, check_call, check_choice, check_int, check_target, predicted_target,
                           short)
+from .explainers import get_explainer, methods as available, relevance
+from .metrics import METRICS
+from .figures import randomization_figure
 
 MODES = ("cascading", "independent")
 
@@ -122,8 +125,6 @@ class RandomizationResult:
     def plot(self):
         """Similarity to the original map vs the randomised layer (Adebayo Fig. 2 and 4 curves):
         a :class:`matplotlib.figure.Figure` from :func:`manipex.figures.randomization_figure`."""
-        from .figures import randomization_figure
-
         return randomization_figure(self)
 
 
@@ -273,8 +274,6 @@ def _copy(model: nn.Module) -> nn.Module:
 # the test
 
 def _methods(method: Any) -> Tuple[str, ...]:
-    from .explainers import methods as available
-
     names = [method] if isinstance(method, str) else method
     if not isinstance(names, (list, tuple)) or not names:
         raise TypeError(f"{_WHERE}: method must be a method name or a non-empty sequence of names, got {short(method)}")
@@ -320,8 +319,6 @@ def _metrics(metrics: Any) -> Tuple[str, ...]:
 
 def _compared(h: Tensor, absolute: bool) -> Tensor:
     """The map that is compared: relevance (absolute) or the signed channel sum scaled to [-1, 1]."""
-    from .explainers import relevance
-
     if absolute:
         return relevance(h)
     s = h.sum(1) if h.dim() >= 3 else h
@@ -374,8 +371,6 @@ def model_randomization(
     seed = check_int(seed, where=_WHERE, name="seed", ge=0)
     progress = check_bool(progress, where=_WHERE, name="progress")
     check_call(model, x, where=_WHERE)
-    from .explainers import get_explainer
-    from .metrics import METRICS
 
     explainers = {m: get_explainer(m, **options[m]) for m in methods}  # bad options fail here
     resolved = check_target(target, x.shape[0], where=_WHERE)

@@ -38,10 +38,13 @@ from .._validation import (TargetLike, check_bool, check_call, check_choice, che
                            check_target, predicted_target)
 from ..explainers import get_explainer, relevance
 from ..explainers.base import capture_output
-from ..metrics import class_agreement, output_change
+from ..metrics import class_agreement, l2, linf, output_change
 from ..metrics.direction import Direction
 from ..models.interfaces import Output, logits_model
-from ..objectives import Objective
+from ..objectives import CenterOfMass, HideFeatures, Objective, TargetMap, TopKSuppression, _Region
+from ..style import display_name
+from ..figures import input_attack_figure
+from .._progress import progress_bar
 
 
 
@@ -87,8 +90,6 @@ class InputAttackResult:
     def __repr__(self) -> str:
         """``InputAttackResult(8 images, method 'lrp', objective TargetImage, PCC with target
         0.41 -> 0.83, success 6/8, class kept 8/8, 300 steps)``: means over the images."""
-        from ..style import display_name
-
         n = int(self.x.shape[0]) if isinstance(self.x, Tensor) and self.x.dim() else 0
         parts = [f"{n} image{'s' if n != 1 else ''}"]
         if self.method:
@@ -112,8 +113,6 @@ class InputAttackResult:
 
     def summary(self) -> Dict[str, float]:
         """Means over the batch, for tables."""
-        from ..metrics import l2, linf
-
         return {
             f"{self.metric_name}_before": self.metric_before.mean().item(),
             f"{self.metric_name}_after": self.metric_after.mean().item(),
@@ -130,7 +129,6 @@ class InputAttackResult:
     def to_frame(self):
         """One row per image as a pandas DataFrame."""
         import pandas as pd
-        from ..metrics import l2, linf
 
         return pd.DataFrame({
             f"{self.metric_name}_before": self.metric_before.cpu().numpy(),
@@ -153,8 +151,6 @@ class InputAttackResult:
         ``False`` as :func:`manipex.figures.map_grid`). ``sign``: the view of the stored maps
         (normalised relevance, non-negative; see :func:`manipex.figures.draw_map`). Returns the
         :class:`~matplotlib.figure.Figure`, not saved."""
-        from ..figures import input_attack_figure
-
         return input_attack_figure(self, n, sign=sign, shared_scale=shared_scale)
 
 
@@ -263,8 +259,6 @@ class InputAttack:
         history: List[float] = []
         shape = (-1,) + (1,) * (x.dim() - 1)
         steps_run = 0
-
-        from .._progress import progress_bar
 
         bar = progress_bar(range(self.steps), desc=f"attack {explainer.name}", enabled=self.progress, leave=False)
         for step in bar:
@@ -434,8 +428,6 @@ def manipulate_input(  # noqa: PLR0913 -- the documented flat options of InputAt
 def _aims(objective: Objective, r_start: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """``(target_map, region, point)`` of a prepared objective, each broadcast to the ``N``
     maps (or None where it has none), detached: what :meth:`InputAttackResult.plot` shows."""
-    from ..objectives import CenterOfMass, HideFeatures, TargetMap, TopKSuppression, _Region
-
     def expand(t: Optional[Tensor]) -> Optional[Tensor]:
         if not isinstance(t, Tensor):
             return None

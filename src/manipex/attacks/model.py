@@ -28,6 +28,9 @@ from ..explainers import explain, get_explainer, relevance
 from ..models.interfaces import Output, logits_model
 from ..objectives import Objective
 from ..training import fit, seeded_orders
+from ..models import accuracy
+from ..style import display_name, format_value
+from ..figures import evaluation_figure
 
 CLASSIFICATION_TERMS = ("cross_entropy", "probabilities")
 
@@ -212,8 +215,6 @@ class ModelEvaluation:
     def __repr__(self) -> str:
         """``ModelEvaluation(com shift, 2 methods on 256 images: Gradient 1.2 -> 9.8, LRP 0.9 ->
         3.1; accuracy 91.0 % -> 90.2 %)``: means, original -> manipulated."""
-        from ..style import display_name, format_value
-
         table, parts = self.table, []
         try:
             metric = display_name(table.attrs.get("metric", "metric"))
@@ -238,8 +239,6 @@ class ModelEvaluation:
         bootstrap intervals of the mean over the images as error bars (from ``per_image``),
         accuracies in the title, legend outside the bars. Returns the
         :class:`~matplotlib.figure.Figure`, not saved."""
-        from ..figures import evaluation_figure
-
         return evaluation_figure(self)
 
 
@@ -262,8 +261,6 @@ def evaluate_manipulation(
     (as in :func:`manipex.explain`; None: found automatically).
     """
     import pandas as pd
-
-    from ..models import accuracy
 
     where = "evaluate_manipulation"
     x, y = check_labelled_data(data, where=where)

@@ -28,6 +28,7 @@ from .._validation import (check_call, check_int, check_labelled_data, check_mod
 from ..explainers import explain, relevance
 from ..metrics import pcc
 from ..objectives import Objective
+from ..models import accuracy
 
 
 def noise_maps(
@@ -380,8 +381,6 @@ def weight_noise_test(
     Returns a pandas DataFrame indexed by ``sigma``.
     """
     import pandas as pd
-
-    from ..models import accuracy
 
     where = "weight_noise_test"
     check_model(model, where=where)

@@ -55,6 +55,10 @@ from torch import Tensor, nn
 
 from .._validation import (TargetLike, check_bool, check_call, check_choice, check_int, check_real, check_target,
                            predicted_target, short)
+from ..explainers import get_explainer, relevance
+from ..attacks import manipulate_input
+from ..objectives import MapDistance
+from .._progress import progress_bar
 
 #: ``||v||`` of a flattened difference, by name (``"fro"`` and ``"l2"`` are the same here:
 #: the Frobenius norm of a map is the L2 norm of the flattened map, Quantus's ``fro_norm``).
@@ -108,8 +112,6 @@ class RobustnessScores:
 def _normalise(a: Tensor, how: str) -> Tensor:
     """Maps ``(N, ...)`` flattened to ``(N, D)``, normalised per sample."""
     if how == "relevance":
-        from ..explainers import relevance
-
         return relevance(a).flatten(1)
     a = a.flatten(1)
     if how == "max":  # Quantus's normalise_by_max, per sample; an all-zero map stays zero
@@ -206,8 +208,6 @@ class WorstCase:
                  method_options: Optional[Dict[str, Any]] = None) -> Union[Tensor, RobustnessScores]:
         """Check, sample in chunks, keep the maximum ratio per image, then (optionally) attack
         from the best point."""
-        from ..explainers import get_explainer
-
         where = self.name
         self.check()
         check_call(model, x, where=where)
@@ -247,7 +247,6 @@ class WorstCase:
         counted = torch.zeros(n, dtype=torch.long, device=x.device)
         changed_any = torch.zeros(n, dtype=torch.bool, device=x.device)
         per_chunk = max(1, batch_size // n)
-        from .._progress import progress_bar
 
         bar = progress_bar(total=count, desc=where, enabled=progress, leave=False)
         for s0 in range(0, count, per_chunk):
@@ -299,10 +298,6 @@ def _attack(metric: WorstCase, model, x, h_x, a_x, start, target, method, method
     ``radius`` around ``x`` (and the clamp range), the whole batch at once; the metric's ratio
     at the attack's point (NaN where it did not move) and that point. ``h_x`` and ``a_x``: the map
     at ``x``, as is and as the metric normalises it (``maps_at``)."""
-    from ..attacks import manipulate_input
-    from ..explainers import relevance
-    from ..objectives import MapDistance
-
     radius, ratio = metric.radius, metric.ratio
     options = {"steps": 50, "lr": radius / 10, "progress": metric.progress, **(metric.attack_options or {})}
     result = manipulate_input(model, x, MapDistance(reference=relevance(h_x)), method, target=target,

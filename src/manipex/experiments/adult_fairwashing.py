@@ -14,6 +14,11 @@ import torch
 from .base import Context, Experiment, Unit
 from .config import Config, ConfigError, key, profile_key
 from .published import PASLIEV_ADULT, PASLIEV_FAIRWASHING, Finding, findings_table
+from ..attacks import manipulate_model
+from ..explainers import explain, relevance
+from ..models import accuracy, tabular_mlp, train_classifier
+from ..objectives import HideFeatures
+from . import plots
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,8 @@ class AdultFairwashing(Experiment):
                             root=str(Path(config.root).expanduser()) if config.root else None)
 
     def run_unit(self, unit, ctx, config):
-        from .. import data, models
-        from ..attacks import manipulate_model
-        from ..data.adult import adult_feature_names, adult_protected_indices
-        from ..explainers import explain, relevance
-        from ..models import accuracy, tabular_mlp, train_classifier
-        from ..objectives import HideFeatures
+        from .. import data, models  # deferred: the data loaders import PIL and numpy
+        from ..data.adult import adult_feature_names, adult_protected_indices  # deferred: as above
 
         dev = ctx.device
         x, y = (t.to(dev) for t in data.load("adult", split="train", root=ctx.root))
@@ -153,8 +154,6 @@ class AdultFairwashing(Experiment):
                 self.TABLE + " as published": published}
 
     def figures(self, df, config, out):
-        from . import plots
-
         features = df[df.kind == "adult_feature"] if "kind" in df else df.iloc[:0]
         if not len(features):
             return []

@@ -64,7 +64,12 @@ from .base import Experiment, Unit
 from .common import (DEFENSES, ImageContext, attack_budget, defended, defense_choices, load_model, per_image,
                      save_model, seeded)
 from .config import ConfigError, key, method_choices
-from .sources import SourceConfig, eps_text, require_model
+from .sources import SourceConfig, build_model, eps_text, normalized, original_model, require_model, zoo_arch
+from .. import models, surgery
+from ..geometry import principal_curvature
+from ..models import accuracy
+from ..figures import subplots
+from .plots import CI_TEXT, legend_outside, line_with_interval, n_text, save_figure, single_x, styled, summarize
 
 OBJECTIVES = ("targeted", "topk")
 
@@ -254,8 +259,6 @@ class Audit(Experiment):
         outputs."""
         import dataclasses
 
-        from .sources import normalized, original_model
-
         labels = torch.cat([ctx.train[1], ctx.y])
         outputs = self._outputs(ctx)
         refs = []
@@ -280,9 +283,6 @@ class Audit(Experiment):
         """How the references are trained here (see the module's docstring), checked: there are
         training images, and a factory builds a new model each call (not the audited one) that
         trains (:meth:`_probe_factory`)."""
-        from .. import models
-        from .sources import zoo_arch
-
         seeds = tuple(config.reference_seed + k for k in range(config.n_references))
         if config.is_default:
             default = models.DEFAULT_RECIPES[config.default_model]
@@ -312,8 +312,6 @@ class Audit(Experiment):
         whose train mode returns a tuple, such as auxiliary logits, would fail only after the
         attacks). The global RNG and the audited model are left as they were."""
         import torch.nn.functional as F
-
-        from .sources import normalized, build_model
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -360,9 +358,6 @@ class Audit(Experiment):
     def _cached_reference(self, cache: Path, recipe: ReferenceRecipe, seed: int, config, ctx) -> Optional[nn.Module]:
         """The reference kept in ``cache`` by an earlier (killed) run with this recipe and seed;
         None where there is none, it was trained otherwise, or it cannot be read."""
-        from .. import models
-        from .sources import normalized, build_model
-
         if not cache.is_file():
             return None
         try:
@@ -382,9 +377,6 @@ class Audit(Experiment):
     def _train_reference(self, config, ctx, seed: int) -> nn.Module:
         """A clean model of the audited model's kind, built and trained with ``seed`` on the same
         data (behind the same normalisation), by :attr:`AuditContext.recipe`."""
-        from .. import models
-        from .sources import normalized, build_model
-
         recipe = ctx.recipe or self._recipe(config, ctx)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -446,9 +438,6 @@ class Audit(Experiment):
                          part="defense", method=p["method"], defense=p["defense"], eps=eps)
 
     def _curvature(self, ctx, config):
-        from .. import surgery
-        from ..geometry import principal_curvature
-
         model = ctx.model
         x, _ = self._images(ctx, config)
         rows = []
@@ -495,8 +484,6 @@ class Audit(Experiment):
         return ctx.mismatch
 
     def _detection(self, p, ctx, config):
-        from ..models import accuracy
-
         model, method = ctx.model, p["method"]
         refs = self._references_once(config, ctx)
         shape = tuple(ctx.x.shape[1:])
@@ -739,10 +726,6 @@ class Audit(Experiment):
         return text
 
     def figures(self, df, config, out):
-        from ..figures import subplots
-        from .plots import (CI_TEXT, line_with_interval, single_x, legend_outside, n_text, save_figure, styled,
-                            summarize)
-
         attack = _part(df, "attack")
         if not len(attack):
             return []

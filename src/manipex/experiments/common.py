@@ -14,7 +14,12 @@ from ..defenses.catalog import DEFENSES, Defense  # noqa: F401 (the experiments'
 from ..defenses.catalog import defended as catalog_defended
 from .base import Context, Unit
 from .config import ConfigError, key
-from .sources import ImageSource, SourceConfig, load_source
+from .sources import ImageSource, SourceConfig, eps_text, load_source
+from ..attacks import manipulate_input
+from ..explainers import explain, relevance
+from ..metrics import image_mse, linf, mse, pcc, ssim, topk_intersection
+from ..objectives import TargetImage
+from .. import models
 
 #: Integrated-gradients steps inside attacks and training (Pasliev's setting), the default of
 #: every experiment's ``ig_steps`` key.
@@ -79,8 +84,6 @@ class ImageContext(Context):
 
 def attack_setting(config: AttackConfig) -> str:
     """Our setting, for the Findings block: model and data, budget, steps, images."""
-    from .sources import eps_text
-
     profile = getattr(config, "profile", "default")
     return (f"{config.describe()}; eps {eps_text(config.eps)}, {config.steps} steps, {config.n} images"
             + ("" if profile == "default" else f"; profile {profile}"))
@@ -143,11 +146,6 @@ def targeted_attack(model: nn.Module, x: Tensor, x_target: Tensor, method: str,
     manipulated, before and after) and image metrics. With ``examples`` (a folder), the images
     among the first :data:`EXAMPLE_IMAGES` keep their inputs and maps there
     (:func:`save_examples`)."""
-    from ..attacks import manipulate_input
-    from ..explainers import explain, relevance
-    from ..metrics import image_mse, linf, mse, pcc, ssim, topk_intersection
-    from ..objectives import TargetImage
-
     options = dict(options or {})
     res = manipulate_input(model, x, TargetImage(x_target), method, method_options=options, progress=False, **attack)
     t = model(x).argmax(1)
@@ -265,8 +263,6 @@ def save_model(model: nn.Module, path: Path, metadata: Optional[Dict[str, Any]] 
     """Save an experiment's model with :func:`manipex.models.save`; a model behind an input
     :class:`~manipex.models.Normalize` is saved without it, its mean and std in the metadata
     (a checkpoint holds the weights; the config's ``normalize`` says what they expect)."""
-    from .. import models
-
     norm = models.input_normalization(model)
     meta = dict(metadata or {})
     if norm is not None:
@@ -278,8 +274,6 @@ def save_model(model: nn.Module, path: Path, metadata: Optional[Dict[str, Any]] 
 
 def load_model(path: Path, config: SourceConfig, device: str) -> nn.Module:
     """A model saved by :func:`save_model`, behind the configured normalisation, in eval mode."""
-    from .. import models
-
     model = models.load(path).to(device)
     norm = config.normalization()
     return (model if norm is None else models.with_normalization(model, *norm)).eval()

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .._validation import cut, short
+from ..explainers import methods
 
 #: the largest config file read, in bytes
 MAX_FILE_BYTES = 1 << 20
@@ -564,8 +565,6 @@ def read_config(path: Path) -> Dict[str, Any]:
 
 
 def method_choices() -> Tuple[str, ...]:
-    from ..explainers import methods
-
     return tuple(methods())
 
 

@@ -14,6 +14,12 @@ from .common import (AttackConfig, ImageContext, attack_budget, attack_context, 
                      targeted_attack)
 from .config import key, method_choices, profile_key
 from .published import DOMBROWSKI_FIG3, DOMBROWSKI_FIG4, Finding, direction, findings_table
+from ..attacks import manipulate_input
+from ..explainers import explain, relevance
+from ..metrics import pcc
+from ..objectives import TargetImage
+from .plots import Panel
+from . import plots
 
 
 @dataclass(frozen=True)
@@ -82,11 +88,6 @@ class Dombrowski2019(Experiment):
         return attack_context(config, run)
 
     def run_unit(self, unit, ctx, config):
-        from ..attacks import manipulate_input
-        from ..explainers import explain, relevance
-        from ..metrics import pcc
-        from ..objectives import TargetImage
-
         p = unit.params
         seeded(config.seed)
         x, x_target = ctx.images(config.n, p["start"], config.batch)
@@ -214,8 +215,6 @@ class Dombrowski2019(Experiment):
         labelled with its PCC with the target. On MNIST-5k at eps 0.2 the maps that follow the
         input keep much of the digit (:meth:`_fig3_why`); the larger budgets' columns show that
         the budget holds them, and the best row what the attack can do."""
-        from .plots import Panel
-
         rows = {}
         for method in [m for m in config.methods if m in set(attack.method)]:
             saved = load_examples(self.examples_folder(out, method))
@@ -236,8 +235,6 @@ class Dombrowski2019(Experiment):
         return rows
 
     def figures(self, df, config, out):
-        from . import plots
-
         paths = []
         attack = df[df.unit.str.startswith("attack/")]
         if len(attack):

@@ -31,10 +31,17 @@ from torch import Tensor, nn
 from .base import Experiment, Unit
 from .common import ImageContext, method_options, per_image, save_maps, save_model
 from .config import ConfigError, key, method_choices, profile_key
-from .published import (PASLIEV_COM, PASLIEV_NOISE, PASLIEV_TARGET, Finding, direction, findings_table)
-from .published import (METHOD_ORDER, PASLIEV_T31, PASLIEV_T32, PASLIEV_T32_SETTING, PASLIEV_T33, PASLIEV_T34,
-                        PASLIEV_T41, PASLIEV_T42, with_setting)
+from .published import (Finding, METHOD_ORDER, PASLIEV_COM, PASLIEV_NOISE, PASLIEV_T31, PASLIEV_T32,
+                        PASLIEV_T32_SETTING, PASLIEV_T33, PASLIEV_T34, PASLIEV_T41, PASLIEV_T42, PASLIEV_TARGET,
+                        direction, findings_table, with_setting)
 from .sources import SourceConfig
+from ..defenses import noise_maps, pairwise_pcc, similarity_threshold, weight_noise_test
+from ..objectives import CenterOfMass, TargetMap, cross_mask
+from ..explainers import explain, relevance
+from ..metrics import center_of_mass, mse, pcc, ssim
+from ..attacks import manipulate_model
+from . import plots
+from ..figures import map_grid
 
 KINDS = ("com", "th", "ipp", "fc")
 
@@ -139,9 +146,6 @@ class Pasliev2020(Experiment):
         return ["acc"] + list(dict.fromkeys(config.models))
 
     def setup(self, config, run):
-        from ..defenses import pairwise_pcc, similarity_threshold
-        from ..objectives import cross_mask
-
         base = ImageContext.load(config, run, n_train=config.n_train or None, n_eval=config.n_eval, seed=config.seed)
         with torch.no_grad():  # evaluation only: F_acc's outputs are constants of every table
             p_acc = torch.cat([base.model(b).softmax(1) for b in base.x.split(256)])
@@ -157,8 +161,6 @@ class Pasliev2020(Experiment):
         return method_options(method, config.ig_steps)
 
     def _maps(self, model, x, method, target, config) -> Tensor:
-        from ..explainers import explain, relevance
-
         opts = self._options(method, config)
         parts = [relevance(explain(model, xb, method, tb, **opts)).detach()
                  for xb, tb in zip(x.split(64), target.split(64))]
@@ -166,14 +168,10 @@ class Pasliev2020(Experiment):
 
     @staticmethod
     def _noise_maps(model, config, x) -> Tensor:
-        from ..defenses import noise_maps
-
         return noise_maps(model, x.shape[1:], "gradient", n=config.noise_n, seed=config.seed).detach()
 
     @staticmethod
     def _map_metrics(r: Tensor, ctx) -> Dict[str, Tensor]:
-        from ..metrics import center_of_mass, mse, pcc, ssim
-
         t = ctx.cross.expand_as(r)
         return {"com_distance": center_of_mass(r).norm(dim=1), "target_mse": mse(r, t), "target_pcc": pcc(r, t),
                 "target_ssim": ssim(r, t)}
@@ -193,13 +191,9 @@ class Pasliev2020(Experiment):
 
     @staticmethod
     def _objective(kind: str, ctx):
-        from ..objectives import CenterOfMass, TargetMap
-
         return CenterOfMass((0.0, 0.0)) if kind == "com" else TargetMap(ctx.cross[None])
 
     def _manipulate(self, name: str, ctx, config):
-        from ..attacks import manipulate_model
-
         kind, method = name.split("_", 1)
         trainable = None
         if kind == "fc":  # Sec. 3.7: only the convolutions learn, the fully connected classifier is frozen
@@ -220,9 +214,6 @@ class Pasliev2020(Experiment):
         return res.model, res.history
 
     def _evaluate(self, name: str, model: nn.Module, ctx, config) -> List[Dict[str, Any]]:
-        from ..defenses import pairwise_pcc, weight_noise_test
-        from ..objectives import CenterOfMass
-
         x, y = ctx.x, ctx.y
         with torch.no_grad():  # evaluation only
             p = torch.cat([model(b).softmax(1) for b in x.split(256)])
@@ -362,16 +353,12 @@ class Pasliev2020(Experiment):
         return out
 
     def figures(self, df, config, out):
-        from . import plots
-
         paths = []
         if "kind" not in df:
             return paths
         order = [m for m in self._model_order(config) if (Path(out) / "maps" / f"{m}.safetensors").exists()]
         if order and config.examples:
             from safetensors.torch import load_file
-
-            from ..figures import map_grid
 
             maps = {m: load_file(str(Path(out) / "maps" / f"{m}.safetensors")) for m in order}
             methods = [k for k in config.methods if all(k in maps[m] for m in order)]

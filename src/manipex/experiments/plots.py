@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..figures import subplots, bootstrap_ci  # noqa: F401  (bootstrap_ci: here since the first version)
 from ..style import color_for, display_name, figure_formats, styled
+from ..figures import display_title, save_figure as save
 
 #: Where every legend of an experiment figure goes: right of its axes, outside the data.
 LEGEND_OUTSIDE = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
@@ -36,8 +37,6 @@ def legend_outside(ax, *, source=None, **kwargs):
 def save_figure(fig, path, *, dpi: int = 150) -> Path:
     """:func:`manipex.figures.save_figure` in every format of :func:`manipex.style.figure_formats`
     (matplotlib's default layout padding); returns ``path`` (the PNG the report embeds)."""
-    from ..figures import save_figure as save
-
     return save(fig, path, formats=figure_formats(), dpi=dpi, pad=1.08)
 
 
@@ -197,8 +196,9 @@ def manipulation_grid(rows: Dict[str, List[Panel]], path: Path, *, formats=None,
     and bar, grey inputs one pixel bar. Writes ``path`` (its suffix's format) and each of
     ``formats`` (e.g. :data:`manipex.style.FORMATS`) next to it; :func:`each_format` calls it
     once per format."""
-    from ..figures import (group_key, add_colorbar, check_shared_scale, display_title, draw_input, draw_map,
-                           draw_shared, save_figure)
+    # local: figures' save_figure (one file), not this module's save_figure (every format)
+    from ..figures import (add_colorbar, check_shared_scale, display_title, draw_input, draw_map, draw_shared,
+                           group_key, save_figure)
 
     if not rows:
         raise ValueError("manipulation_grid: no rows to draw")
@@ -314,7 +314,6 @@ def transfer_heatmap(matrix, path: Path, title: str, *, label: str = "", n=None)
     fig, ax = subplots(figsize=(1.0 * len(matrix.columns) + 2.6, 0.8 * len(matrix) + 1.6))
     values = matrix.values.astype(float)
     im = ax.imshow(values, cmap="viridis")
-    from ..figures import display_title
 
     ax.set_xticks(range(len(matrix.columns)), [display_title(c, 10) for c in matrix.columns], fontsize=7)
     ax.set_yticks(range(len(matrix.index)), [_pretty(i) for i in matrix.index], fontsize=7)

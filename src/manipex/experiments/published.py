@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Tuple
+from .sources import eps_text
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,6 @@ def _ours(config: Any) -> Tuple[str, str, int]:
 
 def our_setting(config: Any) -> str:
     """Our setting in the words of :class:`Setting`: dataset, model, image size, eps."""
-    from .sources import eps_text
-
     dataset, model, size = _ours(config)
     eps = getattr(config, "eps", None)
     return (f"{dataset}, {model}" + (f", {size} px" if size else "")

@@ -11,6 +11,8 @@ from .common import (DEFENSES, AttackConfig, ImageContext, attack_budget, attack
                      defense_choices, load_examples, pick_examples, seeded, targeted_attack)
 from .config import key, method_choices
 from .published import DEFENSE_SMOOTHING, RIEGER_AGGREGATION, Finding, direction, findings_table
+from .plots import CI_TEXT, Panel, aggregate, each_format, grouped_bars, manipulation_grid, n_text, save_figure, styled
+from ..figures import display_title, subplots
 
 
 #: Column titles of the defenses in the example figure
@@ -94,8 +96,6 @@ class Quick(Experiment):
         attack without and with each defense (each attacked adaptively, on the same image),
         labelled with its PCC with the target (that defense's map of the target image) before
         -> after."""
-        from .plots import Panel
-
         rows = {}
         for method in [m for m in config.methods if m in set(df.method)]:
             kept = {d: load_examples(self.examples_folder(out, method, d)) for d in config.defenses}
@@ -142,9 +142,6 @@ class Quick(Experiment):
         }
 
     def figures(self, df, config, out):
-        from ..figures import subplots, display_title
-        from .plots import CI_TEXT, aggregate, each_format, grouped_bars, manipulation_grid, n_text, save_figure, styled
-
         @styled
         def draw():
             rise = self._rise(df)

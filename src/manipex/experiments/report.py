@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from .._files import give_plain_mode
+from .sources import SourceConfig, normalization_text
+from .base import EXPERIMENTS, get_experiment
+from .._validation import short
+from .config import ConfigError
+from .store import ResultStore
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;padding:0 1em;color:#222}
@@ -168,8 +173,6 @@ def run_html(folder: Path, meta: Dict[str, Any]) -> str:
 def setting_html(config: Any) -> str:
     """What the model is shown, above the configuration: the input normalisation in front of
     the model (a config of images, :class:`~manipex.experiments.sources.SourceConfig`); else nothing."""
-    from .sources import SourceConfig, normalization_text
-
     if not isinstance(config, SourceConfig):
         return ""
     return f'<p class="caption"><b>Inputs:</b> {html.escape(normalization_text(config))}.</p>'
@@ -260,11 +263,6 @@ def damaged_note(store: Any) -> List[str]:
 def report_from_folder(folder: Path) -> Path:
     """Rebuild the report of a finished (or partial) run folder. Reads the results without
     changing them (a run may be writing them) and creates nothing but the report."""
-    from .base import EXPERIMENTS, get_experiment
-    from .._validation import short
-    from .config import ConfigError
-    from .store import ResultStore
-
     folder = Path(folder)
     if not folder.exists():
         raise ConfigError(f"{folder} does not exist")

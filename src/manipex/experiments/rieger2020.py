@@ -14,6 +14,11 @@ from .common import (AttackConfig, ImageContext, attack_budget, attack_context, 
                      method_options, method_units, per_image, seeded, targeted_attack)
 from .config import key, method_choices, profile_key
 from .published import RIEGER_AGGREGATION, RIEGER_TABLE1, Finding, findings_table
+from ..attacks import manipulate_input
+from ..explainers import explain, relevance
+from ..metrics import mass_in, mse, pcc, topk_intersection
+from ..objectives import BlankRegion, TargetImage, square_mask
+from . import plots
 
 
 @dataclass(frozen=True)
@@ -87,11 +92,6 @@ class Rieger2020(Experiment):
         return attack_context(config, run)
 
     def run_unit(self, unit, ctx, config):
-        from ..attacks import manipulate_input
-        from ..explainers import explain, relevance
-        from ..metrics import mass_in, mse, pcc, topk_intersection
-        from ..objectives import BlankRegion, TargetImage, square_mask
-
         p = unit.params
         seeded(config.seed)
         x, x_target = ctx.images(config.n, p["start"], config.batch)
@@ -207,8 +207,6 @@ class Rieger2020(Experiment):
         return out
 
     def figures(self, df, config, out):
-        from . import plots
-
         paths = []
         table1 = df[df.unit.str.startswith("table1/")]
         if len(table1):

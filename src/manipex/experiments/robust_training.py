@@ -30,6 +30,19 @@ from .common import IG_STEPS, ImageContext, attack_budget, method_options, per_i
 from .config import ConfigError, key, method_choices, profile_key
 from .published import Claim, Finding, direction, findings_table
 from .sources import SourceConfig
+from ..surgery import has_relu
+from .plots import CI_TEXT, bootstrap_ci, each_format, legend_outside, save_figure, styled, summarize
+from ..figures import subplots
+from ..style import colors_for
+from ..defenses import train_robust
+from ..defenses.regularizers import REGULARIZERS, make
+from ..attacks import manipulate_input
+from ..metrics import spearman, ssim, topk_intersection
+from ..objectives import TopKSuppression
+from ..geometry import hessian_norm
+from ..evaluation import max_sensitivity
+from ..models import accuracy
+from ..sanity import model_randomization
 
 #: The defenses in the order of every table: the baseline first
 DEFENSES = ("plain", "weight_decay", "softplus", "hessian_norm", "curvature", "ssr", "ig_norm", "ig_sum_norm", "atex")
@@ -189,14 +202,11 @@ class RobustTraining(Experiment):
             return ctx.models[defense]
         from safetensors.torch import load_file, save_file
 
-        from ..defenses import train_robust
-
         folder = Path(ctx.out) / "models"
         path = folder / f"robust_{defense}.safetensors"
         spec = config.regularizer(defense)
         options = {k: v for k, v in spec.items() if k != "regularizer"}
         if path.exists():  # the trained weights, in the structure the regularizer trains (softplus: Softplus units)
-            from ..defenses.regularizers import make
 
             model = copy.deepcopy(ctx.model)
             if spec["regularizer"] is not None:
@@ -235,9 +245,6 @@ class RobustTraining(Experiment):
             rows, _, _ = targeted_attack(model, x, x_target, config.method, options, first_index=start, extra=common,
                                          **attack_budget(config, ctx), **surrogate)
             return rows
-        from ..attacks import manipulate_input
-        from ..metrics import spearman, ssim, topk_intersection
-        from ..objectives import TopKSuppression
 
         k = min(config.k, x[0, 0].numel() - 1)
         res = manipulate_input(model, x, TopKSuppression(k), config.method,
@@ -251,11 +258,6 @@ class RobustTraining(Experiment):
     def _measure(self, model: nn.Module, ctx: RobustContext, config: RobustConfig, defense: str):
         """Accuracy, Hessian norm, max-sensitivity (sampled and adversarial) and the sanity check
         on the first ``n`` test images: one row per image, and one per image and randomised layer."""
-        from ..geometry import hessian_norm
-        from ..evaluation import max_sensitivity
-        from ..models import accuracy
-        from ..sanity import model_randomization
-
         x = ctx.x[: config.n]
         options = {m: method_options(m, IG_STEPS) for m in (config.method, "guided_backprop")}
         acc = accuracy(model, ctx.x, ctx.y)
@@ -361,7 +363,6 @@ class RobustTraining(Experiment):
         settings = []
         for d in table.index:
             spec = config.regularizer(d)
-            from ..defenses.regularizers import REGULARIZERS
 
             name = spec["regularizer"]
             paper = REGULARIZERS.get(name).paper if name else "(baseline)"
@@ -377,8 +378,6 @@ class RobustTraining(Experiment):
                 "Settings of each defense": pd.DataFrame(settings).set_index("defense") if settings else None}
 
     def figures(self, df, config, out):
-        from .plots import each_format
-
         paths = []
         if len(df[df.kind.isin(["targeted", "topk", "model"])]):
             paths.append(each_format(lambda p: _summary_figure(df, config, p),
@@ -392,16 +391,12 @@ def _surrogate(model: nn.Module) -> Dict[str, Any]:
     """How the attacker, who knows the defense, attacks ``model``: a net with ReLUs through the
     Softplus surrogate with beta growing (Dombrowski; the attacks' default), a net without (the
     softplus defense's Softplus net) as it is."""
-    from ..surgery import has_relu
-
     return {} if has_relu(model) else {"beta": None}
 
 
 def paired_interval(df, kind: str, defense: str, value) -> "tuple[float, float]":
     """95 % bootstrap interval of the mean per-image difference ``value(defense) - value(plain)``
     over the images both were attacked on (``kind`` rows); NaNs where there are none."""
-    from .plots import bootstrap_ci
-
     part = df[df.kind == kind]
     both = [part[part.defense == d].assign(v=lambda t: value(t)).set_index("image").v for d in (defense, "plain")]
     diff = (both[0] - both[1]).dropna()
@@ -410,10 +405,6 @@ def paired_interval(df, kind: str, defense: str, value) -> "tuple[float, float]"
 
 def _summary_figure(df, config: RobustConfig, path: Path) -> Path:
     """Four panels of horizontal bars per defense, with 95 % bootstrap intervals."""
-    from ..figures import subplots
-    from ..style import colors_for
-    from .plots import CI_TEXT, save_figure, styled, summarize
-
     order = [d for d in config.trained() if d in set(df.defense)]
     model, targeted, topk = df[df.kind == "model"], df[df.kind == "targeted"], df[df.kind == "topk"]
 
@@ -460,10 +451,6 @@ def _summary_figure(df, config: RobustConfig, path: Path) -> Path:
 
 def _sanity_figure(df, config: RobustConfig, path: Path) -> Path:
     """SSIM with the original map along the cascade, one panel per method, a line per defense."""
-    from ..figures import subplots
-    from ..style import colors_for
-    from .plots import legend_outside, save_figure, styled
-
     part = df[df.kind == "sanity"]
     order = [d for d in config.trained() if d in set(part.defense)]
     methods = list(dict.fromkeys(part.sanity_method))

@@ -21,7 +21,10 @@ from .base import EXPERIMENTS, Context, get_experiment
 from .._validation import short
 from .config import ConfigError, read_config
 from .report import damaged_note, is_text, published_lines, write_report
-from .store import DamagedMetaError, ResultStore
+from .store import DamagedMetaError, FolderLock, RESULT_SHARD, ResultStore
+from ..style import format_table
+from .._progress import log_line, logs_lines, progress_bar
+from .sources import normalization_text
 
 
 def experiment_named(name: Any):
@@ -114,8 +117,6 @@ def _text_table(table) -> str:
     integers, flags yes / no, percentages to one decimal), as the report shows them. The table's
     own numbers are not rounded."""
     if not is_text(table):
-        from ..style import format_table
-
         return format_table(table).to_string()
     lines = []
     for index, row in table.iterrows():
@@ -134,8 +135,6 @@ def run_files(folder: Path, experiment) -> List[Path]:
     named as the experiment's figures, in PNG, PDF or SVG) and :data:`RUN_FOLDERS`. Nothing else
     (a file of the user's, a link, the lock files) is listed."""
     import fnmatch
-
-    from .store import RESULT_SHARD
 
     if not folder.is_dir():
         return []
@@ -174,8 +173,6 @@ class _FreshStart:
     def begin(self) -> None:
         import re
         import shutil
-
-        from .store import FolderLock
 
         if self.world > 1:
             raise ConfigError("--fresh cannot start over under torchrun (each rank would remove the others' files): "
@@ -227,7 +224,7 @@ class _FreshStart:
 
 
 def environment(device: str) -> Dict[str, Any]:
-    import manipex
+    import manipex  # local: the root package, whose import runs this module's
 
     return {"manipex": manipex.__version__, "torch": torch.__version__, "python": sys.version.split()[0],
             "platform": platform.platform(), "device": device, "threads": torch.get_num_threads()}
@@ -312,7 +309,6 @@ def _run_locked(experiment, config, store: ResultStore, folder: Path, rank: int,
                               "resume it")
     units = experiment.units(config)[rank::world]
     todo = [u for u in units if u.id not in done]
-    from .._progress import log_line, logs_lines, progress_bar
 
     program = ("manipex audit" if experiment.name == "audit" else f"manipex run {experiment.name}") + (
         f" [rank {rank}/{world}]" if world > 1 else "")
@@ -325,7 +321,6 @@ def _run_locked(experiment, config, store: ResultStore, folder: Path, rank: int,
         raise _unreadable(err, config, folder) from None
     # said once the model is loaded: a refused run prints its one-line error only
     if todo and hasattr(config, "normalization"):  # what the model sees is a fact of the results: said always
-        from .sources import normalization_text
 
         log_line(f"{program}: {normalization_text(config)}")
     if todo and lines:

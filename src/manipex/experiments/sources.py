@@ -53,6 +53,8 @@ from torch import Tensor, nn
 
 from .._validation import short
 from .config import Config, ConfigError, key
+from ..models import architectures, with_normalization
+from .. import models
 
 IMAGE_DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "image_folder")
 MNIST_LIKE = ("mnist5k", "mnist", "fashion_mnist")
@@ -84,8 +86,6 @@ def _parse_normalize(text: str):
 
 
 def _architecture_choices():
-    from ..models import architectures
-
     return tuple(architectures())
 
 
@@ -193,7 +193,6 @@ class SourceConfig(Config):
             return None
         if self.arch in ("auto", "mnist_cnn"):
             return "mnist"
-        from .. import models
 
         return next((name for name, recipe in models.DEFAULT_RECIPES.items()
                      if recipe.dataset == self.dataset and recipe.arch == self.arch), None)
@@ -273,7 +272,7 @@ def load_images(config: SourceConfig, *, n_train: Optional[int], n_eval: int, se
     ``val``/``test`` subfolders is split by :func:`manipex.data.load_image_folder`'s
     ``holdout``: ``n_eval`` images held out by a permutation seeded with ``seed`` for
     evaluation, the rest for training."""
-    from .. import data
+    from .. import data  # deferred: the data loaders import PIL and numpy
 
     dataset, root = config.dataset, Path(config.root).expanduser() if config.root else None
 
@@ -314,8 +313,6 @@ def zoo_arch(config: SourceConfig, num_classes: int) -> Tuple[str, Dict]:
 
 def build_model(config: SourceConfig, num_classes: int) -> nn.Module:
     """A fresh model of the configured architecture (zoo or factory), not normalised."""
-    from .. import models
-
     if ":" in config.arch:
         try:
             model = import_factory(config.arch)()
@@ -349,8 +346,6 @@ def original_model(config: SourceConfig, train: Tuple[Tensor, Tensor], device: s
     or sharded run trains it once. ``labels`` (default: ``train``'s) give the number of classes
     where ``num_classes`` is 0. ``prepare`` rewrites the model before it is trained here, and
     after it is loaded (e.g. Tang's softplus models: the cache holds the weights)."""
-    from .. import models
-
     def ready(model: nn.Module) -> nn.Module:
         return (prepare(model) if prepare is not None else model).to(device).eval()
 
@@ -389,8 +384,6 @@ def original_model(config: SourceConfig, train: Tuple[Tensor, Tensor], device: s
 
 
 def normalized(model: nn.Module, norm) -> nn.Module:
-    from ..models import with_normalization
-
     return model if norm is None else with_normalization(model, *norm)
 
 

@@ -20,7 +20,15 @@ from .base import Experiment, Unit
 from .common import ImageContext, attack_budget, load_model, per_image, save_maps, save_model
 from .config import ConfigError, key, profile_key
 from .published import TANG_ATEX, TANG_TABLE1, Finding, findings_table
-from .sources import MNIST_LIKE, SourceConfig
+from .sources import MNIST_LIKE, SourceConfig, eps_text
+from ..defenses import atex_finetune
+from ..models import accuracy
+from ..surgery import softplus_copy
+from ..attacks import manipulate_input
+from ..metrics import spearman, ssim, topk_intersection
+from ..objectives import RegionHighlight, TopKSuppression, square_mask
+from . import plots
+from ..figures import map_grid
 
 
 @dataclass(frozen=True)
@@ -94,10 +102,6 @@ class TangATEX(Experiment):
                 for eps in config.eps for b in range(0, config.n, config.batch)]
 
     def setup(self, config, run):
-        from ..defenses import atex_finetune
-        from ..models import accuracy
-        from ..surgery import softplus_copy
-
         n_eval = config.n if config.dataset == "image_folder" else max(config.n, 1000)  # accuracy on 1000
         # Tang Sec. 4.3: the models are trained with softplus activations ([8] is then the baseline) and
         # every later step (maps, attacks, ATEX) is on softplus models
@@ -118,10 +122,6 @@ class TangATEX(Experiment):
                            accuracy={k: accuracy(m, base.x, base.y) for k, m in models.items()})
 
     def run_unit(self, unit, ctx, config):
-        from ..attacks import manipulate_input
-        from ..metrics import spearman, ssim, topk_intersection
-        from ..objectives import RegionHighlight, TopKSuppression, square_mask
-
         p = unit.params
         torch.manual_seed(config.seed)
         model = ctx.models[p["model"]]
@@ -145,8 +145,6 @@ class TangATEX(Experiment):
                          accuracy=ctx.accuracy[p["model"]])
 
     def findings(self, df, config):
-        from .sources import eps_text
-
         part = df[(df.attack == "untargeted")] if "attack" in df else df.iloc[:0]
         if not len(part):
             return []
@@ -190,8 +188,6 @@ class TangATEX(Experiment):
         return out
 
     def figures(self, df, config, out):
-        from . import plots
-
         labels = {"spearman": "Spearman, attacked vs original map\n(higher = more robust)",
                   "topk": "top-k intersection with original\n(higher = more robust)",
                   "ssim": "SSIM, attacked vs original map\n(higher = more robust)"}
@@ -203,8 +199,6 @@ class TangATEX(Experiment):
         found = {m: Path(out) / "maps" / f"{m}_untargeted_{eps:g}_00000.safetensors" for m in ("softplus", "atex")}
         if all(p.exists() for p in found.values()):
             from safetensors.torch import load_file
-
-            from ..figures import map_grid
 
             maps = {m: load_file(str(p)) for m, p in found.items()}
             # short titles (map_grid wraps them to its columns): "ε=0.08" is kept on one line

@@ -31,7 +31,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .nodes import UnsupportedModelError
+from .nodes import Add, FUNCTION_HANDLERS, UnsupportedModelError
 
 
 def add_mask(scores: Tensor, mask: Optional[Tensor], keep: bool = True) -> Tensor:
@@ -150,8 +150,6 @@ __all__ = ["add_mask", "causal_mask", "expand_sdpa", "trace_multihead"]
 
 def _register() -> None:
     """The mask node is an ``add`` to the rules (a constant added to the scores)."""
-    from .nodes import FUNCTION_HANDLERS, Add
-
     FUNCTION_HANDLERS[add_mask] = Add()
 
 

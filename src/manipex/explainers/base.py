@@ -21,6 +21,7 @@ from .._registry import Registry
 from .._second_order import second_order
 from .._validation import TargetLike, check_call, check_target, translate_runtime_error
 from ..models.interfaces import Output, logits_model
+from ..surgery import has_relu, softplus, warn_nothing_to_smooth, warn_unsmoothed
 
 _REGISTRY: Registry[Type["Explainer"]] = Registry("method")
 
@@ -97,7 +98,6 @@ class Explainer(abc.ABC):
         beta = self.config["softplus_beta"]
         if beta is None:
             return self.attribute(model, x, target, create_graph)
-        from ..surgery import has_relu, softplus, warn_nothing_to_smooth, warn_unsmoothed
 
         where = f"explain(method={self.name!r}, softplus_beta={beta})"
         if not has_relu(model):

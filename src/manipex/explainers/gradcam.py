@@ -62,6 +62,8 @@ from torch import Tensor, nn
 from .._validation import check_int, select_target, short
 from .base import Explainer, requires_grad_input
 from .nodes import ACTIVATIONS, FUNCTIONAL_ACTIVATIONS
+from ..surgery import SmoothMaxPool
+from ..models.normalize import Normalize
 
 
 def find_layers(model: nn.Module, layer: Optional[Union[str, nn.Module]], where: str) -> List[nn.Module]:
@@ -150,8 +152,6 @@ _ADD_FUNCTIONS = {operator.add, torch.add}
 
 
 def _smooth_max_pool() -> type:
-    from ..surgery import SmoothMaxPool
-
     return SmoothMaxPool
 
 
@@ -162,8 +162,6 @@ class _Tracer(torch.fx.Tracer):
     ``LayerNorm2d`` is an ``nn.LayerNorm``)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from ..models.normalize import Normalize
-
         kinds = (Normalize, _smooth_max_pool(), *_ACTIVATION_MODULES, *_LINEAR_MODULES, *_IDENTITY_MODULES,
                  *_RESHAPE_MODULES, *_POOL_MODULES, *_ADAPTIVE_MODULES, *_FLAT_MODULES, *_TOKEN_NORM_MODULES)
         return isinstance(m, kinds) or super().is_leaf_module(m, module_qualified_name)

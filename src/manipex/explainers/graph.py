@@ -36,9 +36,12 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..surgery import SmoothMaxPool
+from ..surgery import SmoothMaxPool, _FunctionalSurrogate
 from . import attention
 from .nodes import Layer, Site, UnsupportedModelError, batchnorm_affine, classify  # noqa: F401  (re-exported)
+from .. import surgery
+from .nodes import ANY_MODEL
+from ..models.normalize import Normalize
 
 SHAPE_METHODS = {"size", "dim"}
 #: Kinds whose output is a linear function of their (signal) inputs.
@@ -250,8 +253,6 @@ _PER_MODEL = 4
 def _surrogate_unit(model: nn.Module) -> Optional[nn.Module]:
     """The Softplus that stands for the model's functional ReLUs while the attack's surrogate is
     in effect (:func:`manipex.surgery.functional_surrogate`), else None."""
-    from .. import surgery
-
     lookup = getattr(surgery, "functional_surrogate", None)
     return lookup(model) if lookup is not None else None
 
@@ -297,9 +298,6 @@ def check_hooks(model: nn.Module, where: str) -> None:
     evaluates each layer's operation, not the module's ``__call__``, so a hook would be skipped
     without a word (the gradient family runs the model itself and honours them). manipex's own
     hooks (the attack surrogate's, :mod:`manipex.surgery`) are not refused."""
-    from ..surgery import _FunctionalSurrogate
-    from .nodes import ANY_MODEL
-
     advice = (" the propagation rules evaluate each layer's operation without calling the module, so the hook "
               "would be skipped; remove it for this call (handle.remove()). " + ANY_MODEL + " They honour hooks.")
     g = torch.nn.modules.module
@@ -349,8 +347,6 @@ class _Tracer(torch.fx.Tracer):
     max-pool) leaves."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        from ..models.normalize import Normalize
-
         return isinstance(m, (Normalize, SmoothMaxPool)) or super().is_leaf_module(m, module_qualified_name)
 
     def call_module(self, m: nn.Module, forward: Callable, args: Tuple, kwargs: Dict) -> Any:

@@ -67,6 +67,7 @@ from torch import Tensor, nn
 
 from .attention import add_mask, causal_mask
 from .nodes import UnsupportedModelError
+from .graph import register_tracing_patch
 
 #: The mask helpers recorded as one node each (the names a modeling module imports them by).
 MASK_FUNCTIONS = ("create_bidirectional_mask", "create_causal_mask", "create_sliding_window_causal_mask")
@@ -306,8 +307,6 @@ def hugging_face_tracing(model: nn.Module) -> Iterator[None]:
 
 
 def _register() -> None:
-    from .graph import register_tracing_patch
-
     register_tracing_patch(hugging_face_tracing)  # masks: attention.add_mask, an add of a constant
 
 

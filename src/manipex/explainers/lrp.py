@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from .._validation import check_real, short
 from .composites import Composite, composites, get_composite
 from .propagation import PropagationExplainer
+from ..models.normalize import input_normalization
 
 
 class LRP(PropagationExplainer):
@@ -87,8 +88,6 @@ class LRP(PropagationExplainer):
         """``low`` and ``high`` as tensors broadcast to one input ``x[0]``; where ``model``
         starts with an input :class:`~manipex.models.normalize.Normalize`, mapped through it
         (zB's bounds are those of the first convolution's input)."""
-        from ..models.normalize import input_normalization
-
         norm = input_normalization(model) if model is not None else None
         out = []
         for key in ("low", "high"):

@@ -26,6 +26,7 @@ from .._validation import (check_autograd, check_call, check_input, check_model,
 from .graph import Graph, Layer, model_graph
 from .propagation import PropagationExplainer
 from .rules import vjp
+from ..models.interfaces import logits_model
 
 
 class Patterns(Dict[str, Tensor]):
@@ -113,7 +114,6 @@ def fit_patterns(
                                 f"got a batch of type {type(x).__name__}")
             check_input(x, where=where, name="a batch of data")
             if graph is None:  # traced at the first batch (a forward whose control flow reads shapes)
-                from ..models.interfaces import logits_model
 
                 model = logits_model(model, x, output, where=where)  # a dict or .logits output: its logits
                 graph = model_graph(model, "pattern_attribution", x)

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .._validation import check_real
 from .graph import Record
+from .nodes import RECTIFIERS
 
 Relevances = Union[Tensor, Sequence[Tensor]]
 
@@ -383,8 +384,6 @@ class GuidedReLU(Rule):
     kinds = ("activation",)
 
     def __call__(self, record, relevance, create_graph):
-        from .nodes import RECTIFIERS
-
         layer, z = record.layer, record.input
         relu = torch.nn.functional.relu
         if layer.activation == "relu":

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .nodes import UnsupportedModelError
+from . import graph
 
 #: The name torchvision wraps (``torch.fx.wrap("shifted_window_attention")``).
 NAME = "shifted_window_attention"
@@ -246,8 +247,6 @@ def traceable_swin(model: nn.Module) -> Iterator[None]:
 
 
 def _register() -> None:
-    from . import graph
-
     graph.register_tracing_patch(traceable_swin)
 
 
