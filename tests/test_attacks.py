@@ -210,7 +210,7 @@ def test_success_means_the_documented_threshold_with_the_class_kept(setup):
 def test_default_thresholds_of_objectives(setup, objective, expected):
     model, x = setup
     r = manipex.relevance(manipex.explain(model, x[:4], "gradient"))
-    objective.prepare(lambda inputs: r, x[:4], r)
+    objective = objective.prepare(lambda inputs: r, x[:4], r)
     before = objective.metric(r)
     assert torch.allclose(objective.threshold(before), expected(before))
     assert torch.allclose(objective.select(torch.tensor([1, 2])).threshold(before[1:3]), expected(before[1:3]))

@@ -91,3 +91,16 @@ def test_objective_arguments_are_checked_when_made_not_after_an_attack():
         with pytest.raises(ValueError, match="square_mask"):
             square_mask(*args)
     assert square_mask((8, 8), 3).sum() == 9
+
+
+def test_prepare_returns_a_completed_copy_and_leaves_the_objective_unchanged():
+    """Issue 27: one objective serves any number of attacks; ``prepare`` completes a copy."""
+    from manipex.objectives import TopKSuppression
+
+    r = torch.rand(2, 6, 6)
+    objective = TopKSuppression(3)
+    done = objective.prepare(None, None, r)
+    assert done is not objective and getattr(objective, "start", None) is None
+    assert torch.equal(done.start, r) and done.mask.sum().item() == 6
+    with pytest.raises(RuntimeError, match="call prepare"):
+        objective.loss(r)

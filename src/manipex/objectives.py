@@ -5,9 +5,10 @@ An objective scores normalised relevance maps ``r`` (:func:`manipex.relevance`, 
 its goal) and :meth:`Objective.metric` the human-readable score of the goal, with
 ``direction`` its direction for the attacker (:class:`~manipex.metrics.direction.Direction`).
 Objectives that refer to the start map (top-k suppression, moving the center of mass away) or
-to another input's map (target
-image) are completed by :meth:`Objective.prepare`, which the attacks call once with the
-explanation function being attacked. Every sample carries its own target: batches are exact.
+to another input's map (target image) are completed by :meth:`Objective.prepare`, which the
+attacks call once with the explanation function being attacked; it returns a completed copy
+and leaves the objective as it was (a subclass fills in :meth:`Objective.complete`). Every
+sample carries its own target: batches are exact.
 
 | objective | goal | paper |
 |---|---|---|
@@ -36,6 +37,7 @@ it had not reached before the attack (and the class is kept). Defaults, per samp
 from __future__ import annotations
 
 import abc
+import copy
 import math
 import numbers
 
@@ -102,8 +104,17 @@ class Objective(abc.ABC):
         return out
 
     def prepare(self, explain_fn: ExplainFn, x: Tensor, r_start: Tensor) -> "Objective":
-        """Fix what the objective needs from the start maps ``r_start`` of ``x``; returns self."""
-        return self
+        """A copy of this objective completed for ``x`` and its start maps ``r_start`` (by
+        :meth:`complete`: the start map, another input's map, the start's centre of mass, as the
+        objective needs); this objective is never changed, so one serves any number of attacks."""
+        out = copy.copy(self)
+        out.complete(explain_fn, x, r_start)
+        return out
+
+    def complete(self, explain_fn: ExplainFn, x: Tensor, r_start: Tensor) -> None:
+        """Fix, on this object (the copy :meth:`prepare` made), what the objective needs from the
+        start maps ``r_start`` of ``x``; ``explain_fn`` maps inputs to normalised maps. Nothing
+        by default."""
 
     @abc.abstractmethod
     def loss(self, r: Tensor) -> Tensor:
@@ -189,12 +200,11 @@ class TargetImage(TargetMap):
         self.x_target = x_target
         self.target: Optional[Tensor] = None
 
-    def prepare(self, explain_fn, x, r_start):
+    def complete(self, explain_fn, x, r_start):
         if self.x_target.shape != x.shape:
             raise ValueError(f"TargetImage: x_target of shape {tuple(self.x_target.shape)} must match "
                              f"x {tuple(x.shape)}")
         self.target = explain_fn(self.x_target).detach()
-        return self
 
     def select(self, index):
         out = TargetImage(self.x_target[index])
@@ -218,13 +228,12 @@ class TopKSuppression(Objective):
         self.start: Optional[Tensor] = None
         self.mask: Optional[Tensor] = None
 
-    def prepare(self, explain_fn, x, r_start):
+    def complete(self, explain_fn, x, r_start):
         if self.k > r_start[0].numel():
             raise ValueError(f"TopKSuppression: k={self.k} exceeds the {r_start[0].numel()} features of a map")
         self.start = r_start.detach()
         idx = self.start.flatten(1).topk(self.k, dim=1).indices
         self.mask = torch.zeros_like(self.start.flatten(1)).scatter_(1, idx, 1.0).reshape(self.start.shape)
-        return self
 
     def loss(self, r):
         self._check(r, self.mask, "TopKSuppression")
@@ -267,7 +276,7 @@ class CenterOfMass(Objective):
         self.metric_name = "com_distance_to_point" if point is not None else "com_shift"
         self.direction = Direction.of(point is None)
 
-    def prepare(self, explain_fn, x, r_start):
+    def complete(self, explain_fn, x, r_start):
         if self.point is not None:
             axes = r_start.dim() - 1
             if self.point.shape[-1] != axes:
@@ -278,7 +287,6 @@ class CenterOfMass(Objective):
                 raise ValueError(f"CenterOfMass: {self.point.shape[0]} per-sample points for {r_start.shape[0]} maps")
         self.start_com = center_of_mass(r_start.detach())
         self.size = max(r_start.shape[1:])
-        return self
 
     def default_threshold(self, before):
         if self.point is not None:
@@ -390,7 +398,7 @@ class HideFeatures(Objective):
         self.mask = _check_mask(mask, "HideFeatures").bool()
         self.target: Optional[Tensor] = None
 
-    def prepare(self, explain_fn, x, r_start):
+    def complete(self, explain_fn, x, r_start):
         r = r_start.detach()
         try:
             kept = r * (~torch.broadcast_to(self.mask.to(r.device), r.shape)).to(r.dtype)
@@ -398,7 +406,6 @@ class HideFeatures(Objective):
             raise ValueError(f"HideFeatures: mask of shape {tuple(self.mask.shape)} does not fit "
                              f"maps {tuple(r.shape)}") from None
         self.target = kept / (kept.flatten(1).sum(1).reshape(-1, *([1] * (r.dim() - 1))) + 1e-12)
-        return self
 
     def loss(self, r):
         self._check(r, self.target, "HideFeatures")
@@ -454,10 +461,9 @@ class MapDistance(Objective):
             r = reference.detach().abs()
             self.reference = r / (r.flatten(1).sum(1).reshape(-1, *([1] * (r.dim() - 1))) + 1e-12)
 
-    def prepare(self, explain_fn, x, r_start):
+    def complete(self, explain_fn, x, r_start):
         if not self.fixed:
             self.reference = r_start.detach()
-        return self
 
     def distance(self, r: Tensor) -> Tensor:
         """``d(r, reference)`` per sample (differentiable)."""

@@ -178,7 +178,7 @@ def manipulate_model(  # noqa: PLR0913 -- the documented flat options of the mod
             cls = (out.softmax(1) - p_orig).pow(2).sum(1).mean()
         r = relevance(explain(work, xb, method, tb, create_graph=True, **method_options))
         obj = objective
-        if type(objective).prepare is not Objective.prepare:
+        if type(objective).complete is not Objective.complete or type(objective).prepare is not Objective.prepare:
             r_orig = relevance(explain(model, xb, method, tb, **method_options))
             obj = copy.copy(objective).prepare(
                 lambda inputs: relevance(explain(model, inputs, method, tb, **method_options)), xb, r_orig)
