@@ -73,6 +73,19 @@ def atex_samples(
     return x_i, x_p
 
 
+def perpendicular_kl(student: nn.Module, teacher: nn.Module, x: Tensor, *, eps: float, shift: float, copies: int,
+                     samples: int, temperature: float, generator: torch.Generator) -> Tensor:
+    """ATEX's regulariser before its weights (Tang et al., Eq. 4, second term): the distillation
+    loss of the student at the perpendicular samples ``x_p`` against the teacher at the shifted
+    samples ``x_i`` they were drawn around (:func:`atex_samples`), one mean over all ``copies``
+    per input. The one place both :func:`atex_finetune` and the ``atex`` regularizer of
+    :func:`~manipex.defenses.train_robust` compute it."""
+    x_i, x_p = atex_samples(teacher, x, eps=eps, shift=shift, copies=copies, samples=samples, generator=generator)
+    with torch.no_grad():  # the teacher's outputs are fixed targets
+        t_i = teacher(x_i)
+    return distillation_loss(student(x_p), t_i.repeat(copies, 1), temperature)
+
+
 def atex_finetune(  # noqa: PLR0913 -- Tang et al.'s hyperparameters, each a keyword
     model: nn.Module,
     x: Tensor,
@@ -126,11 +139,12 @@ def atex_finetune(  # noqa: PLR0913 -- Tang et al.'s hyperparameters, each a key
 
     def step(idx, epoch, index):
         xb = x[idx.to(x.device)]
-        x_i, x_p = atex_samples(model, xb, eps=eps, shift=shift, copies=copies, samples=samples, generator=generator)
         with torch.no_grad():  # the teacher's outputs are fixed targets
-            t_x, t_i = model(xb), model(x_i)
+            t_x = model(xb)
         loss = distillation_loss(student(xb), t_x, temperature)
-        return loss + alpha * copies * distillation_loss(student(x_p), t_i.repeat(copies, 1), temperature), {}
+        kl = perpendicular_kl(student, model, xb, eps=eps, shift=shift, copies=copies, samples=samples,
+                              temperature=temperature, generator=generator)
+        return loss + alpha * copies * kl, {}
 
     fit(student, x.shape[0], step, params=list(student.parameters()), epochs=epochs, lr=lr, batch_size=batch_size,
         orders=stream_orders(x.shape[0], generator), deterministic_on=x.device if deterministic else None,

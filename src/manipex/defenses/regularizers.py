@@ -40,7 +40,7 @@ from .. import surgery
 from ..geometry import hessian_frobenius_sq
 from .._registry import Registry
 from .._validation import check_choice, check_int, check_real, short
-from .atex import atex_samples, distillation_loss
+from .atex import perpendicular_kl
 
 #: What a penalty returns: the penalty, and the classification term it replaces (or None).
 Penalty = Tuple[Tensor, Optional[Tensor]]
@@ -380,11 +380,8 @@ class ATEXTerm(Regularizer):
     def penalty(self, model: nn.Module, x: Tensor, y: Tensor, *, generator: torch.Generator) -> Penalty:
         if self.teacher is None:
             raise RuntimeError(f"{self.where}: prepare() was not called (train_robust calls it)")
-        x_i, x_p = atex_samples(self.teacher, x.detach(), eps=self.eps, shift=self.shift, copies=self.copies,
-                                samples=self.samples, generator=generator)
-        with torch.no_grad():  # the teacher's outputs are fixed targets
-            t_i = self.teacher(x_i)
-        kl = distillation_loss(model(x_p), t_i.repeat(self.copies, 1), self.temperature)
+        kl = perpendicular_kl(model, self.teacher, x.detach(), eps=self.eps, shift=self.shift, copies=self.copies,
+                              samples=self.samples, temperature=self.temperature, generator=generator)
         return self.copies * kl, None
 
 
