@@ -111,11 +111,6 @@ class Budget:
             out = torch.maximum(torch.minimum(out, self.bounds[1]), self.bounds[0])
         return out
 
-    @property
-    def clamp(self) -> Optional[Tuple[Tensor, Tensor]]:
-        """The valid range as ``clamp=`` takes it (the tensors of ``bounds``), or None."""
-        return self.bounds
-
 
 class Adam:
     """Adam (Kingma & Ba 2015) on one tensor, step for step what ``torch.optim.Adam`` computes

@@ -46,6 +46,7 @@ is never changed.
 """  # noqa: E501 -- the rows of the table above cannot be wrapped
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Union
@@ -134,7 +135,7 @@ Ratio = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass(eq=False)
-class WorstCase:
+class WorstCase(abc.ABC):
     """The base of the worst-case robustness metrics (Quantus's shape: the options are the
     object, the call takes the model and the data): the maximum over perturbed inputs ``x'``
     of :meth:`ratio`, with the perturbations of :meth:`draw` and, with ``adversarial``, an
@@ -164,14 +165,14 @@ class WorstCase:
     #: the metric's name, in its error messages and progress bar
     name: ClassVar[str] = "worst_case"
 
+    @abc.abstractmethod
     def ratio(self, xr: Tensor, a: Tensor, xp: Tensor, b: Tensor) -> Tensor:
         """The ratio maximised, per row: inputs ``xr`` (at ``x``) and ``xp`` (perturbed),
         flattened, and their normalised maps ``a`` and ``b``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def draw(self, gen: torch.Generator, shape: Tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """``shape[0]`` perturbations of one input, from ``gen``."""
-        raise NotImplementedError
 
     def check(self) -> None:
         """Check the options (every metric's here; a subclass adds its own): ``ValueError`` or
