@@ -237,7 +237,7 @@ def test_bad_composites_are_named():
     model, x = make("resnet_basic", softplus=False)
     with pytest.raises(TypeError, match="entry 0 must be a \\(predicate, Rule\\) pair"):
         Composite([("conv", ZPlus())])
-    with pytest.raises(ValueError, match="composite must be a Composite or one of.*epsilon_gamma_box"):
+    with pytest.raises(ValueError, match="composite must be a Composite, .auto. or one of.*epsilon_gamma_box"):
         manipex.explain(model, x, "lrp", composite="gamma")
     wrong = Composite([(lambda layer: layer.kind == "add", ZPlus())])
     with pytest.raises(ValueError, match=r"ZPlus applies to conv/dense/batchnorm layers, not to call add"):

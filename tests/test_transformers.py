@@ -47,8 +47,9 @@ def options(method: str, name: str, model) -> dict:
         return {"patterns": _PATTERNS[name]}
     if method == "attention_rollout" and name == "deit":
         return {"prefix_tokens": 2}  # the class and distillation tokens
-    if method == "lrp" and KIND[name] == "text":
-        return {"low": -4.0, "high": 4.0}  # zB's box for embeddings (normal, |x| < 4)
+    if method == "lrp":  # the transformer composites have their own tests: the table keeps zB-z+
+        box = {"low": -4.0, "high": 4.0} if KIND[name] == "text" else {}  # embeddings: |x| < 4
+        return {"composite": "zb_zplus", **box}
     return {"integrated_gradients": {"steps": 3}, "smoothgrad": {"samples": 2, "seed": 1, "sigma": 0.1},
             "occlusion": {"window": 4, "stride": 4}}.get(method, {})
 
@@ -56,11 +57,14 @@ def options(method: str, name: str, model) -> dict:
 TABLE = [(name, method) for name in NAMES for method in methods_for(name)]
 
 
-def fd_step(method: str) -> float:
-    """1e-7 for the maps that use z+ (the default composite, inside AGG-Mean/Var): on signed
-    transformer activations z+ divides by sums of positive contributions near zero and the
+def fd_step(method: str, name: str) -> float:
+    """1e-7 for the maps that use z+ (``zb_zplus``) or the uniform matmul rule (``attn_lrp``,
+    LRP's default on transformers, inside AGG-Mean/Var): on signed transformer activations z+ divides by sums of positive contributions near zero and the
     curvature is large (at 1e-6 the five-point stencil is off by 1e-4; AGG-Var, the square of
-    such maps, needs 3e-8: at 1e-7 it is off by 2e-5, at 3e-8 by 4e-9)."""
+    such maps, needs 3e-8: at 1e-7 it is off by 2e-5, at 3e-8 by 4e-9). On Swin, AGG-Mean's
+    AttnLRP curves as steeply as in the composite test below (at 1e-7 off by 3e-5): 3e-8."""
+    if name == "swin" and method == "agg_mean":
+        return 3e-8
     return {"lrp": 1e-7, "agg_mean": 1e-7, "agg_var": 3e-8}.get(method, 1e-6)
 
 
@@ -68,7 +72,7 @@ def fd_step(method: str) -> float:
 def test_second_order_matches_finite_differences(name, method):
     model, x = replica(name)
     before = state_of(model)
-    check_second_order(model, x, method, options(method, name, model), fd_step(method))
+    check_second_order(model, x, method, options(method, name, model), fd_step(method, name))
     assert_same_state(before, state_of(model))
 
 
@@ -81,6 +85,24 @@ def test_every_transformer_composite_is_exactly_differentiable(name, composite):
     model, x = replica(name)
     step = 3e-8 if name == "swin" else 1e-7  # swin: the first qkv projection's ε-rule curves steeply
     check_second_order(model, x, "lrp", {"composite": composite, "epsilon": 1e-3, "gamma": 0.1}, step)
+
+
+def test_lrp_defaults_to_attn_lrp_on_transformers_and_to_zb_zplus_elsewhere():
+    """``composite="auto"`` (the default) resolves on the traced graph: AttnLRP on every replica
+    that attends, the papers' zB-z+ on a ReLU CNN; the error for an unknown name lists ``auto``."""
+    for name in PROPAGATING:
+        model, x = replica(name, dtype=torch.float32)
+        assert torch.equal(manipex.explain(model, x, "lrp", 0), manipex.explain(model, x, "lrp", 0, composite="attn_lrp"))
+        assert not torch.allclose(manipex.explain(model, x, "lrp", 0),
+                                  manipex.explain(model, x, "lrp", 0, composite="cp_lrp"))
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 26 * 26, 3)).eval()
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(manipex.explain(cnn, x, "lrp", 0), manipex.explain(cnn, x, "lrp", 0, composite="zb_zplus"))
+    assert not torch.allclose(manipex.explain(cnn, x, "lrp", 0), manipex.explain(cnn, x, "lrp", 0, composite="epsilon"))
+    with pytest.raises(ValueError, match="'auto'"):
+        manipex.explain(cnn, x, "lrp", 0, composite="atn_lrp")
 
 
 # --- conservation ------------------------------------------------------------------------------

@@ -23,15 +23,17 @@ from the LRP options (``low``, ``high``, ``epsilon``, ``alpha``, ``beta``, ``gam
 ``stabilizer``); :func:`register_composite` adds a name of your own.
 
 ========================  ==========================================================================
-``zb_zplus`` (default)    zB on the first layer, z+ (bias left out) on every other conv/dense layer
-                          (Dombrowski et al. 2019, Eq. 2-3)
+``zb_zplus``              zB on the first layer, z+ (bias left out) on every other conv/dense layer
+                          (Dombrowski et al. 2019, Eq. 2-3); LRP's default (``"auto"``) on models
+                          without attention
 ``epsilon``               ε on every conv/dense layer (bias included; Captum's ``EpsilonRule``)
 ``alpha_beta``            αβ on every conv/dense layer, bias left out (Bach et al. 2015)
 ``epsilon_plus``          z+ on convolutions, ε on dense layers (Zennit's ``EpsilonPlus``)
 ``epsilon_plus_flat``     the same with the flat rule on the first layer (Zennit's ``EpsilonPlusFlat``)
 ``epsilon_gamma_box``     zB on the first convolution, γ on the other convolutions, ε on dense layers
                           (Zennit's ``EpsilonGammaBox``; Montavon et al. 2019, Sec. 10.2)
-``attn_lrp``              transformers, AttnLRP (Achtibat et al. 2024): ε on conv/dense layers, the
+``attn_lrp``              transformers (LRP's default, ``"auto"``, on models that attend), AttnLRP
+                          (Achtibat et al. 2024): ε on conv/dense layers, the
                           identity rule on activations, the normaliser held constant in LayerNorm
                           (:class:`~manipex.explainers.rules.LinearizedNorm`), the softmax rule
                           (:class:`~manipex.explainers.rules.Softmax`), the uniform rule on matrix

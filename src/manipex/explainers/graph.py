@@ -107,6 +107,13 @@ class Graph:
                 return False
         return True
 
+    @functools.cached_property
+    def has_attention(self) -> bool:
+        """Whether the traced model attends: a softmax or a matrix product of two activations
+        (``q @ k^T``, ``A @ v``) among its layers, as in every transformer. LRP's default
+        composite follows it (``attn_lrp`` where it holds, ``zb_zplus`` elsewhere)."""
+        return any(layer.kind in ("softmax", "matmul") for layer in self.layers.values())
+
     def forward(self, x: Tensor, activation: Optional[Callable[["Layer", Tensor], Tensor]] = None
                 ) -> Tuple[Tensor, List[Record]]:
         """Evaluate the model on ``x``, recording every layer's inputs and output; with

@@ -3,9 +3,14 @@
 A composite (:mod:`manipex.explainers.composites`) gives every layer its rule
 (:mod:`manipex.explainers.rules`); the base :class:`~manipex.explainers.propagation.PropagationExplainer`
 walks the model graph backwards, summing relevance over the consumers of a tensor. Built-in
-composites: ``zb_zplus`` (default; Dombrowski et al. 2019, Eq. 2-3), ``epsilon``, ``alpha_beta``,
-``epsilon_plus``, ``epsilon_plus_flat`` and ``epsilon_gamma_box``; or pass a
-:class:`~manipex.explainers.composites.Composite` of your own.
+composites: ``zb_zplus`` (Dombrowski et al. 2019, Eq. 2-3), ``epsilon``, ``alpha_beta``,
+``epsilon_plus``, ``epsilon_plus_flat`` and ``epsilon_gamma_box`` for CNNs, ``attn_lrp``,
+``cp_lrp`` and their γ forms for transformers; or pass a
+:class:`~manipex.explainers.composites.Composite` of your own. The default, ``"auto"``, is
+``zb_zplus`` on a model without attention (the papers' CNNs) and ``attn_lrp`` (Achtibat et al.
+2024) on a model that attends (a softmax or a product of two activations in its graph): z+
+assumes non-negative layer inputs (ReLU networks), which the LayerNorm and GELU outputs of a
+transformer are not.
 
 The initial relevance is the one-hot ``R^L_i = delta_{i,k}`` (Dombrowski Eq. 1): multiply by the
 logit for Captum's and Zennit's convention (they start at the output). Max-pooling is
@@ -30,9 +35,11 @@ class LRP(PropagationExplainer):
     """Layer-wise Relevance Propagation; see the module docstring for the composites.
 
     Options:
-        composite: a registered name (``"zb_zplus"``, the default, ``"epsilon"``,
-            ``"alpha_beta"``, ``"epsilon_plus"``, ``"epsilon_plus_flat"``,
-            ``"epsilon_gamma_box"``) or a :class:`~manipex.explainers.composites.Composite`.
+        composite: ``"auto"`` (the default: ``"zb_zplus"`` on a model without attention,
+            ``"attn_lrp"`` on a transformer), a registered name (``"zb_zplus"``,
+            ``"epsilon"``, ``"alpha_beta"``, ``"epsilon_plus"``, ``"epsilon_plus_flat"``,
+            ``"epsilon_gamma_box"``, ``"attn_lrp"``, ``"cp_lrp"``, ...) or a
+            :class:`~manipex.explainers.composites.Composite`.
         low, high: bounds of the input domain for zB (floats or tensors broadcastable to one
             input, e.g. per channel ``(C, 1, 1)``); default ``[0, 1]``, manipex's image range.
         epsilon: of the ε rule.
@@ -43,15 +50,16 @@ class LRP(PropagationExplainer):
     """
 
     name = "lrp"
-    options = {"composite": "zb_zplus", "low": 0.0, "high": 1.0, "epsilon": 1e-6,
+    options = {"composite": "auto", "low": 0.0, "high": 1.0, "epsilon": 1e-6,
                "alpha": 1.0, "beta": 0.0, "gamma": 0.25, "stabilizer": 1e-9}
 
     def validate_options(self):
         c = self.config
         where = "explain(method='lrp')"
-        if not isinstance(c["composite"], Composite) and c["composite"] not in composites():
+        if not isinstance(c["composite"], Composite) and c["composite"] not in ("auto", *composites()):
             raise ValueError(
-                f"{where}: composite must be a Composite or one of {', '.join(composites())}; got {c['composite']!r}"
+                f"{where}: composite must be a Composite, 'auto' or one of {', '.join(composites())}; "
+                f"got {c['composite']!r}"
             )
         for key in ("epsilon", "alpha", "beta", "gamma", "stabilizer"):
             check_real(c[key], where=where, name=key, ge=0)
@@ -70,12 +78,12 @@ class LRP(PropagationExplainer):
             raise ValueError(f"{where}: low must be below high (the input domain of zB), got low={c['low']}, "
                              f"high={c['high']}")
 
-    def propagator(self, model, x, create_graph):
+    def propagator(self, model, x, create_graph, graph):
         """The composite's rules for this call (zB's bounds mapped through the model's input
-        normalisation for this ``x``)."""
+        normalisation for this ``x``; ``"auto"`` resolved on the traced ``graph``)."""
         low, high = self.bounds(x, model)
         options = {k: self.config[k] for k in ("epsilon", "alpha", "beta", "gamma", "stabilizer")}
-        composite = get_composite(self.config["composite"], {**options, "low": low, "high": high})
+        composite = get_composite(self.composite_for(graph), {**options, "low": low, "high": high})
 
         def propagate(record, signal):
             rule = composite.rule_for(record.layer)
@@ -83,6 +91,15 @@ class LRP(PropagationExplainer):
             return rule(record, signal, create_graph)
 
         return propagate
+
+    def composite_for(self, graph) -> "str | Composite":
+        """The composite this explainer uses on a traced model: the one asked for, or for
+        ``"auto"``, ``"attn_lrp"`` where :attr:`~manipex.explainers.graph.Graph.has_attention`
+        and ``"zb_zplus"`` elsewhere."""
+        composite = self.config["composite"]
+        if isinstance(composite, str) and composite == "auto":
+            return "attn_lrp" if graph.has_attention else "zb_zplus"
+        return composite
 
     def bounds(self, x: Tensor, model: Optional[nn.Module] = None) -> Tuple[Tensor, Tensor]:
         """``low`` and ``high`` as tensors broadcast to one input ``x[0]``; where ``model``

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .._validation import select_target
 from .base import Explainer, report_output, requires_grad_input
-from .graph import Record, model_graph
+from .graph import Graph, Record, model_graph
 from .rules import Gradient, GuidedReLU, Relevances
 
 _GRADIENT = Gradient()
@@ -41,13 +41,14 @@ class PropagationExplainer(Explainer):
         t = select_target(out, target, where=where)
         signal = F.one_hot(t, out.shape[1]).to(out.dtype)
         self.prepare(model, records)
-        return graph.backward(xg, records, signal, self.propagator(model, x, create_graph))
+        return graph.backward(xg, records, signal, self.propagator(model, x, create_graph, graph))
 
     def prepare(self, model, records: List[Record]) -> None:
         """Hook for per-call set-up (e.g. checking that patterns fit the model)."""
 
-    def propagator(self, model, x: Tensor, create_graph: bool) -> Callable[[Record, Tensor], Relevances]:
-        """The rule of this call, ``propagate(record, signal)``: by default :meth:`propagate`.
+    def propagator(self, model, x: Tensor, create_graph: bool, graph: Graph) -> Callable[[Record, Tensor], Relevances]:
+        """The rule of this call on the traced ``graph``, ``propagate(record, signal)``: by
+        default :meth:`propagate`.
         Per-call state (LRP's composite for this input) lives in the returned function, not on
         the explainer, so one explainer may serve several calls at once."""
         return lambda record, signal: self.propagate(record, signal, create_graph)
