@@ -138,3 +138,34 @@ def test_the_verdict_says_when_no_defense_holds_and_curvature_does_not_fall():
     assert "falls from 8 at beta = 3 to 2 at beta = 1" in text["Curvature (Dombrowski Thm 1)"]
     one = Audit.verdict(empty, held, flat[:1], empty, None)["finding"]
     assert "one beta" in one["Curvature (Dombrowski Thm 1)"]
+
+
+def test_a_faithfulness_test_left_with_its_mass_half_is_counted_and_decides_only_when_it_flags():
+    """Issue 25's ViT, from the stored rows: where clean references fail the ranking test's
+    margin, the faithfulness test keeps its mass half (``mass_only``). It is counted in the Holm
+    family; a flag is a verdict, no flag leaves the verdict inconclusive (half the test is out),
+    and rows where the mass test failed the references too are not counted at all."""
+    import pandas as pd
+
+    from manipex.experiments.audit import Audit
+
+    def row(p, manipulated, mass_only, refuting="0.239, 0.075, 0.089"):
+        return {"method": "gradient", "images": 64, "ratio": 0.17, "mass_ratio": -0.1, "p_value": p,
+                "manipulated": float(manipulated), "conclusive": float(manipulated), "margin": 0.5, "calibrated": 0.0,
+                "detectable_ratio": 0.31, "reference_ratios": "", "checked_references": 3,
+                "refuting_ratios": refuting, "mass_only": float(mass_only)}
+
+    empty = pd.DataFrame()
+    flagged = pd.DataFrame([row(3.9e-6, True, True)])
+    table = Audit.decision_table(flagged, empty, 0.05)
+    assert table["counted"].iloc[0] == 1 and table["flagged"].iloc[0] == 1
+    assert "the mass test alone" in table["note"].iloc[0]
+    assert Audit.detection_finding(flagged, empty, 0.05).startswith("MANIPULATED (flagged by faithfulness (gradient, p = 3.9e-06)")
+    quiet = pd.DataFrame([row(0.53, False, True)])
+    text = Audit.detection_finding(quiet, empty, 0.05)
+    assert text.startswith("inconclusive:") and "its mass test alone finds no evidence" in text
+    refuted = pd.DataFrame([row(0.0, False, False)])
+    assert Audit.decision_table(refuted, empty, 0.05)["counted"].iloc[0] == 0
+    assert "flags clean references too" in Audit.detection_finding(refuted, empty, 0.05)
+    underflow = pd.DataFrame([row(0.0, True, True)])
+    assert "p < 1e-12" in Audit.detection_finding(underflow, empty, 0.05)

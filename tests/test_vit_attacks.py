@@ -9,6 +9,7 @@ import torch
 import manipex
 from conftest import assert_same_state, state_of
 from manipex.attacks import manipulate_input, manipulate_model
+from manipex.defenses import faithfulness_test
 from manipex.metrics import center_of_mass, pcc, topk_intersection
 from manipex.objectives import CenterOfMass, TargetImage, TopKSuppression
 
@@ -51,16 +52,22 @@ def test_topk_attack_on_the_vit_moves_its_top_pixels(vit, digits):
     assert res.class_kept.all()
 
 
-def test_center_of_mass_manipulation_of_the_vit_moves_its_map_within_three_points(vit):
-    """Pasliev Sec. 3.3 with identical output probabilities (3.5, gamma 100) on 1024 training
-    digits, 2 epochs, lr 1e-4. Measured: accuracy 0.942 -> 0.921, the gradient map's center of
-    mass 19.7 -> 18.1 px from the corner."""
+@pytest.fixture(scope="module")
+def corner_vit(vit):
+    """Pasliev Sec. 3.3 on the default ViT: centre of mass to the corner, cross-entropy, lam
+    0.003, 5 epochs at lr 3e-5 on the 4000 training digits (21 s here). Measured: test accuracy
+    0.942 -> 0.916, the gradient map's centre of mass 19.7 -> 15.6 px from the corner. (With
+    identical output probabilities, gamma 100, 2 epochs on 1024 digits: 0.921 and 18.1 px.)"""
     x, y = manipex.data.load("mnist5k", split="train")
-    x_test, y_test = manipex.data.load("mnist5k", split="test")
     before = state_of(vit)
-    result = manipulate_model(vit, (x[:1024], y[:1024]), CenterOfMass((0, 0)), "gradient", classification="probabilities",
-                              gamma=100.0, lam=1.0, epochs=2, lr=1e-4, batch_size=64, beta=None, progress=False)
+    result = manipulate_model(vit, (x, y), CenterOfMass((0, 0)), "gradient", lam=0.003, epochs=5, lr=3e-5,
+                              batch_size=64, beta=None, progress=False)
     assert_same_state(before, state_of(vit))
+    return result.model
+
+
+def test_center_of_mass_manipulation_of_the_vit_moves_its_map_within_three_points(vit, corner_vit):
+    x_test, y_test = manipex.data.load("mnist5k", split="test")
 
     def accuracy(m):
         with torch.no_grad():
@@ -69,8 +76,24 @@ def test_center_of_mass_manipulation_of_the_vit_moves_its_map_within_three_point
     def distance(m):
         return center_of_mass(manipex.relevance(manipex.explain(m, x_test[:64], "gradient"))).norm(dim=-1).mean().item()
 
-    assert accuracy(result.model) >= accuracy(vit) - 0.03
-    assert distance(result.model) <= distance(vit) - 1.0
+    assert accuracy(corner_vit) >= accuracy(vit) - 0.03
+    assert distance(corner_vit) <= distance(vit) - 2.0
+
+
+def test_the_manipulated_vit_fails_the_mass_test_that_clean_vits_pass(vit, corner_vit):
+    """A clean ViT's gradient maps reach only 8-24 % of occlusion's faithfulness, so the
+    reference-free ranking test flags a trusted clean ViT too and is dropped; the mass test
+    (how much of occlusion's importance the map's mass lands on, against a uniform map) still
+    decides, and assumes nothing about how faithful a clean map is. Measured on 64 test digits:
+    the clean ViT's mass p-value 0.53 (three other clean ViTs 0.97-1.0), the corner model's
+    3.9e-6."""
+    x, _ = manipex.data.load("mnist5k", split="test")
+    x = x[:64]
+    report = faithfulness_test(corner_vit, x, "gradient", references=[vit])
+    assert report.mass_only and report.refuting_ratios and report.manipulated and report.p_value < 1e-3
+    assert report.finding().startswith("MANIPULATED: the gradient maps put less of their mass")
+    clean = faithfulness_test(vit, x, "gradient")
+    assert clean.p_rank < 0.025 and clean.p_mass > 0.2  # the ranking test alone would flag it
 
 
 def test_aggregation_and_smoothgrad_defend_the_vit_against_an_attack_that_knows_them(vit, digits):

@@ -141,8 +141,9 @@ def verdict_text(rows: Sequence[Dict[str, Any]], alpha: float, mismatch: Sequenc
     the correction for the number of tests), so that a near miss never reads as a clean bill."""
     counted = sum(bool(r["counted"]) for r in rows)
 
-    def named(r):
-        return f"{r['test']} ({r['method']}, p = {r['p_value']:.3g})"
+    def named(r):  # a p-value that underflows reads as a bound, not as an impossible 0
+        p = r["p_value"]
+        return f"{r['test']} ({r['method']}, {'p < 1e-12' if p < 1e-12 else f'p = {p:.3g}'})"
 
     flagged = [r for r in rows if r["flagged"]]
     if flagged:
@@ -295,7 +296,8 @@ def combined_detection(
                                    calibrate=not mismatch)
         note = ("calibrated by the references" if report.calibrated else
                 "reference-free, not counted: it flags clean references too" if report.margin_refuted else
-                "reference-free")
+                "reference-free, the mass test alone: the ranking test flags clean references too" if report.mass_only
+                else "reference-free")
         signals.append(Signal("faithfulness", method, report.p_value, None, False, not report.margin_refuted, note,
                               report))
         if references:

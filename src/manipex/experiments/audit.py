@@ -468,7 +468,8 @@ class Audit(Experiment):
                  "calibrated": float(report.calibrated), "detectable_ratio": report.detectable_ratio,
                  "reference_ratios": ", ".join(f"{v:.3f}" for v in report.reference_ratios),
                  "checked_references": report.checked_references,
-                 "refuting_ratios": ", ".join(f"{v:.3f}" for v in report.refuting_ratios)}]
+                 "refuting_ratios": ", ".join(f"{v:.3f}" for v in report.refuting_ratios),
+                 "mass_only": float(report.mass_only)}]
 
     def _references_once(self, config, ctx) -> List[nn.Module]:
         """The references, loaded (or trained) once per run for every method and test."""
@@ -551,12 +552,13 @@ class Audit(Experiment):
         return tables
 
     @staticmethod
-    def decision_table(faithfulness, detection, alpha: float):
+    def decision_table(faithfulness, detection, alpha: float, digits: Optional[int] = 4):
         """Every detection test from the stored rows, decided together by Holm's procedure at
         ``alpha`` (:func:`~manipex.defenses.combined_detection.holm_decision`, the decision of
         :func:`~manipex.defenses.combined_detection.combined_detection`): the faithfulness test
         counts where it ran on 10 or more images; the noise-map test where it is calibrated (3 or
-        more references) and the references' loss matches the model's."""
+        more references) and the references' loss matches the model's. Rounded to ``digits`` for
+        the report's table; None keeps the p-values as computed (for the verdict's text)."""
         import pandas as pd
 
         rows = []
@@ -565,12 +567,15 @@ class Audit(Experiment):
             calibrated = bool(getattr(r, "calibrated", 0))
             refuting = getattr(r, "refuting_ratios", "")
             refuting = refuting if isinstance(refuting, str) else ""
+            mass_only = bool(getattr(r, "mass_only", 0))
             rows.append({"test": "faithfulness", "method": r.method, "statistic": r.ratio,
                          "bound": math.nan if calibrated else r.margin, "p_value": r.p_value,
                          "power": getattr(r, "detectable_ratio", math.nan),
-                         "counted": ran and not refuting, "can_flag": bool(r.conclusive),
+                         "counted": ran and (mass_only or not refuting), "can_flag": bool(r.conclusive),
                          "note": (f"{int(r.images)} images: too few" if not ran else
                                   f"calibrated by the references' ratios {r.reference_ratios}" if calibrated else
+                                  f"reference-free, the mass test alone: the ranking test flags clean references "
+                                  f"too (their ratios {refuting} are below the margin)" if mass_only else
                                   f"reference-free, not counted: it flags clean references too (their ratios "
                                   f"{refuting} are below the margin)" if refuting else
                                   "reference-free: the margin is the bound")})
@@ -591,7 +596,8 @@ class Audit(Experiment):
         table.insert(5, "adjusted_p", [math.nan if a is None else a for a in adjusted])
         table.insert(6, "flagged", [float(f) for f in flagged])
         table["counted"] = table["counted"].astype(float)
-        return table.set_index(["test", "method"]).round(4)
+        table = table.set_index(["test", "method"])
+        return table.round(digits) if digits is not None else table
 
     @staticmethod
     def reference_table(detection, config):
@@ -676,7 +682,7 @@ class Audit(Experiment):
     @staticmethod
     def detection_finding(faithfulness, detection, alpha: float) -> str:
         """The verdict on model manipulation, naming the tests that flagged the model."""
-        table = Audit.decision_table(faithfulness, detection, alpha)
+        table = Audit.decision_table(faithfulness, detection, alpha, digits=None)  # p-values as computed
         if not len(table):
             return "not tested"
         decided = {}
@@ -701,6 +707,10 @@ class Audit(Experiment):
                 refuting = getattr(r, "refuting_ratios", "")
                 if r.images < 10:
                     parts.append(f"the {r.method} faithfulness test had only {int(r.images)} images (10 are needed)")
+                elif bool(getattr(r, "mass_only", 0)):
+                    parts.append(f"the reference-free {r.method} ranking test flags clean references too (their "
+                                 f"ratios {refuting} are below the margin {r.margin:g}) and is dropped; its mass test "
+                                 "alone finds no evidence; references of the model's recipe calibrate both")
                 elif isinstance(refuting, str) and refuting:
                     parts.append(f"the reference-free {r.method} faithfulness test flags clean references too (their "
                                  f"ratios {refuting} are below the margin {r.margin:g}), so it cannot tell this model "
