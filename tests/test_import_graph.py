@@ -184,3 +184,20 @@ def test_function_local_imports_of_manipex_say_why_they_are_local():
                 if ours and not said:
                     silent.append(f"{module}:{node.lineno}: {lines[node.lineno - 1].strip()}")
     assert not silent, "function-local imports without a reason:\n" + "\n".join(silent)
+
+
+def test_names_that_moved_to_the_evaluation_floor_are_still_importable_where_they_were():
+    """Issue 27 moved the transfer matrix, evaluate_manipulation and the sanity checks above the
+    attacks; code written against their old homes gets the same objects."""
+    import manipex.attacks
+    import manipex.evaluation
+    import manipex.metrics
+    import manipex.sanity
+
+    for name in manipex.attacks.MOVED_TO_EVALUATION:
+        assert getattr(manipex.attacks, name) is getattr(manipex.evaluation, name)
+    for name in manipex.metrics.MOVED_TO_EVALUATION:
+        assert getattr(manipex.metrics, name) is getattr(manipex.evaluation, name)
+    assert manipex.sanity.model_randomization is manipex.evaluation.model_randomization
+    with pytest.raises(AttributeError, match="no attribute 'transfer'"):
+        manipex.attacks.transfer  # noqa: B018

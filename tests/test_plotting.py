@@ -19,7 +19,7 @@ from matplotlib.image import AxesImage  # noqa: E402
 
 import manipex  # noqa: E402
 from manipex import figures, style  # noqa: E402
-from manipex.attacks.model import ModelEvaluation  # noqa: E402
+from manipex.evaluation import ModelEvaluation  # noqa: E402
 from manipex.experiments import plots  # noqa: E402
 
 from conftest import assert_same_state, state_of  # noqa: E402

@@ -301,7 +301,7 @@ def test_result_reprs_are_one_line_summaries(mnist_model):
     from manipex.defenses.robust import RobustTrainingResult
     from manipex.evaluation import RobustnessScores
     from manipex.objectives import CenterOfMass, TargetImage
-    from manipex.sanity import RandomizationResult
+    from manipex.evaluation import RandomizationResult
 
     x, y = manipex.data.load("mnist5k", split="test")
     x, y = x[:64], y[:64]

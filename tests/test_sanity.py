@@ -1,4 +1,4 @@
-"""The model parameter randomisation test (Adebayo et al. 2018) of :mod:`manipex.sanity`."""
+"""The model parameter randomisation test (Adebayo et al. 2018) of :mod:`manipex.evaluation.sanity`."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import manipex
-from manipex.sanity import default_layers, model_randomization, randomized_models
+from manipex.evaluation.sanity import default_layers, model_randomization, randomized_models
 from conftest import assert_same_state, state_of
 
 COLUMNS = ["method", "step", "layer", "mode", "metric", "mean", "std"]

@@ -667,7 +667,7 @@ def evaluation_figure(evaluation):
 
 @styled
 def randomization_figure(result):
-    """The figure of :meth:`manipex.sanity.RandomizationResult.plot` (Adebayo et al. 2018, Fig. 2
+    """The figure of :meth:`manipex.evaluation.RandomizationResult.plot` (Adebayo et al. 2018, Fig. 2
     and 4): one panel per metric, the mean similarity of each method's map to the original map
     (± one standard deviation over the images, shaded) against the randomised layer, from
     ``"original"`` through the layers top (logits) first; the methods' colours of

@@ -7,6 +7,12 @@ explainers themselves (issue 27's layout; :mod:`manipex.metrics` below it is pur
   data), and the functions :func:`max_sensitivity`, :func:`local_lipschitz`,
   :func:`relative_input_stability` over them. ``ROBUSTNESS_METRICS`` holds their records
   (:class:`RobustnessMetric`, with their :class:`~manipex.metrics.direction.Direction`).
+- :mod:`.sanity`: the model parameter randomisation test (Adebayo et al. 2018),
+  :func:`model_randomization`.
+- :mod:`.transfer`: the transfer of input attacks between methods (Rieger et al. 2020, Fig. 2),
+  :func:`transfer_matrix`.
+- :mod:`.manipulation`: whether a model manipulation worked and transfers (Pasliev 2020, Tables
+  3.1-3.2), :func:`evaluate_manipulation`.
 """
 from __future__ import annotations
 
@@ -16,6 +22,9 @@ from typing import Callable, Dict
 from torch import Tensor
 
 from ..metrics.direction import Direction
+from .manipulation import ModelEvaluation, evaluate_manipulation
+from .sanity import RandomizationResult, model_randomization
+from .transfer import transfer_matrix
 from .robustness import (NORMS, PREDICTION_RULES, LocalLipschitz, MaxSensitivity, RelativeInputStability,
                          RobustnessScores, WorstCase, local_lipschitz, max_sensitivity, relative_input_stability)
 
@@ -41,4 +50,5 @@ ROBUSTNESS_METRICS: Dict[str, RobustnessMetric] = {
 
 __all__ = ["ROBUSTNESS_METRICS", "RobustnessMetric", "RobustnessScores", "WorstCase", "MaxSensitivity",
            "LocalLipschitz", "RelativeInputStability", "max_sensitivity", "local_lipschitz",
-           "relative_input_stability", "NORMS", "PREDICTION_RULES"]
+           "relative_input_stability", "NORMS", "PREDICTION_RULES", "model_randomization", "RandomizationResult",
+           "transfer_matrix", "evaluate_manipulation", "ModelEvaluation"]

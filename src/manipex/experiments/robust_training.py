@@ -42,7 +42,7 @@ from ..objectives import TopKSuppression
 from ..geometry import hessian_norm
 from ..evaluation import max_sensitivity
 from ..models import accuracy
-from ..sanity import model_randomization
+from ..evaluation.sanity import model_randomization
 
 #: The defenses in the order of every table: the baseline first
 DEFENSES = ("plain", "weight_decay", "softplus", "hessian_norm", "curvature", "ssr", "ig_norm", "ig_sum_norm", "atex")

@@ -10,7 +10,7 @@ from .._validation import check_call, check_target, predicted_target, short
 from ..explainers import explain, get_explainer, relevance
 from ..models.interfaces import Output, logits_model
 from ..objectives import Objective
-from .input import manipulate_input
+from ..attacks.input import manipulate_input
 
 
 def transfer_matrix(
