@@ -99,8 +99,8 @@ def test_the_audit_of_a_manipulated_model_of_unseen_data_never_reads_as_a_clean_
     references has p = 0.037, not significant after Holm's correction for 4 tests. The verdict
     must say so ("weak evidence", naming the test), where it read "no evidence" before (issue 30)."""
     tables = audit(digits, "manipulated", tmp_path, monkeypatch)
-    finding = tables["Verdict"].loc["Was the model itself manipulated?", "finding"]
-    tests = next(v for k, v in tables.items() if k.startswith("(d) Detection tests"))
+    finding = tables["verdict"].loc["Was the model itself manipulated?", "finding"]
+    tests = tables["detection"]
     assert tests.counted.sum() == 4  # faithfulness of both methods, and the calibrated noise-map tests
     noise = tests.loc[("noise-map similarity", "gradient")]
     assert noise.p_value < 0.05 <= noise.adjusted_p
@@ -111,5 +111,5 @@ def test_the_audit_of_a_manipulated_model_of_unseen_data_never_reads_as_a_clean_
 
 def test_the_audit_does_not_call_a_clean_model_of_the_same_recipe_manipulated(digits, tmp_path, monkeypatch):
     tables = audit(digits, 4, tmp_path, monkeypatch)
-    finding = tables["Verdict"].loc["Was the model itself manipulated?", "finding"]
+    finding = tables["verdict"].loc["Was the model itself manipulated?", "finding"]
     assert finding.startswith("no evidence of manipulation (4 tests") and "weak evidence" not in finding, finding

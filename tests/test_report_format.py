@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from manipex.experiments.base import EXPERIMENTS, get_experiment
+from manipex.experiments.tables import Table, Tables
 from manipex.experiments.published import RIEGER_TABLE1, TANG_TABLE1, difference, our_setting
 from manipex.experiments.report import (caption_for, format_column, human_duration, human_time, table_html,
                                         write_report)
@@ -75,8 +76,8 @@ def test_accuracy_is_a_percentage_with_one_decimal():
     rows = pd.DataFrame([{"attack": "untargeted", "eps": 0.08, "model": m, "spearman": 0.7, "topk": 0.6, "ssim": 0.5,
                           "accuracy": 0.875} for m in ("atex", "softplus")])
     tables = tang.tables(rows, config)
-    ours = next(v for k, v in tables.items() if k.startswith("untargeted"))
-    published = tables[tang.TABLE1_PUBLISHED]
+    ours = tables["untargeted"]
+    published = tables["table1_published"]
     assert ours["accuracy (%) atex"].iloc[0] == pytest.approx(87.5)
     assert published["accuracy (%) atex"].loc[0.08] == pytest.approx(87.0)
     assert not [c for c in list(ours.columns) + list(published.columns) if "accuracy" in c and "(%)" not in c]
@@ -117,3 +118,40 @@ def test_every_figure_has_a_declared_heading(name):
         assert found, f"{name}: figure {stem!r} has no declared heading (add it to {type(experiment).__name__}.captions)"
         heading, caption = found
         assert heading and caption and heading.lower() != concrete.replace("_", " ").lower()
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS.names()))
+def test_every_declared_table_has_a_short_id_a_heading_and_a_caption(name):
+    """Issue 27: tables are declared once (id, title, heading, caption), not found by matching
+    their English titles; ids are short identifiers, unique per experiment."""
+    experiment = get_experiment(name)
+    assert experiment.TABLES, f"{name} declares no tables"
+    ids = [t.id for t in experiment.TABLES]
+    assert len(ids) == len(set(ids))
+    for table in experiment.TABLES:
+        assert re.fullmatch(r"[a-z][a-z0-9_]{0,20}", table.id), table.id
+        assert table.title and table.caption and (table.heading or table.title)
+
+
+def test_tables_are_indexed_by_id_in_report_order_and_name_what_is_missing(tmp_path):
+
+    tables = Tables([Table("verdict", "Verdict", caption="In words."),
+                     Table("rise", "Rise at eps = {eps}", "Rise ({eps})", "Mean rise at eps = {eps}.")])
+    tables.add("verdict", None)  # keeps its place
+    tables.add("rise", pd.DataFrame({"x": [1.0]}), eps="0.1")
+    assert list(tables) == ["rise"] and len(tables) == 1  # a place without a frame shows nothing
+    tables.add("verdict", pd.DataFrame({"finding": ["ok"]}))
+    assert list(tables) == ["verdict", "rise"]
+    rise = tables.table("rise")
+    assert (rise.title, rise.heading, rise.caption) == ("Rise at eps = 0.1", "Rise (0.1)", "Mean rise at eps = 0.1.")
+    assert tables.table("verdict").heading == "Verdict" and tables.titles()["rise"] == "Rise at eps = 0.1"
+    with pytest.raises(KeyError, match="no table 'curvature' is declared; declared: verdict, rise"):
+        tables.add("curvature", pd.DataFrame())
+    with pytest.raises(KeyError, match="no table 'Verdict' in this run; its tables: verdict, rise"):
+        tables["verdict"]
+    with pytest.raises(ValueError, match="table 'rise': .* needs the field 'eps'"):
+        tables.add("rise", pd.DataFrame())
+    with pytest.raises(ValueError, match="declared twice"):
+        Tables([Table("a", "A"), Table("a", "B")])
+    page = write_report(tmp_path, SimpleNamespace(title="T"), {}, tables, []).read_text()
+    assert page.index("<h2>Verdict</h2>") < page.index("<h2>Rise (0.1)</h2>") and "Mean rise at eps = 0.1." in page

@@ -179,7 +179,7 @@ def test_a_factory_names_the_users_own_model(tmp_path, monkeypatch):
     tables = run("quick", overrides={**TINY["quick"], "arch": "my_models:tiny"}, out=tmp_path / "a", quiet=True)
     import my_models
 
-    assert my_models.CALLS and set(tables["Share of images whose class was kept"].index) == {"gradient", "lrp"}
+    assert my_models.CALLS and set(tables["class_kept"].index) == {"gradient", "lrp"}
     weights = tmp_path / "tiny.pth"
     model = my_models.tiny()
     torch.nn.init.constant_(model[3].bias, 0.5)

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from .tables import Table
 from .base import Context, Experiment, Unit
 from .config import Config, ConfigError, key, profile_key
 from .published import PASLIEV_ADULT, PASLIEV_FAIRWASHING, Finding, findings_table
@@ -53,16 +54,17 @@ class AdultFairwashing(Experiment):
 
     name = "adult_fairwashing"
     title = "Pasliev 2020, Sec. 3.8: fairwashing a UCI Adult classifier (hiding race and sex)"
+    TABLES = (
+        Table("findings", "Findings", "What this run finds",
+              "The thesis's claim, the published numbers, ours in this run's setting, and a verdict."),
+        Table("fairwashing", "Sec. 3.8: fairwashing UCI Adult", "Sec. 3.8: fairwashing UCI Adult",
+              "Accuracy in % per model, the share of the gradient's importance on race and sex (lower = hidden), and "
+              "the accuracy with race and sex permuted (lower than the accuracy = the model still uses them)."),
+        Table("fairwashing_published", "Sec. 3.8: fairwashing UCI Adult as published",
+              "Sec. 3.8 as published (Pasliev 2020)",
+              "The thesis's accuracies in its own setting. Compare the change from the original model."),
+    )
     captions = {
-        "Findings": ("What this run finds", "The thesis's claim, the published numbers, ours in this run's setting, "
-                     "and a verdict."),
-        "Sec. 3.8: fairwashing UCI Adult": (
-            "Sec. 3.8: fairwashing UCI Adult",
-            "Accuracy in % per model, the share of the gradient's importance on race and sex (lower = hidden), and "
-            "the accuracy with race and sex permuted (lower than the accuracy = the model still uses them)."),
-        "Sec. 3.8: fairwashing UCI Adult as published": (
-            "Sec. 3.8 as published (Pasliev 2020)",
-            "The thesis's accuracies in its own setting. Compare the change from the original model."),
         "fig3_14_adult_importance": ("Fig. 3.14: feature importance of the original and fairwashed models",
                                      "Mean absolute gradient per input feature. Race and sex near zero for the "
                                      "fairwashed model = hidden from the explanation."),
@@ -120,8 +122,6 @@ class AdultFairwashing(Experiment):
                      "gradient_share_race_sex": 0.0, "accuracy_race_sex_permuted": blind_accuracy})
         return rows
 
-    TABLE = "Sec. 3.8: fairwashing UCI Adult"
-
     def findings(self, df, config):
         adult = df[df.kind == "adult"].set_index("model") if "kind" in df else df.iloc[:0]
         if not {"original", "fairwashed"} <= set(adult.index):
@@ -141,8 +141,9 @@ class AdultFairwashing(Experiment):
         import pandas as pd
 
         adult = df[df.kind == "adult"] if "kind" in df else df.iloc[:0]
+        out = self.new_tables()
         if not len(adult):
-            return {}
+            return out
         table = adult.set_index("model")[["accuracy", "gradient_share_race_sex", "accuracy_race_sex_permuted"]]
         table = pd.DataFrame({"accuracy (%)": table.accuracy * 100,
                               "gradient_share_race_sex": table.gradient_share_race_sex,
@@ -150,8 +151,10 @@ class AdultFairwashing(Experiment):
         published = PASLIEV_ADULT.table(config, "the change from the original model, not the values",
                                         rename={"accuracy": "accuracy (%)"})
         published.index.name = "model"
-        return {"Findings": findings_table(self.findings(df, config)), self.TABLE: table.round(3),
-                self.TABLE + " as published": published}
+        out.add("findings", findings_table(self.findings(df, config)))
+        out.add("fairwashing", table.round(3))
+        out.add("fairwashing_published", published)
+        return out
 
     def figures(self, df, config, out):
         features = df[df.kind == "adult_feature"] if "kind" in df else df.iloc[:0]

@@ -45,6 +45,7 @@ images and that the factory builds a new model each call.
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ from ..explainers import explain, relevance
 from ..metrics import linf, pcc
 from ..objectives import TargetImage, TopKSuppression
 from .base import Experiment, Unit
+from .tables import Table
 from .common import (DEFENSES, ImageContext, attack_budget, defended, defense_choices, load_model, per_image,
                      save_model, seeded)
 from .config import ConfigError, key, method_choices
@@ -74,9 +76,21 @@ from .plots import CI_TEXT, legend_outside, line_with_interval, n_text, save_fig
 OBJECTIVES = ("targeted", "topk")
 
 
-def _part(df, name: str):
+class Part(str, enum.Enum):
+    """The parts of an audit. Each unit runs one (its ``params["part"]``) and its rows carry it
+    (column ``part``, stored as the value: ``"attack"``)."""
+
+    ATTACK = "attack"  # (a) input attacks per method, objective and budget
+    DEFENSE = "defense"  # (b) the adaptive attack through each defense
+    CURVATURE = "curvature"  # (c) the largest principal curvature per softplus beta
+    FAITHFULNESS = "faithfulness"  # (d) the faithfulness test per method
+    DETECTION = "detection"  # (d) the noise-map test per method
+    WEIGHT_NOISE = "weight_noise"  # (d) rows of the detection units: similarity and accuracy under weight noise
+
+
+def _part(df, part: Part):
     """The stored rows of one part of the audit (none before any unit has run)."""
-    return df[df.part == name] if "part" in df else df.iloc[0:0]
+    return df[df.part == part.value] if "part" in df else df.iloc[0:0]
 
 
 @dataclass(frozen=True)
@@ -165,42 +179,41 @@ class Audit(Experiment):
 
     name = "audit"
     title = "Audit: can this model's explanations be trusted?"
+    TABLES = (
+        Table("verdict", "Verdict", "Verdict", "The audit's answers in words, from the tables below."),
+        Table("attack", "(a) Input manipulation: share of images attacked successfully, class kept (rows: method, "
+              "objective; columns: eps in pixel units, [0, 1])", "(a) Can the maps be manipulated through the input?",
+              "Share (0-1) of images attacked successfully with the class kept, per method and objective (rows) and "
+              "budget eps (columns). Higher = less trustworthy."),
+        Table("defense", "(b) Defenses under the adaptive targeted attack at eps = {eps}: rise of the PCC with the "
+              "target (lower = the defense holds)", "(b) Which defense holds? (adaptive attack, eps = {eps})",
+              "Rise of the PCC with the target under an attack that sees the defense, at eps = {eps}, per method "
+              "(rows) and defense (columns). Lower = the defense holds."),
+        Table("curvature", "(c) Largest principal curvature at the data (median over images; Dombrowski Thm 1)",
+              "(c) Curvature of the decision surface (Dombrowski Thm 1)",
+              "Median largest principal curvature per softplus beta. Lower = maps harder to manipulate."),
+        Table("detection", "(d) Detection tests (alpha = {alpha}, Holm over the counted tests)",
+              "(d) Was the model itself manipulated? Every test, decided together (alpha = {alpha})",
+              "Per test and method: the statistic and its bound (faithfulness: the share of occlusion's gain over "
+              "random rankings the map reaches, against the margin; noise maps: the similarity against the threshold "
+              "from the references), p-value, Holm-adjusted p-value over the counted tests, flagged (1 = "
+              "manipulated), and the power: the statistic at which a model is flagged with probability 0.8 "
+              "(faithfulness: a ratio below it; noise maps: a similarity above it)."),
+        Table("noise_maps", "(d) Noise-input similarity against the references (alpha = {alpha})",
+              "(d) Was the model itself manipulated? (alpha = {alpha})",
+              "Similarity of the maps of noise inputs (score) against reference models of the same kind: threshold, "
+              "p-value of this test alone (small = unusual; the decision, over every test, is in the detection tests "
+              "above) and its power: the mean similarity a manipulated model must reach to be flagged with "
+              "probability 0.8."),
+        Table("references", "(d) Reference models", "(d) Reference models",
+              "The trusted models the detection test compares with: given, or trained here with this recipe (each "
+              "reference built and trained under its own seed). References of another kind than the audited model "
+              "make the test meaningless."),
+        Table("weight_noise", "(d) Weight noise: noise-map similarity and accuracy", "(d) Weight noise",
+              "Per weight-noise level sigma: noise-map similarity per method and accuracy in %. A manipulation that "
+              "vanishes with small noise while the accuracy stays is suspicious."),
+    )
     captions = {
-        "Verdict": ("Verdict", "The audit's answers in words, from the tables below."),
-        "(a) Input manipulation*": (
-            "(a) Can the maps be manipulated through the input?",
-            "Share (0-1) of images attacked successfully with the class kept, per method and objective (rows) and "
-            "budget eps (columns). Higher = less trustworthy."),
-        "(b) Defenses under the adaptive targeted attack at eps = *: rise of the PCC with the target (lower = the "
-        "defense holds)": (
-            "(b) Which defense holds? (adaptive attack, eps = {})",
-            "Rise of the PCC with the target under an attack that sees the defense, at eps = {}, per method (rows) "
-            "and defense (columns). Lower = the defense holds."),
-        "(c) Largest principal curvature*": (
-            "(c) Curvature of the decision surface (Dombrowski Thm 1)",
-            "Median largest principal curvature per softplus beta. Lower = maps harder to manipulate."),
-        "(d) Noise-input similarity against the references (alpha = *)": (
-            "(d) Was the model itself manipulated? (alpha = {})",
-            "Similarity of the maps of noise inputs (score) against reference models of the same kind: threshold, "
-            "p-value of this test alone (small = unusual; the decision, over every test, is in the detection tests "
-            "below) and its power: the mean similarity a manipulated model must reach to be flagged with "
-            "probability 0.8."),
-        "(d) Detection tests (alpha = *": (
-            "(d) Was the model itself manipulated? Every test, decided together (alpha = {})",
-            "Per test and method: the statistic and its bound (faithfulness: the share of occlusion's gain over random "
-            "rankings the map reaches, against the margin; noise maps: the similarity against the threshold from the "
-            "references), p-value, Holm-adjusted p-value over the counted tests, flagged (1 = manipulated), and the "
-            "power: the statistic at which a model is flagged with probability 0.8 (faithfulness: a ratio below it; "
-            "noise maps: a similarity above it)."),
-        "(d) Reference models": (
-            "(d) Reference models",
-            "The trusted models the detection test compares with: given, or trained here with this recipe (each "
-            "reference built and trained under its own seed). References of another kind than the audited model "
-            "make the test meaningless."),
-        "(d) Weight noise: noise-map similarity and accuracy": (
-            "(d) Weight noise",
-            "Per weight-noise level sigma: noise-map similarity per method and accuracy in %. A manipulation that "
-            "vanishes with small noise while the accuracy stays is suspicious."),
         "audit_success_vs_eps": ("Input manipulation: success against the budget",
                                  "Share of images attacked successfully (class kept) per method, as eps grows, per "
                                  "attack objective. Higher curves = less trustworthy explanations."),
@@ -209,13 +222,13 @@ class Audit(Experiment):
     Context = AuditContext
 
     def units(self, config):
-        units = [Unit(f"attack/{m}/{o}/{e:g}", {"part": "attack", "method": m, "objective": o, "eps": e})
+        units = [Unit(f"attack/{m}/{o}/{e:g}", {"part": Part.ATTACK, "method": m, "objective": o, "eps": e})
                  for m in config.methods for o in OBJECTIVES for e in config.eps]
-        units += [Unit(f"defense/{d}/{m}", {"part": "defense", "method": m, "defense": d})
+        units += [Unit(f"defense/{d}/{m}", {"part": Part.DEFENSE, "method": m, "defense": d})
                   for d in ("none",) + tuple(config.defenses) for m in config.methods]
-        units.append(Unit("curvature", {"part": "curvature"}))
-        units += [Unit(f"faithfulness/{m}", {"part": "faithfulness", "method": m}) for m in config.methods]
-        units += [Unit(f"detection/{m}", {"part": "detection", "method": m}) for m in config.methods]
+        units.append(Unit("curvature", {"part": Part.CURVATURE}))
+        units += [Unit(f"faithfulness/{m}", {"part": Part.FAITHFULNESS, "method": m}) for m in config.methods]
+        units += [Unit(f"detection/{m}", {"part": Part.DETECTION, "method": m}) for m in config.methods]
         return units
 
     def setup(self, config, run):
@@ -392,16 +405,12 @@ class Audit(Experiment):
 
     def run_unit(self, unit, ctx, config):
         seeded(config.seed)
-        part = unit.params["part"]
-        if part == "attack":
-            return self._attack(unit.params, ctx, config)
-        if part == "defense":
-            return self._defense(unit.params, ctx, config)
-        if part == "curvature":
+        part = Part(unit.params["part"])
+        if part is Part.CURVATURE:
             return self._curvature(ctx, config)
-        if part == "faithfulness":
-            return self._faithfulness(unit.params, ctx, config)
-        return self._detection(unit.params, ctx, config)
+        run = {Part.ATTACK: self._attack, Part.DEFENSE: self._defense, Part.FAITHFULNESS: self._faithfulness,
+               Part.DETECTION: self._detection}[part]
+        return run(unit.params, ctx, config)
 
     @staticmethod
     def _images(ctx, config):
@@ -421,7 +430,7 @@ class Audit(Experiment):
         return per_image({"before": res.metric_before, "after": res.metric_after, "threshold": res.threshold,
                           "success": res.success.float(), "class_kept": res.class_kept.float(),
                           "linf": linf(x, res.x_adv)},
-                         part="attack", method=p["method"], objective=p["objective"], eps=p["eps"],
+                         part=Part.ATTACK.value, method=p["method"], objective=p["objective"], eps=p["eps"],
                          metric=res.metric_name)
 
     def _defense(self, p, ctx, config):
@@ -435,7 +444,7 @@ class Audit(Experiment):
         r_target = relevance(explain(model, x_target, method, t, **options))
         rise = pcc(res.maps_after, r_target) - pcc(res.maps_before, r_target)
         return per_image({"pcc_rise": rise, "success": res.success.float(), "class_kept": res.class_kept.float()},
-                         part="defense", method=p["method"], defense=p["defense"], eps=eps)
+                         part=Part.DEFENSE.value, method=p["method"], defense=p["defense"], eps=eps)
 
     def _curvature(self, ctx, config):
         model = ctx.model
@@ -444,7 +453,7 @@ class Audit(Experiment):
         for beta in config.betas:
             smooth = surgery.softplus_copy(model, beta)
             c = principal_curvature(smooth, x, model(x).argmax(1), iters=20, seed=config.seed)
-            rows += per_image({"curvature": c}, part="curvature", beta=beta)
+            rows += per_image({"curvature": c}, part=Part.CURVATURE.value, beta=beta)
         return rows
 
     def _faithfulness(self, p, ctx, config):
@@ -454,7 +463,7 @@ class Audit(Experiment):
         x = ctx.x[:config.faithfulness_n]
         method = p["method"]
         if len(x) < 10:
-            return [{"part": "faithfulness", "method": method, "images": len(x), "ratio": math.nan,
+            return [{"part": Part.FAITHFULNESS.value, "method": method, "images": len(x), "ratio": math.nan,
                      "p_value": math.nan, "manipulated": 0.0, "conclusive": 0.0, "margin": config.margin,
                      "calibrated": 0.0}]
         refs = self._references_once(config, ctx)
@@ -462,7 +471,7 @@ class Audit(Experiment):
         # references of another recipe (or fewer than 3) do not calibrate; they check the margin
         report = faithfulness_test(ctx.model, x, method, margin=config.margin, alpha=config.alpha, seed=config.seed,
                                    method_options=options, references=list(refs), calibrate=not self._mismatch(ctx))
-        return [{"part": "faithfulness", "method": method, "images": report.images, "ratio": report.ratio,
+        return [{"part": Part.FAITHFULNESS.value, "method": method, "images": report.images, "ratio": report.ratio,
                  "mass_ratio": report.mass_ratio, "p_value": report.p_value, "manipulated": float(report.manipulated),
                  "conclusive": float(report.conclusive), "margin": report.margin, "removal": report.removal,
                  "calibrated": float(report.calibrated), "detectable_ratio": report.detectable_ratio,
@@ -494,7 +503,7 @@ class Audit(Experiment):
         mismatch = self._mismatch(ctx)
         source = ctx.recipe.row() if ctx.recipe is not None and not config.references else {
             "reference_source": "given"}
-        rows = [{"part": "detection", "method": method, "score": report.score, "threshold": report.threshold,
+        rows = [{"part": Part.DETECTION.value, "method": method, "score": report.score, "threshold": report.threshold,
                  "p_value": math.nan if report.p_value is None else report.p_value,
                  "manipulated": float(report.manipulated), "calibrated": float(report.calibrated),
                  "conclusive": float(report.conclusive),
@@ -507,48 +516,43 @@ class Audit(Experiment):
             noisy = with_weight_noise(model, sigma, config.seed)
             sim = noise_map_similarity(noisy, shape, method, n=config.noise_n, seed=config.seed,
                                        method_options=options).mean().item()
-            rows.append({"part": "weight_noise", "method": method, "sigma": sigma, "similarity": sim,
+            rows.append({"part": Part.WEIGHT_NOISE.value, "method": method, "sigma": sigma, "similarity": sim,
                          "accuracy": accuracy(noisy, ctx.x, ctx.y)})
         return rows
 
     def tables(self, df, config):
-        tables: Dict[str, Any] = {"Verdict": None}  # first in the report; filled in below
-        attack = _part(df, "attack")
+        tables = self.new_tables()
+        tables.add("verdict", None)  # first in the report; filled in below
+        attack = _part(df, Part.ATTACK)
         if len(attack):
-            tables["(a) Input manipulation: share of images attacked successfully, class kept (rows: method, "
-                   "objective; columns: eps in pixel units, [0, 1])"] = attack.pivot_table(
-                index=["method", "objective"], columns="eps",
-                                                                    values="success", aggfunc="mean").round(3)
-        defense = _part(df, "defense")
+            tables.add("attack", attack.pivot_table(index=["method", "objective"], columns="eps", values="success",
+                                                    aggfunc="mean").round(3))
+        defense = _part(df, Part.DEFENSE)
         if len(defense):
             order = [d for d in DEFENSES if d in set(defense.defense)]
-            tables[f"(b) Defenses under the adaptive targeted attack at eps = {eps_text(max(config.eps))}: rise of the "
-                   "PCC with the target (lower = the defense holds)"] = defense.pivot_table(
-                index="method", columns="defense", values="pcc_rise", aggfunc="mean")[order].round(3)
-        curvature = _part(df, "curvature")
+            tables.add("defense", defense.pivot_table(index="method", columns="defense", values="pcc_rise",
+                                                      aggfunc="mean")[order].round(3), eps=eps_text(max(config.eps)))
+        curvature = _part(df, Part.CURVATURE)
         if len(curvature):
-            tables["(c) Largest principal curvature at the data (median over images; Dombrowski Thm 1)"] = (
-                curvature.groupby("beta")["curvature"].median().sort_index(ascending=False).to_frame().round(4))
-        detection = _part(df, "detection")
-        faithfulness = _part(df, "faithfulness")
+            tables.add("curvature",
+                       curvature.groupby("beta")["curvature"].median().sort_index(ascending=False).to_frame().round(4))
+        detection = _part(df, Part.DETECTION)
+        faithfulness = _part(df, Part.FAITHFULNESS)
         decisions = self.decision_table(faithfulness, detection, config.alpha)
         if len(decisions):
-            tables[f"(d) Detection tests (alpha = {config.alpha:g}, Holm over the counted tests)"] = decisions
+            tables.add("detection", decisions, alpha=f"{config.alpha:g}")
         if len(detection):
             detection = detection.assign(power=detection.get("detectable_score", math.nan))
             cols = ["score", "reference_mean", "threshold", "p_value", "power", "references", "test"]
-            tables[f"(d) Noise-input similarity against the references (alpha = {config.alpha:g})"] = (
-                detection.set_index("method")[cols].round(4))
-            references = self.reference_table(detection, config)
-            if references is not None:
-                tables["(d) Reference models"] = references
-        noise = _part(df, "weight_noise")
+            tables.add("noise_maps", detection.set_index("method")[cols].round(4), alpha=f"{config.alpha:g}")
+            tables.add("references", self.reference_table(detection, config))
+        noise = _part(df, Part.WEIGHT_NOISE)
         if len(noise):
             table = noise.assign(**{"accuracy (%)": noise.accuracy * 100}).pivot_table(
                 index="sigma", columns="method", values=["similarity", "accuracy (%)"], aggfunc="mean").round(4)
             table.columns = [f"{value} {method}" for value, method in table.columns]
-            tables["(d) Weight noise: noise-map similarity and accuracy"] = table
-        tables["Verdict"] = self.verdict(attack, defense, curvature, detection, config, faithfulness)
+            tables.add("weight_noise", table)
+        tables.add("verdict", self.verdict(attack, defense, curvature, detection, config, faithfulness))
         return tables
 
     @staticmethod
@@ -736,7 +740,7 @@ class Audit(Experiment):
         return text
 
     def figures(self, df, config, out):
-        attack = _part(df, "attack")
+        attack = _part(df, Part.ATTACK)
         if not len(attack):
             return []
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Tuple, Type
 
 from .._registry import Registry
 from .config import Config, ConfigError
+from .tables import Table, Tables
 
 EXPERIMENTS: Registry["Experiment"] = Registry("experiment", error=ConfigError)
 
@@ -53,10 +54,13 @@ class Experiment(abc.ABC):
     title: ClassVar[str] = ""
     Config: ClassVar[Type[Config]] = Config
     Context: ClassVar[Type[Context]] = Context
-    #: The report's ``(heading, caption)`` of each figure (by file stem) and table (by title): what
-    #: it shows and how to read it (which direction is better). A key may hold one ``*`` (fnmatch);
-    #: its match fills ``{}`` in the heading and caption. Every figure must have one (tested).
+    #: The report's ``(heading, caption)`` of each figure, by file stem: what it shows and how to
+    #: read it (which direction is better). A key may hold one ``*`` (fnmatch); its match fills
+    #: ``{}`` in the heading and caption. Every figure must have one (tested).
     captions: ClassVar[Dict[str, Tuple[str, str]]] = {}
+    #: The tables :meth:`tables` may return, in report order, each with its short id, title,
+    #: heading and caption (:class:`~manipex.experiments.tables.Table`).
+    TABLES: ClassVar[Tuple[Table, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -78,9 +82,14 @@ class Experiment(abc.ABC):
         ...
 
     @abc.abstractmethod
-    def tables(self, df, config: Any) -> Dict[str, Any]:
-        """Named pandas DataFrames in the paper's layout, from the stored rows."""
+    def tables(self, df, config: Any) -> Tables:
+        """The tables in the paper's layout, from the stored rows: pandas DataFrames by the short
+        ids of :attr:`TABLES` (start from :meth:`new_tables`)."""
         ...
+
+    def new_tables(self) -> Tables:
+        """An empty :class:`~manipex.experiments.tables.Tables` of this experiment's declared tables."""
+        return Tables(self.TABLES)
 
     def findings(self, df, config: Any) -> List[Any]:
         """The papers' claims as this run finds them (:class:`~manipex.experiments.published.Finding`),

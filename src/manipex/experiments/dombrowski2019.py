@@ -8,6 +8,7 @@ from typing import List
 
 import torch
 
+from .tables import Table, findings_table_spec
 from .base import Experiment
 from .common import (AttackConfig, ImageContext, attack_budget, attack_context, attack_setting, budget_units, by_budget,
                      load_examples, method_options, method_units, per_image, pick_examples, seeded,
@@ -43,23 +44,24 @@ class Dombrowski2019(Experiment):
 
     name = "dombrowski2019"
     title = "Dombrowski et al. 2019: explanations can be manipulated (targeted attack; beta-smoothing)"
+    TABLES = (
+        findings_table_spec("The paper's"),
+        Table("fig3", "Fig. 3: manipulated map vs target map (mean per method)",
+              "Fig. 3: how close the manipulated maps come to their targets",
+              "Per explanation method: MSE, SSIM and PCC of the manipulated map with the target map (lower MSE, "
+              "higher SSIM/PCC = manipulated more), the PCC before the attack, the image's own MSE change (lower = "
+              "less visible) and the share of images whose class was kept."),
+        Table("fig3_budgets", "Fig. 3 by budget: mean PCC with the target, before and after the attack",
+              "Fig. 3 by budget: PCC with the target at each eps",
+              "Mean PCC of each method's map with the target before the attack and after it at each budget eps "
+              "(pixels in [0, 1]). Higher = the attack reaches the target better."),
+        Table("fig4", "Fig. 4: beta-smoothed maps of the manipulated image (median PCC)",
+              "Fig. 4: beta-smoothing undoes the manipulation",
+              "Median PCC of the beta-smoothed map of the manipulated image with the target map (lower = better "
+              "defended) and with the original map (higher = better recovered), per method and beta ('relu': no "
+              "smoothing)."),
+    )
     captions = {
-        "Findings": ("What this run finds", "The paper's claims, the published numbers, ours in this run's setting, "
-                     "and a verdict; 'why' says what is known where a claim does not hold."),
-        "Fig. 3: manipulated map vs target map (mean per method)": (
-            "Fig. 3: how close the manipulated maps come to their targets",
-            "Per explanation method: MSE, SSIM and PCC of the manipulated map with the target map (lower MSE, "
-            "higher SSIM/PCC = manipulated more), the PCC before the attack, the image's own MSE change (lower = "
-            "less visible) and the share of images whose class was kept."),
-        "Fig. 3 by budget: mean PCC with the target, before and after the attack": (
-            "Fig. 3 by budget: PCC with the target at each eps",
-            "Mean PCC of each method's map with the target before the attack and after it at each budget eps "
-            "(pixels in [0, 1]). Higher = the attack reaches the target better."),
-        "Fig. 4: beta-smoothed maps of the manipulated image (median PCC)": (
-            "Fig. 4: beta-smoothing undoes the manipulation",
-            "Median PCC of the beta-smoothed map of the manipulated image with the target map (lower = better "
-            "defended) and with the original map (higher = better recovered), per method and beta ('relu': no "
-            "smoothing)."),
         "fig3_pcc_gain_boxes": ("Fig. 3: rise of the PCC with the target per method",
                                 "Box plots over images of the PCC with the target map after the attack minus before. "
                                 "Higher = the map was manipulated more."),
@@ -186,18 +188,19 @@ class Dombrowski2019(Experiment):
     def tables(self, df, config):
         attack = df[df.unit.str.startswith("attack/")]
         curve = df[df.unit.str.startswith("beta/")]
-        out = {"Findings": findings_table(self.findings(df, config))}
+        out = self.new_tables()
+        out.add("findings", findings_table(self.findings(df, config)))
         if len(attack):
             cols = ["mse_after", "ssim_after", "pcc_after", "pcc_before", "image_mse", "class_kept"]
             # maps sum to 1, so their MSE is tiny (shown in scientific notation; the paper's axis: 1e-9 on 224 x 224)
-            out["Fig. 3: manipulated map vs target map (mean per method)"] = attack.groupby("method")[cols].mean()
+            out.add("fig3", attack.groupby("method")[cols].mean())
         budgets = self.budget_table(df, config)
         if budgets is not None:
             budgets.columns = ["before"] + [f"eps {e:g}" for e in budgets.columns[1:]]
-            out["Fig. 3 by budget: mean PCC with the target, before and after the attack"] = budgets
+            out.add("fig3_budgets", budgets)
         if len(curve):
-            out["Fig. 4: beta-smoothed maps of the manipulated image (median PCC)"] = curve.pivot_table(
-                index=["method", "beta"], values=["pcc_target", "pcc_original"], aggfunc="median").round(3)
+            out.add("fig4", curve.pivot_table(index=["method", "beta"], values=["pcc_target", "pcc_original"],
+                                              aggfunc="median").round(3))
         return out
 
     @staticmethod

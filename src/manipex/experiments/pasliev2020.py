@@ -28,6 +28,7 @@ from typing import Any, Dict, List
 import torch
 from torch import Tensor, nn
 
+from .tables import Table, findings_table_spec
 from .base import Experiment, Unit
 from .common import ImageContext, method_options, per_image, save_maps, save_model
 from .config import ConfigError, key, method_choices, profile_key
@@ -94,36 +95,35 @@ class Pasliev2020(Experiment):
 
     name = "pasliev2020"
     title = "Pasliev 2020: training networks with manipulated explanations"
+    TABLES = (
+        findings_table_spec("The thesis's"),
+        Table("t31", "Table 3.1: center-of-mass distance to the corner (pixels) of every method's maps",
+              "Table 3.1: centre-of-mass manipulation",
+              "Distance in pixels of each method's map's centre of mass to the corner (0, 0), per model (rows: acc = "
+              "original, com_<m> = fine-tuned against method m), and accuracy in %. Lower distance = manipulated."),
+        Table("t32", "Table 3.2: maps vs the cross target", "Table 3.2: target-map manipulation (the cross)",
+              "Per model and method: accuracy in %, MSE to the cross (lower = manipulated), PCC and SSIM with the "
+              "cross (higher = manipulated). th_<m> is fine-tuned towards the cross for method m."),
+        Table("t33", "Table 3.3: identical prediction probabilities ({method} maps vs the cross)",
+              "Table 3.3: identical prediction probabilities ({method} maps vs the cross)",
+              "The ipp model keeps the original softmax (classification_loss: MSE to it, lower = closer) while its "
+              "maps move to the cross (lower MSE, higher PCC/SSIM = manipulated)."),
+        Table("t34", "Table 3.4: classifier frozen ({method} maps vs the cross)",
+              "Table 3.4: classifier layers frozen ({method} maps vs the cross)",
+              "Only the feature layers fine-tuned: accuracy in %, MSE (lower) and PCC/SSIM (higher) with the cross = "
+              "manipulated."),
+        Table("t41", "Table 4.1: gradient maps of noise inputs N(0, 1)", "Table 4.1: maps of noise inputs",
+              "Gradient maps of Gaussian-noise inputs per model: a manipulated model shows its manipulation here too "
+              "(small centre-of-mass distance, high PCC with the cross)."),
+        Table("t42", "Table 4.2: similarity of the maps of noise inputs, and detection (F_acc as the trusted model)",
+              "Table 4.2: detecting manipulated models from noise inputs",
+              "Mean PCC between the maps of noise inputs (higher = suspiciously alike), the threshold set on the "
+              "trusted original model, and whether the model is flagged (1 = flagged)."),
+        Table("published", "{table} as published", "{table} as published (Pasliev 2020)",
+              "The thesis's numbers in its own setting (MSE in the same unit as ours). Compare the direction of each "
+              "change from acc, not the values."),
+    )
     captions = {
-        "Findings": ("What this run finds", "The thesis's claims, the published numbers, ours in this run's setting, "
-                     "and a verdict; 'why' says what is known where a claim does not hold."),
-        "Table 3.1: center-of-mass distance to the corner (pixels) of every method's maps": (
-            "Table 3.1: centre-of-mass manipulation",
-            "Distance in pixels of each method's map's centre of mass to the corner (0, 0), per model (rows: acc = "
-            "original, com_<m> = fine-tuned against method m), and accuracy in %. Lower distance = manipulated."),
-        "Table 3.2: maps vs the cross target": (
-            "Table 3.2: target-map manipulation (the cross)",
-            "Per model and method: accuracy in %, MSE to the cross (lower = manipulated), PCC and SSIM with the "
-            "cross (higher = manipulated). th_<m> is fine-tuned towards the cross for method m."),
-        "Table 3.3: identical prediction probabilities (* maps vs the cross)": (
-            "Table 3.3: identical prediction probabilities ({})",
-            "The ipp model keeps the original softmax (classification_loss: MSE to it, lower = closer) while its "
-            "maps move to the cross (lower MSE, higher PCC/SSIM = manipulated)."),
-        "Table 3.4: classifier frozen (* maps vs the cross)": (
-            "Table 3.4: classifier layers frozen ({})",
-            "Only the feature layers fine-tuned: accuracy in %, MSE (lower) and PCC/SSIM (higher) with the cross = "
-            "manipulated."),
-        "Table 4.1: gradient maps of noise inputs N(0, 1)": (
-            "Table 4.1: maps of noise inputs",
-            "Gradient maps of Gaussian-noise inputs per model: a manipulated model shows its manipulation here too "
-            "(small centre-of-mass distance, high PCC with the cross)."),
-        "Table 4.2: similarity of the maps of noise inputs, and detection (F_acc as the trusted model)": (
-            "Table 4.2: detecting manipulated models from noise inputs",
-            "Mean PCC between the maps of noise inputs (higher = suspiciously alike), the threshold set on the "
-            "trusted original model, and whether the model is flagged (1 = flagged)."),
-        "* as published": ("{} as published (Pasliev 2020)",
-                           "The thesis's numbers in its own setting (MSE in the same unit as ours). Compare the "
-                           "direction of each change from acc, not the values."),
         "fig3_heatmaps_*": ("Fig. 3: maps of each model, example {}",
                             "One test image's maps (rows: method) for every model (columns: acc = original, then the "
                             "manipulated models). Manipulated models should show their target (corner, cross)."),
@@ -280,15 +280,12 @@ class Pasliev2020(Experiment):
                                    "the original's but below its threshold (mean + 2 sd of its pairs)"))
         return out
 
-    T31 = "Table 3.1: center-of-mass distance to the corner (pixels) of every method's maps"
-    T32 = "Table 3.2: maps vs the cross target"
-    T41 = "Table 4.1: gradient maps of noise inputs N(0, 1)"
-    T42 = "Table 4.2: similarity of the maps of noise inputs, and detection (F_acc as the trusted model)"
 
     def tables(self, df, config):
         import pandas as pd
 
-        out: Dict[str, Any] = {"Findings": findings_table(self.findings(df, config))}
+        out = self.new_tables()
+        out.add("findings", findings_table(self.findings(df, config)))
         maps = df[df.kind == "maps"] if "kind" in df else df.iloc[:0]
         order = [m for m in self._model_order(config) if m in set(maps.model)] if len(maps) else []
         methods = [m for m in config.methods if len(maps) and m in set(maps.method)]
@@ -315,41 +312,43 @@ class Pasliev2020(Experiment):
             t31 = t31.reindex(index=com, columns=methods)
             t31.insert(0, "accuracy (%)",
                        mean_by_model(test[test.method == methods[0]], ["accuracy (%)"])["accuracy (%)"])
-            out[self.T31] = t31.round(3)
-            out["Table 3.1 as published"] = published(PASLIEV_T31)
+            out.add("t31", t31.round(3))
+            out.add("t31_published", published(PASLIEV_T31), spec="published", table="Table 3.1")
             th = [m for m in order if m == "acc" or m.startswith("th_")]
             part = test[test.model.isin(th)]
             metrics = ["accuracy (%)", "target_mse", "target_pcc", "target_ssim"]
             t32 = part.groupby(["model", "method"])[metrics].mean()
             t32 = t32.reindex([(mod, m) for mod in th for m in methods if (mod, m) in t32.index])
-            out[self.T32] = t32
+            out.add("t32", t32)
             pub32 = pd.DataFrame.from_dict({(mod, m): list(v)
                                             for mod in PASLIEV_T32 for m, v in PASLIEV_T32[mod].items()},
                                            orient="index", columns=metrics)
             pub32.index = pd.MultiIndex.from_tuples(pub32.index, names=["model", "method"])
             pub32["target_mse"] = pub32["target_mse"] * 1e-6  # published x1e6
-            out["Table 3.2 as published"] = with_setting(pub32, PASLIEV_T32_SETTING, config, compare)
+            out.add("t32_published", with_setting(pub32, PASLIEV_T32_SETTING, config, compare), spec="published",
+                    table="Table 3.2")
             cols = ["accuracy (%)", "classification_loss", "target_mse", "target_pcc", "target_ssim"]
-            for kind, title, table, columns in (
-                ("ipp", "Table 3.3: identical prediction probabilities", PASLIEV_T33, cols),
-                ("fc", "Table 3.4: classifier frozen", PASLIEV_T34, [c for c in cols if c != "classification_loss"]),
+            for kind, spec, table, columns in (
+                ("ipp", "t33", PASLIEV_T33, cols),
+                ("fc", "t34", PASLIEV_T34, [c for c in cols if c != "classification_loss"]),
             ):
                 for name in [m for m in order if m.startswith(kind + "_")]:
                     method = name.split("_", 1)[1]  # each model with its own method's maps, beside acc and th_<method>
                     if method not in methods:
                         continue
                     chosen = [m for m in order if m in ("acc", f"th_{method}", name)]
-                    out[f"{title} ({method.replace('_', ' ')} maps vs the cross)"] = mean_by_model(
-                        test[(test.method == method) & test.model.isin(chosen)], columns)
+                    out.add(f"{spec}_{method}", mean_by_model(test[(test.method == method) & test.model.isin(chosen)],
+                                                              columns), spec=spec, method=method.replace("_", " "))
                     if method == "gradient":
-                        out[f"{title.split(':')[0]} as published"] = published(table)
+                        out.add(f"{spec}_published", published(table), spec="published",
+                                table=f"Table 3.{spec[-1]}")
         if len(noise):
             t41 = mean_by_model(noise, ["com_distance", "target_mse", "target_pcc", "target_ssim"])
-            out[self.T41] = t41
-            out["Table 4.1 as published"] = published(PASLIEV_T41)
+            out.add("t41", t41)
+            out.add("t41_published", published(PASLIEV_T41), spec="published", table="Table 4.1")
             t42 = noise.groupby("model")[["noise_pcc", "threshold", "flagged"]].first().reindex(t41.index)
-            out[self.T42] = t42.round(3)
-            out["Table 4.2 as published"] = published(PASLIEV_T42)
+            out.add("t42", t42.round(3))
+            out.add("t42_published", published(PASLIEV_T42), spec="published", table="Table 4.2")
         return out
 
     def figures(self, df, config, out):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
+from .tables import Table, findings_table_spec
 from .base import Experiment, Unit
 from .common import (DEFENSES, AttackConfig, ImageContext, attack_budget, attack_context, attack_setting, defended,
                      defense_choices, load_examples, pick_examples, seeded, targeted_attack)
@@ -38,17 +39,17 @@ class Quick(Experiment):
 
     name = "quick"
     title = "Quick benchmark: targeted attacks against explanation methods and defenses"
+    TABLES = (
+        findings_table_spec("The papers'"),
+        Table("rise", "Rise of the PCC with the target map (lower = defense works)",
+              "How far the attack moves each map towards its target, per defense",
+              "Mean rise of the Pearson correlation (PCC) between the attacked image's map and the target map "
+              "(after − before), rows: explanation method, columns: defense. Lower is better: the defense works."),
+        Table("class_kept", "Share of images whose class was kept", "Share of attacked images whose class was kept",
+              "Fraction (0-1) of attacked images the model still gives their original class. 1 = the attack changed "
+              "only the explanation, as it intends."),
+    )
     captions = {
-        "Findings": ("What this run finds", "The papers' claims, their published numbers, ours in this run's setting, "
-                     "and a verdict; 'why' says what is known where a claim does not hold."),
-        "Rise of the PCC with the target map (lower = defense works)": (
-            "How far the attack moves each map towards its target, per defense",
-            "Mean rise of the Pearson correlation (PCC) between the attacked image's map and the target map "
-            "(after − before), rows: explanation method, columns: defense. Lower is better: the defense works."),
-        "Share of images whose class was kept": (
-            "Share of attacked images whose class was kept",
-            "Fraction (0-1) of attacked images the model still gives their original class. 1 = the attack changed "
-            "only the explanation, as it intends."),
         "quick_maps": ("What the attack does to the maps, without and with each defense",
                        "Rows: per method, a typical example of the undefended attack (its rise of the PCC with the "
                        "target closest to the median) and the best one; columns: the input, the manipulated input "
@@ -135,11 +136,11 @@ class Quick(Experiment):
     def tables(self, df, config):
         kept = df.pivot_table(index="method", columns="defense", values="class_kept", aggfunc="mean")
         rise = self._rise(df)
-        return {
-            "Findings": findings_table(self.findings(df, config)),
-            "Rise of the PCC with the target map (lower = defense works)": rise.round(3),
-            "Share of images whose class was kept": kept[list(rise.columns)].round(3),
-        }
+        out = self.new_tables()
+        out.add("findings", findings_table(self.findings(df, config)))
+        out.add("rise", rise.round(3))
+        out.add("class_kept", kept[list(rise.columns)].round(3))
+        return out
 
     def figures(self, df, config, out):
         @styled

@@ -15,6 +15,7 @@ from .base import EXPERIMENTS, get_experiment
 from .._validation import short
 from .config import ConfigError
 from .store import ResultStore
+from .tables import as_entries
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;padding:0 1em;color:#222}
@@ -107,8 +108,9 @@ def stem_words(stem: str) -> str:
 
 
 def caption_for(experiment: Any, key: str):
-    """``(heading, caption)`` declared by ``experiment.captions`` for a figure's file stem or a
-    table's title: an exact key first, then a key with ``*`` (fnmatch), whose match fills ``{}``
+    """``(heading, caption)`` declared by ``experiment.captions`` for a figure's file stem (tables
+    carry their own: :class:`~manipex.experiments.tables.Table`): an exact key first, then a key
+    with ``*`` (fnmatch), whose match fills ``{}``
     in the heading and caption (underscores as spaces). None if nothing is declared."""
     import fnmatch
 
@@ -178,15 +180,18 @@ def setting_html(config: Any) -> str:
     return f'<p class="caption"><b>Inputs:</b> {html.escape(normalization_text(config))}.</p>'
 
 
-def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: Dict[str, Any],
+def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: Any,
                  figures: Sequence[Path], notes: Sequence[str] = ()) -> Path:
-    """Write ``folder/report.html`` and return its path; ``notes`` (e.g. damaged result lines
-    that were skipped) are shown first."""
+    """Write ``folder/report.html`` and return its path. ``tables``: the run's
+    :class:`~manipex.experiments.tables.Tables` (each with its heading and caption), or a plain
+    ``{title: DataFrame}``; ``notes`` (e.g. damaged result lines that were skipped) are shown
+    first."""
     parts: List[str] = [f"<h1>{html.escape(experiment.title)}</h1>"]
     if notes:
         parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    for title, table in tables.items():
-        parts.append(_block(experiment, title, table_html(table), getattr(table, "attrs", None) or {}))
+    for spec, table in as_entries(tables):
+        parts.append(_block(spec.heading or spec.title, spec.caption, table_html(table),
+                            getattr(table, "attrs", None) or {}))
     for fig in figures:
         data = base64.b64encode(Path(fig).read_bytes()).decode()
         img = f'<img alt="{html.escape(Path(fig).name)}" src="data:image/png;base64,{data}">'
@@ -194,7 +199,9 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
         links = " · ".join(f'<a href="{html.escape(o.name)}">{o.suffix[1:].upper()}</a>' for o in others if o.exists())
         if links:
             img += f'<p class="caption">also as {links} (beside report.html)</p>'
-        parts.append(_block(experiment, Path(fig).stem, img, {}, figure=True))
+        found = caption_for(experiment, Path(fig).stem)
+        heading, caption = found if found else (stem_words(Path(fig).stem), "")
+        parts.append(_block(heading, caption, img, {}))
     values = config.to_dict() if hasattr(config, "to_dict") else config
     parts.append("<h2>Configuration</h2>" + setting_html(config) + "<pre>"
                  + html.escape(json.dumps(values, indent=2)) + "</pre>")
@@ -236,11 +243,9 @@ def published_lines(attrs: Dict[str, Any]) -> List[Tuple[str, str]]:
     return [(k, str(v)) for k, v in lines if v]
 
 
-def _block(experiment: Any, key: str, body: str, attrs: Dict[str, Any], figure: bool = False) -> str:
+def _block(heading: str, caption: str, body: str, attrs: Dict[str, Any]) -> str:
     """A heading, its caption and ``body``; a table of published numbers (``attrs["published"]``:
     the paper's setting) in a box of its own, with our setting and how the two differ."""
-    found = caption_for(experiment, key)
-    heading, caption = found if found else (stem_words(key) if figure else key, "")
     out = f"<h2>{html.escape(heading)}</h2>"
     if caption:
         out += f'<p class="caption">{html.escape(caption)}</p>'
@@ -280,6 +285,6 @@ def report_from_folder(folder: Path) -> Path:
     config = experiment.Config.resolve({k: v for k, v in meta["config"].items() if k in known},
                                        sources=[f"{folder}/meta.json"])
     df = store.frame()
-    tables = {k: v for k, v in experiment.tables(df, config).items() if v is not None} if len(df) else {}
+    tables = experiment.tables(df, config) if len(df) else {}
     figures = experiment.figures(df, config, folder) if len(df) else []
     return write_report(folder, experiment, config, tables, figures, notes=damaged_note(store))

@@ -9,6 +9,7 @@ from typing import List
 
 import torch
 
+from .tables import Table, findings_table_spec
 from .base import Experiment
 from .common import (AttackConfig, ImageContext, attack_budget, attack_context, attack_setting, budget_units, by_budget,
                      method_options, method_units, per_image, seeded, targeted_attack)
@@ -44,29 +45,29 @@ class Rieger2020(Experiment):
 
     name = "rieger2020"
     title = "Rieger & Hansen 2020: aggregation as a defense (Table 1)"
+    TABLES = (
+        findings_table_spec("The paper's"),
+        Table("table1", "Table 1: Δ-metrics of the targeted attack",
+              "Table 1: how much the targeted attack moves each method's map (ours)",
+              "Per method: change (after − before) of the MSE (lower = closer to target), PCC and top-10 overlap "
+              "(higher = closer) between the map and the target map; PCC and top-10 after; share of images whose "
+              "class was kept. A robust method has Δ-PCC and Δ-top-10 near 0."),
+        Table("table1_published", "Table 1 as published", "Table 1 as published (Rieger & Hansen 2020)",
+              "The paper's Δ-metrics in its own setting, Δ-MSE in the same unit as ours. Compare which methods move "
+              "most, not the values."),
+        Table("table1_budgets", "Table 1 by budget: Δ-PCC of the targeted attack",
+              "Table 1 by budget: Δ-PCC at each eps",
+              "Mean rise of the PCC with the target per method (rows) and budget eps (columns). Lower = more robust."),
+        Table("fig2_transfer", "Fig. 2: transfer, rise of PCC with the target (rows attacked, columns evaluated)",
+              "Fig. 2: does an attack on one method transfer to another?",
+              "Rise of the PCC with the target for the method attacked (rows) as seen by each method evaluated "
+              "(columns). A large diagonal and small off-diagonal = the attack transfers poorly."),
+        Table("table4_blank", "Table 4: blank-square attack (share of the square's relevance kept; map preserved)",
+              "Table 4: blank-square attack",
+              "Relevance inside the blanked square before and after, the share kept (higher = the square still "
+              "shows), whether the rest of the map was preserved, and the share of images whose class was kept."),
+    )
     captions = {
-        "Findings": ("What this run finds", "The paper's claims, the published numbers, ours in this run's setting, "
-                     "and a verdict; 'why' says what is known where a claim does not hold."),
-        "Table 1: Δ-metrics of the targeted attack": (
-            "Table 1: how much the targeted attack moves each method's map (ours)",
-            "Per method: change (after − before) of the MSE (lower = closer to target), PCC and top-10 overlap "
-            "(higher = closer) between the map and the target map; PCC and top-10 after; share of images whose "
-            "class was kept. A robust method has Δ-PCC and Δ-top-10 near 0."),
-        "Table 1 as published": (
-            "Table 1 as published (Rieger & Hansen 2020)",
-            "The paper's Δ-metrics in its own setting, Δ-MSE in the same unit as ours. Compare which methods move "
-            "most, not the values."),
-        "Table 1 by budget: Δ-PCC of the targeted attack": (
-            "Table 1 by budget: Δ-PCC at each eps",
-            "Mean rise of the PCC with the target per method (rows) and budget eps (columns). Lower = more robust."),
-        "Fig. 2: transfer, rise of PCC with the target (rows attacked, columns evaluated)": (
-            "Fig. 2: does an attack on one method transfer to another?",
-            "Rise of the PCC with the target for the method attacked (rows) as seen by each method evaluated "
-            "(columns). A large diagonal and small off-diagonal = the attack transfers poorly."),
-        "Table 4: blank-square attack (share of the square's relevance kept; map preserved)": (
-            "Table 4: blank-square attack",
-            "Relevance inside the blanked square before and after, the share kept (higher = the square still "
-            "shows), whether the rest of the map was preserved, and the share of images whose class was kept."),
         "table1_d_pcc_boxes": ("Table 1: Δ-PCC per method, over images",
                                "Box plots of the rise of the PCC with the target map per attacked method. Lower = "
                                "more robust; AGG-Mean should sit lowest if aggregation defends."),
@@ -130,9 +131,6 @@ class Rieger2020(Experiment):
                           "map_preserved": torch.minimum(before, after).flatten(1).sum(1),
                           "class_kept": res.class_kept.float()}, first_index=p["start"], method=method)
 
-    TABLE1 = "Table 1: Δ-metrics of the targeted attack"
-    TABLE1_PUBLISHED = "Table 1 as published"
-
     def findings(self, df, config):
         table1 = df[df.unit.str.startswith("table1/")]
         if not len(table1):
@@ -177,7 +175,8 @@ class Rieger2020(Experiment):
                 "see dombrowski2019's budget table), the attack moves those more: " + "; ".join(parts)) if parts else ""
 
     def tables(self, df, config):
-        out = {"Findings": findings_table(self.findings(df, config))}
+        out = self.new_tables()
+        out.add("findings", findings_table(self.findings(df, config)))
         transfer = df[df.unit.str.startswith("transfer/")]
         blank = df[df.unit.str.startswith("blank/")]
         table1 = df[df.unit.str.startswith("table1/")]
@@ -187,23 +186,23 @@ class Rieger2020(Experiment):
                                       "Δ-top-10": table1.top10_after - table1.top10_before,
                                       "PCC after": table1.pcc_after, "top-10 after": table1.top10_after,
                                       "class kept": table1.class_kept})
-            out[self.TABLE1] = table1.groupby("method")[["Δ-MSE", "Δ-PCC", "Δ-top-10", "PCC after", "top-10 after",
-                                                         "class kept"]].mean()
+            out.add("table1", table1.groupby("method")[["Δ-MSE", "Δ-PCC", "Δ-top-10", "PCC after", "top-10 after",
+                                                       "class kept"]].mean())
             published = RIEGER_TABLE1.table(config, "the order of the methods (which moves most), not the values",
                                             rename={"mse_1e-9": "Δ-MSE", "pcc": "Δ-PCC", "top10": "Δ-top-10"})
             published["Δ-MSE"] = published["Δ-MSE"] * 1e-9  # the paper's unit (x1e-9) undone: the same unit as ours
-            out[self.TABLE1_PUBLISHED] = published
+            out.add("table1_published", published)
         budgets = self.d_pcc_by_budget(df, config)
         if budgets is not None:
             budgets.columns = [f"eps {e:g}" for e in budgets.columns]
-            out["Table 1 by budget: Δ-PCC of the targeted attack"] = budgets.round(3)
+            out.add("table1_budgets", budgets.round(3))
         if len(transfer):
-            out["Fig. 2: transfer, rise of PCC with the target (rows attacked, columns evaluated)"] = (
-                transfer.pivot_table(index="attacked", columns="evaluated", values="d_pcc", aggfunc="mean").round(3))
+            out.add("fig2_transfer", transfer.pivot_table(index="attacked", columns="evaluated", values="d_pcc",
+                                                          aggfunc="mean").round(3))
         if len(blank):
-            out["Table 4: blank-square attack (share of the square's relevance kept; map preserved)"] = blank.groupby(
-                "method")[["square_mass_before", "square_mass_after", "square_relevance_kept", "map_preserved",
-                           "class_kept"]].mean().round(3)
+            out.add("table4_blank", blank.groupby("method")[["square_mass_before", "square_mass_after",
+                                                             "square_relevance_kept", "map_preserved",
+                                                             "class_kept"]].mean().round(3))
         return out
 
     def figures(self, df, config, out):

@@ -25,6 +25,7 @@ from typing import Any, Dict, List
 
 from torch import Tensor, nn
 
+from .tables import Table
 from .base import Experiment, Unit
 from .common import IG_STEPS, ImageContext, attack_budget, method_options, per_image, seeded, targeted_attack
 from .config import ConfigError, key, method_choices, profile_key
@@ -143,22 +144,23 @@ class RobustTraining(Experiment):
 
     name = "robust_training"
     title = "Robust-explanation training: defenses against the same adaptive attacks"
+    TABLES = (
+        Table("findings", "Findings", "What this run finds",
+              "The papers' claims, what they report, ours in this run's setting, and a verdict; 'why' says what is "
+              "known where a claim does not hold."),
+        Table("defenses", "Robust training per defense", "Each defense: accuracy, attacks and robustness metrics",
+              "Rows: the model fine-tuned with each defense (plain: without a regularizer, the baseline). accuracy (%) "
+              "on the test images and its change from plain in points (a defense counts where it is within 2 points); "
+              "targeted attack: rise of the PCC of the map with the target map (lower = more robust); top-k attack: "
+              "top-k intersection and Spearman of the attacked map with the original (higher = more robust); Hessian "
+              "norm of the explained logit at the data (lower = flatter); max-sensitivity sampled and adversarial "
+              "(its worst case; lower = more robust); sanity: mean SSIM of the map with the original along the "
+              "cascading randomisation (lower = the map depends on the weights, as it should)."),
+        Table("settings", "Settings of each defense", "What each defense trained with",
+              "The regularizer, its paper, its settings and the fine-tuning schedule (the same for all). Each "
+              "model is kept in models/robust_<defense>.safetensors, its training time in the file's metadata."),
+    )
     captions = {
-        "Findings": ("What this run finds", "The papers' claims, what they report, ours in this run's setting, and a "
-                     "verdict; 'why' says what is known where a claim does not hold."),
-        "Robust training per defense": (
-            "Each defense: accuracy, attacks and robustness metrics",
-            "Rows: the model fine-tuned with each defense (plain: without a regularizer, the baseline). accuracy (%) "
-            "on the test images and its change from plain in points (a defense counts where it is within 2 points); "
-            "targeted attack: rise of the PCC of the map with the target map (lower = more robust); top-k attack: "
-            "top-k intersection and Spearman of the attacked map with the original (higher = more robust); Hessian "
-            "norm of the explained logit at the data (lower = flatter); max-sensitivity sampled and adversarial "
-            "(its worst case; lower = more robust); sanity: mean SSIM of the map with the original along the "
-            "cascading randomisation (lower = the map depends on the weights, as it should)."),
-        "Settings of each defense": (
-            "What each defense trained with",
-            "The regularizer, its paper, its settings and the fine-tuning schedule (the same for all). Each "
-            "model is kept in models/robust_<defense>.safetensors, its training time in the file's metadata."),
         "robust_training_summary": (
             "Defenses side by side",
             "Per defense (rows) four panels: accuracy, the targeted attack's rise of the PCC with the target (lower = "
@@ -373,9 +375,11 @@ class RobustTraining(Experiment):
                                          f"{config.train_lr:g}, batch {config.train_batch}"})
         import pandas as pd
 
-        return {"Findings": findings_table(self.findings(df, config)),
-                "Robust training per defense": table.round(3) + 0.0,  # + 0.0: no "-0.0" cells
-                "Settings of each defense": pd.DataFrame(settings).set_index("defense") if settings else None}
+        out = self.new_tables()
+        out.add("findings", findings_table(self.findings(df, config)))
+        out.add("defenses", table.round(3) + 0.0)  # + 0.0: no "-0.0" cells
+        out.add("settings", pd.DataFrame(settings).set_index("defense") if settings else None)
+        return out
 
     def figures(self, df, config, out):
         paths = []

@@ -25,6 +25,7 @@ from .store import DamagedMetaError, FolderLock, RESULT_SHARD, ResultStore
 from ..style import format_table
 from .._progress import log_line, logs_lines, progress_bar
 from .sources import normalization_text
+from .tables import as_entries
 
 
 def experiment_named(name: Any):
@@ -356,16 +357,16 @@ def _run_locked(experiment, config, store: ResultStore, folder: Path, rank: int,
         if rank != 0:
             return {}
     df = store.frame()  # every shard
-    tables = {k: v for k, v in experiment.tables(df, config).items() if v is not None}
+    tables = experiment.tables(df, config)
     figures = experiment.figures(df, config, folder)
     page = write_report(folder, experiment, config, tables, figures, notes=damaged_note(store))
     import pandas as pd
 
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(f"\n{experiment.title}\n")
-        for title, table in tables.items():
+        for spec, table in as_entries(tables):
             setting = "".join(f"{k}: {v}\n" for k, v in published_lines(getattr(table, "attrs", {})))
-            print(f"{title}\n{setting}{_text_table(table)}\n")
+            print(f"{spec.title}\n{setting}{_text_table(table)}\n")
     print(f"results: {folder / 'results.jsonl'}\nreport:  {page}")
     if store.damaged:
         print(f"damaged: {len(store.damaged)} line(s) of the results skipped ({store.damaged_text()}); their units "

@@ -16,6 +16,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
+from .tables import Table, findings_table_spec
 from .base import Experiment, Unit
 from .common import ImageContext, attack_budget, load_model, per_image, save_maps, save_model
 from .config import ConfigError, key, profile_key
@@ -72,20 +73,20 @@ class TangATEX(Experiment):
 
     name = "tang_atex"
     title = "Tang et al.: ATEX against explanation manipulation (Tables 1-4)"
+    TABLES = (
+        findings_table_spec("The paper's"),
+        Table("untargeted", "untargeted attack: similarity of the attacked map to the original (higher = more robust)",
+              "Table 1: untargeted (top-k) attack, ours",
+              "Per budget eps (rows) and model (atex, softplus): Spearman rank correlation, top-k intersection and "
+              "SSIM of the attacked map with the original map (higher = more robust), and accuracy in %."),
+        Table("table1_published", "Table 1 (untargeted attack) as published", "Table 1 as published (Tang et al.)",
+              "The paper's numbers in its own setting. Compare the gap between ATEX and softplus, not the values."),
+        Table("targeted", "targeted attack: similarity of the attacked map to the original (higher = more robust)",
+              "Targeted (region) attack, ours",
+              "As Table 1 for the targeted attack: similarity of the attacked map with the original (higher = more "
+              "robust), and accuracy in %."),
+    )
     captions = {
-        "Findings": ("What this run finds", "The paper's claims, the published numbers, ours in this run's setting, "
-                     "and a verdict; 'why' says what is known where a claim does not hold."),
-        "untargeted attack: similarity of the attacked map to the original (higher = more robust)": (
-            "Table 1: untargeted (top-k) attack, ours",
-            "Per budget eps (rows) and model (atex, softplus): Spearman rank correlation, top-k intersection and "
-            "SSIM of the attacked map with the original map (higher = more robust), and accuracy in %."),
-        "targeted attack: similarity of the attacked map to the original (higher = more robust)": (
-            "Targeted (region) attack, ours",
-            "As Table 1 for the targeted attack: similarity of the attacked map with the original (higher = more "
-            "robust), and accuracy in %."),
-        "Table 1 (untargeted attack) as published": (
-            "Table 1 as published (Tang et al.)",
-            "The paper's numbers in its own setting. Compare the gap between ATEX and softplus, not the values."),
         "tables_metrics_vs_eps": ("Map similarity against the attack budget",
                                   "Spearman, top-k and SSIM of the attacked map with the original, per model, as the "
                                   "budget eps grows. Higher curves = more robust; ATEX should lie above softplus."),
@@ -162,10 +163,9 @@ class TangATEX(Experiment):
                         "ATEX's lead is small on MNIST-5k (Spearman +0.02 at eps 0.08 by default) and a short "
                         "fine-tuning or few attacked images can hide it")]
 
-    TABLE1_PUBLISHED = "Table 1 (untargeted attack) as published"
-
     def tables(self, df, config):
-        out = {"Findings": findings_table(self.findings(df, config))}
+        out = self.new_tables()
+        out.add("findings", findings_table(self.findings(df, config)))
         for attack in ("untargeted", "targeted"):
             part = df[df.attack == attack]
             if not len(part):
@@ -174,17 +174,14 @@ class TangATEX(Experiment):
                 index="eps", columns="model", values=["spearman", "topk", "ssim", "accuracy"], aggfunc="mean")
             table.columns = [f"{'accuracy (%)' if metric == 'accuracy' else metric} {model}"
                              for metric, model in table.columns]
-            title = f"{attack} attack: similarity of the attacked map to the original (higher = more robust)"
+            out.add(attack, table.round(3))
             if attack == "untargeted":
                 published = TANG_TABLE1.table(config, "the gap between ATEX and softplus, not the values")
                 published["accuracy_atex"] = published["accuracy_atex"] * 100
                 published.columns = [c.replace("accuracy_", "accuracy (%) ").replace("_", " ")
                                      for c in published.columns]
                 published.index.name = "eps"
-                out[title] = table.round(3)
-                out[self.TABLE1_PUBLISHED] = published
-                continue
-            out[title] = table.round(3)
+                out.add("table1_published", published)
         return out
 
     def figures(self, df, config, out):
