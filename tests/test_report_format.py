@@ -147,8 +147,8 @@ def test_tables_are_indexed_by_id_in_report_order_and_name_what_is_missing(tmp_p
     assert tables.table("verdict").heading == "Verdict" and tables.titles()["rise"] == "Rise at eps = 0.1"
     with pytest.raises(KeyError, match="no table 'curvature' is declared; declared: verdict, rise"):
         tables.add("curvature", pd.DataFrame())
-    with pytest.raises(KeyError, match="no table 'Verdict' in this run; its tables: verdict, rise"):
-        tables["verdict"]
+    with pytest.raises(KeyError, match="no table 'Rise at eps = 0.1' in this run; its tables: verdict, rise"):
+        tables["Rise at eps = 0.1"]  # by id, not by title
     with pytest.raises(ValueError, match="table 'rise': .* needs the field 'eps'"):
         tables.add("rise", pd.DataFrame())
     with pytest.raises(ValueError, match="declared twice"):
