@@ -262,8 +262,8 @@ def faithfulness_test(  # noqa: PLR0913 -- the test's settings, each a keyword
             With 1 or 2 references, or ``calibrate=False`` (references of another recipe), they
             check the reference-free test instead: it is run on each; where its ranking test flags
             a trusted clean model, that test is dropped and the mass test decides alone
-            (``mass_only``; a manipulated default ViT is flagged so, p = 4e-6, a clean one is not,
-            p = 0.53), and where its mass test flags one too, it gives no verdict
+            (``mass_only``: how a centre-of-mass-manipulated default ViT is flagged), and where its
+            mass test flags one too, it gives no verdict
             (``refuting_ratios``, inconclusive), since its false-positive rate is then not what
             ``alpha`` says.
         calibrate: whether 3 or more references calibrate the test (False where their recipe is
@@ -319,10 +319,8 @@ def _check_margin(report: FaithfulnessReport, references: Sequence[FaithfulnessR
       model (seen on ViTs, whose clean gradient maps reach 8-24 % of occlusion's faithfulness
       against a margin of 50 %), so the ranking test is dropped and the mass test decides alone
       (:attr:`FaithfulnessReport.mass_only`, ``p_value = p_mass`` at ``alpha``): it assumes only
-      that a clean map is not worse placed than a uniform map, which the references then show.
-      Measured on the default ViT (64 test digits, gradient): clean references' mass p-values
-      0.97-1.0, the clean model's 0.53; centre-of-mass manipulations to the corner that keep
-      accuracy within 3 points 4e-3, 4e-6 and 2e-8.
+      that a clean map is not worse placed than a uniform map, which the references then show
+      (the default ViT's figures: ``tests/test_vit_attacks.py``).
     * A reference flagged by the mass test (or by the ranking test where there is no mass
       test): the report gives no verdict (:attr:`FaithfulnessReport.margin_refuted`).
     """
