@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from ._files import replacing
+
 #: what every state file holds besides its format and settings key
 _FIELDS = {"key", "model", "optimizer", "epoch", "history"}
 
@@ -64,10 +66,9 @@ class RunState:
 
     def save(self, *, model: Dict[str, Any], optimizer: Dict[str, Any], epoch: int, history: Any) -> None:
         """Write the state after ``epoch`` epochs (state dicts of the model and the optimizer)."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({"format": self.format, "key": self.key, "model": model, "optimizer": optimizer,
-                    "epoch": epoch, "history": history}, tmp)
-        os.replace(tmp, self.path)
+        with replacing(self.path) as tmp:
+            torch.save({"format": self.format, "key": self.key, "model": model, "optimizer": optimizer,
+                        "epoch": epoch, "history": history}, tmp)
 
 
 def restore(state: Optional[Dict[str, Any]], model: torch.nn.Module,

@@ -37,7 +37,7 @@ class AdultConfig(Config):
 
     PROFILES = {"paper": {"epochs": 200, "finetune_epochs": 100}}
 
-    def check(self) -> None:
+    def check_files(self) -> None:
         if self.root and not Path(self.root).expanduser().is_dir():
             raise ConfigError(f"config key 'root': {self.root!r} is not a folder")
         if self.weights and not Path(self.weights).expanduser().is_file():

@@ -130,6 +130,9 @@ class AuditConfig(SourceConfig):
     def check(self) -> None:
         super().check()
         require_model(self, "audit")
+
+    def check_files(self) -> None:
+        super().check_files()
         for path in self.references:
             if not Path(path).expanduser().is_file():
                 raise ConfigError(f"config key 'references': {path!r} does not exist")

@@ -2,7 +2,6 @@
 options in one place, the table of defenses, one per-image row builder, example maps."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -10,6 +9,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .._files import replacing
 from ..defenses.catalog import DEFENSES, Defense  # noqa: F401 (the experiments' defenses, by name)
 from ..defenses.catalog import defended as catalog_defended
 from .base import Context, Unit
@@ -202,9 +202,8 @@ def save_maps(path: Path, tensors: Dict[str, Tensor], n: int) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v[:n].detach().cpu().float().clone() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file({k: v[:n].detach().cpu().float().clone() for k, v in tensors.items()}, tmp)
 
 
 def load_maps(path: Path) -> Optional[Dict[str, Tensor]]:

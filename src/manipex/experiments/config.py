@@ -277,10 +277,12 @@ class Config:
         return out
 
     @classmethod
-    def resolve(cls, *layers: Mapping[str, Any], sources: Sequence[str] = ()) -> "Config":
+    def resolve(cls, *layers: Mapping[str, Any], sources: Sequence[str] = (), files: bool = True) -> "Config":
         """The defaults updated by each mapping of ``layers`` in turn (a file, then the command
-        line), every key and value checked, then :meth:`check`. ``sources`` names each layer
-        for messages about unknown keys."""
+        line), every key and value checked, then :meth:`check` and, with ``files``,
+        :meth:`check_files`. ``sources`` names each layer for messages about unknown keys.
+        ``files=False`` reads a stored config (``manipex report``): nothing on the file system
+        is probed and no factory is imported."""
         fields = cls.fields()
         values = {name: f.default for name, f in fields.items()}
         given = set()
@@ -304,6 +306,8 @@ class Config:
         config = cls(**values)
         try:
             config.check()
+            if files:
+                config.check_files()
         except ConfigError:
             raise
         except (OSError, RuntimeError, ValueError) as err:  # a file-system probe that failed, e.g. ~nosuchuser/x
@@ -312,8 +316,13 @@ class Config:
         return config
 
     def check(self) -> None:
-        """Checks across keys or on the file system, before any work; raise :class:`ConfigError`
-        naming the key. Types, choices and bounds are already checked."""
+        """Checks across keys, before any work; raise :class:`ConfigError` naming the key.
+        Types, choices and bounds are already checked."""
+
+    def check_files(self) -> None:
+        """Checks of what the keys name outside the config (files and folders exist, a factory
+        module imports), before any work; raise :class:`ConfigError` naming the key. Not run
+        where a stored config is only read (:meth:`resolve` with ``files=False``)."""
 
     def to_dict(self) -> Dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

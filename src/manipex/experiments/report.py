@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from .._files import give_plain_mode
+from .._files import give_plain_mode, refuse_outside_links
 from .sources import SourceConfig, normalization_text
 from .base import EXPERIMENTS, get_experiment
 from .._validation import short
@@ -273,6 +273,7 @@ def report_from_folder(folder: Path) -> Path:
         raise ConfigError(f"{folder} does not exist")
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder (give a run folder such as manipex-runs/quick)")
+    refuse_outside_links(folder)
     store = ResultStore(folder)
     meta = store.meta()
     if meta is None:
@@ -283,7 +284,7 @@ def report_from_folder(folder: Path) -> Path:
     experiment = get_experiment(meta["experiment"])
     known = experiment.Config.fields()  # a folder of an older version may hold keys since removed
     config = experiment.Config.resolve({k: v for k, v in meta["config"].items() if k in known},
-                                       sources=[f"{folder}/meta.json"])
+                                       sources=[f"{folder}/meta.json"], files=False)  # imports nothing
     df = store.frame()
     tables = experiment.tables(df, config) if len(df) else {}
     figures = experiment.figures(df, config, folder) if len(df) else []

@@ -17,7 +17,6 @@ that fine-tuning without a regularizer, the baseline. Each model is then:
 from __future__ import annotations
 
 import copy
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Dict, List
 
 from torch import Tensor, nn
 
+from .._files import replacing
 from .tables import Table
 from .base import Experiment, Unit
 from .common import IG_STEPS, ImageContext, attack_budget, method_options, per_image, seeded, targeted_attack
@@ -225,10 +225,9 @@ class RobustTraining(Experiment):
                                   progress=ctx.progress, **options)
             model = result.model
             folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp),
-                      metadata={"trained_seconds": f"{time.perf_counter() - started:.1f}"})
-            os.replace(tmp, path)
+            with replacing(path) as tmp:
+                save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, tmp,
+                          metadata={"trained_seconds": f"{time.perf_counter() - started:.1f}"})
         ctx.models[defense] = model
         return model
 

@@ -26,6 +26,7 @@ from ..style import format_table
 from .._progress import log_line, logs_lines, progress_bar
 from .sources import normalization_text
 from .tables import as_entries
+from .._files import refuse_outside_links
 
 
 def experiment_named(name: Any):
@@ -265,6 +266,7 @@ def run(
     rank, world = _distributed()
     folder = Path(out) / experiment.name
     created = _make_folder(folder)
+    refuse_outside_links(folder)
     store = ResultStore(folder, rank)
     lock = store.lock()
     try:
@@ -301,6 +303,10 @@ def _run_locked(experiment, config, store: ResultStore, folder: Path, rank: int,
         if done:
             raise
         old = None  # a folder without a finished unit holds nothing to protect
+    if old is None and done:  # rows of an unknown config: resuming would mix them with this one's
+        raise ConfigError(f"{folder} holds {len(done)} finished unit(s) but no meta.json, so the config they were "
+                          "made with is unknown. Nothing was changed: start over in this folder with --fresh "
+                          "(deletes those results), or use another --out")
     if old is not None and done:
         changed = config.differences(old["config"])
         if changed:

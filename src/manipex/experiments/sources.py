@@ -154,21 +154,14 @@ class SourceConfig(Config):
         super().check()
         if self.dataset != "mnist5k" and not self.root:
             raise ConfigError(f"config key 'root': dataset {self.dataset!r} needs the folder of its files")
-        if self.root and not Path(self.root).expanduser().is_dir():
-            raise ConfigError(f"config key 'root': {self.root!r} is not a folder")
-        if self.weights:
-            path = Path(self.weights).expanduser()
-            if not path.is_file():
-                raise ConfigError(f"config key 'weights': {self.weights!r} does not exist")
-            if path.suffix not in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
-                raise ConfigError(f"config key 'weights': {self.weights!r} is neither .safetensors nor a "
-                                  ".pth/.pt state_dict")
+        if self.weights and Path(self.weights).suffix not in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
+            raise ConfigError(f"config key 'weights': {self.weights!r} is neither .safetensors nor a "
+                              ".pth/.pt state_dict")
         if self.arch != "auto":
             if ":" in self.arch:
                 if not FACTORY.match(self.arch):
                     raise ConfigError(f"config key 'arch': {self.arch!r} is neither a zoo architecture nor a factory "
                                       "package.module:function")
-                import_factory(self.arch)
             elif self.arch not in _architecture_choices():
                 raise ConfigError(f"config key 'arch': unknown architecture {self.arch!r}; available: "
                                   f"{', '.join(_architecture_choices())}, or a factory package.module:function")
@@ -177,6 +170,15 @@ class SourceConfig(Config):
                               "torchvision's vgg16-397923af.pth) or a factory; training on an image folder is not "
                               "supported")
         _parse_normalize(self.normalize)
+
+    def check_files(self) -> None:
+        super().check_files()
+        if self.root and not Path(self.root).expanduser().is_dir():
+            raise ConfigError(f"config key 'root': {self.root!r} is not a folder")
+        if self.weights and not Path(self.weights).expanduser().is_file():
+            raise ConfigError(f"config key 'weights': {self.weights!r} does not exist")
+        if ":" in self.arch:
+            import_factory(self.arch)  # runs the module's code: only for a run, never for a report
 
     @property
     def trains_here(self) -> bool:

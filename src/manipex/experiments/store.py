@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
-from .._files import give_plain_mode
+from .._files import give_plain_mode, open_no_follow
 from .._validation import short
 from .config import ConfigError
 
@@ -106,7 +106,7 @@ class ResultStore:
         """End the file with a whole line: a partial last line left by a killed writer is cut off
         (one that is a whole record, only missing its newline, gets it)."""
         try:
-            with open(path, "r+b") as f:
+            with os.fdopen(open_no_follow(path, os.O_RDWR), "r+b") as f:
                 data = f.read()
                 if not data or data.endswith(b"\n"):
                     return
@@ -164,7 +164,7 @@ class ResultStore:
             self.root.mkdir(parents=True, exist_ok=True)
             self._repair(self.path)
             self._repaired = True
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_no_follow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, line)
             os.fsync(fd)
@@ -342,7 +342,7 @@ class FolderLock:
 
     def _acquire_flock(self) -> None:
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
@@ -366,7 +366,7 @@ class FolderLock:
     def _acquire_exclusive(self) -> None:
         for _ in range(5):
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = open_no_follow(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 info = self._holder()
                 if info is None:
