@@ -169,9 +169,18 @@ def check_dtype_match(model: nn.Module, x: Tensor, *, where: str, name: str = "x
 
 
 def check_model(model: object, *, where: str) -> nn.Module:
-    """Refuse anything that is not an ``nn.Module`` in eval mode."""
+    """Refuse anything that is not an ``nn.Module`` in eval mode, a TorchScript module (its
+    layers cannot be traced, replaced or hooked) and a model on the meta device (no weights)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"{where}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(f"{where}: the model is a TorchScript module ({type(model).__name__}); manipex traces a "
+                        "model's graph, replaces its activations (beta-smoothing) and differentiates its layers, "
+                        "which a compiled script hides: pass the nn.Module the script was made from")
+    meta = next((name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if meta is not None:
+        raise ValueError(f"{where}: the model's {meta!r} is on the meta device (a shape without values); load "
+                         "its weights first (e.g. model.to_empty(device='cpu') and load_state_dict)")
     training = [name or "<model>" for name, m in model.named_modules() if m.training]
     if training:
         raise ValueError(
@@ -185,6 +194,7 @@ def check_input(x: object, *, where: str, name: str = "x", min_dim: int = 2) -> 
     """Refuse non-tensors, non-float dtypes, empty batches, low rank and non-finite values."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    check_storage(x, where=where, name=name)
     if not x.is_floating_point():
         raise TypeError(f"{where}: {name} must have a floating dtype, got {x.dtype}")
     if x.dim() < min_dim:
@@ -200,6 +210,15 @@ def check_input(x: object, *, where: str, name: str = "x", min_dim: int = 2) -> 
     return x
 
 
+def check_storage(t: Tensor, *, where: str, name: str) -> None:
+    """Refuse a sparse (or other non-strided) tensor and one on the meta device, naming it."""
+    if t.layout != torch.strided:
+        raise TypeError(f"{where}: {name} must be a dense tensor, got layout {t.layout}; convert it with "
+                        f"{name}.to_dense()")
+    if t.is_meta:
+        raise ValueError(f"{where}: {name} is on the meta device (a shape without values); give its values")
+
+
 def check_target(target: TargetLike, n: int, *, where: str) -> Optional[Tensor]:
     """Turn ``target`` into ``None`` (predicted class) or a LongTensor of ``n`` class indices.
 
@@ -210,6 +229,8 @@ def check_target(target: TargetLike, n: int, *, where: str) -> Optional[Tensor]:
     if isinstance(target, bool):
         raise TypeError(f"{where}: target must be None, an int or a tensor of class indices, got bool")
     if isinstance(target, numbers.Integral):  # an int, or a NumPy integer such as y[i] of an array
+        if not -2**63 <= int(target) < 2**63:
+            raise ValueError(f"{where}: target {short(int(target))} is not a class index (beyond int64)")
         return torch.full((n,), int(target), dtype=torch.long)
     if isinstance(target, Tensor):
         if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
@@ -310,6 +331,10 @@ def translate_runtime_error(err: RuntimeError, x: Tensor, *, where: str) -> Base
         err.add_note(f"{where}: a batch of {x.shape[0]} inputs did not fit in memory; explain fewer "
                      "inputs at a time, or lower the method's batch_size option where it has one")
         return err
+    if "does not require grad and does not have a grad_fn" in text:
+        return ValueError(f"{where}: the model's output does not depend on x through autograd: its forward runs "
+                          "under torch.no_grad() or inference_mode, or detaches the input (.detach(), .numpy(), "
+                          "a non-differentiable op); gradients and every map made from them need that graph")
     if any(fragment in text.lower() for fragment in _SHAPE_OR_DTYPE):
         return ValueError(f"{where}: the model raised an error on x of shape {tuple(x.shape)} and dtype "
                           f"{x.dtype}; check that x has the shape and dtype the model expects. {text[:500]}")
@@ -375,6 +400,7 @@ def check_batch(t: object, *, where: str, name: str, min_dim: int = 2, max_dim: 
         else:
             want = f"{min_dim} to {max_dim} dimensions"
         raise ValueError(f"{where}: {name} must be a batch with {want}, got shape {tuple(t.shape)}")
+    check_storage(t, where=where, name=name)
     if t.numel() == 0:
         raise ValueError(
             f"{where}: {name} is empty (shape {tuple(t.shape)}); it needs at least one sample "

@@ -696,8 +696,14 @@ class GradCAM(Explainer):
         else:
             layers = find_layers(model, self.config["layer"], where)
         captured: List[Tuple[nn.Module, Tensor]] = []
-        handles = [m.register_forward_hook(lambda module, inputs, output: captured.append((module, output)))
-                   for m in layers]
+
+        def keep(module, inputs, output):
+            captured.append((module, output))
+            # the rest of the forward gets a copy: an in-place op after the layer (ReLU(inplace=True))
+            # then changes the copy, not the activation the CAM is made of
+            return output.clone() if isinstance(output, Tensor) else None
+
+        handles = [m.register_forward_hook(keep) for m in layers]
         try:
             out = model(requires_grad_input(x))
         finally:

@@ -95,9 +95,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     (the user metadata given to :func:`save`); all are empty/None for foreign files.
     """
     path = _existing(path)
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(_META_KEY)
-    header = json.loads(raw) if raw else {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(_META_KEY)
+        header = json.loads(raw) if raw else {}
+    except Exception as e:  # a damaged header (SafetensorError), or manipex's entry not JSON
+        raise ValueError(f"{path}: not a readable safetensors file (damaged or cut short): "
+                         f"{type(e).__name__}: {str(e)[:200]}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: its manipex header is not a JSON object")
     return {
         "arch": header.get("arch"),
         "arch_kwargs": header.get("arch_kwargs", {}),
@@ -133,7 +139,7 @@ def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Mod
     """
     path = _existing(path)
     if path.suffix == ".safetensors":
-        state = load_file(str(path), device="cpu")
+        state = _read_safetensors(path)
         if model is None:
             meta = read_metadata(path)
             if not meta["arch"]:
@@ -167,15 +173,43 @@ def _existing(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged or empty one is refused naming the file."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the weights file is empty")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises SafetensorError (and others) on a damaged header
+        raise ValueError(f"{path}: not a readable safetensors file (damaged or cut short): "
+                         f"{type(e).__name__}: {str(e)[:200]}") from None
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load with
+    ``weights_only=False`` (which would run the file's code)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1][:200]
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip()[:200]
+    return (lines[0] if lines else type(err).__name__)[:200]
+
+
 def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
     """Read a state_dict from a torch pickle file without executing any pickled code."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the weights file is empty")
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path}: refused to unpickle; only files holding plain tensors (a state_dict) are "
-            f"loaded, never pickled objects or code. torch said: {str(e).splitlines()[0]}"
+            f"loaded, never pickled objects or code. torch said: {_unpickler_reason(e)}"
         ) from e
+    except (EOFError, RuntimeError, OSError) as e:  # cut short, a damaged zip archive
+        raise ValueError(f"{path}: not a readable torch weights file (damaged or cut short): "
+                         f"{type(e).__name__}: {str(e)[:200] or 'the file ends early'}") from None
     if isinstance(obj, Mapping):
         for key in _NESTED_KEYS:
             if isinstance(obj.get(key), Mapping):
