@@ -116,3 +116,104 @@ def test_damaged_weights_files_are_named(tmp_path, kind, suffix):
     if suffix == ".safetensors":
         with pytest.raises(ValueError, match=f"{kind}{suffix}"):
             manipex.models.load(path)
+
+
+# --- images: every bit depth, grey kept, damaged and oversized files named ----------------------
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    """Two classes of 16x16 images: a 16-bit grey PNG and a float TIFF in [0, 1] (class a), an
+    8-bit RGB PNG and an 8-bit grey PNG (class b); each a ramp from 0 to its full scale."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+    ramp = np.linspace(0.0, 1.0, 256).reshape(16, 16)
+    Image.fromarray((ramp * 65535).round().astype(np.uint16)).save(root / "a" / "deep.png")
+    Image.fromarray(ramp.astype(np.float32), mode="F").save(root / "a" / "float.tiff")
+    rgb = np.stack([ramp, ramp[::-1], ramp.T], -1)
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(root / "b" / "rgb.png")
+    Image.fromarray((ramp * 255).round().astype(np.uint8)).save(root / "b" / "grey.png")
+    return root, ramp
+
+
+def test_every_bit_depth_is_scaled_to_the_unit_range_and_grey_stays_grey(image_tree):
+    root, ramp = image_tree
+    x, y = manipex.data.load("image_folder", root=root, split="all", image_size=16)
+    assert x.shape == (4, 3, 16, 16) and y.tolist() == [0, 0, 1, 1]
+    expected = torch.tensor(ramp, dtype=torch.float32)
+    for i in (0, 1):  # 16-bit and float: the ramp itself, not saturated, not black
+        assert torch.allclose(x[i, 0], expected, atol=1e-4) and torch.equal(x[i, 0], x[i, 2])
+    assert torch.allclose(x[2, 0], expected, atol=1 / 255)  # the 8-bit grey (files sorted: grey, rgb), as before
+    grey, _ = manipex.data.load("image_folder", root=root, split="all", image_size=16, channels=1)
+    assert grey.shape == (4, 1, 16, 16) and torch.equal(grey[0, 0], x[0, 0]) and torch.equal(grey[2, 0], x[2, 0])
+    luminance = 0.299 * x[3, 0] + 0.587 * x[3, 1] + 0.114 * x[3, 2]  # ITU-R 601-2, as Pillow's L
+    assert torch.allclose(grey[3, 0], luminance, atol=1.5 / 255)
+    with pytest.raises(ValueError, match="channels must be 1 \\(grey\\) or 3 \\(RGB\\), got 2"):
+        manipex.data.load("image_folder", root=root, split="all", image_size=16, channels=2)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "broken.png: not a readable image"),
+    (_png_claiming(30000, 30000), "broken.png: the image is too large to read safely"),
+])
+def test_damaged_and_oversized_images_are_named(image_tree, content, message):
+    root, _ = image_tree
+    (root / "b" / "broken.png").write_bytes(content)
+    with pytest.raises(ValueError, match=message) as info:
+        manipex.data.load("image_folder", root=root, split="all", image_size=16)
+    assert len(str(info.value)) < 400
+
+
+def test_a_grey_image_folder_runs_with_one_channel_and_its_normalisation_is_checked(image_tree):
+    from manipex.experiments.config import ConfigError
+    from manipex.experiments.sources import SourceConfig
+
+    root, _ = image_tree
+    config = SourceConfig.resolve({"dataset": "image_folder", "root": str(root), "channels": 1, "arch": "mnist_cnn",
+                                   "weights": "grey_cnn.safetensors"}, files=False)
+    assert config.normalization() is None  # auto: ImageNet's statistics are RGB ones
+    with pytest.raises(ConfigError, match="'normalize': 'imagenet' has 3 channels, the images 1"):
+        SourceConfig.resolve({"dataset": "image_folder", "root": str(root), "channels": 1, "normalize": "imagenet",
+                              "weights": "grey_cnn.safetensors"}, files=False)
+    with pytest.raises(ConfigError, match="only an image_folder is read with a chosen number of channels"):
+        SourceConfig.resolve({"channels": 1})
+
+
+# --- the command line: one-line usage errors, devices named ------------------------------------
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "quick", "--bogus"], r"manipex run quick: error: unrecognized arguments: --bogus \(the flags: manipex "
+                                  r"run quick --help\)"),
+    (["--nope"], "manipex: error:"),
+    (["run", "quick", "--device", "mps"], "--device 'mps': manipex runs on cpu or cuda .* device type 'mps' is not "
+                                          "supported"),
+    (["run", "quick", "--device", "meta"], "the meta device holds no values"),
+])
+def test_command_line_errors_are_one_line(argv, message, capsys, tmp_path):
+    from manipex.cli import main
+
+    try:
+        code = main(argv + (["--out", str(tmp_path)] if argv[0] == "run" and "--device" in argv else []))
+    except SystemExit as exit_:  # argparse's own exit
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    import re
+
+    assert re.search(message, err), err

@@ -143,6 +143,14 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with a usage error on one line (the problem, then where the flags are
+    listed) instead of the whole usage block above it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (the flags: {self.prog} --help)\n")
+
+
 def add_config_flags(parser: argparse.ArgumentParser, config_cls, skip=()) -> None:
     """One flag per key of a typed config (``--n-train 100``, ``--methods gradient lrp``,
     ``--save-models/--no-save-models``), with its help; unset flags leave the key alone."""
@@ -179,8 +187,7 @@ FRESH_HELP = ("start over: remove the earlier run's files (results, meta.json, r
 
 def _run_parser(experiment) -> argparse.ArgumentParser:
     """``manipex run EXPERIMENT``'s flags: the common ones and one per key of its config."""
-    parser = argparse.ArgumentParser(prog=f"manipex run {experiment.name}", description=experiment.title,
-                                     allow_abbrev=False)
+    parser = Parser(prog=f"manipex run {experiment.name}", description=experiment.title, allow_abbrev=False)
     parser.add_argument("--config", help="TOML or YAML file (.toml, .yaml, .yml) with the experiment's settings")
     parser.add_argument("--out", default="manipex-runs", help="folder of runs (default ./manipex-runs)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when available)")
@@ -280,8 +287,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="manipex", description="Attack and defend explanation maps.",
-                                     allow_abbrev=False)
+    parser = Parser(prog="manipex", description="Attack and defend explanation maps.", allow_abbrev=False)
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (for bug reports; "
                         "also MANIPEX_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ._common import PathLike, check_split, existing_dir, images_to_tensor, normalize_channels
+from ._common import PathLike, check_split, existing_dir, normalize_channels
 
 SPLITS = ("train", "val", "test", "all")
 """Splits offered by :func:`load_image_folder`."""
@@ -99,32 +99,74 @@ def _center_crop(image: Image.Image, crop: int) -> Image.Image:
     return image.crop((left, top, left + crop, top + crop))
 
 
-def _read_image(path: Path, size: int | None, crop: int | None) -> np.ndarray:
-    """Read one image as RGB uint8 (3, H, W) after the optional resize and center crop; an
-    image already ``crop`` x ``crop`` is kept as it is (resizing it would only blur it)."""
-    with Image.open(path) as handle:
-        image = handle.convert("RGB")
-    if crop is not None and image.size == (crop, crop):
-        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
-    if size is not None:
-        image = _resize_shorter(image, size)
-    if crop is not None:
-        image = _center_crop(image, crop)
-    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+#: Pillow's modes of one channel of more than 8 bits: 16-bit integers (PNG, TIFF), 32-bit integers
+#: and 32-bit floats (TIFF).
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-def _channel_values(values: object, name: str) -> tuple[float, ...]:
-    """Three finite per-channel values (``std``: positive), from any sequence or array."""
+def _scaled(image: Image.Image) -> Image.Image:
+    """A one-channel image of more than 8 bits as float pixels in [0, 1] (mode ``F``): 16-bit
+    integers over 65535, wider integers over their largest value's type, floats as they are when
+    in [0, 1] and over 255 when in [0, 255]."""
+    values = np.asarray(image, dtype=np.float64)
+    top = float(values.max()) if values.size else 0.0
+    if image.mode == "F":
+        scale = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else top
+    elif image.mode.startswith("I;16") or top <= 65535:
+        scale = 65535.0
+    else:
+        scale = 2.0 ** 32 - 1
+    return Image.fromarray(np.clip(values / scale, 0.0, 1.0).astype(np.float32), mode="F")
+
+
+def _pixels(image: Image.Image, channels: int) -> np.ndarray:
+    """``(channels, H, W)`` float32 in [0, 1]: RGB (a grey image's one channel three times) or
+    one channel (an RGB image's luminance, ITU-R 601-2 as Pillow's ``L``), at the image's own
+    bit depth (8 or 16 bits, float)."""
+    if image.mode in _DEEP_MODES:
+        grey = np.asarray(_scaled(image), dtype=np.float32)
+        return grey[None] if channels == 1 else np.repeat(grey[None], 3, axis=0)
+    if channels == 1:
+        return np.asarray(image.convert("L"), dtype=np.float32)[None] / 255.0
+    return np.asarray(image.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def _read_image(path: Path, size: int | None, crop: int | None, channels: int = 3) -> np.ndarray:
+    """Read one image as float32 ``(channels, H, W)`` in [0, 1] (:func:`_pixels`) after the
+    optional resize and center crop; an image already ``crop`` x ``crop`` is kept as it is
+    (resizing it would only blur it). A file Pillow cannot read, a damaged one and one larger
+    than Pillow's decompression-bomb limit are refused naming the file."""
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            image = _scaled(handle) if handle.mode in _DEEP_MODES else handle.convert(
+                "L" if channels == 1 and handle.mode in ("L", "LA", "1", "P") else "RGB")
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image_folder: {path}: the image is too large to read safely ({err})") from None
+    except (OSError, SyntaxError, ValueError) as err:  # UnidentifiedImageError is an OSError
+        raise ValueError(f"image_folder: {path}: not a readable image (damaged, cut short or another format): "
+                         f"{type(err).__name__}: {str(err)[:200]}") from None
+    if not (crop is not None and image.size == (crop, crop)):
+        if size is not None:
+            image = _resize_shorter(image, size)
+        if crop is not None:
+            image = _center_crop(image, crop)
+    return _pixels(image, channels)
+
+
+def _channel_values(values: object, name: str, count: int = 3) -> tuple[float, ...]:
+    """``count`` finite per-channel values (``std``: positive), from any sequence or array."""
     try:
         if isinstance(values, (str, bytes)):
             raise TypeError
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"image_folder: {name} must be a sequence of 3 numbers, got {values!r}") from None
-    if array.shape != (3,):
-        raise ValueError(f"image_folder: {name} must hold 3 values (R, G, B), got shape {array.shape}")
+        raise TypeError(f"image_folder: {name} must be a sequence of {count} numbers, got {values!r}") from None
+    if array.shape != (count,):
+        what = "(R, G, B)" if count == 3 else "(one per channel)"
+        raise ValueError(f"image_folder: {name} must hold {count} values {what}, got shape {array.shape}")
     if not np.isfinite(array).all() or (name == "std" and array.min() <= 0):
-        raise ValueError(f"image_folder: {name} must hold 3 finite values{' > 0' if name == 'std' else ''}, "
+        raise ValueError(f"image_folder: {name} must hold {count} finite values{' > 0' if name == 'std' else ''}, "
                          f"got {array.tolist()}")
     return tuple(array.tolist())
 
@@ -190,6 +232,7 @@ def load_image_folder(
     std: Sequence[float] | None = None,
     holdout: int | float | None = None,
     seed: int = 0,
+    channels: int = 3,
 ) -> tuple[Tensor, Tensor]:
     """Load every image of a class-per-folder tree (or of its ``split``) into memory.
 
@@ -203,8 +246,8 @@ def load_image_folder(
         size: Resize the shorter side to this many pixels (bilinear); ``None`` keeps the size.
         crop: Center-crop a square of this side; ``None`` keeps the whole image. An image that
             already has this size is neither resized nor cropped.
-        mean: Per-channel mean to subtract (3 values), e.g. ImageNet's ``(0.485, 0.456, 0.406)``.
-        std: Per-channel standard deviation to divide by (3 values). ``mean``/``std`` both
+        mean: Per-channel mean to subtract (one value per channel), e.g. ImageNet's ``(0.485, 0.456, 0.406)``.
+        std: Per-channel standard deviation to divide by (one value per channel). ``mean``/``std`` both
             ``None`` keeps values in [0, 1].
         holdout: For a tree with no ``val``/``test`` folder: hold out this many images (an
             int), or this fraction (a float in (0, 1), rounded up), of ``root/train`` (or of
@@ -213,9 +256,13 @@ def load_image_folder(
             others. Unused where ``val``/``test`` folders exist, and for ``"all"``. ``None``:
             ``"train"`` is the whole tree and ``"val"``/``"test"`` are refused.
         seed: The seed of the ``holdout`` permutation.
+        channels: 3 (RGB; a grey image's channel three times) or 1 (grey; an RGB image's
+            luminance), as the model takes them. Every bit depth is scaled to [0, 1]: 8-bit
+            images over 255, 16-bit PNG/TIFF over 65535, float TIFFs as they are (in [0, 1]) or
+            over 255 (in [0, 255]).
 
     Returns:
-        ``(x, y)``: float32 images (N, 3, H, W) and int64 labels (N,); label ``i`` is the
+        ``(x, y)``: float32 images (N, channels, H, W) and int64 labels (N,); label ``i`` is the
         ``i``-th class in :func:`find_classes` order. Files within a class are sorted by name
         (a ``holdout`` split: in the permutation's order).
 
@@ -237,8 +284,10 @@ def load_image_folder(
         size, crop = imagenet_resize(image_size), image_size
     if (mean is None) != (std is None):
         raise ValueError("image_folder: give both mean and std, or neither")
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ValueError(f"image_folder: channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     if mean is not None and std is not None:
-        mean, std = _channel_values(mean, "mean"), _channel_values(std, "std")
+        mean, std = _channel_values(mean, "mean", channels), _channel_values(std, "std", channels)
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"image_folder: seed must be an int, got {type(seed).__name__}")
     check_split(split, SPLITS, "image_folder")
@@ -254,11 +303,11 @@ def load_image_folder(
         directory = split_dir(base, split)
         files = pool = _class_files(directory)
     # an empty part of a split still has the images' shape
-    arrays = [_read_image(path, size, crop) for path, _ in (files or pool[:1])]
+    arrays = [_read_image(path, size, crop, channels) for path, _ in (files or pool[:1])]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise ValueError(f"images in {str(directory)!r} have different sizes {sorted(shapes)}; set size/crop")
-    x = images_to_tensor(np.stack(arrays))[:len(files)]
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))[:len(files)]
     if mean is not None and std is not None:
         x = normalize_channels(x, mean, std)
     return x, torch.tensor([label for _, label in files], dtype=torch.int64)

@@ -68,10 +68,14 @@ def _check_device(device: str) -> None:
     if not isinstance(device, str):
         raise ConfigError(f"--device must be a string, got {short(device)}")
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except (RuntimeError, ValueError):
         raise ConfigError(f"--device: unknown device {short(device, 60)}; use cpu, cuda, cuda:N or auto") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {short(device, 60)}: manipex runs on cpu or cuda (cuda:N, or auto); "
+                          + ("the meta device holds no values" if kind == "meta" else
+                             f"device type {kind!r} is not supported"))
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
 
 

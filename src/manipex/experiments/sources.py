@@ -133,6 +133,9 @@ class SourceConfig(Config):
     image_size: int = key(224, "image_folder: images of this size (square) are kept as they are; others are "
                           "resized (shorter side to size x 256/224, bilinear) and center-cropped to it, as "
                           "torchvision's ImageNet evaluation", ge=8, le=4096)
+    channels: int = key(3, "image_folder: channels the model takes: 3 (RGB; grey images repeated) or 1 (grey; RGB "
+                        "images as their luminance); every bit depth (8, 16 bits, float) is scaled to [0, 1]",
+                        ge=1, le=3)
     labels: str = key("given", "labels for training and accuracy: given (the dataset's), or predicted (the model's "
                       "classes, e.g. for a subset of ImageNet's class folders)", choices=("given", "predicted"))
     weights: str = key("", "the model's weights: a .safetensors saved by manipex (records its architecture), or a "
@@ -145,15 +148,20 @@ class SourceConfig(Config):
     num_classes: int = key(0, "the model's classes; 0: from the data (1000 for image_folder with predicted labels)",
                            ge=0, le=100_000)
     normalize: str = key("auto", "normalisation the weights expect, applied by a layer in front of the model "
-                         "(printed when a run starts): auto (imagenet for image_folder, else none), none (the model "
-                         "takes [0, 1] pixels, as manipex.data.load gives them), imagenet, cifar10, or 'mean/std' "
-                         "per channel such as '0.5,0.5,0.5/0.25,0.25,0.25'")
+                         "(printed when a run starts): auto (imagenet for an RGB image_folder, else none), none (the "
+                         "model takes [0, 1] pixels, as manipex.data.load gives them), imagenet, cifar10, or "
+                         "'mean/std' per channel such as '0.5,0.5,0.5/0.25,0.25,0.25'")
     train_epochs: int = key(3, "epochs to train a model here when no weights are given", ge=1, le=10_000)
 
     def check(self) -> None:
         super().check()
         if self.dataset != "mnist5k" and not self.root:
             raise ConfigError(f"config key 'root': dataset {self.dataset!r} needs the folder of its files")
+        if self.channels == 2:
+            raise ConfigError("config key 'channels': 1 (grey) or 3 (RGB), got 2")
+        if self.channels != 3 and self.dataset != "image_folder":
+            raise ConfigError(f"config key 'channels': only an image_folder is read with a chosen number of "
+                              f"channels; dataset {self.dataset!r} has its own")
         if self.weights and Path(self.weights).suffix not in (".safetensors", ".pth", ".pt", ".bin", ".ckpt"):
             raise ConfigError(f"config key 'weights': {self.weights!r} is neither .safetensors nor a "
                               ".pth/.pt state_dict")
@@ -169,7 +177,10 @@ class SourceConfig(Config):
             raise ConfigError("config key 'weights': dataset 'image_folder' needs the model's weights (e.g. "
                               "torchvision's vgg16-397923af.pth) or a factory; training on an image folder is not "
                               "supported")
-        _parse_normalize(self.normalize)
+        norm = self.normalization()
+        if norm is not None and len(norm[0]) not in (1, self.channels):
+            raise ConfigError(f"config key 'normalize': {self.normalize!r} has {len(norm[0])} channels, the images "
+                              f"{self.channels} (config key 'channels'); give one mean/std per channel, or none")
 
     def check_files(self) -> None:
         super().check_files()
@@ -211,15 +222,15 @@ class SourceConfig(Config):
     def normalization(self):
         """``(mean, std)`` the weights expect, or None."""
         value = _parse_normalize(self.normalize)
-        if value == "auto":
-            value = "imagenet" if self.dataset == "image_folder" else "none"
+        if value == "auto":  # ImageNet's statistics are of RGB images
+            value = "imagenet" if self.dataset == "image_folder" and self.channels == 3 else "none"
         return NORMALIZATIONS[value] if isinstance(value, str) else value
 
     def normalization_name(self) -> Optional[str]:
         """The named normalisation in force (``auto`` resolved), or None for per-channel values."""
         value = _parse_normalize(self.normalize)
         if value == "auto":
-            return "imagenet" if self.dataset == "image_folder" else "none"
+            return "imagenet" if self.dataset == "image_folder" and self.channels == 3 else "none"
         return value if isinstance(value, str) else None
 
     def describe(self) -> str:
@@ -281,7 +292,7 @@ def load_images(config: SourceConfig, *, n_train: Optional[int], n_eval: int, se
     def load(split):
         kwargs = {} if dataset == "mnist5k" else {"root": root}
         if dataset == "image_folder":
-            kwargs.update(image_size=config.image_size, holdout=n_eval, seed=seed)
+            kwargs.update(image_size=config.image_size, holdout=n_eval, seed=seed, channels=config.channels)
         try:
             return data.load(dataset, split=split, **kwargs)
         except (ValueError, FileNotFoundError) as err:
