@@ -217,3 +217,21 @@ def test_command_line_errors_are_one_line(argv, message, capsys, tmp_path):
     import re
 
     assert re.search(message, err), err
+
+
+def test_a_damaged_maps_file_is_named_and_the_report_still_renders(tmp_path):
+    """An empty or damaged saved-maps file (the examples a figure shows) is named in a warning
+    and left out of the figure; the report of the run is still written."""
+    from manipex.experiments import run
+    from manipex.experiments.report import report_from_folder
+
+    run("dombrowski2019", overrides={"n": 2, "batch": 2, "steps": 3, "methods": ["gradient"],
+                                     "beta_methods": ["gradient"], "betas": [1.0], "budgets": [0.5]},
+        out=tmp_path, quiet=True)
+    folder = tmp_path / "dombrowski2019"
+    saved = sorted(folder.rglob("maps/**/*.safetensors"))
+    assert saved
+    saved[0].write_bytes(b"")
+    with pytest.warns(UserWarning, match=f"{saved[0].name}: the saved maps cannot be read"):
+        page = report_from_folder(folder)
+    assert "<table" in page.read_text()

@@ -2,6 +2,7 @@
 options in one place, the table of defenses, one per-image row builder, example maps."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -207,12 +208,18 @@ def save_maps(path: Path, tensors: Dict[str, Tensor], n: int) -> None:
 
 
 def load_maps(path: Path) -> Optional[Dict[str, Tensor]]:
-    """Maps saved by :func:`save_maps`, or None."""
+    """Maps saved by :func:`save_maps`, or None: where there are none, and where the file is
+    empty or damaged (a warning names it; the figure that would show them leaves them out)."""
     if not Path(path).exists():
         return None
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError on an empty or damaged header, OSError
+        warnings.warn(f"{path}: the saved maps cannot be read ({type(err).__name__}: {str(err)[:120]}); the figure "
+                      "leaves them out (run again with --fresh to make them anew)", stacklevel=2)
+        return None
 
 
 #: Attacked images (the first ones) whose inputs and maps an attack experiment keeps for its

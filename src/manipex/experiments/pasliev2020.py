@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .tables import Table, findings_table_spec
 from .base import Experiment, Unit
-from .common import ImageContext, method_options, per_image, save_maps, save_model
+from .common import ImageContext, load_maps, method_options, per_image, save_maps, save_model
 from .config import ConfigError, key, method_choices, profile_key
 from .published import (Finding, METHOD_ORDER, PASLIEV_COM, PASLIEV_NOISE, PASLIEV_T31, PASLIEV_T32,
                         PASLIEV_T32_SETTING, PASLIEV_T33, PASLIEV_T34, PASLIEV_T41, PASLIEV_T42, PASLIEV_TARGET,
@@ -355,11 +355,10 @@ class Pasliev2020(Experiment):
         paths = []
         if "kind" not in df:
             return paths
-        order = [m for m in self._model_order(config) if (Path(out) / "maps" / f"{m}.safetensors").exists()]
+        saved = {m: load_maps(Path(out) / "maps" / f"{m}.safetensors") for m in self._model_order(config)}
+        maps = {m: v for m, v in saved.items() if v is not None}  # none yet, or damaged (warned)
+        order = list(maps)
         if order and config.examples:
-            from safetensors.torch import load_file
-
-            maps = {m: load_file(str(Path(out) / "maps" / f"{m}.safetensors")) for m in order}
             methods = [k for k in config.methods if all(k in maps[m] for m in order)]
             for i in range(min(config.examples, len(maps[order[0]]["input"]))):
                 image = maps[order[0]]["input"][i]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .tables import Table, findings_table_spec
 from .base import Experiment, Unit
-from .common import ImageContext, attack_budget, load_model, per_image, save_maps, save_model
+from .common import ImageContext, attack_budget, load_maps, load_model, per_image, save_maps, save_model
 from .config import ConfigError, key, profile_key
 from .published import TANG_ATEX, TANG_TABLE1, Finding, findings_table
 from .sources import MNIST_LIKE, SourceConfig, eps_text
@@ -194,10 +194,8 @@ class TangATEX(Experiment):
                                      title="attacked maps vs the original per model")] if len(df) else []
         eps = max(config.eps)
         found = {m: Path(out) / "maps" / f"{m}_untargeted_{eps:g}_00000.safetensors" for m in ("softplus", "atex")}
-        if all(p.exists() for p in found.values()):
-            from safetensors.torch import load_file
-
-            maps = {m: load_file(str(p)) for m, p in found.items()}
+        maps = {m: load_maps(p) for m, p in found.items()}
+        if all(v is not None for v in maps.values()):
             # short titles (map_grid wraps them to its columns): "ε=0.08" is kept on one line
             columns = {"softplus (clean)": maps["softplus"]["before"], "ATEX (clean)": maps["atex"]["before"],
                        f"softplus attacked (ε={eps:g})": maps["softplus"]["after"],

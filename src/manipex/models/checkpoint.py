@@ -187,13 +187,15 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _unpickler_reason(err: Exception) -> str:
     """What torch's weights-only unpickler refused, without its advice to load with
     ``weights_only=False`` (which would run the file's code)."""
+    advice = ("Weights only load failed", "Check the documentation of torch.load")
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     for i, line in enumerate(lines):
         if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
             return lines[i + 1][:200]
         if "WeightsUnpickler error:" in line:
             return line.split("WeightsUnpickler error:", 1)[1].strip()[:200]
-    return (lines[0] if lines else type(err).__name__)[:200]
+    reasons = [line for line in lines if not line.startswith(advice)]
+    return (reasons[0] if reasons else "the file holds objects other than tensors")[:200]
 
 
 def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
