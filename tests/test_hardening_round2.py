@@ -235,3 +235,19 @@ def test_a_damaged_maps_file_is_named_and_the_report_still_renders(tmp_path):
     with pytest.warns(UserWarning, match=f"{saved[0].name}: the saved maps cannot be read"):
         page = report_from_folder(folder)
     assert "<table" in page.read_text()
+
+
+def test_a_zip_bomb_posing_as_weights_is_refused_before_it_unpacks(tmp_path):
+    import zipfile
+
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\x00" * (300 << 20))  # 300 MB of zeros in a few hundred KB
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 3))
+    before = state_of(model)
+    with pytest.raises(ValueError, match=r"bomb.pt: its archive unpacks to 0.3 GB from 0.\d MB \(a zip bomb\?\)"):
+        manipex.models.load(path, model)
+    assert_same_state(before, state_of(model))
+    good = tmp_path / "good.pt"
+    torch.save(model.state_dict(), good)
+    manipex.models.load(good, model)  # a real checkpoint unpacks to its own size

@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -198,10 +199,28 @@ def _unpickler_reason(err: Exception) -> str:
     return (reasons[0] if reasons else "the file holds objects other than tensors")[:200]
 
 
+def _refuse_zip_bomb(path: Path) -> None:
+    """Refuse a torch zip archive whose entries unpack to far more than the file holds (a zip
+    bomb): ``torch.save`` stores tensors uncompressed, so a real checkpoint unpacks to about
+    its own size."""
+    if not zipfile.is_zipfile(path):
+        return  # the legacy (pre-1.6) format, or not a torch file: torch.load says which
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable torch weights file (a damaged zip archive): {e}") from None
+    size = path.stat().st_size
+    if unpacked > 4 * size + (64 << 20):
+        raise ValueError(f"{path}: its archive unpacks to {unpacked / 1e9:.1f} GB from {size / 1e6:.1f} MB (a zip "
+                         "bomb?); torch.save stores tensors uncompressed, so a checkpoint unpacks to its own size")
+
+
 def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
     """Read a state_dict from a torch pickle file without executing any pickled code."""
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the weights file is empty")
+    _refuse_zip_bomb(path)
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
