@@ -251,3 +251,39 @@ def test_a_zip_bomb_posing_as_weights_is_refused_before_it_unpacks(tmp_path):
     good = tmp_path / "good.pt"
     torch.save(model.state_dict(), good)
     manipex.models.load(good, model)  # a real checkpoint unpacks to its own size
+
+
+@pytest.mark.parametrize("kind", ["empty", "cut", "pickled code"])
+@pytest.mark.parametrize("entry", ["explain", "audit", "audit --reference"])
+def test_unreadable_weights_are_named_on_the_command_line_without_blaming_the_architecture(tmp_path, capsys, kind,
+                                                                                             entry):
+    """``manipex explain``, ``manipex audit`` and an audit's reference: one line, exit code 2,
+    the file and what is wrong with it (not "does not fit architecture"); nothing executed."""
+    import os
+
+    from manipex.cli import main
+
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    path = tmp_path / "weights.pt"
+    if kind == "pickled code":
+        torch.save({"w": Payload()}, path)
+    else:
+        model = nn.Sequential(nn.Flatten(), nn.Linear(784, 3))
+        torch.save(model.state_dict(), path)
+        path.write_bytes(b"" if kind == "empty" else path.read_bytes()[:40])
+    before = path.read_bytes()
+    argv = {"explain": ["explain", str(path), "--arch", "mnist_cnn", "--out", str(tmp_path / "m.png")],
+            "audit": ["audit", str(path), "--arch", "mnist_cnn", "--out", str(tmp_path / "a"), "--quiet"],
+            "audit --reference": ["audit", "--reference", str(path), "--out", str(tmp_path / "r"), "--quiet"]}[entry]
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "weights.pt: " in err[0] and "does not fit" not in err[0] and len(err[0]) < 400
+    assert ("empty" if kind == "empty" else "refused to unpickle" if kind == "pickled code" else "not a readable") \
+        in err[0]
+    assert not marker.exists() and path.read_bytes() == before

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from .._validation import short
 from .config import Config, ConfigError, key
-from ..models import architectures, with_normalization
+from ..models import UnreadableWeightsError, architectures, with_normalization
 from .. import models
 
 IMAGE_DATASETS = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "image_folder")
@@ -374,6 +374,8 @@ def original_model(config: SourceConfig, train: Tuple[Tensor, Tensor], device: s
                 model = models.load(path, build_model(config, num_classes))
         except ConfigError:  # the factory's own (it fails, or returns no nn.Module)
             raise
+        except UnreadableWeightsError as err:  # the file itself, before any architecture: it names itself
+            raise ConfigError(f"config key 'weights': {err}") from None
         except (ValueError, RuntimeError) as err:
             raise ConfigError(f"config key 'weights': {config.weights!r} does not fit architecture "
                               f"{config.arch!r}: {err}") from None

@@ -66,7 +66,7 @@ from .architectures import (
     vit_mnist,
 )
 from ._blocks import LayerNorm2d, StochasticDepth, stochastic_depth
-from .checkpoint import load, read_metadata, save
+from .checkpoint import UnreadableWeightsError, load, read_metadata, save
 from .convnext import ConvNeXt
 from .densenet import DenseNet
 from .efficientnet import EfficientNet
@@ -106,6 +106,7 @@ __all__ = [
     "densenet121",
     "efficientnet_b0",
     "load",
+    "UnreadableWeightsError",
     "load_default",
     "logits_model",
     "input_normalization",

@@ -25,7 +25,7 @@ from torch import nn
 from .._files import give_plain_mode
 from .architectures import ARCH_ATTR, build
 
-__all__ = ["load", "read_metadata", "save"]
+__all__ = ["load", "read_metadata", "save", "UnreadableWeightsError"]
 
 _META_KEY = "manipex"
 _FORMAT_VERSION = 1
@@ -101,7 +101,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             raw = (f.metadata() or {}).get(_META_KEY)
         header = json.loads(raw) if raw else {}
     except Exception as e:  # a damaged header (SafetensorError), or manipex's entry not JSON
-        raise ValueError(f"{path}: not a readable safetensors file (damaged or cut short): "
+        raise UnreadableWeightsError(f"{path}: not a readable safetensors file (damaged or cut short): "
                          f"{type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: its manipex header is not a JSON object")
@@ -177,11 +177,11 @@ def _existing(path: str | os.PathLike[str]) -> Path:
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; a damaged or empty one is refused naming the file."""
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the weights file is empty")
+        raise UnreadableWeightsError(f"{path}: the weights file is empty")
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises SafetensorError (and others) on a damaged header
-        raise ValueError(f"{path}: not a readable safetensors file (damaged or cut short): "
+        raise UnreadableWeightsError(f"{path}: not a readable safetensors file (damaged or cut short): "
                          f"{type(e).__name__}: {str(e)[:200]}") from None
 
 
@@ -199,6 +199,11 @@ def _unpickler_reason(err: Exception) -> str:
     return (reasons[0] if reasons else "the file holds objects other than tensors")[:200]
 
 
+class UnreadableWeightsError(ValueError):
+    """A weights file that cannot be read at all (empty, cut short, damaged, a zip bomb, or
+    holding pickled objects): the message starts with its path."""
+
+
 def _refuse_zip_bomb(path: Path) -> None:
     """Refuse a torch zip archive whose entries unpack to far more than the file holds (a zip
     bomb): ``torch.save`` stores tensors uncompressed, so a real checkpoint unpacks to about
@@ -209,27 +214,29 @@ def _refuse_zip_bomb(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             unpacked = sum(info.file_size for info in archive.infolist())
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable torch weights file (a damaged zip archive): {e}") from None
+        raise UnreadableWeightsError(f"{path}: not a readable torch weights file (a damaged zip archive): "
+                                     f"{e}") from None
     size = path.stat().st_size
     if unpacked > 4 * size + (64 << 20):
-        raise ValueError(f"{path}: its archive unpacks to {unpacked / 1e9:.1f} GB from {size / 1e6:.1f} MB (a zip "
-                         "bomb?); torch.save stores tensors uncompressed, so a checkpoint unpacks to its own size")
+        raise UnreadableWeightsError(f"{path}: its archive unpacks to {unpacked / 1e9:.1f} GB from {size / 1e6:.1f} "
+                                     "MB (a zip bomb?); torch.save stores tensors uncompressed, so a checkpoint "
+                                     "unpacks to its own size")
 
 
 def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
     """Read a state_dict from a torch pickle file without executing any pickled code."""
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the weights file is empty")
+        raise UnreadableWeightsError(f"{path}: the weights file is empty")
     _refuse_zip_bomb(path)
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        raise ValueError(
+        raise UnreadableWeightsError(
             f"{path}: refused to unpickle; only files holding plain tensors (a state_dict) are "
             f"loaded, never pickled objects or code. torch said: {_unpickler_reason(e)}"
         ) from e
     except (EOFError, RuntimeError, OSError) as e:  # cut short, a damaged zip archive
-        raise ValueError(f"{path}: not a readable torch weights file (damaged or cut short): "
+        raise UnreadableWeightsError(f"{path}: not a readable torch weights file (damaged or cut short): "
                          f"{type(e).__name__}: {str(e)[:200] or 'the file ends early'}") from None
     if isinstance(obj, Mapping):
         for key in _NESTED_KEYS:
