@@ -132,3 +132,15 @@ def test_rows_whose_config_is_unknown_are_not_resumed(finished, tmp_path):
     assert (out / "quick" / "results.jsonl").read_bytes() == rows and not (out / "quick" / "meta.json").exists()
     run("quick", overrides={**QUICK, "steps": 6}, out=out, quiet=True, fresh=True)
     assert json.loads((out / "quick" / "meta.json").read_text())["config"]["steps"] == 6
+
+
+def test_every_file_of_a_run_gets_the_mode_a_plain_open_would_give(finished):
+    """report.html, meta.json, figures and maps are written through temporary files (mkstemp's
+    0600); they end with the mode of results.jsonl beside them (0666 less the umask)."""
+    import stat
+
+    from manipex._files import created_mode
+
+    folder, files = finished
+    modes = {str(rel): stat.S_IMODE((folder / rel).stat().st_mode) for rel in files}
+    assert set(modes.values()) == {created_mode()}, modes

@@ -71,8 +71,8 @@ def replacing(path) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
     os.close(fd)
     try:
-        give_plain_mode(tmp)
         yield tmp
+        give_plain_mode(tmp)  # after the write: a writer may have made the file anew (safetensors does)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
