@@ -79,8 +79,8 @@ def reproducible(device: Optional[Union[str, torch.device]] = None, enabled: boo
     autotuning. The thread count and cuDNN flags in force before are restored afterwards, also
     after an error. ``enabled=False`` changes nothing (for a caller's ``deterministic`` flag).
 
-    Cost: a training run that used 2 threads takes about 1.7x as long (MNIST-5k CNN, 3 epochs: 3.3 s
-    instead of 1.9 s on 2 cores).
+    Cost: a training run that used 2 threads takes longer on one
+    (measured: README, Measured figures behind the defaults).
     """
     if not enabled:
         yield

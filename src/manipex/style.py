@@ -124,8 +124,8 @@ FORMATS: Tuple[str, ...] = ("png", "pdf", "svg")
 def figure_formats() -> Tuple[str, ...]:
     """The formats experiments write their figures in: :data:`FORMATS`, or those named in the
     environment variable ``MANIPEX_FIGURE_FORMATS`` (e.g. ``png`` for fast runs: PDF and SVG
-    take about four times as long as the PNG; the PNG, which the report embeds, is always
-    written)."""
+    take several times as long as the PNG, as measured in the README's Measured figures behind
+    the defaults; the PNG, which the report embeds, is always written)."""
     import os
 
     named = os.environ.get("MANIPEX_FIGURE_FORMATS", "").replace(",", " ").split()

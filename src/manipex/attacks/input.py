@@ -12,7 +12,7 @@ Sec. 3), and evaluates on the original model. Each image has its own loss, the o
 element-wise, and early stopping and the kept iterate are decided per image, so an image's
 result depends on no other image of its batch: in float64, alone and in a batch agree to 1e-9
 (tested). In float32 the batched kernels round differently from single-image ones, and Adam
-can amplify that over many steps (up to 3e-4 in ``x_adv`` measured on MNIST-5k, 100 steps);
+can amplify that over many steps (measured: README, Measured figures behind the defaults);
 use float64 where per-image reproducibility matters.
 
 Defaults a user can trust: the budget is ``eps="auto"``, 10 % of the data range in L∞ (0.1 on
@@ -376,8 +376,9 @@ def manipulate_input(  # noqa: PLR0913 -- the documented flat options of InputAt
             default lr suits inputs in [0, 1]; Dombrowski's 2e-4 was for ImageNet-normalised
             inputs and 1500 steps.
         gamma: weight of the output term (MSE of the softmax probabilities), relative to the
-            objective (target-map MSE is taken on maps rescaled to mean 1 per pixel). On
-            MNIST-5k, gamma = 100 kept every class while 1e4 slowed the attack down.
+            objective (target-map MSE is taken on maps rescaled to mean 1 per pixel). The
+            default kept every class, while much larger gammas slowed the attack down
+            (measured: README, Measured figures behind the defaults).
         beta: softplus β: ``(start, end)`` for exponential growth (Dombrowski: 10 -> 100), a
             fixed number, or None to attack the model as it is (e.g. LRP on ReLU). Ignored when
             ``method_options`` holds ``softplus_beta``: a β-smoothed map is attacked as it is.
@@ -385,13 +386,13 @@ def manipulate_input(  # noqa: PLR0913 -- the documented flat options of InputAt
             (:class:`~manipex.surgery.SmoothMaxPool`, the log-sum-exp maximum of its window at
             the same β): manipex's extension of Dombrowski's surrogate. With hard max-pools the
             attack cannot see that moving a pixel would change a window's winner; on the
-            MNIST-5k CNN (gradient, ε 0.2, 100 steps) it lifts the map's PCC with the target
-            from 0.70 to 0.83 (35-61 % of its pool windows are tied at clean images: exact zeros).
-            The result is still evaluated on the model as it is. It can also hurt: on a
-            random-init CIFAR VGG (gradient, ``benchmarks/paper_protocol.py``) the PCC fell from
-            0.48 to 0.35, for a reason not established (its windows spread by about 1, far more
-            than the ``log(4) / β`` offset, and 8 % are tied); pass ``smooth_pools=False`` and
-            compare where the attack falls short.
+            MNIST-5k CNN, where many pool windows are tied at clean images (exact zeros), it
+            lifts the map's PCC with the target. The result is still evaluated on the model as
+            it is. It can also hurt: on a random-init CIFAR VGG (gradient,
+            ``benchmarks/paper_protocol.py``) the PCC fell, for a reason not established (its
+            windows spread far more than the ``log(4) / β`` offset, and few are tied); pass
+            ``smooth_pools=False`` and compare where the attack falls short (both measured:
+            README, Measured figures behind the defaults).
         optimizer: ``"adam"`` (Dombrowski) or ``"sign"`` (L∞ sign steps: Ghorbani, ATEX).
         eps, norm: budget ``||x_adv - x|| <= eps`` in ``"linf"`` or ``"l2"``, in the units of
             ``x``; ``"auto"`` (default): 10 % of the ``clamp`` range in L∞ (0.1 on [0, 1]
@@ -405,8 +406,8 @@ def manipulate_input(  # noqa: PLR0913 -- the documented flat options of InputAt
             relative) for this many checks in a row stops moving, and the run stops when all
             have; None: run all ``steps``. Not while β grows (a ``(start, end)`` schedule): an
             image stopped at a small β keeps an iterate made for a surrogate far from the model
-            (measured on MNIST-5k, gradient, 1500 steps: PCC with the target 0.80 with early
-            stopping, 0.85 without).
+            (it reached less of the target than the run without early stopping; measured:
+            README, Measured figures behind the defaults).
         start: where the optimisation starts (``x``'s shape; default ``x`` itself), projected
             onto the budget around ``x`` and the ``clamp`` range. The budget, the output to
             keep and the start map of the objective stay those of ``x`` (max-sensitivity's worst

@@ -19,8 +19,9 @@ the tests (each test's own rate being at most ``alpha``). The rate is measured i
 
 References of another recipe. The tests that compare with references are only valid for
 references trained as the model was: a user's clean CNN trained for 6 epochs against references
-trained for 3 was flagged by LRP noise maps (p = 0.0154, issue 30); on digits the LRP noise-map
-test alone flagged 14 % of clean models trained twice as long as their references. Where
+trained for 3 was flagged by LRP noise maps (issue 30), and on digits the LRP noise-map test
+alone flagged clean models trained twice as long as their references
+(measured: README, Measured figures behind the defaults). Where
 labelled data is given, the model's loss on it is compared with the references'
 (:func:`reference_mismatch`); where it differs beyond the references' own spread, the noise-map
 tests are left out of the decision, the faithfulness test runs reference-free, and the verdict

@@ -2,12 +2,11 @@
 
 A create_graph map summed over chunks (integrated gradients over its path, SmoothGrad over its
 samples) keeps every chunk's graph alive until the backward pass, so chunking barely lowers the
-peak memory of an attack or training step (measured on a small CIFAR VGG, batch 8, IG with 50
-steps: 676 MiB unchunked, 453 MiB in chunks of 64 rows). :func:`recomputed` evaluates a chunk's
-contribution without keeping its graph and builds it again, one chunk at a time, in the backward
-pass (gradient checkpointing): the same values and derivatives, at the peak memory of one chunk,
-for about one more map evaluation per chunk (IG there: 453 -> 241 MB in chunks of 64 rows;
-SmoothGrad with 50 samples: 446 -> 204 MB; ``benchmarks/create_graph_memory.py``).
+peak memory of an attack or training step (measured: README, Measured figures behind the
+defaults). :func:`recomputed` evaluates a chunk's contribution without keeping its graph and
+builds it again, one chunk at a time, in the backward pass (gradient checkpointing): the same
+values and derivatives, at the peak memory of one chunk, for about one more map evaluation per
+chunk (``benchmarks/create_graph_memory.py``; its figures: the same README section).
 """
 from __future__ import annotations
 

@@ -38,8 +38,9 @@ def train_classifier(
         progress: show a tqdm progress bar (one tick per batch, running loss as postfix).
         deterministic: train on one intra-op thread (cuDNN's deterministic kernels on CUDA), so
             that the weights are bit-identical whatever ``torch.get_num_threads()`` is
-            (:func:`manipex._determinism.reproducible`; the thread count is restored). About 1.7x
-            slower on 2 CPU cores; ``False`` uses every thread.
+            (:func:`manipex._determinism.reproducible`; the thread count is restored). Slower
+            than training on every thread (measured: README, Measured figures behind the
+            defaults); ``False`` uses every thread.
     """
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
