@@ -101,6 +101,9 @@ def test_lrp_defaults_to_attn_lrp_on_transformers_and_to_zb_zplus_elsewhere():
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(manipex.explain(cnn, x, "lrp", 0), manipex.explain(cnn, x, "lrp", 0, composite="zb_zplus"))
     assert not torch.allclose(manipex.explain(cnn, x, "lrp", 0), manipex.explain(cnn, x, "lrp", 0, composite="epsilon"))
+    probabilities = torch.nn.Sequential(*cnn, torch.nn.Softmax(dim=1)).eval()  # a softmax head is not attention
+    assert torch.equal(manipex.explain(probabilities, x, "lrp", 0),
+                       manipex.explain(probabilities, x, "lrp", 0, composite="zb_zplus"))
     with pytest.raises(ValueError, match="'auto'"):
         manipex.explain(cnn, x, "lrp", 0, composite="atn_lrp")
 

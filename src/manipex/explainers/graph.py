@@ -109,10 +109,11 @@ class Graph:
 
     @functools.cached_property
     def has_attention(self) -> bool:
-        """Whether the traced model attends: a softmax or a matrix product of two activations
-        (``q @ k^T``, ``A @ v``) among its layers, as in every transformer. LRP's default
-        composite follows it (``attn_lrp`` where it holds, ``zb_zplus`` elsewhere)."""
-        return any(layer.kind in ("softmax", "matmul") for layer in self.layers.values())
+        """Whether the traced model attends: a matrix product of two activations (``q @ k^T``,
+        ``A @ v``) among its layers, as in every transformer (a softmax alone, e.g. a CNN's
+        probability output, is not attention). LRP's default composite follows it
+        (``attn_lrp`` where it holds, ``zb_zplus`` elsewhere)."""
+        return any(layer.kind == "matmul" and layer.operands == 2 for layer in self.layers.values())
 
     def forward(self, x: Tensor, activation: Optional[Callable[["Layer", Tensor], Tensor]] = None
                 ) -> Tuple[Tensor, List[Record]]:

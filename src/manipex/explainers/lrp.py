@@ -8,7 +8,7 @@ composites: ``zb_zplus`` (Dombrowski et al. 2019, Eq. 2-3), ``epsilon``, ``alpha
 ``cp_lrp`` and their γ forms for transformers; or pass a
 :class:`~manipex.explainers.composites.Composite` of your own. The default, ``"auto"``, is
 ``zb_zplus`` on a model without attention (the papers' CNNs) and ``attn_lrp`` (Achtibat et al.
-2024) on a model that attends (a softmax or a product of two activations in its graph): z+
+2024) on a model that attends (a product of two activations in its graph, ``q @ k^T``): z+
 assumes non-negative layer inputs (ReLU networks), which the LayerNorm and GELU outputs of a
 transformer are not.
 
