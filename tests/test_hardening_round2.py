@@ -201,6 +201,8 @@ def test_a_grey_image_folder_runs_with_one_channel_and_its_normalisation_is_chec
     (["run", "quick", "--bogus"], r"manipex run quick: error: unrecognized arguments: --bogus \(the flags: manipex "
                                   r"run quick --help\)"),
     (["--nope"], "manipex: error:"),
+    (["audit", "--bogus"], r"manipex audit: error: unrecognized arguments: --bogus \(the flags: manipex audit --help\)"),
+    (["report", "folder", "--bogus"], r"manipex report: error: unrecognized arguments: --bogus"),
     (["run", "quick", "--device", "mps"], "--device 'mps': manipex runs on cpu or cuda .* device type 'mps' is not "
                                           "supported"),
     (["run", "quick", "--device", "meta"], "the meta device holds no values"),

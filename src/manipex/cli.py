@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="on an error, show its traceback (for bug reports; "
                         "also MANIPEX_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices  # name -> the subcommand's parser
     p = sub.add_parser("explain", help="figure grid of every method's map, on the default MNIST-5k model or yours")
     p.add_argument("model", nargs="?", default="default",
                    help="a .safetensors saved by manipex, a .pth state_dict (with --arch), or 'default'")
@@ -449,7 +450,10 @@ def _main(argv: List[str]) -> int:
         args = argparse.Namespace(experiment=argv[1] if named else None, rest=rest,
                                   config_hint=_option_value(rest, "--config"))
         return _run(args)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the subcommand's parser, which names its own --help
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     return args.func(args)
 
 
