@@ -19,8 +19,6 @@ Heatmaps (:func:`draw_map`) always carry a colour bar: their own, or, where maps
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any, Dict, Hashable, Iterable, List, Optional, Sequence, Tuple, Union
@@ -30,7 +28,7 @@ from torch import Tensor
 
 from .style import (CMAP_ABSOLUTE, CMAP_INPUT, CMAP_SIGNED, FORMATS, color_for, colors_for, display_name, metric_label,
                     styled)
-from ._files import give_plain_mode
+from ._files import replacing
 from .explainers import explain
 from .metrics import center_of_mass
 
@@ -84,15 +82,8 @@ def _save_replacing(fig, path: Path, dpi: int) -> None:
     """``fig.savefig(path)`` through a temporary file beside it, then ``os.replace``: a
     symbolic link at ``path`` is replaced, never written through (the file it points to stays as
     it was), and a reader never sees half a figure."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix + ".tmp", dir=path.parent)
-    try:
-        give_plain_mode(fd)
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        fig.savefig(f, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
 
 
 def wrap_title(name: str, width: int = 12) -> str:

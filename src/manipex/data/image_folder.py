@@ -120,11 +120,11 @@ def _scaled(image: Image.Image) -> Image.Image:
 
 
 def _pixels(image: Image.Image, channels: int) -> np.ndarray:
-    """``(channels, H, W)`` float32 in [0, 1]: RGB (a grey image's one channel three times) or
-    one channel (an RGB image's luminance, ITU-R 601-2 as Pillow's ``L``), at the image's own
-    bit depth (8 or 16 bits, float)."""
-    if image.mode in _DEEP_MODES:
-        grey = np.asarray(_scaled(image), dtype=np.float32)
+    """``(channels, H, W)`` float32 in [0, 1] of an 8-bit image or a float one already in [0, 1]
+    (mode ``F``, :func:`_scaled`): RGB (a grey image's one channel three times) or one channel
+    (an RGB image's luminance, ITU-R 601-2 as Pillow's ``L``)."""
+    if image.mode == "F":
+        grey = np.asarray(image, dtype=np.float32)
         return grey[None] if channels == 1 else np.repeat(grey[None], 3, axis=0)
     if channels == 1:
         return np.asarray(image.convert("L"), dtype=np.float32)[None] / 255.0

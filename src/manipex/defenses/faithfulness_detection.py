@@ -163,19 +163,17 @@ class FaithfulnessReport:
             return (f"MANIPULATED, or {self.method} is unfaithful on this model: its maps reach {self.ratio:.0%} of "
                     f"occlusion's faithfulness, significantly below {self.margin:.0%} (p = {self.p_value:.3g}); "
                     "references of the model's kind tell the two apart")
-        if self.mass_only:
-            ratios = ", ".join(f"{r:.0%}" for r in self.refuting_ratios)
-            return (f"inconclusive: the mass test finds no evidence (p = {self.p_value:.3g}); the ranking test "
-                    f"flags {len(self.refuting_ratios)} of {self.checked_references} clean reference(s) too (their "
-                    f"{self.method} maps reach {ratios} of occlusion's faithfulness, below the margin "
-                    f"{self.margin:.0%}), so it cannot judge this kind of model; references of the model's recipe "
-                    "(3 or more) calibrate it")
         if self.refuting_ratios:
             ratios = ", ".join(f"{r:.0%}" for r in self.refuting_ratios)
-            return (f"inconclusive: the reference-free test flags {len(self.refuting_ratios)} of "
-                    f"{self.checked_references} clean reference(s) too (their {self.method} maps reach {ratios} of "
-                    f"occlusion's faithfulness, below the margin {self.margin:.0%}), so it cannot tell a manipulated "
-                    f"model of this kind from a clean one; references of the model's recipe (3 or more) calibrate it")
+            refuted = (f"flags {len(self.refuting_ratios)} of {self.checked_references} clean reference(s) too (their "
+                       f"{self.method} maps reach {ratios} of occlusion's faithfulness, below the margin "
+                       f"{self.margin:.0%})")
+            if self.mass_only:
+                return (f"inconclusive: the mass test finds no evidence (p = {self.p_value:.3g}); the ranking test "
+                        f"{refuted}, so it cannot judge this kind of model; references of the model's recipe (3 or "
+                        "more) calibrate it")
+            return (f"inconclusive: the reference-free test {refuted}, so it cannot tell a manipulated model of this "
+                    "kind from a clean one; references of the model's recipe (3 or more) calibrate it")
         if not self.conclusive:
             return ("inconclusive: removing what occlusion points at does not lower the output more than removing "
                     "random pixels, so these images cannot test faithfulness")

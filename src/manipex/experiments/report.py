@@ -4,12 +4,10 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-from .._files import give_plain_mode, refuse_outside_links
+from .._files import refuse_outside_links, replacing
 from .sources import SourceConfig, normalization_text
 from .base import EXPERIMENTS, get_experiment
 from .._validation import short
@@ -220,15 +218,8 @@ def write_report(folder: Path, experiment: Any, config: Dict[str, Any], tables: 
             + f"</title><style>{STYLE}</style></head><body>" + "\n".join(parts) + "</body></html>")
     path = folder / "report.html"
     # a name of its own: a run and a `manipex report` may write the page at the same time
-    fd, tmp = tempfile.mkstemp(prefix=".report.html.", suffix=".tmp", dir=folder)
-    try:
-        give_plain_mode(fd)  # as results.jsonl beside it, not mkstemp's 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as f:  # the page declares utf-8; titles hold Δ, β
-            f.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:  # the page declares utf-8; titles hold Δ, β
+        f.write(page)
     return path
 
 

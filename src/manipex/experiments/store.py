@@ -27,13 +27,12 @@ import json
 import os
 import re
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
-from .._files import give_plain_mode, open_no_follow
+from .._files import open_no_follow, replacing
 from .._validation import short
 from .config import ConfigError
 
@@ -196,17 +195,10 @@ class ResultStore:
     def write_meta(self, meta: Dict[str, Any]) -> None:
         """Write ``meta.json`` atomically (config, seed, versions, device)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".meta.json.", suffix=".tmp", dir=self.root)
-        try:
-            give_plain_mode(fd)  # as results.jsonl beside it, not mkstemp's 0600
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(meta, f, indent=2, default=str)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.root / "meta.json")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with replacing(self.root / "meta.json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
 
     def meta(self) -> Optional[Dict[str, Any]]:
         """The run's record (``meta.json``), or None where there is none; a

@@ -70,11 +70,14 @@ class Tables(Mapping[str, Any]):
             raise KeyError(f"no table {name!r} is declared; declared: {', '.join(self._declared) or 'none'}")
         self._entries[id] = (self._declared[name].filled(id, **fields), frame)
 
-    def __getitem__(self, id: str) -> Any:
+    def _entry(self, id: str) -> Tuple[Table, Any]:
         entry = self._entries.get(id)
         if entry is None or entry[1] is None:
             raise KeyError(f"no table {id!r} in this run; its tables: {', '.join(self) or 'none'}")
-        return entry[1]
+        return entry
+
+    def __getitem__(self, id: str) -> Any:
+        return self._entry(id)[1]
 
     def __iter__(self) -> Iterator[str]:
         return (id for id, (_, frame) in self._entries.items() if frame is not None)
@@ -84,9 +87,7 @@ class Tables(Mapping[str, Any]):
 
     def table(self, id: str) -> Table:
         """The :class:`Table` (title, heading and caption filled) of the table ``id``."""
-        if id not in self:
-            raise KeyError(f"no table {id!r} in this run; its tables: {', '.join(self) or 'none'}")
-        return self._entries[id][0]
+        return self._entry(id)[0]
 
     def entries(self) -> List[Tuple[Table, Any]]:
         """``(Table, DataFrame)`` of every table with a frame, in report order."""

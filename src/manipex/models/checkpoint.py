@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._files import give_plain_mode
+from .._files import replacing
 from .architectures import ARCH_ATTR, build
 
 __all__ = ["load", "read_metadata", "save", "UnreadableWeightsError"]
@@ -77,15 +76,8 @@ def save(
     # Clone: safetensors refuses tensors that share memory (tied weights) or are non-contiguous.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt", _META_KEY: header_json})
-        give_plain_mode(tmp)  # as open() would create it, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -95,14 +87,13 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     The result has the keys ``arch`` (str or None), ``arch_kwargs`` (dict) and ``metadata``
     (the user metadata given to :func:`save`); all are empty/None for foreign files.
     """
-    path = _existing(path)
+    path = _nonempty(_existing(path))
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(_META_KEY)
         header = json.loads(raw) if raw else {}
     except Exception as e:  # a damaged header (SafetensorError), or manipex's entry not JSON
-        raise UnreadableWeightsError(f"{path}: not a readable safetensors file (damaged or cut short): "
-                         f"{type(e).__name__}: {str(e)[:200]}") from None
+        raise _damaged_safetensors(path, e) from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: its manipex header is not a JSON object")
     return {
@@ -174,15 +165,24 @@ def _existing(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file; a damaged or empty one is refused naming the file."""
+def _nonempty(path: Path) -> Path:
+    """``path``, refused where the file is empty (every reader's first check)."""
     if path.stat().st_size == 0:
         raise UnreadableWeightsError(f"{path}: the weights file is empty")
+    return path
+
+
+def _damaged_safetensors(path: Path, err: Exception) -> "UnreadableWeightsError":
+    return UnreadableWeightsError(f"{path}: not a readable safetensors file (damaged or cut short): "
+                                  f"{type(err).__name__}: {str(err)[:200]}")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged or empty one is refused naming the file."""
     try:
-        return load_file(str(path), device="cpu")
+        return load_file(str(_nonempty(path)), device="cpu")
     except Exception as e:  # safetensors raises SafetensorError (and others) on a damaged header
-        raise UnreadableWeightsError(f"{path}: not a readable safetensors file (damaged or cut short): "
-                         f"{type(e).__name__}: {str(e)[:200]}") from None
+        raise _damaged_safetensors(path, e) from None
 
 
 def _unpickler_reason(err: Exception) -> str:
@@ -225,9 +225,7 @@ def _refuse_zip_bomb(path: Path) -> None:
 
 def _read_torch_state(path: Path) -> dict[str, torch.Tensor]:
     """Read a state_dict from a torch pickle file without executing any pickled code."""
-    if path.stat().st_size == 0:
-        raise UnreadableWeightsError(f"{path}: the weights file is empty")
-    _refuse_zip_bomb(path)
+    _refuse_zip_bomb(_nonempty(path))
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
